@@ -1,1 +1,34 @@
-fn main() {}
+//! `atrest`: data-at-rest encryption for appliances, keyed by the customer's KMIP server.
+
+mod kmip_cmd;
+mod volume_cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "atrest", version, about = "Data-at-rest encryption keyed by a KMIP server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// A KMIP client for administrators and scripts.
+    Kmip(kmip_cmd::KmipArgs),
+    /// The encrypted volume, offline.
+    Volume(volume_cmd::VolumeArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Kmip(args) => kmip_cmd::run(args),
+        Command::Volume(args) => volume_cmd::run(args),
+    };
+    if let Err(err) = result {
+        // One line on stderr: the whole chain of causes, joined.
+        eprintln!("atrest: {err:#}");
+        std::process::exit(1);
+    }
+}
