@@ -1,6 +1,7 @@
 //! `atrest`: data-at-rest encryption for appliances, keyed by the customer's KMIP server.
 
 mod kmip_cmd;
+mod kms_cmd;
 mod volume_cmd;
 
 use clap::{Parser, Subcommand};
@@ -16,6 +17,8 @@ struct Cli {
 enum Command {
     /// A KMIP client for administrators and scripts.
     Kmip(kmip_cmd::KmipArgs),
+    /// The bundled KMIP server.
+    Kms(kms_cmd::KmsArgs),
     /// The encrypted volume, offline.
     Volume(volume_cmd::VolumeArgs),
 }
@@ -24,6 +27,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Kmip(args) => kmip_cmd::run(args),
+        Command::Kms(args) => kms_cmd::run(args),
         Command::Volume(args) => volume_cmd::run(args),
     };
     if let Err(err) = result {
