@@ -1,0 +1,1 @@
+//! The KMIP server bundled with atrest.
