@@ -1,6 +1,7 @@
 //! `atrest`: data-at-rest encryption for appliances, keyed by the customer's KMIP server.
 
 mod kmip_cmd;
+mod kmip_settings;
 mod kms_cmd;
 mod volume_cmd;
 

@@ -5,6 +5,7 @@
 //!   in both the 1.x (Template-Attribute) and 2.x (Attributes) encodings — no I/O.
 //! - [`client`]: a KMIP client over mutual TLS with version negotiation, timeouts and failover.
 
+pub mod client;
 pub mod message;
 pub mod ttlv;
 
