@@ -392,10 +392,7 @@ impl fmt::Display for DecodeErrorKind {
                 "tag 0x{tag:06X} is neither a KMIP tag (0x42xxxx) nor an extension (0x54xxxx)"
             ),
             DecodeErrorKind::UnknownType { byte } => write!(f, "unknown item type 0x{byte:02X}"),
-            DecodeErrorKind::BadLength {
-                item_type,
-                length,
-            } => match item_type.fixed_len() {
+            DecodeErrorKind::BadLength { item_type, length } => match item_type.fixed_len() {
                 Some(n) => write!(f, "{} of length {length}, must be {n}", item_type.name()),
                 None => write!(
                     f,
@@ -493,7 +490,7 @@ pub fn message_len(header: &[u8; HEADER_LEN], limits: &Limits) -> Result<usize, 
         }));
     }
     let len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
-    if len % 8 != 0 {
+    if !len.is_multiple_of(8) {
         return Err(err(DecodeErrorKind::BadLength {
             item_type: ItemType::Structure,
             length: len,
@@ -545,10 +542,12 @@ impl Decoder<'_> {
         };
         match item_type.fixed_len() {
             Some(n) if n != len => return Err(self.fail(pos, Some(tag), bad_len())),
-            None if matches!(item_type, ItemType::Structure) && len % 8 != 0 => {
+            None if matches!(item_type, ItemType::Structure) && !len.is_multiple_of(8) => {
                 return Err(self.fail(pos, Some(tag), bad_len()));
             }
-            None if matches!(item_type, ItemType::BigInteger) && (len % 8 != 0 || len == 0) => {
+            None if matches!(item_type, ItemType::BigInteger)
+                && (!len.is_multiple_of(8) || len == 0) =>
+            {
                 return Err(self.fail(pos, Some(tag), bad_len()));
             }
             _ => {}
@@ -636,9 +635,8 @@ mod tests {
 
     #[test]
     fn spec_structure_round_trip() {
-        let bytes = hex(
-            "42002001000000204200040500000004000000FE000000004200050200000004000000FF00000000",
-        );
+        let bytes =
+            hex("42002001000000204200040500000004000000FE000000004200050200000004000000FF00000000");
         let item = decode(&bytes, &Limits::default()).unwrap();
         assert_eq!(item.children().len(), 2);
         assert_eq!(item.to_bytes(), bytes);
@@ -652,7 +650,10 @@ mod tests {
             item = Item::structure(Tag(0x420079), vec![item]);
         }
         let err = decode(&item.to_bytes(), &Limits::default()).unwrap_err();
-        assert!(matches!(err.kind, DecodeErrorKind::TooDeep { max: 32 }), "{err}");
+        assert!(
+            matches!(err.kind, DecodeErrorKind::TooDeep { max: 32 }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -678,7 +679,10 @@ mod tests {
     fn byte_strings_are_redacted_in_debug() {
         let item = Item::new(Tag(0x420043), Value::ByteString(vec![0xAB; 32]));
         let s = format!("{item:?}");
-        assert!(!s.contains("AB") && !s.contains("ab") && !s.contains("171"), "{s}");
+        assert!(
+            !s.contains("AB") && !s.contains("ab") && !s.contains("171"),
+            "{s}"
+        );
         assert!(s.contains("Key Material") && s.contains("32 bytes"), "{s}");
     }
 }

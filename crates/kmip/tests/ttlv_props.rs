@@ -30,8 +30,7 @@ fn leaf() -> impl Strategy<Value = Value> {
 fn item() -> impl Strategy<Value = Item> {
     let leaf = (tag(), leaf()).prop_map(|(t, v)| Item::new(t, v));
     leaf.prop_recursive(6, 64, 8, |inner| {
-        (tag(), proptest::collection::vec(inner, 0..8))
-            .prop_map(|(t, c)| Item::structure(t, c))
+        (tag(), proptest::collection::vec(inner, 0..8)).prop_map(|(t, c)| Item::structure(t, c))
     })
 }
 

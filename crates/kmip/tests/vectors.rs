@@ -41,7 +41,11 @@ fn check_value(name: &str, item: &Item, case: &Json) {
         }
         Value::TextString(s) => assert_eq!(Json::from(s.as_str()), *expected, "{name}"),
         Value::ByteString(b) => {
-            assert_eq!(hex::encode_upper(b), expected.as_str().unwrap().to_uppercase(), "{name}")
+            assert_eq!(
+                hex::encode_upper(b),
+                expected.as_str().unwrap().to_uppercase(),
+                "{name}"
+            )
         }
         Value::BigInteger(b) => {
             // Decimal in the vectors: compare through i128 where it fits, else by hex.
@@ -74,8 +78,7 @@ fn primitives_decode_and_encode_byte_exact() {
     for case in cases {
         let name = case["name"].as_str().unwrap();
         let raw = bytes(case["hex"].as_str().unwrap());
-        let item = ttlv::decode(&raw, &Limits::default())
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let item = ttlv::decode(&raw, &Limits::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
         let tag = u32::from_str_radix(case["tag"].as_str().unwrap().trim_start_matches("0x"), 16)
             .unwrap();
         assert_eq!(item.tag.0, tag, "{name}");
@@ -131,7 +134,10 @@ fn vendor_tags_outside_the_kmip_ranges_are_accepted_only_on_request() {
         .unwrap();
     let raw = bytes(case["hex"].as_str().unwrap());
     let err = ttlv::decode(&raw, &Limits::default()).unwrap_err();
-    assert!(matches!(err.kind, DecodeErrorKind::BadTagPrefix { tag: 0x123456 }), "{err}");
+    assert!(
+        matches!(err.kind, DecodeErrorKind::BadTagPrefix { tag: 0x123456 }),
+        "{err}"
+    );
     assert_eq!(err.offset, 16);
     let tolerant = Limits {
         any_tag_prefix: true,
@@ -148,7 +154,9 @@ fn whole_messages_decode_and_encode_byte_exact() {
     for ex in doc["exchanges"].as_array().unwrap() {
         let name = ex["name"].as_str().unwrap();
         for side in ["request", "response"] {
-            let Some(hex) = ex[side]["hex"].as_str() else { continue };
+            let Some(hex) = ex[side]["hex"].as_str() else {
+                continue;
+            };
             let raw = bytes(hex);
             let item = ttlv::decode(&raw, &Limits::default())
                 .unwrap_or_else(|e| panic!("{name} {side}: {e}"));
@@ -167,8 +175,7 @@ fn structures_decode_and_encode_byte_exact() {
     for f in frags {
         let name = f["name"].as_str().unwrap();
         let raw = bytes(f["hex"].as_str().unwrap());
-        let item = ttlv::decode(&raw, &Limits::default())
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let item = ttlv::decode(&raw, &Limits::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(item.to_bytes(), raw, "{name}");
     }
 }

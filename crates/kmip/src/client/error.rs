@@ -41,10 +41,7 @@ pub enum ClientError {
     /// Nothing listens at the address (connection refused).
     ConnectRefused { server: ServerAddr },
     /// The TCP connection did not complete in time.
-    ConnectTimeout {
-        server: ServerAddr,
-        after: Duration,
-    },
+    ConnectTimeout { server: ServerAddr, after: Duration },
     /// Another TCP error.
     Connect { server: ServerAddr, detail: String },
     /// The TLS handshake failed.

@@ -32,9 +32,9 @@ pub use tls::{Identity, TLS12_CIPHERS};
 
 use crate::message::{
     Attributes, Credential, KeyBlock, ObjectType, Operation, Password, ProtocolVersion,
-    QueryFunction, QueryResponse, RequestBatchItem, RequestHeader, RequestMessage,
-    RequestPayload, ResponseMessage, ResponsePayload, ResultReason, ResultStatus,
-    RevocationReason, RevocationReasonCode, usage,
+    QueryFunction, QueryResponse, RequestBatchItem, RequestHeader, RequestMessage, RequestPayload,
+    ResponseMessage, ResponsePayload, ResultReason, ResultStatus, RevocationReason,
+    RevocationReasonCode, usage,
 };
 use crate::ttlv::{self, HEADER_LEN, Limits, Value};
 
@@ -68,7 +68,8 @@ impl FromStr for ServerAddr {
     type Err = String;
     /// `host`, `host:port`, `[v6]` or `[v6]:port`; the port defaults to 5696.
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = |why: &str| format!("`{s}` is not a server address ({why}): use HOST or HOST:PORT");
+        let bad =
+            |why: &str| format!("`{s}` is not a server address ({why}): use HOST or HOST:PORT");
         let s = s.trim();
         let (host, port) = if let Some(rest) = s.strip_prefix('[') {
             let (h, after) = rest.split_once(']').ok_or_else(|| bad("missing `]`"))?;
@@ -405,7 +406,10 @@ impl Client {
             }
         };
         let _ = tcp.set_nodelay(true);
-        let io_budget = t.read.min(remaining(deadline)).max(Duration::from_millis(1));
+        let io_budget = t
+            .read
+            .min(remaining(deadline))
+            .max(Duration::from_millis(1));
         let _ = tcp.set_read_timeout(Some(io_budget));
         let _ = tcp.set_write_timeout(Some(io_budget));
         let name = self
@@ -472,7 +476,11 @@ impl Client {
         Ok(conn)
     }
 
-    fn negotiate(&self, conn: &mut Conn, deadline: Instant) -> Result<ProtocolVersion, ClientError> {
+    fn negotiate(
+        &self,
+        conn: &mut Conn,
+        deadline: Instant,
+    ) -> Result<ProtocolVersion, ClientError> {
         let payload = RequestPayload::DiscoverVersions {
             versions: ProtocolVersion::SUPPORTED.to_vec(),
         };
@@ -490,10 +498,12 @@ impl Client {
                 detail: "Discover Versions was answered with another operation's payload".into(),
             }),
             // The server does not know Discover Versions: KMIP 1.0.
-            Err(ExchangeError::Answered(ClientError::Operation { .. })) => Ok(ProtocolVersion::V1_0),
-            Err(ExchangeError::Answered(e) | ExchangeError::Sent(e) | ExchangeError::NotSent(e)) => {
-                Err(e)
+            Err(ExchangeError::Answered(ClientError::Operation { .. })) => {
+                Ok(ProtocolVersion::V1_0)
             }
+            Err(
+                ExchangeError::Answered(e) | ExchangeError::Sent(e) | ExchangeError::NotSent(e),
+            ) => Err(e),
         }
     }
 
@@ -722,9 +732,9 @@ fn credential(config: &ClientConfig) -> Option<Credential> {
 }
 
 fn is_timeout(e: &openssl::ssl::Error) -> bool {
-    e.io_error().is_some_and(|io| {
-        matches!(io.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
-    }) || (e.code() == ErrorCode::WANT_READ || e.code() == ErrorCode::WANT_WRITE)
+    e.io_error()
+        .is_some_and(|io| matches!(io.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut))
+        || (e.code() == ErrorCode::WANT_READ || e.code() == ErrorCode::WANT_WRITE)
 }
 
 fn is_eof(e: &openssl::ssl::Error) -> bool {
@@ -869,8 +879,15 @@ fn exchange(
     };
     let bytes = Zeroizing::new(request.to_item().to_bytes());
     let write_budget = config.timeouts.read.min(remaining(deadline));
-    let _ = conn.stream.get_ref().set_write_timeout(Some(write_budget.max(Duration::from_millis(1))));
-    if let Err(e) = conn.stream.write_all(&bytes).and_then(|_| conn.stream.flush()) {
+    let _ = conn
+        .stream
+        .get_ref()
+        .set_write_timeout(Some(write_budget.max(Duration::from_millis(1))));
+    if let Err(e) = conn
+        .stream
+        .write_all(&bytes)
+        .and_then(|_| conn.stream.flush())
+    {
         let err = match e.kind() {
             ErrorKind::WouldBlock | ErrorKind::TimedOut => ClientError::Timeout {
                 server,
@@ -907,7 +924,8 @@ fn exchange(
     })?;
     let mut buf = Zeroizing::new(vec![0u8; total]);
     buf[..HEADER_LEN].copy_from_slice(&header);
-    read_exact(conn, &mut buf[HEADER_LEN..], deadline, read_timeout).map_err(ExchangeError::Sent)?;
+    read_exact(conn, &mut buf[HEADER_LEN..], deadline, read_timeout)
+        .map_err(ExchangeError::Sent)?;
     let item = ttlv::decode(&buf, limits).map_err(|e| {
         ExchangeError::Sent(ClientError::Protocol {
             server: server.clone(),

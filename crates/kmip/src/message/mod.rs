@@ -297,7 +297,10 @@ impl Credential {
     fn to_item(&self) -> Item {
         let (ty, value) = match self {
             Credential::UsernamePassword { username, password } => {
-                let mut v = vec![Item::new(tags::USERNAME, Value::TextString(username.clone()))];
+                let mut v = vec![Item::new(
+                    tags::USERNAME,
+                    Value::TextString(username.clone()),
+                )];
                 if let Some(p) = password {
                     v.push(Item::new(
                         tags::PASSWORD,
@@ -527,7 +530,10 @@ impl RequestMessage {
         header.push(Item::new(tags::BATCH_COUNT, Value::Integer(h.batch_count)));
         let mut children = vec![Item::structure(tags::REQUEST_HEADER, header)];
         for bi in &self.items {
-            let mut v = vec![Item::new(tags::OPERATION, Value::Enumeration(bi.operation.0))];
+            let mut v = vec![Item::new(
+                tags::OPERATION,
+                Value::Enumeration(bi.operation.0),
+            )];
             if let Some(id) = &bi.id {
                 v.push(Item::new(
                     tags::UNIQUE_BATCH_ITEM_ID,
@@ -596,7 +602,10 @@ impl ResponseMessage {
                     Value::ByteString(id.clone()),
                 ));
             }
-            v.push(Item::new(tags::RESULT_STATUS, Value::Enumeration(bi.status.0)));
+            v.push(Item::new(
+                tags::RESULT_STATUS,
+                Value::Enumeration(bi.status.0),
+            ));
             if let Some(r) = bi.reason {
                 v.push(Item::new(tags::RESULT_REASON, Value::Enumeration(r.0)));
             }

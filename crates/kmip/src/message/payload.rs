@@ -67,7 +67,10 @@ impl KeyBlock {
                 )],
             )
         } else {
-            Item::new(tags::KEY_MATERIAL, Value::ByteString(self.material.to_vec()))
+            Item::new(
+                tags::KEY_MATERIAL,
+                Value::ByteString(self.material.to_vec()),
+            )
         };
         let mut v = vec![
             Item::new(tags::KEY_FORMAT_TYPE, Value::Enumeration(self.format.0)),
@@ -170,7 +173,10 @@ impl ManagedObject {
             } => Item::structure(
                 tags::SECRET_DATA,
                 vec![
-                    Item::new(tags::SECRET_DATA_TYPE, Value::Enumeration(*secret_data_type)),
+                    Item::new(
+                        tags::SECRET_DATA_TYPE,
+                        Value::Enumeration(*secret_data_type),
+                    ),
                     key_block.to_item(),
                 ],
             ),
@@ -422,7 +428,10 @@ impl RequestPayload {
                 object_type,
                 attributes,
             } => {
-                v.push(Item::new(tags::OBJECT_TYPE, Value::Enumeration(object_type.0)));
+                v.push(Item::new(
+                    tags::OBJECT_TYPE,
+                    Value::Enumeration(object_type.0),
+                ));
                 v.push(attributes.to_template(version));
             }
             RequestPayload::Register {
@@ -430,7 +439,10 @@ impl RequestPayload {
                 attributes,
                 object,
             } => {
-                v.push(Item::new(tags::OBJECT_TYPE, Value::Enumeration(object_type.0)));
+                v.push(Item::new(
+                    tags::OBJECT_TYPE,
+                    Value::Enumeration(object_type.0),
+                ));
                 v.push(attributes.to_template(version));
                 v.push(object.to_item());
             }
@@ -481,11 +493,17 @@ impl RequestPayload {
                     Value::Enumeration(reason.code.0),
                 )];
                 if let Some(m) = &reason.message {
-                    r.push(Item::new(tags::REVOCATION_MESSAGE, Value::TextString(m.clone())));
+                    r.push(Item::new(
+                        tags::REVOCATION_MESSAGE,
+                        Value::TextString(m.clone()),
+                    ));
                 }
                 v.push(Item::structure(tags::REVOCATION_REASON, r));
                 if let Some(d) = compromise_date {
-                    v.push(Item::new(tags::COMPROMISE_OCCURRENCE_DATE, Value::DateTime(*d)));
+                    v.push(Item::new(
+                        tags::COMPROMISE_OCCURRENCE_DATE,
+                        Value::DateTime(*d),
+                    ));
                 }
             }
             RequestPayload::Other(item) => return item.clone(),
@@ -598,21 +616,25 @@ impl ResponsePayload {
                 object_type,
                 unique_identifier,
             } => {
-                v.push(Item::new(tags::OBJECT_TYPE, Value::Enumeration(object_type.0)));
+                v.push(Item::new(
+                    tags::OBJECT_TYPE,
+                    Value::Enumeration(object_type.0),
+                ));
                 v.push(uid_item(unique_identifier));
             }
             ResponsePayload::Register { unique_identifier }
             | ResponsePayload::Activate { unique_identifier }
             | ResponsePayload::Revoke { unique_identifier }
-            | ResponsePayload::Destroy { unique_identifier } => {
-                v.push(uid_item(unique_identifier))
-            }
+            | ResponsePayload::Destroy { unique_identifier } => v.push(uid_item(unique_identifier)),
             ResponsePayload::Get {
                 object_type,
                 unique_identifier,
                 object,
             } => {
-                v.push(Item::new(tags::OBJECT_TYPE, Value::Enumeration(object_type.0)));
+                v.push(Item::new(
+                    tags::OBJECT_TYPE,
+                    Value::Enumeration(object_type.0),
+                ));
                 v.push(uid_item(unique_identifier));
                 v.push(object.to_item());
             }

@@ -21,7 +21,9 @@ fn published_messages_through_the_typed_model() {
     for ex in doc["exchanges"].as_array().unwrap() {
         let name = ex["name"].as_str().unwrap();
         for side in ["request", "response"] {
-            let Some(hex) = ex[side]["hex"].as_str() else { continue };
+            let Some(hex) = ex[side]["hex"].as_str() else {
+                continue;
+            };
             let raw = hex::decode(hex).unwrap();
             let item = ttlv::decode(&raw, &Limits::default()).unwrap();
             let again = if side == "request" {
@@ -42,7 +44,10 @@ fn published_messages_through_the_typed_model() {
     }
     // The one message not kept exactly refers to a server-side template by Name inside its
     // Template-Attribute, a KMIP 1.0 feature (deprecated in 1.3) that the model leaves out.
-    assert_eq!(lossy, vec!["kmip1.0-usecase-3.1.2-step-2 request".to_string()]);
+    assert_eq!(
+        lossy,
+        vec!["kmip1.0-usecase-3.1.2-step-2 request".to_string()]
+    );
     assert_eq!(exact.len(), 88);
 }
 
@@ -94,7 +99,7 @@ fn failed_item_without_operation_is_accepted() {
         )],
     };
     let bytes = msg.to_item().to_bytes();
-    let back = ResponseMessage::from_item(&ttlv::decode(&bytes, &Limits::default()).unwrap())
-        .unwrap();
+    let back =
+        ResponseMessage::from_item(&ttlv::decode(&bytes, &Limits::default()).unwrap()).unwrap();
     assert_eq!(back, msg);
 }
