@@ -89,16 +89,18 @@ enum KmipCommand {
 }
 
 fn parse_state(s: &str) -> anyhow::Result<State> {
-    Ok(match s.to_ascii_lowercase().replace(['-', '_', ' '], "").as_str() {
-        "preactive" => State::PRE_ACTIVE,
-        "active" => State::ACTIVE,
-        "deactivated" => State::DEACTIVATED,
-        "compromised" => State::COMPROMISED,
-        "destroyed" => State::DESTROYED,
-        _ => anyhow::bail!(
-            "unknown state `{s}`; use pre-active, active, deactivated, compromised or destroyed"
-        ),
-    })
+    Ok(
+        match s.to_ascii_lowercase().replace(['-', '_', ' '], "").as_str() {
+            "preactive" => State::PRE_ACTIVE,
+            "active" => State::ACTIVE,
+            "deactivated" => State::DEACTIVATED,
+            "compromised" => State::COMPROMISED,
+            "destroyed" => State::DESTROYED,
+            _ => anyhow::bail!(
+                "unknown state `{s}`; use pre-active, active, deactivated, compromised or destroyed"
+            ),
+        },
+    )
 }
 
 fn print(json_mode: bool, value: serde_json::Value, text: impl FnOnce() -> String) {
@@ -133,7 +135,10 @@ fn value_json(v: &Value) -> serde_json::Value {
 fn format_time(t: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(t)
         .ok()
-        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| t.to_string())
 }
 
@@ -236,7 +241,12 @@ pub fn run(args: KmipArgs) -> anyhow::Result<()> {
                 print(
                     j,
                     json!({"unique_identifier": id, "length": bits, "algorithm": kb.algorithm.map(|a| a.to_string()), "out": out}),
-                    || format!("{id}: {bits}-bit {} key", kb.algorithm.map(|a| a.to_string()).unwrap_or_default()),
+                    || {
+                        format!(
+                            "{id}: {bits}-bit {} key",
+                            kb.algorithm.map(|a| a.to_string()).unwrap_or_default()
+                        )
+                    },
                 );
             }
         }
@@ -253,7 +263,13 @@ pub fn run(args: KmipArgs) -> anyhow::Result<()> {
                 attrs
                     .0
                     .iter()
-                    .map(|a| format!("{:28}{}", format!("{}:", a.name), attribute_text(&a.name, &a.value)))
+                    .map(|a| {
+                        format!(
+                            "{:28}{}",
+                            format!("{}:", a.name),
+                            attribute_text(&a.name, &a.value)
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("\n")
             });
@@ -274,9 +290,11 @@ pub fn run(args: KmipArgs) -> anyhow::Result<()> {
         }
         KmipCommand::Activate { id } => {
             client.activate(&id)?;
-            print(j, json!({"unique_identifier": id, "state": "Active"}), || {
-                format!("{id}: activated")
-            });
+            print(
+                j,
+                json!({"unique_identifier": id, "state": "Active"}),
+                || format!("{id}: activated"),
+            );
         }
         KmipCommand::Revoke { id, compromised } => {
             let code = if compromised {
@@ -305,9 +323,11 @@ pub fn run(args: KmipArgs) -> anyhow::Result<()> {
                 Some(_) => {}
             }
             client.destroy(&id)?;
-            print(j, json!({"unique_identifier": id, "destroyed": true}), || {
-                format!("{id}: revoked and destroyed")
-            });
+            print(
+                j,
+                json!({"unique_identifier": id, "destroyed": true}),
+                || format!("{id}: revoked and destroyed"),
+            );
         }
     }
     client.disconnect();

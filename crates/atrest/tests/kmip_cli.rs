@@ -1,0 +1,242 @@
+//! `atrest kmip …` as an administrator runs it, against the PyKMIP peer: output, exit status,
+//! and a one-line reason on stderr when it fails.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+struct Peer(HashMap<String, String>);
+
+fn peer() -> Option<Peer> {
+    let Some(path) = std::env::var_os("ATREST_PYKMIP_EC_ENV") else {
+        if std::env::var("ATREST_REQUIRE_PEERS").is_ok_and(|v| v == "1") {
+            panic!("ATREST_PYKMIP_EC_ENV is not set but ATREST_REQUIRE_PEERS=1");
+        }
+        eprintln!("SKIPPED: ATREST_PYKMIP_EC_ENV is not set (run scripts/test)");
+        return None;
+    };
+    let text = std::fs::read_to_string(path).unwrap();
+    Some(Peer(
+        text.lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    ))
+}
+
+impl Peer {
+    fn v(&self, k: &str) -> &str {
+        &self.0[k]
+    }
+
+    /// `atrest kmip` with the peer's server, CA and PKCS#12 identity; passphrase and password
+    /// from the environment.
+    fn atrest(&self, args: &[&str]) -> Output {
+        self.atrest_with(args, &[])
+    }
+
+    /// `extra` holds flag/value pairs that replace the defaults of the same flag.
+    fn atrest_with(&self, args: &[&str], extra: &[&str]) -> Output {
+        let server = format!("{}:{}", self.v("KMIP_HOST"), self.v("KMIP_PORT"));
+        let mut flags: Vec<(&str, &str)> = vec![
+            ("--server", &server),
+            ("--server-name", self.v("KMIP_SERVER_NAME")),
+            ("--ca", self.v("KMIP_CA")),
+            ("--client-cert", self.v("KMIP_CLIENT_P12")),
+            ("--username", self.v("KMIP_USERNAME")),
+        ];
+        for pair in extra.chunks(2) {
+            flags.retain(|(f, _)| *f != pair[0]);
+            flags.push((pair[0], pair[1]));
+        }
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_atrest"));
+        cmd.arg("kmip");
+        for (f, v) in flags {
+            cmd.args([f, v]);
+        }
+        cmd.args(args)
+            .env(
+                "ATREST_KMIP_PASSPHRASE",
+                self.v("KMIP_CLIENT_P12_PASSPHRASE"),
+            )
+            .env("ATREST_KMIP_PASSWORD", self.v("KMIP_PASSWORD"))
+            .output()
+            .unwrap()
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).trim().to_owned()
+}
+
+fn assert_one_line_failure(o: &Output, needle: &str) {
+    assert!(!o.status.success(), "succeeded: {}", stdout(o));
+    let err = stderr(o);
+    assert_eq!(err.lines().count(), 1, "not one line: {err}");
+    assert!(err.starts_with("atrest: "), "{err}");
+    assert!(err.contains(needle), "`{needle}` not in: {err}");
+}
+
+#[test]
+fn test_prints_the_negotiated_version_and_exits_0() {
+    let Some(p) = peer() else { return };
+    let o = p.atrest(&["test"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("OK: "), "{out}");
+    assert!(out.contains("KMIP version:     2.0"), "{out}");
+    assert!(out.contains("PyKMIP 0.11.0 Software Server"), "{out}");
+    assert!(out.contains("Discover Versions"), "{out}");
+
+    let o = p.atrest(&["test", "--json"]);
+    assert!(o.status.success());
+    let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(j["kmip_version"], "2.0");
+    assert_eq!(j["ok"], true);
+    assert!(
+        j["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o == "Get")
+    );
+
+    let o = p.atrest_with(&["query", "--json"], &["--kmip-version", "1.2"]);
+    let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(j["kmip_version"], "1.2");
+}
+
+#[test]
+fn create_get_locate_destroy() {
+    let Some(p) = peer() else { return };
+    let name = format!("cli-{}", std::process::id());
+    let o = p.atrest(&["create", "--name", &name]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o);
+    assert!(!id.is_empty() && !id.contains('\n'));
+
+    let o = p.atrest(&["get", &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("256-bit AES key"), "{}", stdout(&o));
+    let o = p.atrest(&["get", &id, "--hex"]);
+    let hex = stdout(&o);
+    assert_eq!(hex.len(), 64);
+    // PyKMIP's own client gets the same 32 bytes for that id.
+    let py = Command::new(p.v("PYKMIP_PYTHON_BIN"))
+        .arg("-c")
+        .arg(
+            "import sys\nfrom kmip.pie.client import ProxyKmipClient\n\
+             h, port, cert, key, ca, uid = sys.argv[1:7]\n\
+             c = ProxyKmipClient(hostname=h, port=int(port), cert=cert, key=key, ca=ca, config_file='/dev/null')\n\
+             c.open()\nprint(c.get(uid).value.hex())\nc.close()\n",
+        )
+        .args([p.v("KMIP_HOST"), p.v("KMIP_PORT"), p.v("KMIP_CLIENT_CERT")])
+        .args([p.v("KMIP_CLIENT_KEY"), p.v("KMIP_CA"), &id])
+        .output()
+        .unwrap();
+    assert!(py.status.success(), "{}", stderr(&py));
+    assert_eq!(stdout(&py), hex);
+
+    let dir = std::env::temp_dir().join(format!("atrest-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("key.bin");
+    let o = p.atrest(&["get", &id, "--out", out.to_str().unwrap()]);
+    assert!(o.status.success());
+    let bytes = std::fs::read(&out).unwrap();
+    assert_eq!(hex::encode(&bytes), hex);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // The key never appears in ordinary output.
+    let o = p.atrest(&["attributes", &id, "--json"]);
+    assert!(!stdout(&o).contains(&hex));
+    let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(j["State"], "Active");
+
+    let o = p.atrest(&["locate", "--name", &name]);
+    assert_eq!(stdout(&o), id);
+    let o = p.atrest(&["destroy", &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = p.atrest(&["get", &id]);
+    assert_one_line_failure(&o, "Item Not Found");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn settings_from_a_toml_file() {
+    let Some(p) = peer() else { return };
+    let dir = std::env::temp_dir().join(format!("atrest-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("pass"),
+        format!("{}\n", p.v("KMIP_CLIENT_KEY_PASSPHRASE")),
+    )
+    .unwrap();
+    let cfg: PathBuf = dir.join("kmip.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "servers = [\"127.0.0.1:1\", \"{}:{}\"]\nserver_name = \"localhost\"\nca = \"{}\"\n\
+             client_cert = \"{}\"\nclient_key = \"{}\"\npassphrase_file = \"pass\"\n\
+             username = \"appliance\"\ntimeout = 5\n",
+            p.v("KMIP_HOST"),
+            p.v("KMIP_PORT"),
+            p.v("KMIP_CA"),
+            p.v("KMIP_CLIENT_CERT"),
+            p.v("KMIP_CLIENT_KEY_ENCRYPTED"),
+        ),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_atrest"))
+        .args(["kmip", "--config", cfg.to_str().unwrap(), "test"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(&format!("OK: {}:{}", p.v("KMIP_HOST"), p.v("KMIP_PORT"))));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn each_failure_has_its_own_one_line_reason() {
+    let Some(p) = peer() else { return };
+    let o = p.atrest_with(&["test"], &["--ca", p.v("KMIP_UNTRUSTED_CA")]);
+    assert_one_line_failure(&o, "not signed by the configured CA");
+    let o = p.atrest_with(&["test"], &["--server-name", "wrong.example"]);
+    assert_one_line_failure(&o, "not valid for `wrong.example`");
+    let o = Command::new(env!("CARGO_BIN_EXE_atrest"))
+        .args(["kmip", "--server", "127.0.0.1:9", "--ca", p.v("KMIP_CA")])
+        .args([
+            "--client-cert",
+            p.v("KMIP_CLIENT_CERT"),
+            "--client-key",
+            p.v("KMIP_CLIENT_KEY"),
+        ])
+        .args(["--timeout", "2", "test"])
+        .output()
+        .unwrap();
+    assert_one_line_failure(&o, "connection refused");
+    let o = Command::new(env!("CARGO_BIN_EXE_atrest"))
+        .args(["kmip", "--ca", p.v("KMIP_CA"), "test"])
+        .output()
+        .unwrap();
+    assert_one_line_failure(&o, "no KMIP server given");
+    let o = p.atrest_with(
+        &["test"],
+        &["--client-cert", p.v("KMIP_UNTRUSTED_CLIENT_P12")],
+    );
+    assert_one_line_failure(&o, "rejected the client certificate");
+    let o = Command::new(env!("CARGO_BIN_EXE_atrest"))
+        .args(["kmip", "--server", "localhost", "--ca", p.v("KMIP_CA")])
+        .args(["--client-cert", p.v("KMIP_CLIENT_P12"), "test"])
+        .env("ATREST_KMIP_PASSPHRASE", "wrong")
+        .output()
+        .unwrap();
+    assert_one_line_failure(&o, "wrong passphrase");
+}
