@@ -1,10 +1,142 @@
 //! `atrest kms …`: the bundled KMIP server.
 
-use clap::Args;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use atrest_kms::datadir::DataDir;
+use atrest_kms::server::{Server, ServerConfig};
+use clap::{Args, Subcommand};
 
 #[derive(Debug, Args)]
-pub struct KmsArgs {}
+pub struct KmsArgs {
+    #[command(subcommand)]
+    command: KmsCommand,
+}
 
-pub fn run(_args: KmsArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`atrest kms` is not available yet")
+#[derive(Debug, Subcommand)]
+enum KmsCommand {
+    /// Runs the KMIP server (TTLV over mutual TLS). The first start in an empty data directory
+    /// creates a CA, the server's certificates, a master key and a first client identity, and
+    /// writes DIR/client.env for clients and scripts.
+    Serve(ServeArgs),
+    /// Issues another client identity (certificate, key, PKCS#12) and user; its settings and
+    /// secrets go to DIR/clients/NAME.env. A running server accepts it at once.
+    AddClient(AddClientArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// The server's data directory (created if missing).
+    #[arg(long, value_name = "DIR", env = "ATREST_KMS_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Address to listen on; port 0 picks a free port (written to DIR/client.env).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:5696")]
+    listen: String,
+    /// Another name for the server certificate (first start only); repeatable.
+    #[arg(long = "server-name", value_name = "NAME")]
+    server_names: Vec<String>,
+    /// Most client connections served at once.
+    #[arg(long, default_value_t = 256)]
+    max_connections: usize,
+    /// Seconds an idle connection is kept open.
+    #[arg(long, default_value_t = 300)]
+    idle_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+struct AddClientArgs {
+    /// The server's data directory.
+    #[arg(long, value_name = "DIR", env = "ATREST_KMS_DATA_DIR")]
+    data_dir: PathBuf,
+    /// The client's name: its certificate's common name and its KMIP username.
+    name: String,
+}
+
+pub fn run(args: KmsArgs) -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+    match args.command {
+        KmsCommand::Serve(a) => serve(a),
+        KmsCommand::AddClient(a) => add_client(a),
+    }
+}
+
+fn host_of(listen: &str) -> &str {
+    let host = match listen.rsplit_once(':') {
+        Some((h, _)) => h,
+        None => listen,
+    };
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let dir = DataDir::new(&a.data_dir);
+    let mut names = vec![host_of(&a.listen).to_owned()];
+    names.extend(a.server_names.iter().cloned());
+    let opened = dir
+        .open_or_init(&names)
+        .with_context(|| format!("preparing the data directory {}", a.data_dir.display()))?;
+    let engine = atrest_kms::open_engine(&dir).context("opening the key store")?;
+    let config = ServerConfig {
+        listen: a.listen.clone(),
+        max_connections: a.max_connections.max(1),
+        idle_timeout: Duration::from_secs(a.idle_timeout.max(1)),
+        ..ServerConfig::default()
+    };
+    let server = Server::bind(&dir, Arc::new(engine), config)?;
+    let addr = server.local_addr()?;
+    let host = match host_of(&a.listen) {
+        "0.0.0.0" | "" => "127.0.0.1".to_owned(),
+        "::" => "::1".to_owned(),
+        h => h.to_owned(),
+    };
+    let env = dir
+        .write_client_env(&host, addr.port())
+        .context("writing client.env")?;
+    if opened.created {
+        println!("Created a new key server in {}:", a.data_dir.display());
+    } else {
+        println!("Using the key server in {}:", a.data_dir.display());
+    }
+    for (what, path) in &opened.files {
+        println!("  {what:<28} {}", path.display());
+    }
+    println!(
+        "Clients: source {} for KMIP_HOST, KMIP_PORT, the CA, the client identity and its \
+         username and password (secrets: keep that file private).",
+        env.display()
+    );
+    println!("listening on {addr}");
+    let stop = server.stop_flag();
+    atrest_kms::server::stop_on_signals(&stop).context("installing the signal handlers")?;
+    server.run()?;
+    if stop.load(Ordering::SeqCst) {
+        println!("stopped");
+    }
+    Ok(())
+}
+
+fn add_client(a: AddClientArgs) -> anyhow::Result<()> {
+    let dir = DataDir::new(&a.data_dir);
+    let c = dir
+        .add_client(&a.name)
+        .with_context(|| format!("adding the client {:?}", a.name))?;
+    println!("Issued client {:?}:", c.name);
+    println!("  {:<28} {}", "certificate", c.cert.display());
+    println!("  {:<28} {}", "key", c.key.display());
+    println!("  {:<28} {}", "PKCS#12", c.p12.display());
+    println!(
+        "  {:<28} {} (passphrase, username and password; set KMIP_HOST and KMIP_PORT)",
+        "settings and secrets",
+        c.env.display()
+    );
+    Ok(())
 }

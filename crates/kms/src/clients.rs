@@ -1,0 +1,159 @@
+//! The clients a server knows: for each, the SHA-256 fingerprints of its TLS certificates,
+//! its KMIP username and a PBKDF2-HMAC-SHA256 hash of its password (never the password).
+//! Kept in `clients.json` (0600), rewritten atomically.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::crypto::{self, PBKDF2_ITERATIONS};
+use crate::error::{KmsError, Result};
+
+/// A stored password hash.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PasswordHash {
+    /// Always `pbkdf2-hmac-sha256` for now.
+    pub scheme: String,
+    pub iterations: u32,
+    pub salt: String,
+    pub hash: String,
+}
+
+impl PasswordHash {
+    pub fn new(password: &str) -> Result<Self> {
+        let salt = crypto::random_bytes(16)?;
+        let hash = crypto::pbkdf2(password.as_bytes(), &salt, PBKDF2_ITERATIONS)?;
+        Ok(PasswordHash {
+            scheme: "pbkdf2-hmac-sha256".into(),
+            iterations: PBKDF2_ITERATIONS,
+            salt: hex::encode(&*salt),
+            hash: hex::encode(hash),
+        })
+    }
+
+    /// Whether `password` is the one hashed. A malformed stored hash verifies nothing.
+    pub fn verify(&self, password: &str) -> bool {
+        if self.scheme != "pbkdf2-hmac-sha256" || self.iterations == 0 {
+            return false;
+        }
+        let (Ok(salt), Ok(want)) = (hex::decode(&self.salt), hex::decode(&self.hash)) else {
+            return false;
+        };
+        match crypto::pbkdf2(password.as_bytes(), &salt, self.iterations) {
+            Ok(got) => crypto::ct_eq(&got, &want),
+            Err(_) => false,
+        }
+    }
+}
+
+/// One known client.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Client {
+    /// The client's name: its certificates' common name and the owner of its objects.
+    pub name: String,
+    /// The KMIP Credential username.
+    pub username: String,
+    pub password: PasswordHash,
+    /// SHA-256 fingerprints (hex) of the certificates this client may present.
+    pub certificates: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ClientsFile {
+    clients: Vec<Client>,
+}
+
+/// The registry of clients, backed by a file.
+#[derive(Debug)]
+pub struct Clients {
+    path: PathBuf,
+    list: Vec<Client>,
+}
+
+impl Clients {
+    /// Loads `path`; a missing file is an empty registry.
+    pub fn load(path: &Path) -> Result<Clients> {
+        let list = match fs::read(path) {
+            Ok(b) => {
+                let f: ClientsFile = serde_json::from_slice(&b).map_err(|e| KmsError::Corrupt {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "does not parse ({e}); restore it from a backup, or remove it and \
+                         issue new client identities with `atrest kms add-client`"
+                    ),
+                })?;
+                f.clients
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(KmsError::io("reading", path)(e)),
+        };
+        Ok(Clients {
+            path: path.to_path_buf(),
+            list,
+        })
+    }
+
+    /// Reads the registry's file again (to see clients added by another process).
+    pub fn reload(&self) -> Result<Clients> {
+        Clients::load(&self.path)
+    }
+
+    pub fn list(&self) -> &[Client] {
+        &self.list
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Client> {
+        self.list.iter().find(|c| c.name == name)
+    }
+
+    /// The client that owns the certificate with this fingerprint.
+    pub fn by_certificate(&self, fingerprint: &str) -> Option<&Client> {
+        self.list
+            .iter()
+            .find(|c| c.certificates.iter().any(|f| f == fingerprint))
+    }
+
+    /// Adds a client and saves the registry.
+    pub fn add(&mut self, client: Client) -> Result<()> {
+        if self.by_name(&client.name).is_some() {
+            return Err(KmsError::Config(format!(
+                "a client named {:?} exists already; choose another name",
+                client.name
+            )));
+        }
+        self.list.push(client);
+        self.save()
+    }
+
+    fn save(&self) -> Result<()> {
+        let f = ClientsFile {
+            clients: self.list.clone(),
+        };
+        let json = serde_json::to_vec_pretty(&f)
+            .map_err(|e| KmsError::Config(format!("encoding the client registry: {e}")))?;
+        crypto::write_atomic(&self.path, &json, 0o600)
+    }
+}
+
+/// A generated password, zeroed on drop.
+pub type Secret = Zeroizing<String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_hash_verifies_only_the_password() {
+        let h = PasswordHash::new("right").unwrap();
+        assert!(h.verify("right"));
+        assert!(!h.verify("wrong"));
+        assert!(!h.verify(""));
+        let mut bad = h.clone();
+        bad.salt = "zz".into();
+        assert!(!bad.verify("right"));
+        let json = serde_json::to_string(&h).unwrap();
+        assert!(!json.contains("right"));
+    }
+}
