@@ -89,7 +89,9 @@ fn read_secret(path: &Path, what: &str) -> anyhow::Result<Zeroizing<String>> {
     let bytes = Zeroizing::new(read_file(path, what)?);
     let text = std::str::from_utf8(&bytes)
         .with_context(|| format!("the {what} {} is not UTF-8 text", path.display()))?;
-    Ok(Zeroizing::new(text.trim_end_matches(['\r', '\n']).to_owned()))
+    Ok(Zeroizing::new(
+        text.trim_end_matches(['\r', '\n']).to_owned(),
+    ))
 }
 
 impl KmipSettings {
@@ -100,7 +102,10 @@ impl KmipSettings {
                 let text = String::from_utf8(read_file(p, "settings file")?)
                     .with_context(|| format!("the settings file {} is not UTF-8", p.display()))?;
                 let mut f: FileSettings = toml::from_str(&text).with_context(|| {
-                    format!("the settings file {} is not valid TOML settings", p.display())
+                    format!(
+                        "the settings file {} is not valid TOML settings",
+                        p.display()
+                    )
                 })?;
                 // Relative paths in the file are relative to the file.
                 let base = p.parent().unwrap_or(Path::new("."));
@@ -142,7 +147,9 @@ impl KmipSettings {
         let ca_pem = read_file(&ca_path, "CA certificate")?;
         let passphrase = match self.passphrase_file.clone().or(file.passphrase_file) {
             Some(p) => Some(read_secret(&p, "passphrase file")?),
-            None => std::env::var("ATREST_KMIP_PASSPHRASE").ok().map(Zeroizing::new),
+            None => std::env::var("ATREST_KMIP_PASSPHRASE")
+                .ok()
+                .map(Zeroizing::new),
         };
         let cert_path = self
             .client_cert
@@ -175,7 +182,9 @@ impl KmipSettings {
         };
         let password = match self.password_file.clone().or(file.password_file) {
             Some(p) => Some(read_secret(&p, "password file")?),
-            None => std::env::var("ATREST_KMIP_PASSWORD").ok().map(Zeroizing::new),
+            None => std::env::var("ATREST_KMIP_PASSWORD")
+                .ok()
+                .map(Zeroizing::new),
         };
         let version = match self.kmip_version.clone().or(file.kmip_version) {
             Some(v) => Some(v.parse::<ProtocolVersion>().map_err(anyhow::Error::msg)?),

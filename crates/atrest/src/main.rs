@@ -8,7 +8,11 @@ mod volume_cmd;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "atrest", version, about = "Data-at-rest encryption keyed by a KMIP server")]
+#[command(
+    name = "atrest",
+    version,
+    about = "Data-at-rest encryption keyed by a KMIP server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
