@@ -423,3 +423,37 @@ fn a_state_changing_request_is_not_repeated_on_another_server() {
     assert_eq!(err.class(), "closed", "{err}");
     assert_eq!(*creates.lock().unwrap(), 1);
 }
+
+#[test]
+fn no_version_in_common() {
+    let pki = Pki::new("ca");
+    let (cert, key) = pki.leaf("localhost", &["localhost"], -1, 30);
+    let server = tls_server(
+        cert,
+        key,
+        |_| {},
+        4,
+        move |mut s| {
+            while let Some(bytes) = read_message(&mut s) {
+                let req = parse(&bytes);
+                // A server that only speaks a future version: the intersection is empty.
+                let reply = respond(
+                    &req,
+                    Some(ResponsePayload::DiscoverVersions { versions: vec![] }),
+                    None,
+                );
+                write_all(&mut s, &reply);
+            }
+        },
+    );
+    let err = Client::new(pki.client_config(server.port))
+        .unwrap()
+        .connect()
+        .unwrap_err();
+    assert_eq!(err.class(), "version", "{err}");
+    assert!(
+        err.to_string()
+            .contains("pin one the server supports with --kmip-version"),
+        "{err}"
+    );
+}
