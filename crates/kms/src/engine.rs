@@ -853,7 +853,7 @@ impl Engine {
             }
             // Match against the attributes as 2.1 spells them; names are the same in 1.x.
             let attrs = attributes_of(r, ProtocolVersion::V2_1);
-            if filter.0.iter().all(|f| matches(&attrs, f)) {
+            if filter.0.iter().all(|f| matches(&attrs, f, filter)) {
                 uids.push(r.uid.clone());
             }
         }
@@ -904,8 +904,26 @@ fn payload_uid(p: &ResponsePayload) -> Option<String> {
     }
 }
 
-/// Whether an object with `attrs` matches one Locate criterion.
-fn matches(attrs: &Attributes, f: &Attribute) -> bool {
+/// Whether an object with `attrs` matches one Locate criterion. A date attribute given twice
+/// in the criteria is a range (both ends included), as the specification defines.
+fn matches(attrs: &Attributes, f: &Attribute, all: &Attributes) -> bool {
+    if let Value::DateTime(_) = f.value {
+        let bounds: Vec<i64> = all
+            .0
+            .iter()
+            .filter(|a| a.name == f.name)
+            .filter_map(|a| match a.value {
+                Value::DateTime(d) => Some(d),
+                _ => None,
+            })
+            .collect();
+        if bounds.len() == 2 {
+            let (lo, hi) = (bounds[0].min(bounds[1]), bounds[0].max(bounds[1]));
+            return attrs.0.iter().any(|a| {
+                a.name == f.name && matches!(a.value, Value::DateTime(d) if lo <= d && d <= hi)
+            });
+        }
+    }
     match f.name.as_str() {
         "Cryptographic Usage Mask" => match (&f.value, attrs.usage_mask()) {
             (Value::Integer(want), Some(have)) => have & want == *want,
