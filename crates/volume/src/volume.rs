@@ -1,0 +1,1234 @@
+//! Volumes: format, open, key check, unlock, the data segment as a block device, and in-place
+//! conversion (encrypt, rekey, decrypt).
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::device::{BlockDevice, check_range};
+use crate::error::{Error, Result};
+use crate::key::{KeyMaterial, VolumeKey, digest_matches, expected_bits, make_digest};
+use crate::luks2::{
+    self, Conversion, ConversionKind, DEFAULT_HDR_SIZE, DEFAULT_PBKDF2_ITERATIONS, HOTZONE_ENTRY,
+    HOTZONE_UNIT, Hotzone, KmipToken, Metadata, REQUIREMENT_CONVERSION, ReadReport, Segment,
+    SegmentKind, Token,
+};
+use crate::rangelock::RangeLock;
+use crate::xts::{KeySize, TWEAK_UNIT, XtsCipher};
+
+/// The only cipher atrest reads and writes.
+pub const CIPHER: &str = "aes-xts-plain64";
+/// Default reserved header area (where the data segment starts): 16 MiB, as cryptsetup.
+pub const DEFAULT_DATA_OFFSET: u64 = 16 << 20;
+/// Smallest header area atrest formats.
+pub const MIN_DATA_OFFSET: u64 = 1 << 20;
+/// Default conversion chunk.
+pub const DEFAULT_CHUNK_SIZE: u64 = 32 << 20;
+/// Default sector size.
+pub const DEFAULT_SECTOR_SIZE: u32 = 4096;
+
+/// State of a volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Not encrypted.
+    Plain,
+    /// Encrypted with one key.
+    Encrypted,
+    /// plain → encrypted in progress.
+    Encrypting,
+    /// key A → key B in progress.
+    Rekeying,
+    /// encrypted → plain in progress.
+    Decrypting,
+}
+
+impl State {
+    /// The name used in `dump` and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Plain => "plain",
+            State::Encrypted => "encrypted",
+            State::Encrypting => "encrypting",
+            State::Rekeying => "rekeying",
+            State::Decrypting => "decrypting",
+        }
+    }
+}
+
+/// Options of [`Volume::format`].
+#[derive(Debug, Clone)]
+pub struct FormatOptions {
+    /// Where the data segment starts: the header area reserved for the LUKS2 headers and the
+    /// conversion tables (multiple of 1 MiB, at least [`MIN_DATA_OFFSET`]).
+    pub data_offset: u64,
+    /// LUKS2 label (up to 47 bytes).
+    pub label: String,
+}
+
+impl Default for FormatOptions {
+    fn default() -> Self {
+        FormatOptions {
+            data_offset: DEFAULT_DATA_OFFSET,
+            label: String::new(),
+        }
+    }
+}
+
+/// The KMIP reference of a new key, written into the `atrest-kmip` token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyReference {
+    /// KMIP Unique Identifier.
+    pub unique_identifier: String,
+    /// KMIP servers holding the key (`host:port`).
+    pub servers: Vec<String>,
+    /// When the key was created (RFC 3339, UTC).
+    pub created: String,
+}
+
+/// Options of a new encryption or rekey.
+#[derive(Debug, Clone)]
+pub struct EncryptOptions {
+    /// Sector size (4096 or 512); only used by encrypt (rekey keeps the volume's).
+    pub sector_size: u32,
+    /// PBKDF2 iterations of the key digest.
+    pub pbkdf2_iterations: u32,
+}
+
+impl Default for EncryptOptions {
+    fn default() -> Self {
+        EncryptOptions {
+            sector_size: DEFAULT_SECTOR_SIZE,
+            pbkdf2_iterations: DEFAULT_PBKDF2_ITERATIONS,
+        }
+    }
+}
+
+/// Options of [`UnlockedVolume::convert`].
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    /// Bytes converted per committed step (rounded to the sector size; capped so that two
+    /// checksum tables fit in the keyslots area).
+    pub chunk_size: u64,
+    /// Worker threads for XTS and checksums (1 or more).
+    pub threads: usize,
+    /// When set to true, the conversion stops cleanly after the current chunk.
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        ConvertOptions {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            stop: None,
+        }
+    }
+}
+
+/// Progress of a conversion.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Progress {
+    /// What is converted.
+    pub kind: ConversionKind,
+    /// Bytes of the data segment in the new form.
+    pub done: u64,
+    /// Size of the data segment.
+    pub total: u64,
+    /// Bytes per second in this run.
+    pub bytes_per_sec: f64,
+    /// Estimated time left, once a rate is known.
+    pub eta: Option<Duration>,
+}
+
+/// A key reference as shown by [`Volume::info`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KeyInfo {
+    /// `current` (steady encrypted), `old` or `new` (during a conversion).
+    pub role: &'static str,
+    /// LUKS2 token id.
+    pub token: u32,
+    /// Digest id.
+    pub digest: u32,
+    /// The token's fields.
+    #[serde(flatten)]
+    pub reference: KmipToken,
+}
+
+/// Progress as stored in the header.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ProgressInfo {
+    /// What is converted.
+    pub kind: ConversionKind,
+    /// Bytes converted.
+    pub done: u64,
+    /// Total bytes.
+    pub total: u64,
+    /// done / total × 100.
+    pub percent: f64,
+}
+
+/// What `atrest volume dump` shows.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct VolumeInfo {
+    /// State.
+    pub state: State,
+    /// Volume UUID.
+    pub uuid: String,
+    /// Label.
+    pub label: String,
+    /// Cipher (`aes-xts-plain64`), absent on a plain volume.
+    pub cipher: Option<String>,
+    /// Key length in bits, when known.
+    pub key_bits: Option<u32>,
+    /// Sector size in bytes.
+    pub sector_size: u32,
+    /// Byte offset of the data segment.
+    pub data_offset: u64,
+    /// Size of the data segment in bytes.
+    pub data_size: u64,
+    /// Keys referenced by the header.
+    pub keys: Vec<KeyInfo>,
+    /// Conversion progress.
+    pub progress: Option<ProgressInfo>,
+    /// Header sequence id.
+    pub seqid: u64,
+    /// A damaged or stale header copy found on open, and whether it was repaired.
+    pub header_repair: Option<String>,
+}
+
+/// An opened volume whose keys are not loaded yet.
+pub struct Volume {
+    dev: Arc<dyn BlockDevice>,
+    meta: Metadata,
+    report: ReadReport,
+}
+
+impl std::fmt::Debug for Volume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Volume")
+            .field("uuid", &self.meta.uuid)
+            .field("state", &state_of(&self.meta))
+            .finish()
+    }
+}
+
+fn state_of(m: &Metadata) -> State {
+    match (m.conversion(), &m.segment.kind) {
+        (Some((_, c)), _) => match c.kind {
+            ConversionKind::Encrypt => State::Encrypting,
+            ConversionKind::Rekey => State::Rekeying,
+            ConversionKind::Decrypt => State::Decrypting,
+        },
+        (None, SegmentKind::Linear) => State::Plain,
+        (None, SegmentKind::Crypt { .. }) => State::Encrypted,
+    }
+}
+
+fn data_size_of(m: &Metadata, dev_len: u64) -> u64 {
+    m.segment
+        .size
+        .unwrap_or_else(|| dev_len.saturating_sub(m.segment.offset))
+}
+
+fn sector_of(m: &Metadata) -> u32 {
+    match m.segment.kind {
+        SegmentKind::Crypt { sector_size, .. } => sector_size,
+        SegmentKind::Linear => DEFAULT_SECTOR_SIZE,
+    }
+}
+
+impl Volume {
+    /// Formats `dev` as a plain (unencrypted) volume: a LUKS2 header with one `linear` data
+    /// segment from `opts.data_offset` to the end of the device, whose header area is already
+    /// big enough for encryption (no data shift later). The data area is left as it is.
+    pub fn format(dev: Arc<dyn BlockDevice>, opts: &FormatOptions) -> Result<Volume> {
+        if opts.data_offset < MIN_DATA_OFFSET || !opts.data_offset.is_multiple_of(1 << 20) {
+            return Err(Error::Usage(format!(
+                "the header area must be a multiple of 1 MiB and at least {MIN_DATA_OFFSET} bytes"
+            )));
+        }
+        if opts.label.len() > 47 {
+            return Err(Error::Usage("the label is longer than 47 bytes".into()));
+        }
+        let len = dev.len();
+        if len < opts.data_offset + DEFAULT_SECTOR_SIZE as u64 {
+            return Err(Error::Usage(format!(
+                "the device ({len} bytes) is too small: it needs the {} byte header area plus data",
+                opts.data_offset
+            )));
+        }
+        let data_size =
+            (len - opts.data_offset) / DEFAULT_SECTOR_SIZE as u64 * DEFAULT_SECTOR_SIZE as u64;
+        let mut meta = Metadata {
+            hdr_size: DEFAULT_HDR_SIZE,
+            seqid: 0,
+            label: opts.label.clone(),
+            subsystem: String::new(),
+            uuid: luks2::new_uuid()?,
+            keyslots_size: opts.data_offset - 2 * DEFAULT_HDR_SIZE,
+            keyslots: Default::default(),
+            segment: Segment {
+                offset: opts.data_offset,
+                size: Some(data_size),
+                kind: SegmentKind::Linear,
+            },
+            digests: Default::default(),
+            tokens: Default::default(),
+            flags: Vec::new(),
+            requirements: Vec::new(),
+        };
+        luks2::write_header(&*dev, &mut meta)?;
+        Ok(Volume {
+            dev,
+            meta,
+            report: ReadReport::default(),
+        })
+    }
+
+    /// Opens a volume: reads and validates both header copies, and repairs a damaged or stale
+    /// copy from the good one when the device is writable.
+    pub fn open(dev: Arc<dyn BlockDevice>) -> Result<Volume> {
+        let (meta, report) = luks2::read_header(&*dev, true)?;
+        let data_size = data_size_of(&meta, dev.len());
+        if meta
+            .segment
+            .offset
+            .checked_add(data_size)
+            .is_none_or(|e| e > dev.len())
+        {
+            return Err(Error::header(
+                crate::error::Check::Segment,
+                "metadata",
+                format!(
+                    "the data segment ({} bytes at {}) extends past the end of the device ({} bytes)",
+                    data_size,
+                    meta.segment.offset,
+                    dev.len()
+                ),
+            ));
+        }
+        Ok(Volume { dev, meta, report })
+    }
+
+    /// The header metadata.
+    pub fn metadata(&self) -> &Metadata {
+        &self.meta
+    }
+
+    /// State.
+    pub fn state(&self) -> State {
+        state_of(&self.meta)
+    }
+
+    /// What `dump` shows.
+    pub fn info(&self) -> VolumeInfo {
+        info_of(&self.meta, self.dev.len(), &self.report)
+    }
+
+    /// The KMIP keys needed to unlock (or resume), in the order old, new: one in the steady
+    /// encrypted state and while encrypting or decrypting, two while rekeying, none when plain.
+    pub fn required_keys(&self) -> Vec<KeyInfo> {
+        info_of(&self.meta, self.dev.len(), &self.report).keys
+    }
+
+    /// Checks `key` against the volume's digests. Only this makes a [`VolumeKey`].
+    ///
+    /// The key must also have the exact length the token (or keyslot) names: PBKDF2-HMAC pads a
+    /// short key with zeros, so a digest alone would accept `key ‖ 00…00`.
+    pub fn verify_key(&self, key: KeyMaterial) -> Result<VolumeKey> {
+        if self.meta.digests.is_empty() {
+            return Err(Error::State(
+                "the volume is not encrypted, so it has no key to check".into(),
+            ));
+        }
+        for (&id, d) in &self.meta.digests {
+            if let Some(bits) = expected_bits(&self.meta, id)
+                && bits != key.size().bits()
+            {
+                continue;
+            }
+            if digest_matches(d, key.expose())? {
+                return Ok(VolumeKey {
+                    material: key,
+                    digest_id: id,
+                    volume_uuid: self.meta.uuid.clone(),
+                });
+            }
+        }
+        let ids: Vec<String> = self
+            .required_keys()
+            .iter()
+            .map(|k| format!("KMIP id {:?}", k.reference.unique_identifier))
+            .collect();
+        Err(Error::WrongKey {
+            what: if ids.is_empty() {
+                "any digest of this volume".to_string()
+            } else {
+                format!("this volume's key(s) ({})", ids.join(", "))
+            },
+        })
+    }
+
+    /// Unlocks the volume with the verified keys it needs (see [`Volume::required_keys`]). A
+    /// conversion interrupted by a crash is repaired first: its hotzone is finished, so the data
+    /// segment is consistent before anyone reads it.
+    pub fn unlock(self, keys: Vec<VolumeKey>) -> Result<UnlockedVolume> {
+        for k in &keys {
+            if k.volume_uuid != self.meta.uuid {
+                return Err(Error::Usage(
+                    "a key verified against another volume was given".into(),
+                ));
+            }
+        }
+        let take = |id: u32| -> Result<Arc<XtsCipher>> {
+            let k = keys.iter().find(|k| k.digest_id == id).ok_or_else(|| {
+                let what = self
+                    .meta
+                    .kmip_token_for(id)
+                    .map(|t| format!("the key with KMIP id {:?}", t.unique_identifier))
+                    .unwrap_or_else(|| format!("the key of digest {id}"));
+                Error::State(format!(
+                    "unlocking needs {what}: fetch it from the KMIP server and verify it first"
+                ))
+            })?;
+            Ok(Arc::new(XtsCipher::new(k.material.secret())?))
+        };
+        let segment_digest = || {
+            self.meta
+                .digests
+                .iter()
+                .find(|(_, d)| d.segments.contains(&0))
+                .map(|(id, _)| *id)
+        };
+        let (old, new) = match (self.meta.conversion(), &self.meta.segment.kind) {
+            (None, SegmentKind::Linear) => (Form::Plain, Form::Plain),
+            (None, SegmentKind::Crypt { encryption, .. }) => {
+                if encryption != CIPHER {
+                    return Err(Error::State(format!(
+                        "the data segment uses cipher {encryption}; atrest supports {CIPHER}"
+                    )));
+                }
+                let id = segment_digest()
+                    .ok_or_else(|| Error::State("no digest belongs to the data segment".into()))?;
+                let c = take(id)?;
+                (Form::Xts(c.clone()), Form::Xts(c))
+            }
+            (Some((_, c)), _) => {
+                let old = match c.old_digest {
+                    Some(id) => Form::Xts(take(id)?),
+                    None => Form::Plain,
+                };
+                let new = match c.new_digest {
+                    Some(id) => Form::Xts(take(id)?),
+                    None => Form::Plain,
+                };
+                (old, new)
+            }
+        };
+        let data_size = data_size_of(&self.meta, self.dev.len());
+        let boundary = match self.meta.conversion() {
+            Some((_, c)) => c.boundary,
+            None => data_size,
+        };
+        let (sector, iv_tweak) = match self.meta.segment.kind {
+            SegmentKind::Crypt {
+                sector_size,
+                iv_tweak,
+                ..
+            } => (sector_size as u64, iv_tweak),
+            SegmentKind::Linear => (DEFAULT_SECTOR_SIZE as u64, 0),
+        };
+        let data_offset = self.meta.segment.offset;
+        let v = UnlockedVolume {
+            inner: Arc::new(Inner {
+                dev: self.dev,
+                meta: Mutex::new(self.meta),
+                report: self.report,
+                data_offset,
+                data_size,
+                layout: RwLock::new(Layout {
+                    old,
+                    new,
+                    sector,
+                    iv_tweak,
+                }),
+                boundary: AtomicU64::new(boundary),
+                locks: RangeLock::default(),
+                converting: Mutex::new(()),
+            }),
+        };
+        v.recover_hotzone()?;
+        Ok(v)
+    }
+}
+
+fn info_of(m: &Metadata, dev_len: u64, report: &ReadReport) -> VolumeInfo {
+    let state = state_of(m);
+    let mut keys = Vec::new();
+    let token_id = |digest: u32| {
+        m.tokens
+            .iter()
+            .find(|(_, t)| matches!(t, Token::Kmip(k) if k.digest == digest))
+            .map(|(id, _)| *id)
+    };
+    let mut push = |role: &'static str, digest: u32| {
+        if let (Some(t), Some(tid)) = (m.kmip_token_for(digest), token_id(digest)) {
+            keys.push(KeyInfo {
+                role,
+                token: tid,
+                digest,
+                reference: t.clone(),
+            });
+        }
+    };
+    match m.conversion() {
+        Some((_, c)) => {
+            if let Some(d) = c.old_digest {
+                push("old", d);
+            }
+            if let Some(d) = c.new_digest {
+                push("new", d);
+            }
+        }
+        None => {
+            for (id, d) in &m.digests {
+                if d.segments.contains(&0) {
+                    push("current", *id);
+                }
+            }
+        }
+    }
+    let data_size = data_size_of(m, dev_len);
+    let key_bits = keys.last().map(|k| k.reference.key_bits).or_else(|| {
+        m.digests
+            .keys()
+            .find_map(|&id| crate::key::expected_bits(m, id))
+    });
+    VolumeInfo {
+        state,
+        uuid: m.uuid.clone(),
+        label: m.label.clone(),
+        cipher: match &m.segment.kind {
+            SegmentKind::Crypt { encryption, .. } => Some(encryption.clone()),
+            SegmentKind::Linear => None,
+        },
+        key_bits: if state == State::Plain {
+            None
+        } else {
+            key_bits
+        },
+        sector_size: sector_of(m),
+        data_offset: m.segment.offset,
+        data_size,
+        keys,
+        progress: m.conversion().map(|(_, c)| ProgressInfo {
+            kind: c.kind,
+            done: c.boundary,
+            total: data_size,
+            percent: if data_size == 0 {
+                100.0
+            } else {
+                c.boundary as f64 * 100.0 / data_size as f64
+            },
+        }),
+        seqid: m.seqid,
+        header_repair: report.damaged.as_ref().map(|d| {
+            format!(
+                "{d} ({})",
+                if report.repaired {
+                    "repaired"
+                } else {
+                    "not repaired: the device is read-only"
+                }
+            )
+        }),
+    }
+}
+
+#[derive(Clone)]
+enum Form {
+    Plain,
+    Xts(Arc<XtsCipher>),
+}
+
+struct Layout {
+    /// Form at and after the boundary.
+    old: Form,
+    /// Form before the boundary.
+    new: Form,
+    sector: u64,
+    iv_tweak: u64,
+}
+
+impl Layout {
+    fn tweak(&self, seg_off: u64) -> u128 {
+        self.iv_tweak as u128 + (seg_off / TWEAK_UNIT) as u128
+    }
+
+    fn code(&self, form: &Form, encode: bool, seg_off: u64, buf: &mut [u8]) -> Result<()> {
+        match form {
+            Form::Plain => Ok(()),
+            Form::Xts(x) => {
+                let t = self.tweak(seg_off);
+                if encode {
+                    x.encrypt_sectors(t, self.sector as usize, buf)
+                } else {
+                    x.decrypt_sectors(t, self.sector as usize, buf)
+                }
+            }
+        }
+    }
+
+    /// Decodes (encode = false) or encodes a sector-aligned buffer at segment offset `seg_off`,
+    /// choosing the form of each sector by the boundary.
+    fn code_split(&self, boundary: u64, encode: bool, seg_off: u64, buf: &mut [u8]) -> Result<()> {
+        let end = seg_off + buf.len() as u64;
+        let split = boundary.clamp(seg_off, end);
+        let (a, b) = buf.split_at_mut((split - seg_off) as usize);
+        if !a.is_empty() {
+            self.code(&self.new, encode, seg_off, a)?;
+        }
+        if !b.is_empty() {
+            self.code(&self.old, encode, split, b)?;
+        }
+        Ok(())
+    }
+}
+
+struct Inner {
+    dev: Arc<dyn BlockDevice>,
+    meta: Mutex<Metadata>,
+    report: ReadReport,
+    data_offset: u64,
+    data_size: u64,
+    layout: RwLock<Layout>,
+    /// Segment offsets below this are in the new form.
+    boundary: AtomicU64,
+    locks: RangeLock,
+    converting: Mutex<()>,
+}
+
+/// An unlocked volume. Its data segment is a [`BlockDevice`], also while a conversion runs in
+/// another thread ([`UnlockedVolume::convert`]): I/O that touches the chunk being converted
+/// waits for it.
+#[derive(Clone)]
+pub struct UnlockedVolume {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for UnlockedVolume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnlockedVolume")
+            .field("state", &self.state())
+            .field("data_size", &self.inner.data_size)
+            .finish()
+    }
+}
+
+fn io_err(e: Error) -> io::Error {
+    match e {
+        Error::Io { source, .. } => source,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+fn worker_split<F>(threads: usize, unit: usize, buf: &mut [u8], f: F) -> Result<()>
+where
+    F: Fn(usize, &mut [u8]) -> Result<()> + Sync,
+{
+    let units = buf.len() / unit;
+    if threads <= 1 || units < 2 || buf.len() < (256 << 10) {
+        return f(0, buf);
+    }
+    let per = units.div_ceil(threads) * unit;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = buf
+            .chunks_mut(per)
+            .enumerate()
+            .map(|(i, part)| {
+                let f = &f;
+                s.spawn(move || f(i * per, part))
+            })
+            .collect();
+        let mut result = Ok(());
+        for h in handles {
+            match h.join() {
+                Ok(r) => {
+                    if result.is_ok() {
+                        result = r;
+                    }
+                }
+                Err(_) => result = Err(Error::Usage("a conversion worker panicked".into())),
+            }
+        }
+        result
+    })
+}
+
+fn unit_hashes(buf: &[u8], threads: usize) -> Vec<u8> {
+    let n = buf.len() / HOTZONE_UNIT as usize;
+    let mut table = vec![0u8; n * HOTZONE_ENTRY as usize];
+    let per_units = n.div_ceil(threads.max(1)).max(1);
+    std::thread::scope(|s| {
+        for (i, t) in table
+            .chunks_mut(per_units * HOTZONE_ENTRY as usize)
+            .enumerate()
+        {
+            let src = &buf[i * per_units * HOTZONE_UNIT as usize..];
+            s.spawn(move || {
+                for (j, e) in t.chunks_mut(HOTZONE_ENTRY as usize).enumerate() {
+                    let u = &src[j * HOTZONE_UNIT as usize..(j + 1) * HOTZONE_UNIT as usize];
+                    e.copy_from_slice(&openssl::sha::sha256(u));
+                }
+            });
+        }
+    });
+    table
+}
+
+impl UnlockedVolume {
+    fn meta(&self) -> std::sync::MutexGuard<'_, Metadata> {
+        self.inner.meta.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// State.
+    pub fn state(&self) -> State {
+        state_of(&self.meta())
+    }
+
+    /// What `dump` shows.
+    pub fn info(&self) -> VolumeInfo {
+        info_of(&self.meta(), self.inner.dev.len(), &self.inner.report)
+    }
+
+    /// A copy of the header metadata.
+    pub fn metadata(&self) -> Metadata {
+        self.meta().clone()
+    }
+
+    fn sector(&self) -> u64 {
+        self.inner
+            .layout
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .sector
+    }
+
+    fn rw(
+        &self,
+        offset: u64,
+        len: usize,
+        write: Option<&[u8]>,
+        out: Option<&mut [u8]>,
+    ) -> Result<()> {
+        let inner = &*self.inner;
+        check_range(offset, len, inner.data_size).map_err(Error::io("data segment access"))?;
+        if len == 0 {
+            return Ok(());
+        }
+        let layout = inner.layout.read().unwrap_or_else(|e| e.into_inner());
+        let s = layout.sector;
+        let start = offset / s * s;
+        let end = (offset + len as u64).div_ceil(s) * s;
+        let _g = inner.locks.acquire(start, end, write.is_some());
+        let boundary = inner.boundary.load(Ordering::Acquire);
+        let mut buf = vec![0u8; (end - start) as usize];
+        let head = (offset - start) as usize;
+        let aligned = head == 0 && end - start == len as u64;
+        let read_dev = |buf: &mut [u8]| {
+            inner
+                .dev
+                .read_at(buf, inner.data_offset + start)
+                .map_err(Error::io("reading the data segment"))
+        };
+        match (write, out) {
+            (Some(data), _) => {
+                if !aligned {
+                    read_dev(&mut buf)?;
+                    layout.code_split(boundary, false, start, &mut buf)?;
+                }
+                buf[head..head + len].copy_from_slice(data);
+                layout.code_split(boundary, true, start, &mut buf)?;
+                inner
+                    .dev
+                    .write_at(&buf, inner.data_offset + start)
+                    .map_err(Error::io("writing the data segment"))
+            }
+            (None, Some(out)) => {
+                if aligned {
+                    inner
+                        .dev
+                        .read_at(out, inner.data_offset + start)
+                        .map_err(Error::io("reading the data segment"))?;
+                    layout.code_split(boundary, false, start, out)
+                } else {
+                    read_dev(&mut buf)?;
+                    layout.code_split(boundary, false, start, &mut buf)?;
+                    out.copy_from_slice(&buf[head..head + len]);
+                    Ok(())
+                }
+            }
+            (None, None) => Ok(()),
+        }
+    }
+
+    fn commit(&self, f: impl FnOnce(&mut Metadata)) -> Result<()> {
+        let mut m = self.meta();
+        let mut next = m.clone();
+        f(&mut next);
+        luks2::write_header(&*self.inner.dev, &mut next)?;
+        *m = next;
+        Ok(())
+    }
+
+    /// Starts encrypting a plain volume with `key`, whose KMIP reference goes into the header.
+    /// Returns at once; [`UnlockedVolume::convert`] does the work (and resumes it after a
+    /// crash).
+    pub fn begin_encrypt(
+        &self,
+        key: KeyMaterial,
+        reference: KeyReference,
+        opts: &EncryptOptions,
+    ) -> Result<()> {
+        if opts.sector_size != 512 && opts.sector_size != 4096 {
+            return Err(Error::Usage("the sector size must be 4096 or 512".into()));
+        }
+        let _busy = self
+            .inner
+            .converting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let _all = self.inner.locks.acquire(0, u64::MAX, true);
+        if self.state() != State::Plain {
+            return Err(Error::State(format!(
+                "the volume is {}, not plain: encryption applies to plain volumes only",
+                self.state().as_str()
+            )));
+        }
+        if !self.inner.data_size.is_multiple_of(opts.sector_size as u64) {
+            return Err(Error::State(
+                "the data size is not a multiple of the sector size".into(),
+            ));
+        }
+        check_reference(&reference)?;
+        let digest = make_digest(&key, opts.pbkdf2_iterations, vec![0])?;
+        let cipher = Arc::new(XtsCipher::new(key.secret())?);
+        self.commit(|m| {
+            let did = m.free_digest_id();
+            m.digests.insert(did, digest);
+            let tid = m.free_token_id();
+            m.tokens
+                .insert(tid, Token::Kmip(token_of(&reference, key.size(), did)));
+            let cid = m.free_token_id();
+            m.tokens.insert(
+                cid,
+                Token::Conversion(Conversion {
+                    kind: ConversionKind::Encrypt,
+                    old_digest: None,
+                    new_digest: Some(did),
+                    boundary: 0,
+                    hotzone: None,
+                }),
+            );
+            m.requirements.push(REQUIREMENT_CONVERSION.into());
+            m.segment.kind = SegmentKind::Crypt {
+                encryption: CIPHER.into(),
+                sector_size: opts.sector_size,
+                iv_tweak: 0,
+            };
+        })?;
+        let mut layout = self.inner.layout.write().unwrap_or_else(|e| e.into_inner());
+        layout.new = Form::Xts(cipher);
+        layout.old = Form::Plain;
+        layout.sector = opts.sector_size as u64;
+        layout.iv_tweak = 0;
+        self.inner.boundary.store(0, Ordering::Release);
+        Ok(())
+    }
+
+    /// Starts re-encrypting an encrypted volume with a new key.
+    pub fn begin_rekey(
+        &self,
+        key: KeyMaterial,
+        reference: KeyReference,
+        opts: &EncryptOptions,
+    ) -> Result<()> {
+        let _busy = self
+            .inner
+            .converting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let _all = self.inner.locks.acquire(0, u64::MAX, true);
+        self.check_steady_encrypted("rekeying")?;
+        check_reference(&reference)?;
+        let old_id = {
+            let m = self.meta();
+            let id = m
+                .digests
+                .iter()
+                .find(|(_, d)| d.segments.contains(&0))
+                .map(|(i, _)| *i);
+            let id =
+                id.ok_or_else(|| Error::State("no digest belongs to the data segment".into()))?;
+            if digest_matches(&m.digests[&id], key.expose())? {
+                return Err(Error::Usage(
+                    "the new key is the current key: create a new key on the KMIP server".into(),
+                ));
+            }
+            id
+        };
+        let digest = make_digest(&key, opts.pbkdf2_iterations, Vec::new())?;
+        let cipher = Arc::new(XtsCipher::new(key.secret())?);
+        self.commit(|m| {
+            let did = m.free_digest_id();
+            m.digests.insert(did, digest);
+            let tid = m.free_token_id();
+            m.tokens
+                .insert(tid, Token::Kmip(token_of(&reference, key.size(), did)));
+            let cid = m.free_token_id();
+            m.tokens.insert(
+                cid,
+                Token::Conversion(Conversion {
+                    kind: ConversionKind::Rekey,
+                    old_digest: Some(old_id),
+                    new_digest: Some(did),
+                    boundary: 0,
+                    hotzone: None,
+                }),
+            );
+            m.requirements.push(REQUIREMENT_CONVERSION.into());
+        })?;
+        let mut layout = self.inner.layout.write().unwrap_or_else(|e| e.into_inner());
+        layout.old = layout.new.clone();
+        layout.new = Form::Xts(cipher);
+        self.inner.boundary.store(0, Ordering::Release);
+        Ok(())
+    }
+
+    /// Starts decrypting an encrypted volume.
+    pub fn begin_decrypt(&self) -> Result<()> {
+        let _busy = self
+            .inner
+            .converting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let _all = self.inner.locks.acquire(0, u64::MAX, true);
+        self.check_steady_encrypted("decrypting")?;
+        self.commit(|m| {
+            let old = m
+                .digests
+                .iter()
+                .find(|(_, d)| d.segments.contains(&0))
+                .map(|(i, _)| *i);
+            let cid = m.free_token_id();
+            m.tokens.insert(
+                cid,
+                Token::Conversion(Conversion {
+                    kind: ConversionKind::Decrypt,
+                    old_digest: old,
+                    new_digest: None,
+                    boundary: 0,
+                    hotzone: None,
+                }),
+            );
+            m.requirements.push(REQUIREMENT_CONVERSION.into());
+        })?;
+        let mut layout = self.inner.layout.write().unwrap_or_else(|e| e.into_inner());
+        layout.old = layout.new.clone();
+        layout.new = Form::Plain;
+        self.inner.boundary.store(0, Ordering::Release);
+        Ok(())
+    }
+
+    fn check_steady_encrypted(&self, what: &str) -> Result<()> {
+        let m = self.meta();
+        match state_of(&m) {
+            State::Encrypted => {}
+            s => {
+                return Err(Error::State(format!(
+                    "the volume is {}: {what} starts from an encrypted volume (resume a conversion under way instead)",
+                    s.as_str()
+                )));
+            }
+        }
+        if !m.keyslots.is_empty() {
+            return Err(Error::State(format!(
+                "the volume has {} passphrase keyslot(s) that {what} would invalidate: remove them with `cryptsetup luksKillSlot` first",
+                m.keyslots.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Finishes the hotzone a crash left behind (called by unlock).
+    fn recover_hotzone(&self) -> Result<()> {
+        let hz = match self.meta().conversion() {
+            Some((_, c)) => c.hotzone,
+            None => None,
+        };
+        let Some(hz) = hz else { return Ok(()) };
+        let inner = &*self.inner;
+        let _g = inner.locks.acquire(hz.offset, hz.offset + hz.size, true);
+        let mut table = vec![0u8; (hz.size / HOTZONE_UNIT * HOTZONE_ENTRY) as usize];
+        inner
+            .dev
+            .read_at(&mut table, hz.table_offset)
+            .map_err(Error::io("reading the conversion checksum table"))?;
+        let mut raw = vec![0u8; hz.size as usize];
+        inner
+            .dev
+            .read_at(&mut raw, inner.data_offset + hz.offset)
+            .map_err(Error::io("reading the interrupted conversion chunk"))?;
+        let layout = inner.layout.read().unwrap_or_else(|e| e.into_inner());
+        let s = layout.sector as usize;
+        let upu = s / HOTZONE_UNIT as usize;
+        let mut plain = vec![0u8; s];
+        let mut old_dec = vec![0u8; s];
+        for (i, sector) in raw.chunks_exact_mut(s).enumerate() {
+            let seg_off = hz.offset + (i * s) as u64;
+            old_dec.copy_from_slice(sector);
+            layout.code(&layout.old, false, seg_off, &mut old_dec)?;
+            plain.copy_from_slice(sector);
+            layout.code(&layout.new, false, seg_off, &mut plain)?;
+            for u in 0..upu {
+                let idx = i * upu + u;
+                let r = u * HOTZONE_UNIT as usize..(u + 1) * HOTZONE_UNIT as usize;
+                let expect = &table[idx * 32..idx * 32 + 32];
+                if openssl::sha::sha256(&sector[r.clone()])[..] == *expect {
+                    // Still the old form.
+                    plain[r.clone()].copy_from_slice(&old_dec[r]);
+                }
+            }
+            layout.code(&layout.new, true, seg_off, &mut plain)?;
+            sector.copy_from_slice(&plain);
+        }
+        inner
+            .dev
+            .write_at(&raw, inner.data_offset + hz.offset)
+            .map_err(Error::io("rewriting the interrupted conversion chunk"))?;
+        inner
+            .dev
+            .flush()
+            .map_err(Error::io("flushing the data segment"))?;
+        drop(layout);
+        let end = hz.offset + hz.size;
+        self.commit(|m| {
+            if let Some((id, _)) = m.conversion()
+                && let Some(Token::Conversion(c)) = m.tokens.get_mut(&id)
+            {
+                c.boundary = end;
+                c.hotzone = None;
+            }
+        })?;
+        inner.boundary.store(end, Ordering::Release);
+        Ok(())
+    }
+
+    /// Runs (or resumes) the conversion under way until it is finished or `opts.stop` is set.
+    /// Each chunk is committed in the header; a crash at any point loses nothing (see
+    /// docs/volume-format.md). `progress` is called after each chunk. Returns the final state.
+    pub fn convert(
+        &self,
+        opts: &ConvertOptions,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<State> {
+        let _busy = self
+            .inner
+            .converting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let inner = &*self.inner;
+        let (kind, ks_off, ks_size) = {
+            let m = self.meta();
+            match m.conversion() {
+                None => return Ok(state_of(&m)),
+                Some((_, c)) => (c.kind, m.keyslots_offset(), m.keyslots_size),
+            }
+        };
+        let sector = self.sector();
+        let max_chunk = (ks_size / 2 / HOTZONE_ENTRY * HOTZONE_UNIT) / sector * sector;
+        let chunk = (opts.chunk_size / sector * sector).clamp(sector, max_chunk.max(sector));
+        if max_chunk < sector {
+            return Err(Error::State(
+                "the keyslots area is too small for a conversion table".into(),
+            ));
+        }
+        let table_len = chunk / HOTZONE_UNIT * HOTZONE_ENTRY;
+        let total = inner.data_size;
+        let started = Instant::now();
+        let first = inner.boundary.load(Ordering::Acquire);
+        let mut slot = 0u64;
+        let mut prev_guard = None;
+        let mut buf = vec![0u8; chunk as usize];
+        let threads = opts.threads.max(1);
+        loop {
+            let b = inner.boundary.load(Ordering::Acquire);
+            let stopping = opts
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::Relaxed));
+            if b >= total || stopping {
+                inner
+                    .dev
+                    .flush()
+                    .map_err(Error::io("flushing the data segment"))?;
+                if stopping && b < total {
+                    self.commit(|m| set_boundary(m, b, None))?;
+                    return Ok(self.state());
+                }
+                drop(prev_guard);
+                let _all = inner.locks.acquire(0, u64::MAX, true);
+                self.commit(|m| finish(m, kind))?;
+                let mut layout = inner.layout.write().unwrap_or_else(|e| e.into_inner());
+                layout.old = layout.new.clone();
+                return Ok(self.state());
+            }
+            let len = chunk.min(total - b);
+            let guard = inner.locks.acquire(b, b + len, true);
+            let data = &mut buf[..len as usize];
+            inner
+                .dev
+                .read_at(data, inner.data_offset + b)
+                .map_err(Error::io("reading the data segment"))?;
+            let table = unit_hashes(data, threads);
+            let table_offset = ks_off + slot * table_len;
+            inner
+                .dev
+                .write_at(&table, table_offset)
+                .map_err(Error::io("writing the conversion checksum table"))?;
+            // Makes durable: the previous chunk, online writes before the lock, the table.
+            inner
+                .dev
+                .flush()
+                .map_err(Error::io("flushing the data segment"))?;
+            let hz = Hotzone {
+                offset: b,
+                size: len,
+                table_offset,
+            };
+            self.commit(|m| set_boundary(m, b, Some(hz)))?;
+            drop(prev_guard.take());
+            {
+                let layout = inner.layout.read().unwrap_or_else(|e| e.into_inner());
+                let s = layout.sector as usize;
+                worker_split(threads, s, data, |off, part| {
+                    let seg = b + off as u64;
+                    layout.code(&layout.old, false, seg, part)?;
+                    layout.code(&layout.new, true, seg, part)
+                })?;
+            }
+            inner
+                .dev
+                .write_at(data, inner.data_offset + b)
+                .map_err(Error::io("writing the data segment"))?;
+            inner.boundary.store(b + len, Ordering::Release);
+            prev_guard = Some(guard);
+            slot ^= 1;
+            let done = b + len;
+            let secs = started.elapsed().as_secs_f64();
+            let rate = if secs > 0.0 {
+                (done - first) as f64 / secs
+            } else {
+                0.0
+            };
+            progress(&Progress {
+                kind,
+                done,
+                total,
+                bytes_per_sec: rate,
+                eta: (rate > 0.0).then(|| Duration::from_secs_f64((total - done) as f64 / rate)),
+            });
+        }
+    }
+}
+
+fn set_boundary(m: &mut Metadata, boundary: u64, hz: Option<Hotzone>) {
+    if let Some((id, _)) = m.conversion()
+        && let Some(Token::Conversion(c)) = m.tokens.get_mut(&id)
+    {
+        c.boundary = boundary;
+        c.hotzone = hz;
+    }
+}
+
+fn finish(m: &mut Metadata, kind: ConversionKind) {
+    let Some((cid, c)) = m.conversion().map(|(i, c)| (i, c.clone())) else {
+        return;
+    };
+    m.tokens.remove(&cid);
+    m.requirements.retain(|r| r != REQUIREMENT_CONVERSION);
+    let drop_key = |m: &mut Metadata, digest: u32| {
+        m.digests.remove(&digest);
+        m.tokens
+            .retain(|_, t| !matches!(t, Token::Kmip(k) if k.digest == digest));
+    };
+    match kind {
+        ConversionKind::Encrypt => {}
+        ConversionKind::Rekey => {
+            if let Some(old) = c.old_digest {
+                drop_key(m, old);
+            }
+            if let Some(new) = c.new_digest
+                && let Some(d) = m.digests.get_mut(&new)
+            {
+                d.segments = vec![0];
+            }
+        }
+        ConversionKind::Decrypt => {
+            if let Some(old) = c.old_digest {
+                drop_key(m, old);
+            }
+            m.segment.kind = SegmentKind::Linear;
+        }
+    }
+}
+
+fn token_of(r: &KeyReference, size: KeySize, digest: u32) -> KmipToken {
+    KmipToken {
+        unique_identifier: r.unique_identifier.clone(),
+        servers: r.servers.clone(),
+        key_bits: size.bits(),
+        created: r.created.clone(),
+        digest,
+    }
+}
+
+fn check_reference(r: &KeyReference) -> Result<()> {
+    let ok = |s: &str| {
+        !s.is_empty() && s.len() <= luks2::MAX_TOKEN_TEXT && !s.chars().any(char::is_control)
+    };
+    if !ok(&r.unique_identifier) || !ok(&r.created) {
+        return Err(Error::Usage("the key reference needs a unique identifier and a creation time (1…256 printable bytes)".into()));
+    }
+    if r.servers.is_empty()
+        || r.servers.len() > luks2::MAX_SERVERS
+        || !r.servers.iter().all(|s| ok(s))
+    {
+        return Err(Error::Usage(format!(
+            "the key reference needs 1…{} servers",
+            luks2::MAX_SERVERS
+        )));
+    }
+    Ok(())
+}
+
+impl BlockDevice for UnlockedVolume {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let len = buf.len();
+        self.rw(offset, len, None, Some(buf)).map_err(io_err)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.rw(offset, buf.len(), Some(buf), None).map_err(io_err)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.inner.dev.flush()
+    }
+
+    fn len(&self) -> u64 {
+        self.inner.data_size
+    }
+}
