@@ -1,0 +1,1 @@
+//! The appliance content stores on an atrest volume.
