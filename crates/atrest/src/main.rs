@@ -3,6 +3,7 @@
 mod kmip_cmd;
 mod kmip_settings;
 mod kms_cmd;
+mod serve_cmd;
 mod volume_cmd;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The appliance: web admin, REST API and content stores.
+    Serve(serve_cmd::ServeArgs),
     /// A KMIP client for administrators and scripts.
     Kmip(kmip_cmd::KmipArgs),
     /// The bundled KMIP server.
@@ -31,6 +34,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => serve_cmd::run(args),
         Command::Kmip(args) => kmip_cmd::run(args),
         Command::Kms(args) => kms_cmd::run(args),
         Command::Volume(args) => volume_cmd::run(args),

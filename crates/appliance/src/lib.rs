@@ -1,0 +1,1 @@
+//! The atrest appliance: workflow, web admin and REST API.
