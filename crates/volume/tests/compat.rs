@@ -1,0 +1,204 @@
+//! Compatibility with stock tools: cryptsetup accepts every steady state atrest writes and the
+//! key as the volume key; Python's `cryptography` (an independent XTS) decrypts the data
+//! segment; atrest reads volumes whose header and data cryptsetup wrote.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use atrest_volume::*;
+use common::*;
+
+fn cryptsetup(args: &[&str]) -> (i32, String) {
+    let out = Command::new("cryptsetup").args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn accepted(img: &Path, key: Option<&[u8]>, dir: &Path) {
+    let p = img.to_str().unwrap();
+    let (rc, text) = cryptsetup(&["luksDump", p]);
+    assert_eq!(rc, 0, "luksDump refused {p}: {text}");
+    assert!(!text.contains("Requirements"), "{text}");
+    let (rc, text) = cryptsetup(&["isLuks", p]);
+    assert_eq!(rc, 0, "isLuks: {text}");
+    if let Some(key) = key {
+        let kf = dir.join("key.bin");
+        std::fs::write(&kf, key).unwrap();
+        let bits = (key.len() * 8).to_string();
+        let kfs = kf.to_str().unwrap();
+        let (rc, text) = cryptsetup(&[
+            "open", "--test-passphrase", "--volume-key-file", kfs, "--key-size", &bits, p,
+        ]);
+        assert_eq!(rc, 0, "cryptsetup refused the volume key: {text}");
+        let mut wrong = key.to_vec();
+        wrong[0] ^= 1;
+        std::fs::write(&kf, &wrong).unwrap();
+        let (rc, _) = cryptsetup(&[
+            "open", "--test-passphrase", "--volume-key-file", kfs, "--key-size", &bits, p,
+        ]);
+        assert_ne!(rc, 0, "cryptsetup accepted a wrong key");
+        std::fs::remove_file(&kf).unwrap();
+    }
+}
+
+/// Decrypts the data segment with Python's cryptography and compares with `expected`.
+fn python_check(py: &str, img: &Path, key: &[u8], offset: u64, sector: u32, expected: &[u8], dir: &Path) {
+    let exp = dir.join("expected.bin");
+    std::fs::write(&exp, expected).unwrap();
+    let script = r#"
+import sys
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+img, keyhex, off, sector, exp = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+key = bytes.fromhex(keyhex)
+want = open(exp, 'rb').read()
+with open(img, 'rb') as f:
+    f.seek(off)
+    data = f.read(len(want))
+out = bytearray()
+for i in range(0, len(data), sector):
+    tweak = (i // 512).to_bytes(16, 'little')
+    d = Cipher(algorithms.AES(key), modes.XTS(tweak)).decryptor()
+    out += d.update(data[i:i + sector]) + d.finalize()
+sys.exit(0 if bytes(out) == want else 3)
+"#;
+    let st = Command::new(py)
+        .args([
+            "-c",
+            script,
+            img.to_str().unwrap(),
+            &hex::encode(key),
+            &offset.to_string(),
+            &sector.to_string(),
+            exp.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success(), "Python's XTS does not decrypt the data segment to the payload");
+}
+
+#[test]
+fn cryptsetup_accepts_every_steady_state() {
+    if !have_cryptsetup() {
+        return;
+    }
+    let py = python();
+    for (bits, sector) in [(256usize, 4096u32), (512, 4096), (256, 512)] {
+        let dir = temp_dir("steady");
+        let img = dir.join("vol.img");
+        let dev = Arc::new(FileDevice::create(&img, (1 << 20) + (512 << 10)).unwrap());
+        let v = Volume::format(dev, &small_format()).unwrap();
+        accepted(&img, None, &dir);
+        let u = v.unlock(vec![]).unwrap();
+        let data = payload(u.len() as usize, bits as u64);
+        u.write_at(&data, 0).unwrap();
+        let size = if bits == 256 { KeySize::Bits256 } else { KeySize::Bits512 };
+        let k1 = KeyMaterial::generate(size).unwrap();
+        let k1b = k1.expose().to_vec();
+        let opts = EncryptOptions { sector_size: sector, pbkdf2_iterations: 1000 };
+        u.begin_encrypt(k1, reference("key-1"), &opts).unwrap();
+        // Mid-conversion: luksDump shows the requirement; header-changing commands refuse.
+        let (rc, text) = cryptsetup(&["luksDump", img.to_str().unwrap()]);
+        assert_eq!(rc, 0, "{text}");
+        assert!(text.contains("atrest-conversion-v1"), "{text}");
+        u.convert(&chunked(128 << 10), &mut |_| {}).unwrap();
+        assert_eq!(u.state(), State::Encrypted);
+        drop(u);
+        accepted(&img, Some(&k1b), &dir);
+        if let Some(py) = &py {
+            python_check(py, &img, &k1b, 1 << 20, sector, &data, &dir);
+        }
+        // Rekey.
+        let u = unlock_with(Volume::open(Arc::new(FileDevice::open(&img).unwrap())).unwrap(), &[&k1b]);
+        assert_eq!(read_all(&u), data);
+        let k2 = KeyMaterial::generate(size).unwrap();
+        let k2b = k2.expose().to_vec();
+        u.begin_rekey(k2, reference("key-2"), &opts).unwrap();
+        u.convert(&chunked(64 << 10), &mut |_| {}).unwrap();
+        drop(u);
+        accepted(&img, Some(&k2b), &dir);
+        if let Some(py) = &py {
+            python_check(py, &img, &k2b, 1 << 20, sector, &data, &dir);
+        }
+        let v = Volume::open(Arc::new(FileDevice::open(&img).unwrap())).unwrap();
+        assert!(matches!(v.verify_key(key_of(&k1b)), Err(Error::WrongKey { .. })));
+        let info = v.info();
+        assert_eq!(info.keys.len(), 1);
+        assert_eq!(info.keys[0].reference.unique_identifier, "key-2");
+        // Decrypt.
+        let u = unlock_with(v, &[&k2b]);
+        u.begin_decrypt().unwrap();
+        u.convert(&chunked(64 << 10), &mut |_| {}).unwrap();
+        assert_eq!(u.state(), State::Plain);
+        drop(u);
+        accepted(&img, None, &dir);
+        let raw = std::fs::read(&img).unwrap();
+        assert_eq!(&raw[1 << 20..], &data[..]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
+fn reads_a_volume_cryptsetup_wrote() {
+    if !have_cryptsetup() {
+        return;
+    }
+    let dir = temp_dir("cs-written");
+    let img = dir.join("cs.img");
+    let p = img.to_str().unwrap();
+    // 4 MiB of payload followed by room for the header that reencrypt shifts in.
+    let data = payload(4 << 20, 7);
+    let mut file = data.clone();
+    file.resize((4 << 20) + (4 << 20), 0);
+    std::fs::write(&img, &file).unwrap();
+    let key = KeyMaterial::generate(KeySize::Bits256).unwrap();
+    let kf = dir.join("k");
+    std::fs::write(&kf, key.expose()).unwrap();
+    let pass = dir.join("pass");
+    std::fs::write(&pass, b"passphrase").unwrap();
+    let out = Command::new("cryptsetup")
+        .args([
+            "reencrypt", "--encrypt", "--type", "luks2", "--batch-mode",
+            "--reduce-device-size", "4M", "--sector-size", "4096",
+            "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
+            "--volume-key-file", kf.to_str().unwrap(), "--key-size", "256",
+            "--key-file", pass.to_str().unwrap(), p,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cryptsetup reencrypt: {}", String::from_utf8_lossy(&out.stderr));
+    let v = Volume::open(Arc::new(FileDevice::open_read_only(&img).unwrap())).unwrap();
+    assert_eq!(v.state(), State::Encrypted);
+    let info = v.info();
+    assert_eq!(info.cipher.as_deref(), Some("aes-xts-plain64"));
+    assert_eq!(info.sector_size, 4096);
+    let mut wrong = key.expose().to_vec();
+    wrong[5] ^= 0x80;
+    assert!(matches!(v.verify_key(key_of(&wrong)), Err(Error::WrongKey { .. })));
+    let vk = v.verify_key(key.clone()).unwrap();
+    let u = v.unlock(vec![vk]).unwrap();
+    let mut got = vec![0u8; 4 << 20];
+    u.read_at(&mut got, 0).unwrap();
+    assert_eq!(got, data);
+    // A plain luksFormat header too (keyslot, dynamic segment).
+    let img2 = dir.join("fmt.img");
+    std::fs::write(&img2, vec![0u8; 20 << 20]).unwrap();
+    let (rc, text) = cryptsetup(&[
+        "luksFormat", "--type", "luks2", "--batch-mode", "--pbkdf", "pbkdf2",
+        "--pbkdf-force-iterations", "1000", "--volume-key-file", kf.to_str().unwrap(),
+        "--key-size", "256", "--key-file", pass.to_str().unwrap(), img2.to_str().unwrap(),
+    ]);
+    assert_eq!(rc, 0, "{text}");
+    let v = Volume::open(Arc::new(FileDevice::open(&img2).unwrap())).unwrap();
+    assert_eq!(v.info().data_size, 4 << 20);
+    let vk = v.verify_key(key).unwrap();
+    let u = v.unlock(vec![vk]).unwrap();
+    assert!(matches!(u.begin_decrypt(), Err(Error::State(_))), "keyslots must block a decrypt");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
