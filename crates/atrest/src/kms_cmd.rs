@@ -92,6 +92,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         ..ServerConfig::default()
     };
     let server = Server::bind(&dir, Arc::new(engine), config)?;
+    // Before anything announces the server: a signal from then on stops it cleanly.
+    let stop = server.stop_flag();
+    atrest_kms::server::stop_on_signals(&stop).context("installing the signal handlers")?;
     let addr = server.local_addr()?;
     let host = match host_of(&a.listen) {
         "0.0.0.0" | "" => "127.0.0.1".to_owned(),
@@ -115,8 +118,6 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         env.display()
     );
     println!("listening on {addr}");
-    let stop = server.stop_flag();
-    atrest_kms::server::stop_on_signals(&stop).context("installing the signal handlers")?;
     server.run()?;
     if stop.load(Ordering::SeqCst) {
         println!("stopped");
