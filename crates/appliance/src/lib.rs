@@ -1,1 +1,30 @@
-//! The atrest appliance: workflow, web admin and REST API.
+//! The atrest appliance: Storage > Encryption (KMIP settings, Save and Test, Encrypt, unlock
+//! at boot), its web admin and its REST API.
+//!
+//! [`app`] builds the whole router from an [`AppState`]; [`server::serve`] runs it over HTTPS.
+//! The workflow itself is the I/O-free state machine in [`workflow`]; see docs/workflow.md.
+
+pub mod api;
+pub mod auth;
+pub mod embedded;
+pub mod error;
+pub mod files;
+pub mod https;
+pub mod kmip_config;
+pub mod kmip_test;
+pub mod openapi;
+pub mod pages;
+pub mod server;
+pub mod state;
+pub mod workflow;
+
+pub use api::app;
+pub use error::{ApiError, ApiResult};
+pub use state::{AppConfig, AppState, VolumeBackend};
+
+/// Now, RFC 3339 in UTC.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

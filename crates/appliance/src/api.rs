@@ -1,0 +1,634 @@
+//! The router: web pages and the REST API under /api/, behind one authentication layer.
+
+use axum::body::{Body, Bytes, to_bytes};
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Form, Json, Router};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use crate::auth::{self, Authenticated, SessionKind};
+use crate::error::{ApiError, ApiResult};
+use crate::kmip_config::{KmipSettings, KmipUpdate};
+use crate::state::AppState;
+use crate::workflow::{Request as WfRequest, State as WfState};
+use crate::{kmip_test, openapi, pages};
+
+/// Largest request body: 2 MiB (the KMIP form with its uploads fits well within it).
+pub const MAX_BODY: usize = 2 << 20;
+/// Largest form body read to find the CSRF field.
+const MAX_FORM_BODY: usize = 64 * 1024;
+
+/// The whole appliance.
+pub fn app(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/api/session", post(api_login).delete(api_logout))
+        .route("/api/account/password", post(change_password))
+        .route("/api/encryption", get(encryption_status))
+        .route("/api/encryption/kmip", get(kmip_get).put(kmip_put))
+        .route("/api/encryption/test", post(kmip_test_run))
+        .route("/api/encryption/encrypt", post(encrypt))
+        .route("/api/encryption/rekey", post(rekey))
+        .route("/api/encryption/decrypt", post(decrypt))
+        .route("/api/openapi.json", get(openapi_doc));
+    let pages = Router::new()
+        .route("/", get(|| async { Redirect::to("/storage/encryption") }))
+        .route("/login", get(pages::login_page).post(page_login))
+        .route("/logout", post(page_logout))
+        .route("/storage/encryption", get(pages::encryption_page));
+    Router::new()
+        .merge(api)
+        .merge(pages)
+        .route("/api/{*rest}", axum::routing::any(api_not_found))
+        .fallback(page_not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(security_headers))
+        .with_state(state)
+}
+
+async fn api_not_found() -> ApiError {
+    ApiError::not_found("no such API endpoint; see GET /api/openapi.json for the list")
+}
+
+async fn page_not_found() -> Response {
+    (StatusCode::NOT_FOUND, pages::not_found()).into_response()
+}
+
+async fn security_headers(req: Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' \
+             'unsafe-inline'; frame-ancestors 'none'; form-action 'self'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    res
+}
+
+fn is_public(method: &Method, path: &str) -> bool {
+    matches!(
+        (method, path),
+        (&Method::GET, "/login") | (&Method::POST, "/login") | (&Method::POST, "/api/session")
+    )
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Looks the request's session up; checks CSRF on browser requests that change state.
+async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_owned();
+    if is_public(req.method(), &path) {
+        return next.run(req).await;
+    }
+    let is_api = path.starts_with("/api/");
+    let found = if let Some(t) = bearer(req.headers()) {
+        match state.sessions().get(t) {
+            Some(a) if a.kind == SessionKind::Api => Some((a, t.to_owned())),
+            _ => None,
+        }
+    } else {
+        req.headers()
+            .get(header::COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(auth::cookie_token)
+            .and_then(|t| {
+                state
+                    .sessions()
+                    .get(t)
+                    .filter(|a| a.kind == SessionKind::Browser)
+                    .map(|a| (a, t.to_owned()))
+            })
+    };
+    let Some((session, token)) = found else {
+        return if is_api || req.method() != Method::GET {
+            ApiError::unauthorized().into_response()
+        } else {
+            Redirect::to("/login").into_response()
+        };
+    };
+    let mut req = req;
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if session.kind == SessionKind::Browser && !safe {
+        let header_ok = req
+            .headers()
+            .get("x-csrf-token")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| auth::same_token(v, &session.csrf));
+        if !header_ok {
+            // A plain HTML form: the token is the `csrf_token` field.
+            let is_form = req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+            if !is_form {
+                return ApiError::csrf().into_response();
+            }
+            let (parts, body) = req.into_parts();
+            let Ok(bytes) = to_bytes(body, MAX_FORM_BODY).await else {
+                return ApiError::too_large("the form is too large").into_response();
+            };
+            let field_ok = form_urlencoded_field(&bytes, "csrf_token")
+                .is_some_and(|v| auth::same_token(&v, &session.csrf));
+            if !field_ok {
+                return ApiError::csrf().into_response();
+            }
+            req = Request::from_parts(parts, Body::from(bytes));
+        }
+    }
+    req.extensions_mut().insert(session);
+    req.extensions_mut().insert(SessionToken(token));
+    next.run(req).await
+}
+
+/// The raw token of the request's session.
+#[derive(Debug, Clone)]
+pub struct SessionToken(pub String);
+
+fn form_urlencoded_field(body: &[u8], name: &str) -> Option<String> {
+    let fields: Vec<(String, String)> = serde_urlencoded_pairs(body);
+    fields.into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+fn serde_urlencoded_pairs(body: &[u8]) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(body);
+    text.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (url_decode(k), url_decode(v)))
+        .collect()
+}
+
+fn url_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+// ---- login ----
+
+#[derive(Deserialize)]
+struct LoginBody {
+    username: String,
+    password: Zeroizing<String>,
+}
+
+async fn check_login(state: &AppState, username: String, password: Zeroizing<String>) -> bool {
+    let s = state.clone();
+    tokio::task::spawn_blocking(move || s.admin().check(&username, &password))
+        .await
+        .unwrap_or(false)
+}
+
+fn login_refused() -> ApiError {
+    ApiError::unauthorized_with(
+        "wrong username or password; the first password is in DIR/initial-admin-password on the \
+         appliance until it is changed",
+    )
+}
+
+impl ApiError {
+    fn unauthorized_with(message: &str) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, message)
+    }
+}
+
+async fn api_login(State(state): State<AppState>, body: Bytes) -> ApiResult<Json<Value>> {
+    let b: LoginBody = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::bad_request(
+            "send JSON {\"username\": \"admin\", \"password\": \"...\"} with Content-Type \
+             application/json",
+        )
+    })?;
+    if !check_login(&state, b.username, b.password).await {
+        tracing::warn!("API login refused");
+        return Err(login_refused());
+    }
+    let token = state.sessions().open(SessionKind::Api);
+    tracing::info!("API login");
+    Ok(Json(json!({
+        "token": token,
+        "token_type": "Bearer",
+        "expires_after_idle_seconds": auth::SESSION_IDLE.as_secs(),
+        "password_change_required": state.admin().is_initial(),
+    })))
+}
+
+async fn api_logout(
+    Extension(t): Extension<SessionToken>,
+    State(state): State<AppState>,
+) -> StatusCode {
+    state.sessions().close(&t.0);
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    username: String,
+    password: Zeroizing<String>,
+}
+
+async fn page_login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> Response {
+    if !check_login(&state, f.username, f.password).await {
+        tracing::warn!("web login refused");
+        return (
+            StatusCode::UNAUTHORIZED,
+            pages::login_html(Some(&login_refused().message)),
+        )
+            .into_response();
+    }
+    let token = state.sessions().open(SessionKind::Browser);
+    tracing::info!("web login");
+    let mut res = Redirect::to("/storage/encryption").into_response();
+    if let Ok(v) = HeaderValue::from_str(&auth::session_cookie(&token)) {
+        res.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    res
+}
+
+async fn page_logout(
+    Extension(t): Extension<SessionToken>,
+    State(state): State<AppState>,
+) -> Response {
+    state.sessions().close(&t.0);
+    let mut res = Redirect::to("/login").into_response();
+    if let Ok(v) = HeaderValue::from_str(&auth::clear_cookie()) {
+        res.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    res
+}
+
+#[derive(Deserialize)]
+struct PasswordChange {
+    current_password: Zeroizing<String>,
+    new_password: Zeroizing<String>,
+}
+
+async fn change_password(State(state): State<AppState>, body: Bytes) -> ApiResult<Json<Value>> {
+    let b: PasswordChange = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::bad_request(
+            "send JSON {\"current_password\": \"...\", \"new_password\": \"...\"}",
+        )
+    })?;
+    let s = state.clone();
+    tokio::task::spawn_blocking(move || {
+        s.admin()
+            .change_password(&b.current_password, &b.new_password)
+    })
+    .await
+    .map_err(|e| ApiError::internal("changing the password", e))??;
+    // Every session ends, this one included: log in again with the new password.
+    state.sessions().close_all();
+    tracing::info!("admin password changed");
+    Ok(Json(json!({
+        "changed": true,
+        "message": "password changed; every session was logged out, log in again with the new password",
+    })))
+}
+
+// ---- encryption ----
+
+/// GET /api/encryption.
+pub fn status_json(state: &AppState) -> Value {
+    let w = state.workflow();
+    let kmip = state.kmip();
+    let test = state.last_test();
+    let fp = kmip.as_ref().map(|k| k.fingerprint());
+    let current = matches!((&test, &fp), (Some(t), Some(f)) if &t.fingerprint == f);
+    let check = state.check(WfRequest::Encrypt);
+    let servers: Vec<String> = if w.servers.is_empty() {
+        kmip.as_ref()
+            .map(|k| k.servers.iter().map(|s| s.to_string()).collect())
+            .unwrap_or_default()
+    } else {
+        w.servers.clone()
+    };
+    let mut warnings = Vec::new();
+    if let Some(k) = &kmip {
+        for (what, c) in [
+            ("client certificate", k.client_summary()),
+            ("server CA certificate", k.ca_summary()),
+        ] {
+            if let Some(c) = c
+                && c.expiring
+            {
+                warnings.push(match c.days_left {
+                    Some(d) if d < 0 => format!(
+                        "the {what} expired on {}; upload a renewed one",
+                        c.not_after
+                    ),
+                    Some(d) => format!(
+                        "the {what} expires in {d} days ({}); upload a renewed one before then",
+                        c.not_after
+                    ),
+                    None => format!("the {what} expires soon ({})", c.not_after),
+                });
+            }
+        }
+    }
+    json!({
+        "state": w.state,
+        "pending": w.pending,
+        "progress": w.progress,
+        "key_id": w.key_id,
+        "servers": servers,
+        "cipher": w.cipher,
+        "lock_reasons": w.lock_reasons,
+        "last_error": w.last_error,
+        "last_test": test,
+        "last_test_current": current,
+        "encrypt": {
+            "allowed": check.is_ok(),
+            "reason": check.err(),
+        },
+        "settings": kmip.as_ref().map(|k| k.view()),
+        "warnings": warnings,
+    })
+}
+
+async fn encryption_status(State(state): State<AppState>) -> Json<Value> {
+    Json(status_json(&state))
+}
+
+async fn kmip_get(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let k = state.kmip().ok_or_else(|| {
+        ApiError::not_found(
+            "no KMIP settings are saved yet; PUT /api/encryption/kmip or fill in Storage > \
+             Encryption",
+        )
+    })?;
+    Ok(Json(k.view()))
+}
+
+/// The JSON form of PUT /api/encryption/kmip.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KmipJson {
+    servers: Option<Vec<String>>,
+    port: Option<u16>,
+    server_name: Option<String>,
+    username: Option<String>,
+    password: Option<Zeroizing<String>>,
+    passphrase: Option<Zeroizing<String>>,
+    ca_pem: Option<String>,
+    client_cert_pem: Option<String>,
+    client_key_pem: Option<Zeroizing<String>>,
+    client_p12_base64: Option<String>,
+}
+
+fn update_from_json(j: KmipJson) -> ApiResult<KmipUpdate> {
+    if j.client_cert_pem.is_some() && j.client_p12_base64.is_some() {
+        return Err(ApiError::bad_request(
+            "give either client_cert_pem (with client_key_pem) or client_p12_base64, not both",
+        ));
+    }
+    let p12 = match j.client_p12_base64 {
+        Some(b) => Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .map_err(|_| {
+                    ApiError::bad_request(
+                        "client_p12_base64 is not base64; encode the PKCS#12 file with base64",
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    Ok(KmipUpdate {
+        servers: j.servers,
+        port: j.port,
+        server_name: j.server_name,
+        username: j.username,
+        password: j.password,
+        passphrase: j.passphrase,
+        ca: j.ca_pem.map(String::into_bytes),
+        client_cert: p12.or(j.client_cert_pem.map(String::into_bytes)),
+        client_key: j
+            .client_key_pem
+            .map(|k| Zeroizing::new(k.as_bytes().to_vec())),
+        source: None,
+    })
+}
+
+async fn update_from_multipart(mut m: Multipart) -> ApiResult<KmipUpdate> {
+    let mut u = KmipUpdate::default();
+    let bad = |e: axum::extract::multipart::MultipartError| {
+        ApiError::new(
+            e.status(),
+            format!(
+                "the form could not be read ({}); send it again",
+                e.body_text()
+            ),
+        )
+    };
+    while let Some(field) = m.next_field().await.map_err(bad)? {
+        let name = field.name().unwrap_or_default().to_owned();
+        let data = Zeroizing::new(field.bytes().await.map_err(bad)?.to_vec());
+        let text = || -> ApiResult<String> {
+            String::from_utf8(data.to_vec())
+                .map(|s| s.trim().to_owned())
+                .map_err(|_| ApiError::bad_request(format!("the field {name} is not text")))
+        };
+        match name.as_str() {
+            "csrf_token" => {}
+            "hosts" | "servers" => {
+                let t = text()?;
+                u.servers = Some(
+                    t.split(|c: char| c == ',' || c.is_whitespace())
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                );
+            }
+            "port" => {
+                let t = text()?;
+                if !t.is_empty() {
+                    u.port = Some(t.parse().map_err(|_| {
+                        ApiError::bad_request(format!(
+                            "the port `{t}` is not a number 1-65535; KMIP uses 5696"
+                        ))
+                    })?);
+                }
+            }
+            "server_name" => u.server_name = Some(text()?),
+            "username" => u.username = Some(text()?),
+            "password" => {
+                let t = Zeroizing::new(text()?);
+                if !t.is_empty() {
+                    u.password = Some(t);
+                }
+            }
+            "passphrase" => {
+                let t = Zeroizing::new(text()?);
+                if !t.is_empty() {
+                    u.passphrase = Some(t);
+                }
+            }
+            "ca" if !data.is_empty() => u.ca = Some(data.to_vec()),
+            "client_cert" if !data.is_empty() => u.client_cert = Some(data.to_vec()),
+            "client_key" if !data.is_empty() => u.client_key = Some(data.clone()),
+            "ca" | "client_cert" | "client_key" => {}
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown form field `{other}`; see GET /api/openapi.json"
+                )));
+            }
+        }
+    }
+    Ok(u)
+}
+
+async fn kmip_put(State(state): State<AppState>, req: Request) -> ApiResult<Json<Value>> {
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let update = if ct.starts_with("multipart/form-data") {
+        let m = Multipart::from_request(req, &state).await.map_err(|e| {
+            ApiError::bad_request(format!("{}; send multipart/form-data", e.body_text()))
+        })?;
+        update_from_multipart(m).await?
+    } else if ct.starts_with("application/json") {
+        let body = to_bytes(req.into_body(), super::api::MAX_BODY)
+            .await
+            .map_err(|_| {
+                ApiError::too_large(format!(
+                    "the request is larger than {} bytes; upload smaller files",
+                    MAX_BODY
+                ))
+            })?;
+        let j: KmipJson = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the JSON body is not valid KMIP settings ({e}); see GET /api/openapi.json"
+            ))
+        })?;
+        update_from_json(j)?
+    } else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the KMIP settings as application/json or multipart/form-data",
+        ));
+    };
+    let mut update = update;
+    update.source = Some(crate::kmip_config::Source::Manual);
+    if state.workflow().state != WfState::Plain {
+        tracing::info!("KMIP settings changed while the volume is encrypted");
+    }
+    let old = state.kmip();
+    let new = tokio::task::spawn_blocking(move || KmipSettings::apply(old.as_ref(), update))
+        .await
+        .map_err(|e| ApiError::internal("checking the KMIP settings", e))??;
+    state
+        .set_kmip(new.clone())
+        .map_err(|e| ApiError::internal("saving the KMIP settings", e))?;
+    tracing::info!(servers = ?new.servers, "KMIP settings saved");
+    Ok(Json(new.view()))
+}
+
+async fn kmip_test_run(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let Some(settings) = state.kmip() else {
+        return Err(ApiError::conflict(
+            "no KMIP settings are saved yet; save them first (PUT /api/encryption/kmip or Save \
+             and Test Changes)",
+        ));
+    };
+    let Ok(_guard) = state.inner.test_lock.try_lock() else {
+        return Err(ApiError::conflict(
+            "a test of the KMIP settings is already running; wait for its result",
+        ));
+    };
+    let timeouts = state.config().kmip_timeouts;
+    let report = tokio::task::spawn_blocking(move || kmip_test::run(&settings, timeouts))
+        .await
+        .map_err(|e| ApiError::internal("testing the KMIP settings", e))?;
+    tracing::info!(ok = report.ok, summary = %report.summary, "KMIP settings tested");
+    state.set_last_test(report.clone());
+    Ok(Json(serde_json::to_value(&report).unwrap_or(Value::Null)))
+}
+
+async fn start(state: &AppState, req: WfRequest) -> ApiResult<(StatusCode, Json<Value>)> {
+    state.check(req).map_err(ApiError::conflict)?;
+    let kmip = state.kmip().ok_or_else(|| {
+        ApiError::conflict("no KMIP settings are saved; fill in Storage > Encryption first")
+    })?;
+    let backend = state.backend().ok_or_else(|| {
+        ApiError::unavailable(
+            "no data volume is attached to this appliance; start it with a data directory that \
+             holds one",
+        )
+    })?;
+    let config = kmip.client_config(state.config().kmip_timeouts);
+    let sink = state.event_sink();
+    tokio::task::spawn_blocking(move || backend.start(req, config, sink))
+        .await
+        .map_err(|e| ApiError::internal("starting the conversion", e))?
+        .map_err(ApiError::conflict)?;
+    Ok((StatusCode::ACCEPTED, Json(status_json(state))))
+}
+
+async fn encrypt(State(state): State<AppState>) -> ApiResult<(StatusCode, Json<Value>)> {
+    start(&state, WfRequest::Encrypt).await
+}
+
+async fn rekey(State(state): State<AppState>) -> ApiResult<(StatusCode, Json<Value>)> {
+    start(&state, WfRequest::Rekey).await
+}
+
+async fn decrypt(State(state): State<AppState>) -> ApiResult<(StatusCode, Json<Value>)> {
+    start(&state, WfRequest::Decrypt).await
+}
+
+async fn openapi_doc() -> Json<Value> {
+    Json(openapi::document())
+}
+
+/// The session of a request (set by the authentication layer).
+pub fn session_of(req_ext: &axum::http::Extensions) -> Option<&Authenticated> {
+    req_ext.get::<Authenticated>()
+}

@@ -1,0 +1,147 @@
+//! The OpenAPI 3.1 document served at /api/openapi.json. Tests check that every operation in
+//! it is routed and that every routed API endpoint is in it.
+
+use serde_json::{Value, json};
+
+fn err(desc: &str) -> Value {
+    json!({"description": desc, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+fn ok_json(desc: &str, schema: Value) -> Value {
+    json!({"description": desc, "content": {"application/json": {"schema": schema}}})
+}
+
+/// The operations: (path, method).
+pub fn operations() -> Vec<(String, String)> {
+    let doc = document();
+    let mut out = Vec::new();
+    if let Some(paths) = doc["paths"].as_object() {
+        for (p, item) in paths {
+            if let Some(item) = item.as_object() {
+                for m in item.keys() {
+                    out.push((p.clone(), m.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The document.
+pub fn document() -> Value {
+    let r = |s: &str| json!({"$ref": format!("#/components/schemas/{s}")});
+    let start = |what: &str| {
+        json!({
+            "summary": what,
+            "responses": {
+                "202": ok_json("started; the body is the new status", r("EncryptionStatus")),
+                "401": err("not logged in"),
+                "403": err("browser request without the CSRF token"),
+                "409": err("not allowed now; the message says why and what to do"),
+                "503": err("no data volume attached"),
+            }
+        })
+    };
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "atrest appliance API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Storage > Encryption of the atrest appliance. Log in with POST /api/session and send the token as `Authorization: Bearer TOKEN`. Errors are JSON {\"error\": \"...\"}, a sentence that says what failed and what to do next."
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+                "Login": {"type": "object", "required": ["username", "password"], "properties": {"username": {"type": "string"}, "password": {"type": "string"}}},
+                "Token": {"type": "object", "properties": {"token": {"type": "string"}, "token_type": {"const": "Bearer"}, "expires_after_idle_seconds": {"type": "integer"}, "password_change_required": {"type": "boolean"}}},
+                "PasswordChange": {"type": "object", "required": ["current_password", "new_password"], "properties": {"current_password": {"type": "string"}, "new_password": {"type": "string", "minLength": crate::auth::MIN_PASSWORD_LEN}}},
+                "Certificate": {"type": ["object", "null"], "properties": {"subject": {"type": "string"}, "issuer": {"type": "string"}, "not_after": {"type": "string"}, "days_left": {"type": ["integer", "null"]}, "expiring": {"type": "boolean"}}},
+                "KmipSettings": {"type": "object", "description": "Never contains the password, the passphrase or a key.", "properties": {
+                    "servers": {"type": "array", "items": {"type": "object", "properties": {"host": {"type": "string"}, "port": {"type": "integer"}}}},
+                    "server_name": {"type": ["string", "null"]}, "username": {"type": ["string", "null"]},
+                    "password_set": {"type": "boolean"}, "passphrase_set": {"type": "boolean"},
+                    "client_format": {"enum": ["pkcs12", "pem"]},
+                    "ca": r("Certificate"), "client_certificate": r("Certificate"),
+                    "source": {"enum": ["manual", "embedded"]}, "fingerprint": {"type": "string"}}},
+                "KmipSettingsInput": {"type": "object", "description": "Absent fields keep the saved value; an empty server_name or username clears it.", "properties": {
+                    "servers": {"type": "array", "items": {"type": "string", "description": "HOST or HOST:PORT"}},
+                    "port": {"type": "integer", "default": 5696}, "server_name": {"type": "string"},
+                    "username": {"type": "string"}, "password": {"type": "string"}, "passphrase": {"type": "string"},
+                    "ca_pem": {"type": "string"}, "client_cert_pem": {"type": "string"}, "client_key_pem": {"type": "string"},
+                    "client_p12_base64": {"type": "string"}}},
+                "KmipSettingsForm": {"type": "object", "properties": {
+                    "hosts": {"type": "string", "description": "comma-separated HOST or HOST:PORT"}, "port": {"type": "integer"},
+                    "server_name": {"type": "string"}, "username": {"type": "string"}, "password": {"type": "string"},
+                    "passphrase": {"type": "string"}, "ca": {"type": "string", "format": "binary"},
+                    "client_cert": {"type": "string", "format": "binary"}, "client_key": {"type": "string", "format": "binary"}}},
+                "Step": {"type": "object", "properties": {"name": {"enum": ["tcp", "tls", "certificates", "kmip-version", "create", "activate", "get", "get-attributes", "revoke", "destroy"]}, "title": {"type": "string"}, "status": {"enum": ["ok", "warning", "failed", "skipped"]}, "detail": {"type": "string"}, "class": {"type": "string"}}},
+                "TestReport": {"type": "object", "properties": {"ok": {"type": "boolean"}, "tested_at": {"type": "string", "format": "date-time"}, "fingerprint": {"type": "string"}, "summary": {"type": "string"},
+                    "servers": {"type": "array", "items": {"type": "object", "properties": {"server": {"type": "string"}, "ok": {"type": "boolean"}, "steps": {"type": "array", "items": r("Step")}}}}}},
+                "EncryptionStatus": {"type": "object", "required": ["state"], "properties": {
+                    "state": {"enum": ["plain", "encrypting", "encrypted", "locked", "rekeying", "decrypting"]},
+                    "pending": {"type": ["string", "null"], "description": "while locked: the conversion that resumes after unlock"},
+                    "progress": {"type": ["object", "null"], "properties": {"done_bytes": {"type": "integer"}, "total_bytes": {"type": "integer"}, "percent": {"type": "number"}, "bytes_per_second": {"type": ["number", "null"]}, "eta_seconds": {"type": ["integer", "null"]}}},
+                    "key_id": {"type": ["string", "null"]}, "servers": {"type": "array", "items": {"type": "string"}},
+                    "cipher": {"type": ["string", "null"]},
+                    "lock_reasons": {"type": "array", "items": {"type": "object", "properties": {"server": {"type": "string"}, "class": {"type": "string"}, "reason": {"type": "string"}}}},
+                    "last_error": {"type": ["string", "null"]},
+                    "last_test": {"oneOf": [r("TestReport"), {"type": "null"}]},
+                    "last_test_current": {"type": "boolean"},
+                    "encrypt": {"type": "object", "properties": {"allowed": {"type": "boolean"}, "reason": {"type": ["string", "null"]}}},
+                    "settings": {"oneOf": [r("KmipSettings"), {"type": "null"}]},
+                    "warnings": {"type": "array", "items": {"type": "string"}}}}
+            }
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/api/session": {
+                "post": {"summary": "Log in: a token for `Authorization: Bearer`", "security": [],
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": r("Login")}}},
+                    "responses": {"200": ok_json("logged in", r("Token")), "400": err("not a login body"), "401": err("wrong username or password")}},
+                "delete": {"summary": "Log out (ends this token)", "responses": {"204": {"description": "logged out"}, "401": err("not logged in")}}
+            },
+            "/api/account/password": {
+                "post": {"summary": "Change the admin password (ends every session)",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": r("PasswordChange")}}},
+                    "responses": {"200": {"description": "changed"}, "400": err("new password unusable"), "401": err("not logged in"), "403": err("current password wrong, or no CSRF token")}}
+            },
+            "/api/encryption": {
+                "get": {"summary": "State, progress, key id, servers, cipher, last test, lock reasons",
+                    "responses": {"200": ok_json("the status", r("EncryptionStatus")), "401": err("not logged in")}}
+            },
+            "/api/encryption/kmip": {
+                "get": {"summary": "The saved KMIP settings (no secrets)",
+                    "responses": {"200": ok_json("the settings", r("KmipSettings")), "401": err("not logged in"), "404": err("nothing saved yet")}},
+                "put": {"summary": "Save the KMIP settings; uploads are validated (CA parsed, PKCS#12 opened with its passphrase, PEM key matched)",
+                    "requestBody": {"required": true, "content": {
+                        "application/json": {"schema": r("KmipSettingsInput")},
+                        "multipart/form-data": {"schema": r("KmipSettingsForm")}}},
+                    "responses": {"200": ok_json("saved", r("KmipSettings")), "400": err("missing or malformed field"), "401": err("not logged in"), "403": err("no CSRF token"), "413": err("upload too large"), "415": err("wrong content type"), "422": err("a certificate, key or passphrase does not work")}}
+            },
+            "/api/encryption/test": {
+                "post": {"summary": "Test every configured KMIP server step by step (TCP, TLS, certificates, version, key life cycle)",
+                    "responses": {"200": ok_json("the report (ok may be false)", r("TestReport")), "401": err("not logged in"), "409": err("nothing saved yet, or a test is running")}}
+            },
+            "/api/encryption/encrypt": {"post": start("Encrypt the volume with a new key (needs a passing test of the current settings)")},
+            "/api/encryption/rekey": {"post": start("Re-encrypt the volume under a new key")},
+            "/api/encryption/decrypt": {"post": start("Decrypt the volume (turn encryption off)")},
+            "/api/openapi.json": {
+                "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}, "401": err("not logged in")}}
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn operations_are_methods() {
+        for (p, m) in super::operations() {
+            assert!(
+                ["get", "put", "post", "delete"].contains(&m.as_str()),
+                "{p} {m}"
+            );
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Running the appliance over HTTPS.
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+
+use axum_server::tls_openssl::{OpenSSLAcceptor, OpenSSLConfig};
+
+use crate::https;
+use crate::state::AppState;
+
+/// Where and how to listen.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    /// A certificate and key to use instead of the self-signed one.
+    pub cert: Option<(PathBuf, PathBuf)>,
+}
+
+/// A bound HTTPS listener, ready to serve.
+#[derive(Debug)]
+pub struct Bound {
+    listener: TcpListener,
+    tls: OpenSSLConfig,
+    pub local_addr: SocketAddr,
+    pub cert_path: PathBuf,
+    pub cert_created: bool,
+}
+
+/// Binds the listener and loads (or makes) the certificate.
+pub fn bind(state: &AppState, listen: &Listen) -> Result<Bound, String> {
+    let (cert, key, created) = match &listen.cert {
+        Some((c, k)) => (c.clone(), k.clone(), false),
+        None => {
+            let p = https::ensure_self_signed(state.data_dir(), &[listen.addr.ip().to_string()])?;
+            (p.cert, p.key, p.created)
+        }
+    };
+    let tls = OpenSSLConfig::from_pem_file(&cert, &key).map_err(|e| {
+        format!(
+            "cannot use the HTTPS certificate {} with key {} ({e}); give a PEM certificate and \
+             its PEM private key",
+            cert.display(),
+            key.display()
+        )
+    })?;
+    let listener = TcpListener::bind(listen.addr).map_err(|e| {
+        format!(
+            "cannot listen on {} ({e}); choose another address with --listen",
+            listen.addr
+        )
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("cannot set up the listener: {e}"))?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    Ok(Bound {
+        listener,
+        tls,
+        local_addr,
+        cert_path: cert,
+        cert_created: created,
+    })
+}
+
+/// Serves until `shutdown` completes, then lets requests in progress finish.
+pub async fn serve(
+    state: AppState,
+    bound: Bound,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let handle = axum_server::Handle::new();
+    let h = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        h.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+    });
+    let app = crate::app(state);
+    axum_server::from_tcp(bound.listener)
+        .acceptor(OpenSSLAcceptor::new(bound.tls))
+        .handle(handle)
+        .serve(app.into_make_service())
+        .await
+        .map_err(|e| format!("the HTTPS server stopped: {e}"))
+}
+
+/// Everything `atrest serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub config: crate::state::AppConfig,
+    pub listen: Listen,
+    pub embedded_kms: bool,
+}
+
+/// Runs the appliance until SIGINT or SIGTERM: opens the data directory (printing a generated
+/// admin password on the first start), starts the bundled KMIP server if asked, serves HTTPS.
+pub fn run(opts: ServeOptions) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    rt.block_on(async move {
+        let dir = opts.config.data_dir.clone();
+        let opened = AppState::open(opts.config)?;
+        let state = opened.state;
+        if let Some(pw) = &opened.generated_password {
+            println!(
+                "Admin account created: user `admin`, password {} (also in {} until you change \
+                 it)",
+                pw.as_str(),
+                dir.join("initial-admin-password").display()
+            );
+        }
+        let kms = if opts.embedded_kms {
+            let k = crate::embedded::start(&dir)?;
+            match crate::embedded::prefill(&state, &k.env_file) {
+                Ok(true) => println!(
+                    "Bundled KMIP server on {}; Storage > Encryption is filled in with its settings",
+                    k.addr
+                ),
+                Ok(false) => println!("Bundled KMIP server on {}", k.addr),
+                Err(e) => eprintln!("atrest: {e}"),
+            }
+            Some(k)
+        } else {
+            None
+        };
+        let bound = bind(&state, &opts.listen)?;
+        if bound.cert_created {
+            println!(
+                "Made a self-signed HTTPS certificate: {}",
+                bound.cert_path.display()
+            );
+        }
+        println!("atrest appliance listening on https://{}/", bound.local_addr);
+        tracing::info!(addr = %bound.local_addr, "listening");
+        let result = serve(state, bound, shutdown_signal()).await;
+        if let Some(k) = kms {
+            tokio::task::spawn_blocking(move || k.stop()).await.ok();
+        }
+        result
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

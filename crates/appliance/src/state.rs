@@ -1,0 +1,203 @@
+//! The appliance's shared state: admin account, sessions, KMIP settings, last test, workflow.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use atrest_kmip::client::{ClientConfig, Timeouts};
+use zeroize::Zeroizing;
+
+use crate::auth::{Admin, PBKDF2_ITERATIONS, Sessions};
+use crate::files;
+use crate::kmip_config::KmipSettings;
+use crate::kmip_test::TestReport;
+use crate::workflow::{Event, Gate, Request, Workflow};
+
+/// Settings of the appliance.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// The data directory: admin account, HTTPS certificate, KMIP settings.
+    pub data_dir: PathBuf,
+    /// PBKDF2 iterations for new admin password hashes.
+    pub pbkdf2_iterations: u32,
+    /// Timeouts of KMIP requests (the test and the key operations).
+    pub kmip_timeouts: Timeouts,
+}
+
+impl AppConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        AppConfig {
+            data_dir: data_dir.into(),
+            pbkdf2_iterations: PBKDF2_ITERATIONS,
+            kmip_timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// Where workflow events go.
+pub type EventSink = Arc<dyn Fn(Event) + Send + Sync>;
+
+/// The data volume seen from the workflow: starts conversions that run in the background and
+/// report through the sink.
+pub trait VolumeBackend: Send + Sync + 'static {
+    /// Starts `req` with the KMIP settings `kmip` (Encrypt creates, activates and gets a new
+    /// key; Rekey the same for the new key; Decrypt needs the current key). Returns once the
+    /// conversion is under way, or why it could not start.
+    fn start(&self, req: Request, kmip: ClientConfig, events: EventSink) -> Result<(), String>;
+}
+
+pub(crate) struct Inner {
+    pub config: AppConfig,
+    pub admin: Mutex<Admin>,
+    pub sessions: Sessions,
+    pub kmip: Mutex<Option<KmipSettings>>,
+    pub last_test: Mutex<Option<TestReport>>,
+    pub workflow: Mutex<Workflow>,
+    pub test_lock: tokio::sync::Mutex<()>,
+    pub backend: Mutex<Option<Arc<dyn VolumeBackend>>>,
+}
+
+/// Shared by every request.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("data_dir", &self.inner.config.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock leaves plain data behind; keep serving.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What opening the state did.
+#[derive(Debug)]
+pub struct Opened {
+    pub state: AppState,
+    /// The admin password generated on this (first) start.
+    pub generated_password: Option<Zeroizing<String>>,
+}
+
+impl AppState {
+    /// Opens (or initialises) the data directory.
+    pub fn open(config: AppConfig) -> Result<Opened, String> {
+        let dir = &config.data_dir;
+        files::private_dir(dir)
+            .map_err(|e| format!("cannot create the data directory {}: {e}", dir.display()))?;
+        let admin = Admin::open_or_create(dir, config.pbkdf2_iterations)
+            .map_err(|e| format!("cannot open the admin account in {}: {e}", dir.display()))?;
+        let kmip = KmipSettings::load(dir)?;
+        let last_test = load_last_test(dir);
+        let state = AppState {
+            inner: Arc::new(Inner {
+                config,
+                admin: Mutex::new(admin.admin),
+                sessions: Sessions::default(),
+                kmip: Mutex::new(kmip),
+                last_test: Mutex::new(last_test),
+                workflow: Mutex::new(Workflow::default()),
+                test_lock: tokio::sync::Mutex::new(()),
+                backend: Mutex::new(None),
+            }),
+        };
+        Ok(Opened {
+            state,
+            generated_password: admin.generated,
+        })
+    }
+
+    pub fn config(&self) -> &AppConfig {
+        &self.inner.config
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.config.data_dir
+    }
+
+    /// Attaches the data volume.
+    pub fn set_backend(&self, b: Arc<dyn VolumeBackend>) {
+        *lock(&self.inner.backend) = Some(b);
+    }
+
+    pub(crate) fn backend(&self) -> Option<Arc<dyn VolumeBackend>> {
+        lock(&self.inner.backend).clone()
+    }
+
+    pub(crate) fn admin(&self) -> MutexGuard<'_, Admin> {
+        lock(&self.inner.admin)
+    }
+
+    pub(crate) fn sessions(&self) -> &Sessions {
+        &self.inner.sessions
+    }
+
+    /// The saved KMIP settings.
+    pub fn kmip(&self) -> Option<KmipSettings> {
+        lock(&self.inner.kmip).clone()
+    }
+
+    /// Saves new KMIP settings (files first, then memory).
+    pub fn set_kmip(&self, s: KmipSettings) -> std::io::Result<()> {
+        s.save(self.data_dir())?;
+        *lock(&self.inner.kmip) = Some(s);
+        Ok(())
+    }
+
+    pub fn last_test(&self) -> Option<TestReport> {
+        lock(&self.inner.last_test).clone()
+    }
+
+    pub(crate) fn set_last_test(&self, r: TestReport) {
+        if let Ok(bytes) = serde_json::to_vec_pretty(&r)
+            && let Err(e) = files::write_private(&last_test_path(self.data_dir()), &bytes)
+        {
+            tracing::warn!("cannot keep the last KMIP test result: {e}");
+        }
+        *lock(&self.inner.last_test) = Some(r);
+    }
+
+    pub fn workflow(&self) -> Workflow {
+        lock(&self.inner.workflow).clone()
+    }
+
+    /// Applies a workflow event (logged when it does not fit).
+    pub fn apply(&self, ev: Event) {
+        if let Err(e) = lock(&self.inner.workflow).apply(ev) {
+            tracing::warn!("{e}");
+        }
+    }
+
+    /// A sink that applies events to this state.
+    pub fn event_sink(&self) -> EventSink {
+        let s = self.clone();
+        Arc::new(move |ev| s.apply(ev))
+    }
+
+    /// Whether `req` may start now, and why not.
+    pub fn check(&self, req: Request) -> Result<(), String> {
+        let kmip = self.kmip();
+        let fp = kmip.as_ref().map(|k| k.fingerprint());
+        let test = self.last_test();
+        lock(&self.inner.workflow).check(
+            req,
+            Gate {
+                settings_fingerprint: fp.as_deref(),
+                last_test: test.as_ref(),
+            },
+        )
+    }
+}
+
+fn last_test_path(dir: &Path) -> PathBuf {
+    dir.join("kmip").join("last-test.json")
+}
+
+fn load_last_test(dir: &Path) -> Option<TestReport> {
+    let b = files::read_bounded(&last_test_path(dir), 1 << 20).ok()?;
+    serde_json::from_slice(&b).ok()
+}
