@@ -42,8 +42,6 @@ pub enum Check {
     Token,
     /// The conversion record (`atrest-conversion` token) is consistent with the rest.
     Conversion,
-    /// Neither copy of the header is valid.
-    NoValidCopy,
 }
 
 impl Check {
@@ -67,7 +65,6 @@ impl Check {
             Check::Keyslots => "keyslots",
             Check::Token => "token",
             Check::Conversion => "conversion",
-            Check::NoValidCopy => "no-valid-copy",
         }
     }
 }

@@ -25,6 +25,8 @@ pub const DEFAULT_DATA_OFFSET: u64 = 16 << 20;
 pub const MIN_DATA_OFFSET: u64 = 1 << 20;
 /// Default conversion chunk.
 pub const DEFAULT_CHUNK_SIZE: u64 = 32 << 20;
+/// Largest sector size (I/O locks are aligned to it).
+const MAX_SECTOR: u64 = 4096;
 /// Default sector size.
 pub const DEFAULT_SECTOR_SIZE: u32 = 4096;
 
@@ -728,11 +730,16 @@ impl UnlockedVolume {
         if len == 0 {
             return Ok(());
         }
+        // Lock order: byte range, then layout. The range is aligned to the largest sector size
+        // so it covers whole sectors whatever the layout says.
+        let s = MAX_SECTOR;
+        let start = offset / s * s;
+        let end = (offset + len as u64).div_ceil(s) * s;
+        let _g = inner.locks.acquire(start, end, write.is_some());
         let layout = inner.layout.read().unwrap_or_else(|e| e.into_inner());
         let s = layout.sector;
         let start = offset / s * s;
         let end = (offset + len as u64).div_ceil(s) * s;
-        let _g = inner.locks.acquire(start, end, write.is_some());
         let boundary = inner.boundary.load(Ordering::Acquire);
         let mut buf = vec![0u8; (end - start) as usize];
         let head = (offset - start) as usize;

@@ -34,14 +34,26 @@ fn accepted(img: &Path, key: Option<&[u8]>, dir: &Path) {
         let bits = (key.len() * 8).to_string();
         let kfs = kf.to_str().unwrap();
         let (rc, text) = cryptsetup(&[
-            "open", "--test-passphrase", "--volume-key-file", kfs, "--key-size", &bits, p,
+            "open",
+            "--test-passphrase",
+            "--volume-key-file",
+            kfs,
+            "--key-size",
+            &bits,
+            p,
         ]);
         assert_eq!(rc, 0, "cryptsetup refused the volume key: {text}");
         let mut wrong = key.to_vec();
         wrong[0] ^= 1;
         std::fs::write(&kf, &wrong).unwrap();
         let (rc, _) = cryptsetup(&[
-            "open", "--test-passphrase", "--volume-key-file", kfs, "--key-size", &bits, p,
+            "open",
+            "--test-passphrase",
+            "--volume-key-file",
+            kfs,
+            "--key-size",
+            &bits,
+            p,
         ]);
         assert_ne!(rc, 0, "cryptsetup accepted a wrong key");
         std::fs::remove_file(&kf).unwrap();
@@ -49,7 +61,15 @@ fn accepted(img: &Path, key: Option<&[u8]>, dir: &Path) {
 }
 
 /// Decrypts the data segment with Python's cryptography and compares with `expected`.
-fn python_check(py: &str, img: &Path, key: &[u8], offset: u64, sector: u32, expected: &[u8], dir: &Path) {
+fn python_check(
+    py: &str,
+    img: &Path,
+    key: &[u8],
+    offset: u64,
+    sector: u32,
+    expected: &[u8],
+    dir: &Path,
+) {
     let exp = dir.join("expected.bin");
     std::fs::write(&exp, expected).unwrap();
     let script = r#"
@@ -80,7 +100,10 @@ sys.exit(0 if bytes(out) == want else 3)
         ])
         .status()
         .unwrap();
-    assert!(st.success(), "Python's XTS does not decrypt the data segment to the payload");
+    assert!(
+        st.success(),
+        "Python's XTS does not decrypt the data segment to the payload"
+    );
 }
 
 #[test]
@@ -98,10 +121,17 @@ fn cryptsetup_accepts_every_steady_state() {
         let u = v.unlock(vec![]).unwrap();
         let data = payload(u.len() as usize, bits as u64);
         u.write_at(&data, 0).unwrap();
-        let size = if bits == 256 { KeySize::Bits256 } else { KeySize::Bits512 };
+        let size = if bits == 256 {
+            KeySize::Bits256
+        } else {
+            KeySize::Bits512
+        };
         let k1 = KeyMaterial::generate(size).unwrap();
         let k1b = k1.expose().to_vec();
-        let opts = EncryptOptions { sector_size: sector, pbkdf2_iterations: 1000 };
+        let opts = EncryptOptions {
+            sector_size: sector,
+            pbkdf2_iterations: 1000,
+        };
         u.begin_encrypt(k1, reference("key-1"), &opts).unwrap();
         // Mid-conversion: luksDump shows the requirement; header-changing commands refuse.
         let (rc, text) = cryptsetup(&["luksDump", img.to_str().unwrap()]);
@@ -115,7 +145,10 @@ fn cryptsetup_accepts_every_steady_state() {
             python_check(py, &img, &k1b, 1 << 20, sector, &data, &dir);
         }
         // Rekey.
-        let u = unlock_with(Volume::open(Arc::new(FileDevice::open(&img).unwrap())).unwrap(), &[&k1b]);
+        let u = unlock_with(
+            Volume::open(Arc::new(FileDevice::open(&img).unwrap())).unwrap(),
+            &[&k1b],
+        );
         assert_eq!(read_all(&u), data);
         let k2 = KeyMaterial::generate(size).unwrap();
         let k2b = k2.expose().to_vec();
@@ -127,7 +160,10 @@ fn cryptsetup_accepts_every_steady_state() {
             python_check(py, &img, &k2b, 1 << 20, sector, &data, &dir);
         }
         let v = Volume::open(Arc::new(FileDevice::open(&img).unwrap())).unwrap();
-        assert!(matches!(v.verify_key(key_of(&k1b)), Err(Error::WrongKey { .. })));
+        assert!(matches!(
+            v.verify_key(key_of(&k1b)),
+            Err(Error::WrongKey { .. })
+        ));
         let info = v.info();
         assert_eq!(info.keys.len(), 1);
         assert_eq!(info.keys[0].reference.unique_identifier, "key-2");
@@ -164,15 +200,34 @@ fn reads_a_volume_cryptsetup_wrote() {
     std::fs::write(&pass, b"passphrase").unwrap();
     let out = Command::new("cryptsetup")
         .args([
-            "reencrypt", "--encrypt", "--type", "luks2", "--batch-mode",
-            "--reduce-device-size", "4M", "--sector-size", "4096",
-            "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
-            "--volume-key-file", kf.to_str().unwrap(), "--key-size", "256",
-            "--key-file", pass.to_str().unwrap(), p,
+            "reencrypt",
+            "--encrypt",
+            "--type",
+            "luks2",
+            "--batch-mode",
+            "--reduce-device-size",
+            "4M",
+            "--sector-size",
+            "4096",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            "--volume-key-file",
+            kf.to_str().unwrap(),
+            "--key-size",
+            "256",
+            "--key-file",
+            pass.to_str().unwrap(),
+            p,
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "cryptsetup reencrypt: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cryptsetup reencrypt: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v = Volume::open(Arc::new(FileDevice::open_read_only(&img).unwrap())).unwrap();
     assert_eq!(v.state(), State::Encrypted);
     let info = v.info();
@@ -180,7 +235,10 @@ fn reads_a_volume_cryptsetup_wrote() {
     assert_eq!(info.sector_size, 4096);
     let mut wrong = key.expose().to_vec();
     wrong[5] ^= 0x80;
-    assert!(matches!(v.verify_key(key_of(&wrong)), Err(Error::WrongKey { .. })));
+    assert!(matches!(
+        v.verify_key(key_of(&wrong)),
+        Err(Error::WrongKey { .. })
+    ));
     let vk = v.verify_key(key.clone()).unwrap();
     let u = v.unlock(vec![vk]).unwrap();
     let mut got = vec![0u8; 4 << 20];
@@ -190,15 +248,30 @@ fn reads_a_volume_cryptsetup_wrote() {
     let img2 = dir.join("fmt.img");
     std::fs::write(&img2, vec![0u8; 20 << 20]).unwrap();
     let (rc, text) = cryptsetup(&[
-        "luksFormat", "--type", "luks2", "--batch-mode", "--pbkdf", "pbkdf2",
-        "--pbkdf-force-iterations", "1000", "--volume-key-file", kf.to_str().unwrap(),
-        "--key-size", "256", "--key-file", pass.to_str().unwrap(), img2.to_str().unwrap(),
+        "luksFormat",
+        "--type",
+        "luks2",
+        "--batch-mode",
+        "--pbkdf",
+        "pbkdf2",
+        "--pbkdf-force-iterations",
+        "1000",
+        "--volume-key-file",
+        kf.to_str().unwrap(),
+        "--key-size",
+        "256",
+        "--key-file",
+        pass.to_str().unwrap(),
+        img2.to_str().unwrap(),
     ]);
     assert_eq!(rc, 0, "{text}");
     let v = Volume::open(Arc::new(FileDevice::open(&img2).unwrap())).unwrap();
     assert_eq!(v.info().data_size, 4 << 20);
     let vk = v.verify_key(key).unwrap();
     let u = v.unlock(vec![vk]).unwrap();
-    assert!(matches!(u.begin_decrypt(), Err(Error::State(_))), "keyslots must block a decrypt");
+    assert!(
+        matches!(u.begin_decrypt(), Err(Error::State(_))),
+        "keyslots must block a decrypt"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -30,7 +30,11 @@ fn all_xts_vectors_pass() {
             let tweak: [u8; 16] = hex(v["tweak"].as_str().unwrap()).try_into().unwrap();
             let pt = hex(v["plaintext"].as_str().unwrap());
             let ct = hex(v["ciphertext"].as_str().unwrap());
-            assert_eq!(key.len() * 8, v["xts_key_bits"].as_u64().unwrap() as usize, "{id}");
+            assert_eq!(
+                key.len() * 8,
+                v["xts_key_bits"].as_u64().unwrap() as usize,
+                "{id}"
+            );
             if v["equal_key_halves"].as_bool() == Some(true) {
                 assert_eq!(check_key(&key), Err(KeyError::EqualHalves), "{id}");
                 refused += 1;

@@ -1,0 +1,135 @@
+//! Online conversion: reads and writes through the data segment while a conversion runs in
+//! another thread see consistent data, and what was written survives the conversion.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use atrest_volume::*;
+use common::*;
+
+fn exercise(u: &UnlockedVolume, model: &mut [u8], rng: &mut Rng, running: &AtomicBool) -> u64 {
+    let mut ops = 0;
+    let len = model.len() as u64;
+    while running.load(Ordering::Acquire) || ops < 200 {
+        let off = rng.below(len - 10_000);
+        let n = 1 + rng.below(9000) as usize;
+        if rng.below(2) == 0 {
+            let data = payload(n, rng.next());
+            u.write_at(&data, off).unwrap();
+            model[off as usize..off as usize + n].copy_from_slice(&data);
+        } else {
+            let mut got = vec![0u8; n];
+            u.read_at(&mut got, off).unwrap();
+            assert_eq!(
+                got,
+                &model[off as usize..off as usize + n],
+                "read at {off} during conversion"
+            );
+        }
+        ops += 1;
+    }
+    ops
+}
+
+#[test]
+fn io_during_encrypt_rekey_decrypt_is_consistent() {
+    let dir = temp_dir("online");
+    let img = dir.join("vol.img");
+    let dev = Arc::new(FileDevice::create(&img, (1 << 20) + (4 << 20)).unwrap());
+    let u = Volume::format(dev, &small_format())
+        .unwrap()
+        .unlock(vec![])
+        .unwrap();
+    let mut model = payload(u.len() as usize, 5);
+    u.write_at(&model, 0).unwrap();
+    let mut rng = Rng(12345);
+    for step in 0..3 {
+        match step {
+            0 => u
+                .begin_encrypt(
+                    KeyMaterial::generate(KeySize::Bits256).unwrap(),
+                    reference("a"),
+                    &fast(),
+                )
+                .unwrap(),
+            1 => u
+                .begin_rekey(
+                    KeyMaterial::generate(KeySize::Bits512).unwrap(),
+                    reference("b"),
+                    &fast(),
+                )
+                .unwrap(),
+            _ => u.begin_decrypt().unwrap(),
+        }
+        let running = Arc::new(AtomicBool::new(true));
+        let conv = {
+            let u = u.clone();
+            let running = running.clone();
+            std::thread::spawn(move || {
+                let r = u.convert(&chunked(64 << 10), &mut |_| std::thread::yield_now());
+                running.store(false, Ordering::Release);
+                r
+            })
+        };
+        let ops = exercise(&u, &mut model, &mut rng, &running);
+        conv.join().unwrap().unwrap();
+        assert_eq!(read_all(&u), model, "after step {step}");
+        eprintln!("step {step}: {ops} concurrent operations");
+    }
+    assert_eq!(u.state(), State::Plain);
+    drop(u);
+    let raw = std::fs::read(&img).unwrap();
+    assert_eq!(&raw[1 << 20..], &model[..]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn stop_and_resume_keeps_progress() {
+    let dev = Arc::new(MemDevice::new((1 << 20) + (1 << 20)));
+    let u = Volume::format(dev.clone(), &small_format())
+        .unwrap()
+        .unlock(vec![])
+        .unwrap();
+    let data = payload(1 << 20, 8);
+    u.write_at(&data, 0).unwrap();
+    let k = KeyMaterial::generate(KeySize::Bits256).unwrap();
+    let kb = k.expose().to_vec();
+    u.begin_encrypt(k, reference("s"), &fast()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut opts = chunked(64 << 10);
+    opts.stop = Some(stop.clone());
+    let mut seen = Vec::new();
+    let state = u
+        .convert(&opts, &mut |p| {
+            seen.push(*p);
+            if p.done >= 256 << 10 {
+                stop.store(true, Ordering::Relaxed);
+            }
+        })
+        .unwrap();
+    assert_eq!(state, State::Encrypting);
+    let last = seen.last().unwrap();
+    assert_eq!(last.total, 1 << 20);
+    assert!(last.done < last.total && last.done >= 256 << 10);
+    drop(u);
+    let v = Volume::open(dev.clone()).unwrap();
+    let info = v.info();
+    assert_eq!(info.state, State::Encrypting);
+    assert_eq!(info.progress.as_ref().unwrap().done, last.done);
+    assert_eq!(info.keys[0].role, "new");
+    assert!(v.unlock(vec![]).is_err(), "resuming needs the key");
+    let v = Volume::open(dev).unwrap();
+    let u = unlock_with(v, &[&kb]);
+    let mut first_done = None;
+    u.convert(&chunked(64 << 10), &mut |p| {
+        first_done.get_or_insert(p.done);
+    })
+    .unwrap();
+    assert!(
+        first_done.unwrap() > last.done,
+        "resumed where it stopped, not from 0"
+    );
+    assert_eq!(read_all(&u), data);
+}
