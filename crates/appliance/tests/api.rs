@@ -518,7 +518,12 @@ async fn kmip_settings_validated_and_kept_secret() {
     assert_eq!(v["password_set"], true);
     assert_eq!(v["passphrase_set"], true);
     assert_eq!(v["client_format"], "pkcs12");
-    assert!(v["client_certificate"]["subject"].as_str().unwrap().contains("appliance"));
+    assert!(
+        v["client_certificate"]["subject"]
+            .as_str()
+            .unwrap()
+            .contains("appliance")
+    );
     for p in ["settings.json", "ca.pem", "client.p12"] {
         assert_eq!(mode(&f.data.join("kmip").join(p)), 0o600, "{p}");
     }

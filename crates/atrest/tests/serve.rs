@@ -1,0 +1,287 @@
+//! `atrest serve` as a process: first start (password printed and kept 0600, self-signed
+//! HTTPS), login over HTTPS, and Save and Test against the bundled KMIP server
+//! (`--embedded-kms`) and against the PyKMIP peer (its env file in ATREST_PYKMIP_EC_ENV; the
+//! peer tests are skipped with a note when it is unset, unless ATREST_REQUIRE_PEERS=1).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+use serde_json::{Value, json};
+
+struct Appliance {
+    child: Child,
+    port: u16,
+    data: PathBuf,
+    output: Vec<String>,
+}
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(data: &Path, extra: &[&str]) -> Appliance {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_atrest"))
+        .args(["serve", "--data-dir"])
+        .arg(data)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("atrest serve starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut output = Vec::new();
+    let port = loop {
+        let line = lines
+            .next()
+            .expect("atrest serve printed its address before exiting")
+            .unwrap();
+        output.push(line.clone());
+        if let Some(rest) = line.strip_prefix("atrest appliance listening on https://127.0.0.1:") {
+            break rest.trim_end_matches('/').parse::<u16>().unwrap();
+        }
+    };
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Appliance {
+        child,
+        port,
+        data: data.to_path_buf(),
+        output,
+    }
+}
+
+impl Appliance {
+    /// One HTTPS request trusting only the appliance's own certificate.
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+        b.set_ca_file(self.data.join("tls/cert.pem")).unwrap();
+        b.set_verify(SslVerifyMode::PEER);
+        let connector = b.build();
+        let tcp = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        let mut cfg = connector.configure().unwrap();
+        cfg.set_verify_hostname(false);
+        cfg.param_mut()
+            .set_ip("127.0.0.1".parse().unwrap())
+            .unwrap();
+        let mut s = cfg.connect("127.0.0.1", tcp).expect("TLS to the appliance");
+        let body = body.map(|v| v.to_string()).unwrap_or_default();
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if !body.is_empty() {
+            req.push_str("Content-Type: application/json\r\n");
+        }
+        if let Some(t) = token {
+            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(&body);
+        s.write_all(req.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, rest) = text.split_once("\r\n\r\n").expect("an HTTP response");
+        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let chunked = head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked");
+        let body = if chunked {
+            dechunk(rest)
+        } else {
+            rest.to_owned()
+        };
+        let v = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&body).unwrap_or(Value::String(body))
+        };
+        (status, v)
+    }
+
+    fn login(&self) -> String {
+        let pw = std::fs::read_to_string(self.data.join("initial-admin-password")).unwrap();
+        let (s, v) = self.request(
+            "POST",
+            "/api/session",
+            None,
+            Some(&json!({"username": "admin", "password": pw.trim()})),
+        );
+        assert_eq!(s, 200, "{v}");
+        v["token"].as_str().unwrap().to_owned()
+    }
+}
+
+fn dechunk(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn first_start_then_save_and_test_against_the_embedded_kms() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("appliance");
+    let app = start(&data, &["--embedded-kms"]);
+    let pw_file = data.join("initial-admin-password");
+    assert_eq!(mode(&pw_file), 0o600);
+    let pw = std::fs::read_to_string(&pw_file).unwrap();
+    assert!(
+        app.output.iter().any(|l| l.contains(pw.trim())),
+        "the password is printed"
+    );
+    let (s, v) = app.request("GET", "/api/encryption", None, None);
+    assert_eq!(s, 401, "{v}");
+    let t = app.login();
+    let (s, st) = app.request("GET", "/api/encryption", Some(&t), None);
+    assert_eq!(s, 200);
+    assert_eq!(st["state"], "plain");
+    assert_eq!(st["settings"]["source"], "embedded", "pre-filled: {st}");
+    assert_eq!(st["encrypt"]["allowed"], false);
+    let (s, r) = app.request("POST", "/api/encryption/test", Some(&t), None);
+    assert_eq!(s, 200);
+    assert_eq!(r["ok"], true, "{r}");
+    let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+    assert_eq!(st["encrypt"]["allowed"], true, "{st}");
+    assert_eq!(mode(&data.join("kmip/settings.json")), 0o600);
+    // A second start keeps the password and the certificate.
+    let cert = std::fs::read(data.join("tls/cert.pem")).unwrap();
+    drop(app);
+    let app = start(&data, &["--embedded-kms"]);
+    assert!(
+        !app.output
+            .iter()
+            .any(|l| l.contains("Admin account created"))
+    );
+    assert_eq!(std::fs::read(data.join("tls/cert.pem")).unwrap(), cert);
+    let t = app.login();
+    let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+    assert_eq!(st["last_test"]["ok"], true, "the last test is remembered");
+}
+
+/// The PyKMIP peer's env file, or None (with a note) when the peer is not configured.
+fn pykmip_env() -> Option<Vec<(String, String)>> {
+    let require = std::env::var("ATREST_REQUIRE_PEERS").is_ok_and(|v| v == "1");
+    match std::env::var("ATREST_PYKMIP_EC_ENV") {
+        Ok(p) => {
+            let text = std::fs::read_to_string(&p)
+                .unwrap_or_else(|e| panic!("cannot read ATREST_PYKMIP_EC_ENV={p}: {e}"));
+            Some(
+                text.lines()
+                    .filter_map(|l| l.strip_prefix("export "))
+                    .filter_map(|l| l.split_once('='))
+                    .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
+                    .collect(),
+            )
+        }
+        Err(_) if require => panic!("ATREST_REQUIRE_PEERS=1 but ATREST_PYKMIP_EC_ENV is not set"),
+        Err(_) => {
+            eprintln!("note: ATREST_PYKMIP_EC_ENV is not set; skipping the PyKMIP peer test");
+            None
+        }
+    }
+}
+
+#[test]
+fn save_and_test_against_pykmip() {
+    let Some(env) = pykmip_env() else { return };
+    let var = |k: &str| {
+        env.iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("the peer env file has no {k}"))
+    };
+    let read = |k: &str| std::fs::read(var(k)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(&dir.path().join("appliance"), &[]);
+    let t = app.login();
+    let mut settings = json!({
+        "servers": [format!("{}:{}", var("KMIP_HOST"), var("KMIP_PORT"))],
+        "server_name": var("KMIP_SERVER_NAME"),
+        "ca_pem": String::from_utf8(read("KMIP_CA")).unwrap(),
+        "client_p12_base64": openssl::base64::encode_block(&read("KMIP_CLIENT_P12")),
+        "passphrase": var("KMIP_CLIENT_P12_PASSPHRASE"),
+        "username": var("KMIP_USERNAME"),
+        "password": var("KMIP_PASSWORD"),
+    });
+    // Encrypt before any test: 409 with the reason.
+    let (s, v) = app.request("POST", "/api/encryption/encrypt", Some(&t), None);
+    assert_eq!(s, 409, "{v}");
+    // A CA that did not issue the server's certificate: the TLS step says so.
+    let mut wrong = settings.clone();
+    wrong["ca_pem"] = json!(String::from_utf8(read("KMIP_UNTRUSTED_CA")).unwrap());
+    let (s, v) = app.request("PUT", "/api/encryption/kmip", Some(&t), Some(&wrong));
+    assert_eq!(s, 200, "{v}");
+    let (_, r) = app.request("POST", "/api/encryption/test", Some(&t), None);
+    assert_eq!(r["ok"], false);
+    assert_eq!(r["servers"][0]["steps"][1]["class"], "tls-untrusted", "{r}");
+    let (s, v) = app.request("POST", "/api/encryption/encrypt", Some(&t), None);
+    assert_eq!(s, 409);
+    assert!(
+        v["error"].as_str().unwrap().contains("TLS handshake"),
+        "{v}"
+    );
+    // A wrong passphrase is refused on save.
+    let mut bad = settings.clone();
+    bad["passphrase"] = json!("not-the-passphrase");
+    let (s, v) = app.request("PUT", "/api/encryption/kmip", Some(&t), Some(&bad));
+    assert_eq!(s, 422, "{v}");
+    // The right settings, as PKCS#12 and then as PEM: every step passes.
+    let (s, v) = app.request("PUT", "/api/encryption/kmip", Some(&t), Some(&settings));
+    assert_eq!(s, 200, "{v}");
+    let (_, r) = app.request("POST", "/api/encryption/test", Some(&t), None);
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(
+        r["servers"][0]["steps"][3]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("KMIP")
+    );
+    settings
+        .as_object_mut()
+        .unwrap()
+        .remove("client_p12_base64");
+    settings["client_cert_pem"] = json!(String::from_utf8(read("KMIP_CLIENT_CERT")).unwrap());
+    settings["client_key_pem"] = json!(String::from_utf8(read("KMIP_CLIENT_KEY")).unwrap());
+    settings["passphrase"] = json!("");
+    let (s, v) = app.request("PUT", "/api/encryption/kmip", Some(&t), Some(&settings));
+    assert_eq!(s, 200, "{v}");
+    let (_, r) = app.request("POST", "/api/encryption/test", Some(&t), None);
+    assert_eq!(r["ok"], true, "{r}");
+    let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+    assert_eq!(st["encrypt"]["allowed"], true, "{st}");
+    // The password and passphrase never come back.
+    let text = st.to_string();
+    assert!(!text.contains(&var("KMIP_PASSWORD")));
+    assert!(!text.contains(&var("KMIP_CLIENT_P12_PASSPHRASE")));
+}
