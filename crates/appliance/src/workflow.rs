@@ -20,6 +20,8 @@
 //! - Events ([`Event`]) come from the volume side; an event that does not fit the state is
 //!   refused ([`Workflow::apply`] returns an error) and changes nothing.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::kmip_test::TestReport;
@@ -358,9 +360,50 @@ impl Workflow {
     }
 }
 
+/// How often a locked appliance tries its KMIP servers again: capped exponential backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// The wait after the first failure.
+    pub initial: Duration,
+    /// The longest wait.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_secs(2),
+            max: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait after `failures` failed attempts in a row (1 = the first failure).
+    pub fn delay(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(32);
+        self.initial
+            .checked_mul(1u32 << doublings.min(31))
+            .unwrap_or(self.max)
+            .min(self.max)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_then_stays_capped() {
+        let b = Backoff {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+        };
+        let d: Vec<u64> = (1..=8).map(|n| b.delay(n).as_secs()).collect();
+        assert_eq!(d, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(b.delay(0), Duration::from_secs(1));
+        assert_eq!(b.delay(u32::MAX), Duration::from_secs(60));
+    }
 
     fn report(ok: bool, fp: &str) -> TestReport {
         TestReport {
