@@ -2,10 +2,11 @@
 //! [`BlockDevice`].
 //!
 //! Writes go to a volatile cache until [`BlockDevice::flush`]. When the armed countdown of
-//! writes runs out, the power fails during that write: the cache is lost (entirely, or — in
-//! [`LossMode::Reorder`] — all but a random subset of its writes, as a drive that reorders its
-//! cache), one 4 KiB sector of the write in flight is torn (some of its 512-byte units new,
-//! the others old), and every later I/O fails until [`CrashDevice::power_cycle`].
+//! writes and flushes runs out, the power fails during that write or flush: the cache is lost
+//! (entirely, or — in [`LossMode::Reorder`] — all but a random subset of its writes, as a
+//! drive that reorders its cache), the write in flight reaches the medium up to one of its 4 KiB
+//! sectors, which is torn (some of its 512-byte units new, the others old), and every later I/O fails until
+//! [`CrashDevice::power_cycle`].
 //!
 //! Put it *under* the volume: a torn sector of ciphertext then decrypts to noise, as on real
 //! XTS media.
@@ -74,7 +75,7 @@ impl CrashDevice {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Power fails during the `n`-th write from now (1 = the next write).
+    /// Power fails during the `n`-th write or flush from now (1 = the next one).
     pub fn arm(&self, n: u64, mode: LossMode) {
         let mut s = self.lock();
         s.countdown = Some(n.max(1));
@@ -115,6 +116,23 @@ impl CrashDevice {
         s.cache.clear();
         s.crashed = true;
         s.crashes += 1;
+    }
+}
+
+impl CrashDevice {
+    /// Loses the cache (all of it, or a random part in [`LossMode::Reorder`]).
+    fn fail(&self, s: &mut State) -> io::Result<()> {
+        s.crashed = true;
+        s.crashes += 1;
+        let cache = std::mem::take(&mut s.cache);
+        if s.mode == LossMode::Reorder {
+            for (o, d) in cache {
+                if next(&mut s.rng).is_multiple_of(2) {
+                    self.medium.write_at(&d, o)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -163,17 +181,8 @@ impl BlockDevice for CrashDevice {
         if let Some(n) = s.countdown {
             if n <= 1 {
                 s.countdown = None;
-                s.crashed = true;
-                s.crashes += 1;
-                let cache = std::mem::take(&mut s.cache);
-                if s.mode == LossMode::Reorder {
-                    for (o, d) in cache {
-                        if next(&mut s.rng).is_multiple_of(2) {
-                            self.medium.write_at(&d, o)?;
-                        }
-                    }
-                }
-                // Tear one 4 KiB sector of the write in flight.
+                self.fail(&mut s)?;
+                // The write in flight reaches the medium in order up to a torn 4 KiB sector.
                 const SECTOR: u64 = 4096;
                 const UNIT: u64 = 512;
                 let end = offset + buf.len() as u64;
@@ -181,6 +190,10 @@ impl BlockDevice for CrashDevice {
                 let last = (end - 1) / SECTOR;
                 let sector = first + next(&mut s.rng) % (last - first + 1);
                 let from = (sector * SECTOR).max(offset);
+                if from > offset {
+                    self.medium
+                        .write_at(&buf[..(from - offset) as usize], offset)?;
+                }
                 let to = ((sector + 1) * SECTOR).min(end);
                 let mut u = from;
                 while u < to {
@@ -203,6 +216,15 @@ impl BlockDevice for CrashDevice {
         let mut s = self.lock();
         if s.crashed {
             return Err(dead());
+        }
+        if let Some(n) = s.countdown {
+            if n <= 1 {
+                // The power fails while the cache is being written back.
+                s.countdown = None;
+                self.fail(&mut s)?;
+                return Err(dead());
+            }
+            s.countdown = Some(n - 1);
         }
         for (o, d) in std::mem::take(&mut s.cache) {
             self.medium.write_at(&d, o)?;
