@@ -1,10 +1,304 @@
 //! `atrest volume …`: the volume, offline.
 
-use clap::Args;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use atrest_volume::{BlockDevice, FileDevice, FormatOptions, Progress, State, Volume, VolumeInfo};
+use clap::{Args, Subcommand};
 
 #[derive(Debug, Args)]
-pub struct VolumeArgs {}
+pub struct VolumeArgs {
+    #[command(subcommand)]
+    command: VolumeCommand,
+}
 
-pub fn run(_args: VolumeArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`atrest volume` is not available yet")
+#[derive(Debug, Subcommand)]
+enum VolumeCommand {
+    /// Make a plain (unencrypted) volume whose header area is reserved, so that encrypting it
+    /// later needs no data shift.
+    Format(FormatArgs),
+    /// Show the volume: state, cipher, sector size, data offset and size, key id, servers,
+    /// progress.
+    Dump(DumpArgs),
+    /// Write the plaintext payload (the data segment) of a plain volume.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+struct FormatArgs {
+    /// Image file (created if missing) or block device.
+    image: PathBuf,
+    /// Payload size (bytes, or with a K/M/G/T suffix, powers of 1024); the image is this plus
+    /// the header area. Required when IMAGE does not exist.
+    #[arg(long)]
+    size: Option<String>,
+    /// Reserved header area in front of the data (multiple of 1 MiB).
+    #[arg(long, default_value = "16M")]
+    header_area: String,
+    /// LUKS2 label.
+    #[arg(long, default_value = "")]
+    label: String,
+    /// Format IMAGE even though it exists (its header area is overwritten).
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Args)]
+struct DumpArgs {
+    /// Image file or block device.
+    image: PathBuf,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ExportArgs {
+    /// Image file or block device.
+    image: PathBuf,
+    /// Output file (default: standard output).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn run(args: VolumeArgs) -> anyhow::Result<()> {
+    match args.command {
+        VolumeCommand::Format(a) => format(a),
+        VolumeCommand::Dump(a) => dump(a),
+        VolumeCommand::Export(a) => export(a),
+    }
+}
+
+/// Parses `4096`, `64K`, `16M`, `2G`, `1T` (also `MiB`/`GiB` spellings).
+pub fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("size {s:?} is not a number with an optional K/M/G/T suffix"))?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => bail!("size {s:?}: unknown unit {unit:?} (use K, M, G or T)"),
+    };
+    n.checked_mul(1 << shift)
+        .with_context(|| format!("size {s:?} is too large"))
+}
+
+fn format(a: FormatArgs) -> anyhow::Result<()> {
+    let header = parse_size(&a.header_area)?;
+    let exists = a.image.exists();
+    let dev = if exists {
+        if !a.force {
+            bail!(
+                "{} exists; nothing was changed. Pass --force to format it (its first {} bytes are overwritten)",
+                a.image.display(),
+                header
+            );
+        }
+        let dev =
+            FileDevice::open(&a.image).with_context(|| format!("opening {}", a.image.display()))?;
+        if let Some(size) = &a.size {
+            let want = header + parse_size(size)?;
+            if dev.len() != want {
+                bail!(
+                    "{} is {} bytes, not header area + --size = {want}; nothing was changed. Omit --size to use its whole size",
+                    a.image.display(),
+                    dev.len()
+                );
+            }
+        }
+        dev
+    } else {
+        let Some(size) = &a.size else {
+            bail!(
+                "{} does not exist: give --size to create it",
+                a.image.display()
+            );
+        };
+        let size = parse_size(size)?;
+        if size == 0 || !size.is_multiple_of(4096) {
+            bail!("--size must be a positive multiple of 4096 bytes (got {size})");
+        }
+        FileDevice::create(&a.image, header + size)
+            .with_context(|| format!("creating {}", a.image.display()))?
+    };
+    let opts = FormatOptions {
+        data_offset: header,
+        label: a.label,
+    };
+    let result = Volume::format(Arc::new(dev), &opts);
+    let v = match result {
+        Ok(v) => v,
+        Err(e) => {
+            if !exists {
+                let _ = std::fs::remove_file(&a.image);
+            }
+            return Err(e).with_context(|| format!("formatting {}", a.image.display()));
+        }
+    };
+    let info = v.info();
+    println!(
+        "{}: plain volume {}, {} bytes of data at offset {}",
+        a.image.display(),
+        info.uuid,
+        info.data_size,
+        info.data_offset
+    );
+    Ok(())
+}
+
+fn open_read_only(path: &Path) -> anyhow::Result<Volume> {
+    // Read-write when possible so that a damaged header copy gets repaired, as cryptsetup does.
+    let dev = match FileDevice::open(path) {
+        Ok(d) => d,
+        Err(_) => FileDevice::open_read_only(path)
+            .with_context(|| format!("opening {}", path.display()))?,
+    };
+    Volume::open(Arc::new(dev)).with_context(|| format!("reading the volume {}", path.display()))
+}
+
+fn dump(a: DumpArgs) -> anyhow::Result<()> {
+    let v = open_read_only(&a.image)?;
+    let info = v.info();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else {
+        print!("{}", render(&info));
+    }
+    Ok(())
+}
+
+/// The human-readable form of `dump`.
+pub fn render(i: &VolumeInfo) -> String {
+    let mut s = String::new();
+    let mut line = |k: &str, v: String| s.push_str(&format!("{k:<16}{v}\n"));
+    line("State:", i.state.as_str().to_string());
+    line("UUID:", i.uuid.clone());
+    if !i.label.is_empty() {
+        line("Label:", i.label.clone());
+    }
+    line(
+        "Cipher:",
+        i.cipher.clone().unwrap_or_else(|| "none (plain)".into()),
+    );
+    if let Some(b) = i.key_bits {
+        line("Key:", format!("{b} bits"));
+    }
+    line("Sector size:", format!("{} bytes", i.sector_size));
+    line("Data offset:", format!("{} bytes", i.data_offset));
+    line("Data size:", format!("{} bytes", i.data_size));
+    for k in &i.keys {
+        line(
+            &format!("Key ({}):", k.role),
+            format!(
+                "KMIP id {} on {} ({} bits, created {})",
+                k.reference.unique_identifier,
+                k.reference.servers.join(", "),
+                k.reference.key_bits,
+                k.reference.created
+            ),
+        );
+    }
+    if let Some(p) = &i.progress {
+        line(
+            "Progress:",
+            format!(
+                "{:?} {} of {} bytes ({:.1} %)",
+                p.kind, p.done, p.total, p.percent
+            )
+            .to_lowercase(),
+        );
+    }
+    if let Some(r) = &i.header_repair {
+        line("Header:", r.clone());
+    }
+    s
+}
+
+/// Shows conversion progress on stderr when it is a terminal (one updating line); for the
+/// conversion subcommands.
+#[allow(dead_code)]
+pub fn progress_printer() -> impl FnMut(&Progress) {
+    let tty = std::io::stderr().is_terminal();
+    move |p: &Progress| {
+        if !tty {
+            return;
+        }
+        let pct = if p.total == 0 {
+            100.0
+        } else {
+            p.done as f64 * 100.0 / p.total as f64
+        };
+        let width = 30usize;
+        let filled = ((pct / 100.0) * width as f64) as usize;
+        let eta = p
+            .eta
+            .map_or("--".to_string(), |d| format!("{}s", d.as_secs()));
+        eprint!(
+            "\r[{}{}] {pct:5.1} %  {:.0} MiB/s  ETA {eta}   ",
+            "#".repeat(filled),
+            " ".repeat(width - filled),
+            p.bytes_per_sec / (1 << 20) as f64
+        );
+        if p.done >= p.total {
+            eprintln!();
+        }
+        let _ = std::io::stderr().flush();
+    }
+}
+
+fn export(a: ExportArgs) -> anyhow::Result<()> {
+    let v = open_read_only(&a.image)?;
+    match v.state() {
+        State::Plain => {}
+        s => bail!(
+            "{} is {}: exporting it needs its key from the KMIP server; nothing was written",
+            a.image.display(),
+            s.as_str()
+        ),
+    }
+    let u = v.unlock(Vec::new())?;
+    let mut out: Box<dyn Write> = match &a.out {
+        Some(p) => {
+            if let (Ok(x), Ok(y)) = (p.canonicalize(), a.image.canonicalize())
+                && x == y
+            {
+                bail!("--out is the image itself; nothing was written");
+            }
+            Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)
+        }
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut buf = vec![0u8; 4 << 20];
+    let mut off = 0u64;
+    while off < u.len() {
+        let n = (u.len() - off).min(buf.len() as u64) as usize;
+        u.read_at(&mut buf[..n], off)
+            .with_context(|| format!("reading the data segment at {off}"))?;
+        out.write_all(&buf[..n]).context("writing the export")?;
+        off += n as u64;
+    }
+    out.flush().context("writing the export")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("16M").unwrap(), 16 << 20);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert!(parse_size("2X").is_err());
+        assert!(parse_size("").is_err());
+    }
 }

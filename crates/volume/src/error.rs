@@ -127,9 +127,7 @@ pub enum Error {
         source: io::Error,
     },
     /// The header failed validation.
-    #[error(
-        "{0}; the volume was not changed. If only one copy is damaged atrest repairs it from the other on open; otherwise restore the header from a backup (`cryptsetup luksHeaderRestore`)"
-    )]
+    #[error("{0}; the volume was not changed. {next}", next = header_next_step(.0))]
     Header(HeaderError),
     /// Key material of the wrong shape.
     #[error(transparent)]
@@ -176,6 +174,20 @@ impl Error {
         match self {
             Error::Header(h) => Some(h.check),
             _ => None,
+        }
+    }
+}
+
+fn header_next_step(h: &HeaderError) -> &'static str {
+    match h.check {
+        Check::Magic | Check::DeviceSize => {
+            "This is not a LUKS2 volume: check the path, or make one with `atrest volume format`"
+        }
+        Check::Requirements | Check::Version => {
+            "Use the tool that made this volume (e.g. cryptsetup) to bring it to a state atrest knows"
+        }
+        _ => {
+            "Both copies fail validation (a single damaged copy is repaired from the other): restore the header from a backup (`cryptsetup luksHeaderRestore`)"
         }
     }
 }

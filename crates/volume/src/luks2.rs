@@ -131,6 +131,7 @@ pub struct KmipToken {
     /// When the key was created (RFC 3339, UTC).
     pub created: String,
     /// Id of the digest this key matches (filled in by atrest).
+    #[serde(skip)]
     pub digest: u32,
 }
 

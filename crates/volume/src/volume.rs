@@ -190,6 +190,11 @@ pub struct VolumeInfo {
     pub data_offset: u64,
     /// Size of the data segment in bytes.
     pub data_size: u64,
+    /// KMIP Unique Identifier of the key in use (the new key during a conversion to it, the
+    /// old one while decrypting).
+    pub key_id: Option<String>,
+    /// KMIP servers holding that key.
+    pub servers: Vec<String>,
     /// Keys referenced by the header.
     pub keys: Vec<KeyInfo>,
     /// Conversion progress.
@@ -524,6 +529,11 @@ fn info_of(m: &Metadata, dev_len: u64, report: &ReadReport) -> VolumeInfo {
         sector_size: sector_of(m),
         data_offset: m.segment.offset,
         data_size,
+        key_id: keys.last().map(|k| k.reference.unique_identifier.clone()),
+        servers: keys
+            .last()
+            .map(|k| k.reference.servers.clone())
+            .unwrap_or_default(),
         keys,
         progress: m.conversion().map(|(_, c)| ProgressInfo {
             kind: c.kind,
