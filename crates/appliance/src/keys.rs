@@ -1,0 +1,218 @@
+//! The KMIP side of a volume's keys, shared by `atrest volume` and the appliance:
+//!
+//! - [`create_volume_key`]: Create an AES key on the KMIP server, Activate it, Get it, and check
+//!   what came back (length, not wrapped, two different halves) before anything is written.
+//! - [`fetch_volume_keys`]: for every key a volume needs (one, or two while rekeying), Get it by
+//!   the Unique Identifier in the header, check that the server still holds it Active, and verify
+//!   it against the header's digest. Only verified keys ([`VolumeKey`]) can unlock a volume.
+//!
+//! Key material only passes through zeroizing buffers into locked memory
+//! ([`atrest_volume::SecretBytes`]); it never appears in an error.
+
+use std::fmt;
+
+use atrest_kmip::client::{Client, ClientError};
+use atrest_kmip::message::{KeyBlock, RevocationReasonCode, State};
+use atrest_volume::{KeyMaterial, KeyReference, SecretBytes, Volume, VolumeKey};
+
+/// Why a volume key could not be created or fetched.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The KMIP server could not be used, or failed the operation.
+    Kmip {
+        uid: Option<String>,
+        what: &'static str,
+        source: ClientError,
+    },
+    /// The key exists but is not Active (revoked, compromised, destroyed, or never activated).
+    NotActive { uid: String, state: State },
+    /// The server returned something that cannot be this volume's key.
+    BadMaterial { uid: String, reason: String },
+    /// The key does not match the volume's digest: it is not this volume's key.
+    WrongKey {
+        uid: String,
+        source: atrest_volume::Error,
+    },
+}
+
+impl KeyError {
+    /// The KMIP client error, when the failure came from the KMIP side.
+    pub fn client_error(&self) -> Option<&ClientError> {
+        match self {
+            KeyError::Kmip { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyError::Kmip { uid, what, source } => match uid {
+                Some(u) => write!(f, "cannot {what} key {u:?} on the KMIP server: {source}"),
+                None => write!(f, "cannot {what} a key on the KMIP server: {source}"),
+            },
+            KeyError::NotActive { uid, state } => write!(
+                f,
+                "the KMIP server holds key {uid:?} in state {state}, not Active: a revoked, \
+                 compromised or destroyed key is refused; if this is unexpected, ask the key \
+                 manager's administrator, and restore access to the key before unlocking"
+            ),
+            KeyError::BadMaterial { uid, reason } => write!(
+                f,
+                "key {uid:?} from the KMIP server is unusable: {reason}; check the key's \
+                 algorithm and length on the server"
+            ),
+            KeyError::WrongKey { uid, source } => write!(
+                f,
+                "key {uid:?} from the KMIP server is not this volume's key ({source}); check that \
+                 the KMIP settings point at the key manager that holds this volume's key"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+/// A key created for a volume: its material and the reference that goes into the header.
+pub struct NewKey {
+    pub material: KeyMaterial,
+    pub reference: KeyReference,
+}
+
+impl fmt::Debug for NewKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewKey")
+            .field("material", &self.material)
+            .field("reference", &self.reference)
+            .finish()
+    }
+}
+
+fn material(uid: &str, kb: &KeyBlock, bits: u32) -> Result<KeyMaterial, KeyError> {
+    let bad = |reason: String| KeyError::BadMaterial {
+        uid: uid.to_owned(),
+        reason,
+    };
+    if kb.wrapped {
+        return Err(bad("it came back wrapped".into()));
+    }
+    if kb.material.len() * 8 != bits as usize {
+        return Err(bad(format!(
+            "it has {} bits, the volume needs exactly {bits}",
+            kb.material.len() * 8
+        )));
+    }
+    let mut copy = kb.material.clone();
+    KeyMaterial::new(SecretBytes::from_slice_zeroizing(&mut copy)).map_err(|e| bad(e.to_string()))
+}
+
+/// Creates, activates and fetches an AES key of `bits` (256 for XTS-AES-128, 512 for
+/// XTS-AES-256) named `name`. If anything after Create fails, the new key is revoked and
+/// destroyed again (best effort) so that no unused key is left Active on the server.
+pub fn create_volume_key(
+    client: &mut Client,
+    bits: u32,
+    name: Option<&str>,
+) -> Result<NewKey, KeyError> {
+    let uid = client
+        .create_aes_key(bits as i32, name)
+        .map_err(|source| KeyError::Kmip {
+            uid: None,
+            what: "create",
+            source,
+        })?;
+    let fetched = (|| {
+        client.activate(&uid).map_err(|source| KeyError::Kmip {
+            uid: Some(uid.clone()),
+            what: "activate",
+            source,
+        })?;
+        let kb = client.get_key(&uid).map_err(|source| KeyError::Kmip {
+            uid: Some(uid.clone()),
+            what: "get",
+            source,
+        })?;
+        material(&uid, &kb, bits)
+    })();
+    let material = match fetched {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = client.revoke(&uid, RevocationReasonCode::CESSATION_OF_OPERATION, None);
+            let _ = client.destroy(&uid);
+            return Err(e);
+        }
+    };
+    Ok(NewKey {
+        material,
+        reference: KeyReference {
+            unique_identifier: uid,
+            servers: client
+                .config()
+                .servers
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            created: crate::now_rfc3339(),
+        },
+    })
+}
+
+/// Fetches one key by its Unique Identifier, checks it is Active, and verifies it against the
+/// volume's digests.
+pub fn fetch_key(
+    client: &mut Client,
+    volume: &Volume,
+    uid: &str,
+    bits: u32,
+) -> Result<VolumeKey, KeyError> {
+    let kmip = |what: &'static str| {
+        let uid = uid.to_owned();
+        move |source| KeyError::Kmip {
+            uid: Some(uid),
+            what,
+            source,
+        }
+    };
+    let attrs = client
+        .get_attributes(uid, &["State"])
+        .map_err(kmip("check the state of"))?;
+    match attrs.state() {
+        Some(State::ACTIVE) => {}
+        Some(state) => {
+            return Err(KeyError::NotActive {
+                uid: uid.to_owned(),
+                state,
+            });
+        }
+        None => {
+            return Err(KeyError::BadMaterial {
+                uid: uid.to_owned(),
+                reason: "the server did not report its State".into(),
+            });
+        }
+    }
+    let kb = client.get_key(uid).map_err(kmip("get"))?;
+    let m = material(uid, &kb, bits)?;
+    volume.verify_key(m).map_err(|source| KeyError::WrongKey {
+        uid: uid.to_owned(),
+        source,
+    })
+}
+
+/// Fetches and verifies every key `volume` needs to unlock (see [`Volume::required_keys`]).
+pub fn fetch_volume_keys(client: &mut Client, volume: &Volume) -> Result<Vec<VolumeKey>, KeyError> {
+    volume
+        .required_keys()
+        .iter()
+        .map(|k| {
+            fetch_key(
+                client,
+                volume,
+                &k.reference.unique_identifier,
+                k.reference.key_bits,
+            )
+        })
+        .collect()
+}

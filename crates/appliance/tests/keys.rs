@@ -1,0 +1,122 @@
+//! Volume keys on a real KMIP server (the PyKMIP peer): create for a volume, fetch and verify
+//! by the header's identifier, refuse a revoked key and another volume's key.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use atrest_appliance::keys::{KeyError, create_volume_key, fetch_volume_keys};
+use atrest_kmip::client::{
+    Client, ClientConfig, DEFAULT_MAX_RESPONSE_LEN, Identity, ServerAddr, Timeouts,
+};
+use atrest_kmip::message::{Password, RevocationReasonCode, State};
+use atrest_volume::{
+    BlockDevice, ConvertOptions, EncryptOptions, FormatOptions, MemDevice, Volume,
+};
+use zeroize::Zeroizing;
+
+fn client() -> Option<Client> {
+    let Some(path) = std::env::var_os("ATREST_PYKMIP_EC_ENV") else {
+        if std::env::var("ATREST_REQUIRE_PEERS").is_ok_and(|v| v == "1") {
+            panic!("ATREST_PYKMIP_EC_ENV is not set but ATREST_REQUIRE_PEERS=1");
+        }
+        eprintln!("SKIPPED: ATREST_PYKMIP_EC_ENV is not set (run scripts/test)");
+        return None;
+    };
+    let v: HashMap<String, String> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let read = |k: &str| std::fs::read(&v[k]).unwrap();
+    Some(
+        Client::new(ClientConfig {
+            servers: vec![ServerAddr {
+                host: v["KMIP_HOST"].clone(),
+                port: v["KMIP_PORT"].parse().unwrap(),
+            }],
+            server_name: Some(v["KMIP_SERVER_NAME"].clone()),
+            ca_pem: read("KMIP_CA"),
+            identity: Identity::Pem {
+                cert_chain: read("KMIP_CLIENT_CERT"),
+                key: Zeroizing::new(read("KMIP_CLIENT_KEY")),
+                passphrase: None,
+            },
+            username: Some(v["KMIP_USERNAME"].clone()),
+            password: Some(Password::new(v["KMIP_PASSWORD"].clone())),
+            version: None,
+            timeouts: Timeouts::uniform(Duration::from_secs(10)),
+            max_response_len: DEFAULT_MAX_RESPONSE_LEN,
+        })
+        .unwrap(),
+    )
+}
+
+/// A plain volume on a memory device, encrypted with a new KMIP key; returns the device.
+fn encrypted_volume(client: &mut Client) -> (Arc<MemDevice>, String) {
+    let dev = Arc::new(MemDevice::new(20 << 20));
+    let vol = Volume::format(
+        dev.clone() as Arc<dyn BlockDevice>,
+        &FormatOptions::default(),
+    )
+    .unwrap();
+    let key = create_volume_key(client, 256, Some("atrest-test-volume")).unwrap();
+    let uid = key.reference.unique_identifier.clone();
+    let unlocked = vol.unlock(vec![]).unwrap();
+    unlocked
+        .begin_encrypt(key.material, key.reference, &EncryptOptions::default())
+        .unwrap();
+    unlocked
+        .convert(&ConvertOptions::default(), &mut |_| {})
+        .unwrap();
+    (dev, uid)
+}
+
+#[test]
+fn create_then_fetch_by_the_header_identifier() {
+    let Some(mut c) = client() else { return };
+    let (dev, uid) = encrypted_volume(&mut c);
+    let vol = Volume::open(dev as Arc<dyn BlockDevice>).unwrap();
+    assert_eq!(vol.required_keys()[0].reference.unique_identifier, uid);
+    let keys = fetch_volume_keys(&mut c, &vol).unwrap();
+    assert_eq!(keys.len(), 1);
+    vol.unlock(keys).unwrap();
+}
+
+#[test]
+fn a_revoked_key_is_refused() {
+    let Some(mut c) = client() else { return };
+    let (dev, uid) = encrypted_volume(&mut c);
+    c.revoke(&uid, RevocationReasonCode::KEY_COMPROMISE, None)
+        .unwrap();
+    let vol = Volume::open(dev as Arc<dyn BlockDevice>).unwrap();
+    let err = fetch_volume_keys(&mut c, &vol).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KeyError::NotActive {
+                state: State::COMPROMISED,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("not Active"), "{err}");
+    c.destroy(&uid).unwrap();
+    let err = fetch_volume_keys(&mut c, &vol).unwrap_err();
+    assert!(matches!(err, KeyError::Kmip { .. }), "{err}");
+}
+
+#[test]
+fn another_volumes_key_is_refused() {
+    let Some(mut c) = client() else { return };
+    let (dev_a, _) = encrypted_volume(&mut c);
+    let (dev_b, uid_b) = encrypted_volume(&mut c);
+    let vol_a = Volume::open(dev_a as Arc<dyn BlockDevice>).unwrap();
+    let err = atrest_appliance::keys::fetch_key(&mut c, &vol_a, &uid_b, 256).unwrap_err();
+    assert!(matches!(err, KeyError::WrongKey { .. }), "{err}");
+    assert!(err.to_string().contains("not this volume's key"), "{err}");
+    drop(dev_b);
+}
