@@ -23,7 +23,7 @@ pub enum KeyError {
     Kmip {
         uid: Option<String>,
         what: &'static str,
-        source: ClientError,
+        source: Box<ClientError>,
     },
     /// The key exists but is not Active (revoked, compromised, destroyed, or never activated).
     NotActive { uid: String, state: State },
@@ -40,7 +40,7 @@ impl KeyError {
     /// The KMIP client error, when the failure came from the KMIP side.
     pub fn client_error(&self) -> Option<&ClientError> {
         match self {
-            KeyError::Kmip { source, .. } => Some(source),
+            KeyError::Kmip { source, .. } => Some(&**source),
             _ => None,
         }
     }
@@ -121,18 +121,18 @@ pub fn create_volume_key(
         .map_err(|source| KeyError::Kmip {
             uid: None,
             what: "create",
-            source,
+            source: Box::new(source),
         })?;
     let fetched = (|| {
         client.activate(&uid).map_err(|source| KeyError::Kmip {
             uid: Some(uid.clone()),
             what: "activate",
-            source,
+            source: Box::new(source),
         })?;
         let kb = client.get_key(&uid).map_err(|source| KeyError::Kmip {
             uid: Some(uid.clone()),
             what: "get",
-            source,
+            source: Box::new(source),
         })?;
         material(&uid, &kb, bits)
     })();
@@ -172,7 +172,7 @@ pub fn fetch_key(
         move |source| KeyError::Kmip {
             uid: Some(uid),
             what,
-            source,
+            source: Box::new(source),
         }
     };
     let attrs = client
