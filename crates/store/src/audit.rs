@@ -184,6 +184,18 @@ fn encode(e: &NewEvent, prev: &[u8; 32], hash: &[u8; 32]) -> Vec<u8> {
     w.finish()
 }
 
+/// The stored record of `e`.
+pub(crate) fn encode_event(e: &Event) -> Vec<u8> {
+    let fields = NewEvent {
+        time: e.time,
+        session: e.session.clone(),
+        actor: e.actor.clone(),
+        kind: e.kind.clone(),
+        text: e.text.clone(),
+    };
+    encode(&fields, &e.prev_hash, &e.hash)
+}
+
 /// Decodes a stored event record. Never panics.
 pub fn decode(seq: u64, b: &[u8]) -> Result<Event, DecodeError> {
     let mut r = Reader::new("audit event", b);

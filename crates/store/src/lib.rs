@@ -27,18 +27,40 @@ pub use error::{Error, Result};
 pub use recordings::{RecordingInfo, RecordingReader, Recordings, Upload};
 pub use store::{STORE_FORMAT, Space, Store, StoreOptions, Timestamp};
 
-/// Entry points for the fuzz targets: each decodes untrusted bytes and must never panic.
+/// Entry points for the fuzz targets: each decodes untrusted bytes and must never panic, and
+/// whatever it accepts must encode back to the same value.
 #[doc(hidden)]
 pub mod fuzzing {
-    /// Decodes `data` as a superblock slot.
+    use crate::superblock::{SLOT_SIZE, Superblock};
+
+    /// Decodes `data` as a superblock slot, as it is and with its checksum fixed up (so the
+    /// fields behind the checksum are reached).
     pub fn superblock(data: &[u8]) {
-        let _ = crate::superblock::Superblock::decode(data);
+        let _ = Superblock::decode(data);
+        if data.len() >= 8 {
+            let mut slot = vec![0u8; SLOT_SIZE];
+            let n = data.len().min(SLOT_SIZE);
+            slot[..n].copy_from_slice(&data[..n]);
+            slot[..8].copy_from_slice(b"ATRSTORE");
+            let sum = openssl::sha::sha256(&slot[..SLOT_SIZE - 32]);
+            slot[SLOT_SIZE - 32..].copy_from_slice(&sum);
+            if let Ok(sb) = Superblock::decode(&slot) {
+                assert_eq!(Superblock::decode(&sb.encode()).ok(), Some(sb));
+            }
+        }
     }
 
     /// Decodes `data` as each kind of stored record.
     pub fn records(data: &[u8]) {
-        let _ = crate::config::Value::decode(data);
-        let _ = crate::audit::decode(1, data);
-        let _ = crate::recordings::decode_info(data);
+        if let Ok(v) = crate::config::Value::decode(data) {
+            let again = v.encode().expect("a decoded value is within the limits");
+            assert_eq!(again, data);
+        }
+        if let Ok(e) = crate::audit::decode(1, data) {
+            assert_eq!(crate::audit::encode_event(&e), data);
+        }
+        if let Ok(i) = crate::recordings::decode_info(data) {
+            assert_eq!(crate::recordings::encode_info(&i), data);
+        }
     }
 }

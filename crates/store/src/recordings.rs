@@ -60,7 +60,7 @@ impl RecordingInfo {
     }
 }
 
-fn encode_info(i: &RecordingInfo) -> Vec<u8> {
+pub(crate) fn encode_info(i: &RecordingInfo) -> Vec<u8> {
     let mut w = Writer::new();
     w.u8(RECORD_VERSION)
         .str(&i.id)
