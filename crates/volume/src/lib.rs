@@ -15,6 +15,8 @@ pub mod key;
 pub mod luks2;
 mod rangelock;
 pub mod secret;
+#[cfg(target_arch = "x86_64")]
+mod vaes;
 pub mod volume;
 pub mod xts;
 
@@ -27,4 +29,4 @@ pub use volume::{
     ConvertOptions, EncryptOptions, FormatOptions, KeyInfo, KeyReference, Progress, State,
     UnlockedVolume, Volume, VolumeInfo,
 };
-pub use xts::{KeySize, XtsCipher};
+pub use xts::{KeySize, XtsBackend, XtsCipher};

@@ -1140,6 +1140,7 @@ impl UnlockedVolume {
                 .dev
                 .write_at(data, inner.data_offset + b)
                 .map_err(Error::io("writing the data segment"))?;
+            inner.dev.start_writeback(inner.data_offset + b, len);
             inner.boundary.store(b + len, Ordering::Release);
             prev_guard = Some(guard);
             slot ^= 1;
@@ -1247,5 +1248,11 @@ impl BlockDevice for UnlockedVolume {
 
     fn len(&self) -> u64 {
         self.inner.data_size
+    }
+
+    fn start_writeback(&self, offset: u64, len: u64) {
+        self.inner
+            .dev
+            .start_writeback(self.inner.data_offset + offset, len)
     }
 }
