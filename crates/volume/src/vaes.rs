@@ -256,7 +256,7 @@ unsafe fn crypt_units(
     }
     for (i, du) in data.chunks_exact_mut(unit).enumerate() {
         // T = E_K2(tweak)
-        let iv = (first + i as u128 * step).to_le_bytes();
+        let iv = first.wrapping_add(i as u128 * step).to_le_bytes();
         let mut t = _mm_xor_si128(load(&iv), load(&s.tweak[0]));
         for k in &s.tweak[1..rounds] {
             t = _mm_aesenc_si128(t, load(k));
