@@ -208,7 +208,8 @@ pub struct VolumeInfo {
 /// An opened volume whose keys are not loaded yet.
 pub struct Volume {
     dev: Arc<dyn BlockDevice>,
-    meta: Metadata,
+    // Boxed: keeps `Volume` small for callers that hold it beside an `UnlockedVolume`.
+    meta: Box<Metadata>,
     report: ReadReport,
 }
 
@@ -289,7 +290,7 @@ impl Volume {
         luks2::write_header(&*dev, &mut meta)?;
         Ok(Volume {
             dev,
-            meta,
+            meta: Box::new(meta),
             report: ReadReport::default(),
         })
     }
@@ -316,7 +317,25 @@ impl Volume {
                 ),
             ));
         }
-        Ok(Volume { dev, meta, report })
+        if let Some((_, c)) = meta.conversion() {
+            let end = c
+                .hotzone
+                .map_or(Some(c.boundary), |h| h.offset.checked_add(h.size));
+            if end.is_none_or(|e| e > data_size) {
+                return Err(Error::header(
+                    crate::error::Check::Conversion,
+                    "metadata",
+                    format!(
+                        "the conversion record points past the data segment ({data_size} bytes)"
+                    ),
+                ));
+            }
+        }
+        Ok(Volume {
+            dev,
+            meta: Box::new(meta),
+            report,
+        })
     }
 
     /// The header metadata.
@@ -451,7 +470,7 @@ impl Volume {
         let v = UnlockedVolume {
             inner: Arc::new(Inner {
                 dev: self.dev,
-                meta: Mutex::new(self.meta),
+                meta: Mutex::new(*self.meta),
                 report: self.report,
                 data_offset,
                 data_size,
