@@ -157,6 +157,11 @@ impl Error {
         move |source| Error::Io { what, source }
     }
 
+    /// Maps an I/O error of `what` (e.g. a [`crate::BlockDevice`] call) into an [`Error`].
+    pub fn io_at(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+        Error::io(what)
+    }
+
     pub(crate) fn crypto(e: openssl::error::ErrorStack) -> Error {
         Error::Crypto(e.to_string())
     }

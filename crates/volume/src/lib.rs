@@ -8,6 +8,48 @@
 //!   in-place conversion (encrypt, rekey, decrypt).
 //!
 //! The on-disk format and the crash-safety argument are in docs/volume-format.md.
+//!
+//! # The life of a volume
+//!
+//! ```
+//! use std::sync::Arc;
+//! use atrest_volume::*;
+//!
+//! # fn main() -> Result<()> {
+//! // A plain volume with the header area reserved (on a file: `FileDevice::create`).
+//! let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(2 << 20));
+//! let opts = FormatOptions { data_offset: 1 << 20, ..Default::default() };
+//! let plain = Volume::format(dev.clone(), &opts)?.unlock(Vec::new())?;
+//! plain.write_at(b"hello", 0).map_err(Error::io_at("writing"))?;
+//!
+//! // Encrypt with a key from the KMIP server; only its reference goes into the header.
+//! let key = KeyMaterial::generate(KeySize::Bits256)?; // in the product: the KMIP Get result
+//! let key_bytes = key.expose().to_vec();
+//! let reference = KeyReference {
+//!     unique_identifier: "42".into(),
+//!     servers: vec!["kms.example:5696".into()],
+//!     created: "2026-11-27T11:00:00Z".into(),
+//! };
+//! let fast = EncryptOptions { pbkdf2_iterations: 1000, ..Default::default() };
+//! plain.begin_encrypt(key, reference, &fast)?;
+//! plain.convert(&ConvertOptions::default(), &mut |p: &Progress| {
+//!     let _ = (p.done, p.total, p.bytes_per_sec, p.eta);
+//! })?;
+//! drop(plain);
+//!
+//! // At every start: which keys are needed, fetch them, verify, unlock (resumes a conversion
+//! // interrupted by a crash; `convert` finishes it).
+//! let volume = Volume::open(dev)?;
+//! assert_eq!(volume.required_keys()[0].reference.unique_identifier, "42");
+//! let material = KeyMaterial::new(SecretBytes::from_slice_zeroizing(&mut key_bytes.clone()))?;
+//! let verified = volume.verify_key(material)?; // a wrong key stops here
+//! let unlocked = volume.unlock(vec![verified])?;
+//! let mut buf = [0u8; 5];
+//! unlocked.read_at(&mut buf, 0).map_err(Error::io_at("reading"))?;
+//! assert_eq!(&buf, b"hello");
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod device;
 pub mod error;

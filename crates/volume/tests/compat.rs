@@ -141,6 +141,12 @@ fn cryptsetup_accepts_every_steady_state() {
         assert_eq!(u.state(), State::Encrypted);
         drop(u);
         accepted(&img, Some(&k1b), &dir);
+        let raw = std::fs::read(&img).unwrap();
+        assert!(
+            !raw.windows(k1b.len()).any(|w| w == k1b.as_slice())
+                && !String::from_utf8_lossy(&raw).contains(&hex::encode(&k1b)),
+            "the key must never reach the image"
+        );
         if let Some(py) = &py {
             python_check(py, &img, &k1b, 1 << 20, sector, &data, &dir);
         }
