@@ -137,7 +137,12 @@ fn event(i: u64, rng: &mut Rng) -> NewEvent {
         time: Timestamp(1_700_000_000_000_000 + i as i64 * 1_000_000),
         session: format!("session-{}", i / 1000),
         actor: format!("user{}", i % 17),
-        kind: if i.is_multiple_of(10) { "login" } else { "command" }.into(),
+        kind: if i.is_multiple_of(10) {
+            "login"
+        } else {
+            "command"
+        }
+        .into(),
         text: format!("{} rare{}", words.join(" "), i),
     }
 }

@@ -33,20 +33,32 @@ pub use store::{STORE_FORMAT, Space, Store, StoreOptions, Timestamp};
 pub mod fuzzing {
     use crate::superblock::{SLOT_SIZE, Superblock};
 
-    /// Decodes `data` as a superblock slot, as it is and with its checksum fixed up (so the
-    /// fields behind the checksum are reached).
+    /// Decodes `data` as a superblock slot as it is; then as the fields of a slot (from byte 8
+    /// on) with the magic and checksum made right, and — as the first byte asks — the version,
+    /// the header-copy length and the reserved field made right, so that every field check is
+    /// reached.
     pub fn superblock(data: &[u8]) {
         let _ = Superblock::decode(data);
-        if data.len() >= 8 {
-            let mut slot = vec![0u8; SLOT_SIZE];
-            let n = data.len().min(SLOT_SIZE);
-            slot[..n].copy_from_slice(&data[..n]);
-            slot[..8].copy_from_slice(b"ATRSTORE");
-            let sum = openssl::sha::sha256(&slot[..SLOT_SIZE - 32]);
-            slot[SLOT_SIZE - 32..].copy_from_slice(&sum);
-            if let Ok(sb) = Superblock::decode(&slot) {
-                assert_eq!(Superblock::decode(&sb.encode()).ok(), Some(sb));
-            }
+        let Some((&fix, fields)) = data.split_first() else {
+            return;
+        };
+        let mut slot = vec![0u8; SLOT_SIZE];
+        slot[..8].copy_from_slice(b"ATRSTORE");
+        let n = fields.len().min(SLOT_SIZE - 32 - 8);
+        slot[8..8 + n].copy_from_slice(&fields[..n]);
+        if fix & 1 != 0 {
+            slot[8..12].copy_from_slice(&1u32.to_le_bytes());
+        }
+        if fix & 2 != 0 {
+            slot[12..16].copy_from_slice(&4096u32.to_le_bytes());
+        }
+        if fix & 4 != 0 {
+            slot[56..64].fill(0);
+        }
+        let sum = openssl::sha::sha256(&slot[..SLOT_SIZE - 32]);
+        slot[SLOT_SIZE - 32..].copy_from_slice(&sum);
+        if let Ok(sb) = Superblock::decode(&slot) {
+            assert_eq!(Superblock::decode(&sb.encode()).ok(), Some(sb));
         }
     }
 
