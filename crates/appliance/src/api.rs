@@ -387,6 +387,8 @@ pub fn status_json(state: &AppState) -> Value {
         },
         "settings": kmip.as_ref().map(|k| k.view()),
         "warnings": warnings,
+        "volume_attached": state.backend().is_some(),
+        "volume": state.backend().map(|b| b.status()).unwrap_or(Value::Null),
     })
 }
 
@@ -568,6 +570,9 @@ async fn kmip_put(State(state): State<AppState>, req: Request) -> ApiResult<Json
         .set_kmip(new.clone())
         .map_err(|e| ApiError::internal("saving the KMIP settings", e))?;
     tracing::info!(servers = ?new.servers, "KMIP settings saved");
+    if let Some(b) = state.backend() {
+        b.retry_now();
+    }
     Ok(Json(new.view()))
 }
 

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod content;
 pub mod embedded;
 pub mod error;
 pub mod files;

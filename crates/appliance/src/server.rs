@@ -92,6 +92,8 @@ pub struct ServeOptions {
     pub config: crate::state::AppConfig,
     pub listen: Listen,
     pub embedded_kms: bool,
+    /// The content volume; `None` serves without one (Encrypt and the content API answer 503).
+    pub volume: Option<crate::content::VolumeOptions>,
 }
 
 /// Runs the appliance until SIGINT or SIGTERM: opens the data directory (printing a generated
@@ -127,6 +129,21 @@ pub fn run(opts: ServeOptions) -> Result<(), String> {
         } else {
             None
         };
+        harden();
+        let volume = match opts.volume {
+            Some(v) => {
+                let s = state.clone();
+                let dv = tokio::task::spawn_blocking(move || {
+                    crate::content::DataVolume::attach(&s, v)
+                })
+                .await
+                .map_err(|e| format!("cannot open the content volume: {e}"))??;
+                let st = state.workflow().state;
+                println!("Content volume {}: {}", dir.join(crate::content::VOLUME_FILE).display(), st.as_str());
+                Some(dv)
+            }
+            None => None,
+        };
         let bound = bind(&state, &opts.listen)?;
         if bound.cert_created {
             println!(
@@ -137,11 +154,43 @@ pub fn run(opts: ServeOptions) -> Result<(), String> {
         println!("atrest appliance listening on https://{}/", bound.local_addr);
         tracing::info!(addr = %bound.local_addr, "listening");
         let result = serve(state, bound, shutdown_signal()).await;
+        if let Some(v) = volume {
+            use crate::state::VolumeBackend as _;
+            tokio::task::spawn_blocking(move || v.shutdown()).await.ok();
+        }
         if let Some(k) = kms {
             tokio::task::spawn_blocking(move || k.stop()).await.ok();
         }
         result
     })
+}
+
+/// Locks the process memory and disables core dumps when every future allocation can be locked
+/// too (root, or an unlimited RLIMIT_MEMLOCK); otherwise only the key buffers are locked.
+fn harden() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls with valid arguments.
+    let (root, unlimited) = unsafe {
+        (
+            libc::geteuid() == 0,
+            libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) == 0
+                && lim.rlim_cur == libc::RLIM_INFINITY,
+        )
+    };
+    if !(root || unlimited) {
+        tracing::warn!(
+            "process memory is not locked (RLIMIT_MEMLOCK is {} bytes); key buffers are still \
+             locked one by one; run as root or raise the limit to lock everything",
+            lim.rlim_cur
+        );
+        return;
+    }
+    for w in atrest_volume::harden_process() {
+        tracing::warn!("cannot harden the process: {w}");
+    }
 }
 
 async fn shutdown_signal() {

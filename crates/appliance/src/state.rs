@@ -43,7 +43,34 @@ pub trait VolumeBackend: Send + Sync + 'static {
     /// key; Rekey the same for the new key; Decrypt needs the current key). Returns once the
     /// conversion is under way, or why it could not start.
     fn start(&self, req: Request, kmip: ClientConfig, events: EventSink) -> Result<(), String>;
+
+    /// What the volume side adds to GET /api/encryption (volume, last conversion, key checks).
+    fn status(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Asks the next unlock attempt to run now (the KMIP settings changed).
+    fn retry_now(&self) {}
+
+    /// Stops background work (a conversion stops after its current chunk and resumes at the
+    /// next start).
+    fn shutdown(&self) {}
 }
+
+/// The content store as the content endpoints see it.
+#[derive(Debug, Clone, Default)]
+pub enum Content {
+    /// No data volume is attached.
+    #[default]
+    Detached,
+    /// The volume is locked; the reason for a person.
+    Locked(String),
+    /// The store is open.
+    Ready(atrest_store::Store),
+}
+
+/// Audit events kept in memory while the store is not available (oldest dropped past this).
+pub const MAX_QUEUED_AUDIT: usize = 1000;
 
 pub(crate) struct Inner {
     pub config: AppConfig,
@@ -54,6 +81,8 @@ pub(crate) struct Inner {
     pub workflow: Mutex<Workflow>,
     pub test_lock: tokio::sync::Mutex<()>,
     pub backend: Mutex<Option<Arc<dyn VolumeBackend>>>,
+    pub content: Mutex<Content>,
+    pub audit_queue: Mutex<Vec<atrest_store::NewEvent>>,
 }
 
 /// Shared by every request.
@@ -103,6 +132,8 @@ impl AppState {
                 workflow: Mutex::new(Workflow::default()),
                 test_lock: tokio::sync::Mutex::new(()),
                 backend: Mutex::new(None),
+                content: Mutex::new(Content::Detached),
+                audit_queue: Mutex::new(Vec::new()),
             }),
         };
         Ok(Opened {
@@ -126,6 +157,73 @@ impl AppState {
 
     pub(crate) fn backend(&self) -> Option<Arc<dyn VolumeBackend>> {
         lock(&self.inner.backend).clone()
+    }
+
+    /// A handle that does not keep the state alive (for background threads).
+    pub fn downgrade(&self) -> WeakAppState {
+        WeakAppState(Arc::downgrade(&self.inner))
+    }
+
+    /// The content store as the content endpoints see it.
+    pub fn content(&self) -> Content {
+        lock(&self.inner.content).clone()
+    }
+
+    /// Sets what the content endpoints see; a store that becomes ready receives the audit
+    /// events queued meanwhile.
+    pub fn set_content(&self, c: Content) {
+        let ready = matches!(c, Content::Ready(_));
+        *lock(&self.inner.content) = c;
+        if ready {
+            self.flush_audit();
+        }
+    }
+
+    /// Appends an event to the audit history, or queues it until the store is available.
+    pub fn audit(&self, kind: &str, actor: &str, text: String) {
+        let ev = atrest_store::NewEvent {
+            time: atrest_store::Timestamp::now(),
+            session: AUDIT_SESSION.into(),
+            actor: actor.into(),
+            kind: kind.into(),
+            text,
+        };
+        {
+            let mut q = lock(&self.inner.audit_queue);
+            if q.len() >= MAX_QUEUED_AUDIT {
+                q.remove(0);
+            }
+            q.push(ev);
+        }
+        self.flush_audit();
+    }
+
+    /// Records one key operation: server, operation, key id and result (never key material).
+    pub fn audit_key(&self, server: &str, operation: &str, key_id: Option<&str>, result: &str) {
+        let text = format!(
+            "server={server} operation={operation} key_id={} result={result}",
+            key_id.unwrap_or("-")
+        );
+        tracing::info!(target: "atrest::audit", "{text}");
+        self.audit(AUDIT_KEY_KIND, "appliance", text);
+    }
+
+    fn flush_audit(&self) {
+        let Content::Ready(store) = self.content() else {
+            return;
+        };
+        let events = std::mem::take(&mut *lock(&self.inner.audit_queue));
+        if events.is_empty() {
+            return;
+        }
+        if let Err(e) = store.audit().append_batch(&events) {
+            tracing::warn!("cannot write {} audit event(s): {e}", events.len());
+            let mut q = lock(&self.inner.audit_queue);
+            let mut back = events;
+            back.append(&mut q);
+            back.truncate(MAX_QUEUED_AUDIT);
+            *q = back;
+        }
     }
 
     pub(crate) fn admin(&self) -> MutexGuard<'_, Admin> {
@@ -190,6 +288,28 @@ impl AppState {
                 last_test: test.as_ref(),
             },
         )
+    }
+}
+
+/// The audit session of the appliance's own events.
+pub const AUDIT_SESSION: &str = "appliance";
+/// The audit kind of key operations.
+pub const AUDIT_KEY_KIND: &str = "key-operation";
+
+/// See [`AppState::downgrade`].
+#[derive(Clone)]
+pub struct WeakAppState(std::sync::Weak<Inner>);
+
+impl std::fmt::Debug for WeakAppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WeakAppState")
+    }
+}
+
+impl WeakAppState {
+    /// The state, while the appliance still runs.
+    pub fn upgrade(&self) -> Option<AppState> {
+        self.0.upgrade().map(|inner| AppState { inner })
     }
 }
 

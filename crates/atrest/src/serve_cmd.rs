@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use atrest_appliance::AppConfig;
+use atrest_appliance::content::{KeyPolicy, VolumeOptions};
 use atrest_appliance::server::{Listen, ServeOptions};
+use atrest_appliance::workflow::Backoff;
 use atrest_kmip::client::Timeouts;
 use clap::Args;
 
@@ -27,6 +29,28 @@ pub struct ServeArgs {
     /// Also run the bundled KMIP server (data in DIR/kms) and fill in its settings.
     #[arg(long)]
     embedded_kms: bool,
+    /// Size of the content volume DIR/volume.img made on the first start (bytes, or with a
+    /// K, M, G suffix).
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    volume_size: u64,
+    /// Serve without the content volume (Encrypt and the content API answer 503).
+    #[arg(long)]
+    no_volume: bool,
+    /// Length of the volume keys Encrypt and Rekey create: 256 (XTS-AES-128) or 512
+    /// (XTS-AES-256; not every KMIP server makes 512-bit AES keys).
+    #[arg(long, value_name = "BITS", default_value_t = 256, value_parser = clap::builder::ValueParser::new(parse_bits))]
+    key_bits: u32,
+    /// Seconds between checks that the volume key is still Active on the KMIP server.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    key_check_interval: u64,
+    /// What a key found no longer Active does: `alert` (page, API, log, audit) or `lock` (also
+    /// locks the content until the key is usable).
+    #[arg(long, value_name = "POLICY", default_value = "alert", value_parser = ["alert", "lock"])]
+    key_check_policy: String,
+    /// Longest wait, in seconds, between attempts to fetch the key while locked (the wait
+    /// starts at 2 s and doubles).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    unlock_retry_max: u64,
     /// Seconds to wait for a KMIP server to connect or answer.
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
     kmip_timeout: f64,
@@ -46,8 +70,32 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             args.kmip_timeout
         );
     }
+    if args.key_check_interval == 0 || args.unlock_retry_max == 0 {
+        anyhow::bail!(
+            "--key-check-interval and --unlock-retry-max must be at least 1 second; give a \
+             number of seconds"
+        );
+    }
+    let timeouts = Timeouts::uniform(Duration::from_secs_f64(args.kmip_timeout));
+    let volume = (!args.no_volume).then(|| {
+        let mut v = VolumeOptions::new(&args.data_dir);
+        v.size = args.volume_size;
+        v.key_bits = args.key_bits;
+        v.timeouts = timeouts;
+        v.key_check_interval = Duration::from_secs(args.key_check_interval);
+        v.key_policy = if args.key_check_policy == "lock" {
+            KeyPolicy::Lock
+        } else {
+            KeyPolicy::Alert
+        };
+        v.backoff = Backoff {
+            initial: Duration::from_secs(2).min(Duration::from_secs(args.unlock_retry_max)),
+            max: Duration::from_secs(args.unlock_retry_max),
+        };
+        v
+    });
     let mut config = AppConfig::new(args.data_dir);
-    config.kmip_timeouts = Timeouts::uniform(Duration::from_secs_f64(args.kmip_timeout));
+    config.kmip_timeouts = timeouts;
     let opts = ServeOptions {
         config,
         listen: Listen {
@@ -55,6 +103,37 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             cert: args.tls_cert.zip(args.tls_key),
         },
         embedded_kms: args.embedded_kms,
+        volume,
     };
     atrest_appliance::server::run(opts).map_err(anyhow::Error::msg)
+}
+
+/// `123`, `64K`, `64M`, `1G` (powers of 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("`{s}`: use a number of bytes with K, M, G or T")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("`{s}` is not a size; give e.g. 64M or 1G"))
+}
+
+fn parse_bits(s: &str) -> Result<u32, String> {
+    match s.trim() {
+        "256" => Ok(256),
+        "512" => Ok(512),
+        _ => Err(format!("`{s}`: the key length is 256 or 512 bits")),
+    }
 }

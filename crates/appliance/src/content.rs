@@ -1,0 +1,843 @@
+//! The appliance's content volume (DIR/volume.img) and the content store on it.
+//!
+//! - First start: the image is made and formatted plain, and an empty store is created on its
+//!   data segment (in a temporary file renamed into place, so a crash never leaves half a
+//!   volume behind).
+//! - Every start: a plain volume opens at once; an encrypted (or mid-conversion) one is
+//!   "locked" until its key(s) are fetched from a KMIP server by the ids in the header, tried
+//!   one server at a time with bounded timeouts; failures are kept per server and retried with
+//!   [`Backoff`]. Once unlocked, a conversion that was under way resumes.
+//! - Encrypt, Rekey and Decrypt start the volume's online conversion in a background thread;
+//!   the store keeps serving on the same volume throughout.
+//! - While encrypted, the key's state on the KMIP server is checked at an interval; a key that
+//!   is no longer Active raises an alert, or locks the volume ([`KeyPolicy`]).
+//!
+//! Every key operation goes into the audit history (server, operation, key id, result).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use atrest_kmip::client::{Client, ClientConfig, Timeouts};
+use atrest_kmip::message::{RevocationReasonCode, State as KeyState};
+use atrest_store::{Store, StoreOptions};
+use atrest_volume::{
+    BlockDevice, ConvertOptions, EncryptOptions, FileDevice, FormatOptions, State as VolState,
+    UnlockedVolume, Volume,
+};
+use serde_json::{Value, json};
+
+use crate::keys::{self, KeyError};
+use crate::state::{AppState, Content, EventSink, VolumeBackend, WeakAppState};
+use crate::workflow::{Backoff, Event, LockReason, Progress, Request, State as WfState};
+
+/// The volume image in the data directory.
+pub const VOLUME_FILE: &str = "volume.img";
+/// Default size of a new volume image: 64 MiB.
+pub const DEFAULT_VOLUME_SIZE: u64 = 64 << 20;
+/// Smallest volume image: the 16 MiB header area plus 16 MiB of content.
+pub const MIN_VOLUME_SIZE: u64 = 32 << 20;
+
+/// What happens when the key's state check finds it is no longer Active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyPolicy {
+    /// Show an alert (page, API, log, audit) and keep the volume unlocked.
+    Alert,
+    /// Show the alert and lock the volume: content endpoints answer 503 until the key is
+    /// usable again.
+    Lock,
+}
+
+/// Settings of the content volume.
+#[derive(Debug, Clone)]
+pub struct VolumeOptions {
+    /// The image (DIR/volume.img).
+    pub path: PathBuf,
+    /// Size of a new image.
+    pub size: u64,
+    /// Key length for Encrypt and Rekey: 256 (XTS-AES-128) or 512 (XTS-AES-256).
+    pub key_bits: u32,
+    /// Bytes converted per committed step.
+    pub chunk_size: u64,
+    /// Conversion worker threads.
+    pub threads: usize,
+    /// Retry policy while locked.
+    pub backoff: Backoff,
+    /// How often the key's state is checked while unlocked.
+    pub key_check_interval: Duration,
+    pub key_policy: KeyPolicy,
+    /// Timeouts of the KMIP requests.
+    pub timeouts: Timeouts,
+    /// PBKDF2 iterations of the key digest in the header.
+    pub digest_iterations: u32,
+    pub store: StoreOptions,
+}
+
+impl VolumeOptions {
+    pub fn new(data_dir: &Path) -> Self {
+        VolumeOptions {
+            path: data_dir.join(VOLUME_FILE),
+            size: DEFAULT_VOLUME_SIZE,
+            key_bits: 256,
+            chunk_size: 4 << 20,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(2)),
+            backoff: Backoff::default(),
+            key_check_interval: Duration::from_secs(300),
+            key_policy: KeyPolicy::Alert,
+            timeouts: Timeouts::default(),
+            digest_iterations: EncryptOptions::default().pbkdf2_iterations,
+            store: StoreOptions {
+                cache_bytes: 16 << 20,
+                ..StoreOptions::default()
+            },
+        }
+    }
+}
+
+enum Slot {
+    Locked(Volume),
+    Open(UnlockedVolume),
+    Empty,
+}
+
+struct Inner {
+    opts: VolumeOptions,
+    app: WeakAppState,
+    dev: Arc<dyn BlockDevice>,
+    slot: Mutex<Slot>,
+    stop: Arc<AtomicBool>,
+    /// Bumped to wake the unlock loop early.
+    wake: (Mutex<u64>, Condvar),
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    extra: Mutex<Extra>,
+    unlock_running: AtomicBool,
+    attempts: AtomicU64,
+}
+
+#[derive(Default)]
+struct Extra {
+    last_conversion: Option<Value>,
+    key_check: Option<Value>,
+    alerts: Vec<String>,
+    next_retry_at: Option<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The data volume attached to an appliance.
+#[derive(Clone)]
+pub struct DataVolume {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for DataVolume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataVolume")
+            .field("path", &self.inner.opts.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn wf_state(s: VolState) -> WfState {
+    match s {
+        VolState::Plain => WfState::Plain,
+        VolState::Encrypted => WfState::Encrypted,
+        VolState::Encrypting => WfState::Encrypting,
+        VolState::Rekeying => WfState::Rekeying,
+        VolState::Decrypting => WfState::Decrypting,
+    }
+}
+
+fn is_converting(s: VolState) -> bool {
+    matches!(
+        s,
+        VolState::Encrypting | VolState::Rekeying | VolState::Decrypting
+    )
+}
+
+fn cipher_text(cipher: Option<&str>, bits: Option<u32>) -> Option<String> {
+    let c = cipher?;
+    Some(match bits {
+        Some(256) => format!("{c} (XTS-AES-128, 256-bit key)"),
+        Some(512) => format!("{c} (XTS-AES-256, 512-bit key)"),
+        Some(b) => format!("{c} ({b}-bit key)"),
+        None => c.to_owned(),
+    })
+}
+
+/// Makes a new plain volume with an empty store at `path`.
+fn create_volume(path: &Path, size: u64, store: &StoreOptions) -> Result<(), String> {
+    let tmp = path.with_extension("img.new");
+    let made = (|| -> Result<(), String> {
+        let dev: Arc<dyn BlockDevice> = Arc::new(
+            FileDevice::create(&tmp, size).map_err(|e| format!("cannot create it ({e})"))?,
+        );
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("cannot make it private ({e})"))?;
+        }
+        let vol = Volume::format(dev.clone(), &FormatOptions::default())
+            .map_err(|e| format!("cannot format it ({e})"))?;
+        let uv = vol
+            .unlock(Vec::new())
+            .map_err(|e| format!("cannot open it ({e})"))?;
+        let s = Store::create(Arc::new(uv), store)
+            .map_err(|e| format!("cannot create the content store on it ({e})"))?;
+        drop(s);
+        dev.flush()
+            .map_err(|e| format!("cannot flush it to disk ({e})"))?;
+        Ok(())
+    })();
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!(
+            "cannot make the content volume {}: {e}; check the free space and permissions of \
+             the data directory",
+            path.display()
+        ));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        format!(
+            "cannot put the new content volume in place at {} ({e}); check the data directory",
+            path.display()
+        )
+    })?;
+    crate::files::sync_dir(path.parent().unwrap_or(Path::new(".")));
+    Ok(())
+}
+
+impl DataVolume {
+    /// Opens (or makes) the volume, attaches it to `state`, and starts the background work:
+    /// unlocking (when encrypted), a resumed conversion, and the key state checks.
+    pub fn attach(state: &AppState, opts: VolumeOptions) -> Result<DataVolume, String> {
+        if opts.key_bits != 256 && opts.key_bits != 512 {
+            return Err("the key length must be 256 or 512 bits".into());
+        }
+        let created = if opts.path.exists() {
+            false
+        } else {
+            if opts.size < MIN_VOLUME_SIZE {
+                return Err(format!(
+                    "a content volume of {} bytes is too small; give --volume-size of at least \
+                     {} MiB",
+                    opts.size,
+                    MIN_VOLUME_SIZE >> 20
+                ));
+            }
+            create_volume(&opts.path, opts.size, &opts.store)?;
+            true
+        };
+        let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&opts.path).map_err(|e| {
+            format!(
+                "cannot open the content volume {} ({e}); check its permissions",
+                opts.path.display()
+            )
+        })?);
+        let vol = Volume::open(dev.clone()).map_err(|e| {
+            format!(
+                "the content volume {} cannot be opened: {e}",
+                opts.path.display()
+            )
+        })?;
+        if let Some(r) = vol.info().header_repair {
+            tracing::warn!("content volume header: {r}");
+        }
+        let dv = DataVolume {
+            inner: Arc::new(Inner {
+                opts,
+                app: state.downgrade(),
+                dev,
+                slot: Mutex::new(Slot::Empty),
+                stop: Arc::new(AtomicBool::new(false)),
+                wake: (Mutex::new(0), Condvar::new()),
+                threads: Mutex::new(Vec::new()),
+                extra: Mutex::new(Extra::default()),
+                unlock_running: AtomicBool::new(false),
+                attempts: AtomicU64::new(0),
+            }),
+        };
+        if created {
+            tracing::info!(path = %dv.inner.opts.path.display(), "made a new plain content volume");
+        }
+        state.set_backend(Arc::new(dv.clone()));
+        if vol.state() == VolState::Plain {
+            let uv = vol
+                .unlock(Vec::new())
+                .map_err(|e| format!("the plain content volume cannot be opened: {e}"))?;
+            dv.open_store(state, &uv)?;
+            *lock(&dv.inner.slot) = Slot::Open(uv);
+            state.apply(Event::OpenedPlain);
+        } else {
+            dv.set_locked(state, vol, "its key has not been fetched yet".into());
+            dv.spawn_unlock_loop();
+        }
+        dv.spawn_key_checks();
+        Ok(dv)
+    }
+
+    fn app(&self) -> Option<AppState> {
+        self.inner.app.upgrade()
+    }
+
+    fn open_store(&self, state: &AppState, uv: &UnlockedVolume) -> Result<(), String> {
+        let store = Store::open(Arc::new(uv.clone()), &self.inner.opts.store).map_err(|e| {
+            format!(
+                "the content store on {} cannot be opened: {e}",
+                self.inner.opts.path.display()
+            )
+        })?;
+        state.set_content(Content::Ready(store));
+        Ok(())
+    }
+
+    fn set_locked(&self, state: &AppState, vol: Volume, why: String) {
+        let info = vol.info();
+        state.apply(Event::OpenedEncrypted {
+            key_id: info.key_id.clone().unwrap_or_default(),
+            servers: info.servers.clone(),
+            cipher: cipher_text(info.cipher.as_deref(), info.key_bits).unwrap_or_default(),
+            pending: Some(wf_state(info.state)),
+        });
+        state.set_content(Content::Locked(format!(
+            "the content volume is locked: {why}; the appliance retries by itself (see GET \
+             /api/encryption)"
+        )));
+        *lock(&self.inner.slot) = Slot::Locked(vol);
+    }
+
+    fn spawn(&self, name: &str, f: impl FnOnce(DataVolume) + Send + 'static) {
+        let me = self.clone();
+        match std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || f(me))
+        {
+            Ok(h) => {
+                let mut t = lock(&self.inner.threads);
+                t.retain(|h| !h.is_finished());
+                t.push(h);
+            }
+            Err(e) => tracing::error!("cannot start the {name} thread: {e}"),
+        }
+    }
+
+    /// Sleeps up to `d`; returns early (true) when woken or stopping.
+    fn sleep(&self, d: Duration) -> bool {
+        let (m, cv) = &self.inner.wake;
+        let mut g = lock(m);
+        let start = *g;
+        let deadline = Instant::now() + d;
+        while *g == start && !self.inner.stop.load(Ordering::Acquire) {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            g = cv
+                .wait_timeout(g, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        true
+    }
+
+    fn spawn_unlock_loop(&self) {
+        if self.inner.unlock_running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.spawn("atrest-unlock", |me| {
+            let mut failures = 0u32;
+            loop {
+                if me.inner.stop.load(Ordering::Acquire) {
+                    break;
+                }
+                match me.try_unlock() {
+                    Ok(()) => break,
+                    Err(()) => {
+                        failures += 1;
+                        let d = me.inner.opts.backoff.delay(failures);
+                        let at = time::OffsetDateTime::now_utc() + d;
+                        lock(&me.inner.extra).next_retry_at = at
+                            .format(&time::format_description::well_known::Rfc3339)
+                            .ok();
+                        if me.sleep(d) {
+                            // Woken: new settings, try again at once with a fresh backoff.
+                            failures = 0;
+                        }
+                    }
+                }
+            }
+            lock(&me.inner.extra).next_retry_at = None;
+            me.inner.unlock_running.store(false, Ordering::Release);
+        });
+    }
+
+    /// One attempt to fetch the key(s) and unlock; reasons per server are applied on failure.
+    fn try_unlock(&self) -> Result<(), ()> {
+        let Some(state) = self.app() else {
+            return Ok(());
+        };
+        self.inner.attempts.fetch_add(1, Ordering::Relaxed);
+        let mut slot = lock(&self.inner.slot);
+        let Slot::Locked(vol) = &*slot else {
+            return Ok(());
+        };
+        let key_ids: Vec<String> = vol
+            .required_keys()
+            .iter()
+            .map(|k| k.reference.unique_identifier.clone())
+            .collect();
+        let ids = key_ids.join(",");
+        let Some(settings) = state.kmip() else {
+            let reasons = vec![LockReason {
+                server: "-".into(),
+                class: "config".into(),
+                reason: "no KMIP settings are saved; fill in Storage > Encryption with the \
+                         servers that hold this volume's key"
+                    .into(),
+            }];
+            drop(slot);
+            self.unlock_failed(&state, reasons);
+            return Err(());
+        };
+        let mut reasons = Vec::new();
+        let mut fetched = None;
+        for server in &settings.servers {
+            let cfg = settings.client_config_for(server, self.inner.opts.timeouts);
+            let name = server.to_string();
+            let result = Client::new(cfg)
+                .map_err(|e| (e.class().to_owned(), e.to_string()))
+                .and_then(|mut c| {
+                    keys::fetch_volume_keys(&mut c, vol)
+                        .map_err(|e| (key_error_class(&e).to_owned(), e.to_string()))
+                });
+            match result {
+                Ok(k) => {
+                    for id in &key_ids {
+                        state.audit_key(
+                            &name,
+                            "get",
+                            Some(id),
+                            "ok (verified against the header digest)",
+                        );
+                    }
+                    fetched = Some(k);
+                    break;
+                }
+                Err((class, reason)) => {
+                    tracing::warn!(server = %name, "cannot fetch the volume key: {reason}");
+                    state.audit_key(
+                        &name,
+                        "get",
+                        Some(&ids),
+                        &format!("failed ({class}): {reason}"),
+                    );
+                    reasons.push(LockReason {
+                        server: name,
+                        class,
+                        reason,
+                    });
+                }
+            }
+        }
+        let Some(keys) = fetched else {
+            drop(slot);
+            self.unlock_failed(&state, reasons);
+            return Err(());
+        };
+        let Slot::Locked(vol) = std::mem::replace(&mut *slot, Slot::Empty) else {
+            return Ok(());
+        };
+        let uv = match vol.unlock(keys) {
+            Ok(uv) => uv,
+            Err(e) => {
+                let reason = format!("the volume could not be unlocked with the fetched key: {e}");
+                match Volume::open(self.inner.dev.clone()) {
+                    Ok(v) => *slot = Slot::Locked(v),
+                    Err(e2) => tracing::error!("cannot reopen the content volume: {e2}"),
+                }
+                drop(slot);
+                self.unlock_failed(
+                    &state,
+                    vec![LockReason {
+                        server: "-".into(),
+                        class: "volume".into(),
+                        reason,
+                    }],
+                );
+                return Err(());
+            }
+        };
+        if let Err(e) = self.open_store(&state, &uv) {
+            tracing::error!("{e}");
+            state.set_content(Content::Locked(format!(
+                "{e}; the volume is unlocked but its content cannot be read"
+            )));
+        }
+        let vs = uv.state();
+        *slot = Slot::Open(uv.clone());
+        drop(slot);
+        state.apply(Event::Unlocked);
+        tracing::info!("content volume unlocked");
+        if is_converting(vs) {
+            tracing::info!("resuming the {} conversion", vs.as_str());
+            self.spawn_convert(uv, state.event_sink());
+        }
+        Ok(())
+    }
+
+    fn unlock_failed(&self, state: &AppState, reasons: Vec<LockReason>) {
+        let summary = reasons
+            .iter()
+            .map(|r| format!("{}: {}", r.server, r.reason))
+            .collect::<Vec<_>>()
+            .join("; ");
+        state.set_content(Content::Locked(format!(
+            "the content volume is locked because its key could not be fetched ({summary}); \
+             the appliance retries by itself"
+        )));
+        state.apply(Event::UnlockFailed(reasons));
+    }
+
+    fn spawn_convert(&self, uv: UnlockedVolume, events: EventSink) {
+        self.spawn("atrest-convert", move |me| {
+            let opts = ConvertOptions {
+                chunk_size: me.inner.opts.chunk_size,
+                threads: me.inner.opts.threads,
+                stop: Some(me.inner.stop.clone()),
+            };
+            let kind = uv.state();
+            let started = Instant::now();
+            let started_at = crate::now_rfc3339();
+            let mut last = None;
+            let r = uv.convert(&opts, &mut |p| {
+                let rate = (p.bytes_per_sec > 0.0).then_some(p.bytes_per_sec);
+                let prog = Progress::new(p.done, p.total, rate);
+                last = Some(prog);
+                events(Event::Progress(prog));
+            });
+            match r {
+                Ok(s) if !is_converting(s) => {
+                    let secs = started.elapsed().as_secs_f64();
+                    let total = last.map(|p| p.total_bytes).unwrap_or(0);
+                    lock(&me.inner.extra).last_conversion = Some(json!({
+                        "kind": kind.as_str(),
+                        "started_at": started_at,
+                        "finished_at": crate::now_rfc3339(),
+                        "bytes": total,
+                        "seconds": secs,
+                        "percent": 100.0,
+                    }));
+                    events(Event::Finished);
+                    if let Some(st) = me.app() {
+                        st.audit(
+                            "volume",
+                            "appliance",
+                            format!(
+                                "{} finished: {} bytes in {:.1} s",
+                                kind.as_str(),
+                                total,
+                                secs
+                            ),
+                        );
+                    }
+                    tracing::info!("{} finished", kind.as_str());
+                }
+                Ok(_) => tracing::info!("conversion paused; it resumes at the next start"),
+                Err(e) => {
+                    tracing::error!("conversion stopped: {e}");
+                    events(Event::Failed(format!(
+                        "the conversion stopped: {e}; it resumes at the next start of the \
+                         appliance"
+                    )));
+                }
+            }
+        });
+    }
+
+    fn spawn_key_checks(&self) {
+        self.spawn("atrest-key-check", |me| {
+            loop {
+                me.sleep(me.inner.opts.key_check_interval);
+                if me.inner.stop.load(Ordering::Acquire) {
+                    break;
+                }
+                me.check_key_state();
+            }
+        });
+    }
+
+    /// Checks that the current key is still Active on the KMIP server.
+    pub fn check_key_state(&self) {
+        let Some(state) = self.app() else { return };
+        if state.workflow().state != WfState::Encrypted {
+            return;
+        }
+        let uv = match &*lock(&self.inner.slot) {
+            Slot::Open(uv) => uv.clone(),
+            _ => return,
+        };
+        let Some(settings) = state.kmip() else { return };
+        let ids: Vec<String> = uv
+            .info()
+            .keys
+            .iter()
+            .map(|k| k.reference.unique_identifier.clone())
+            .collect();
+        let cfg = settings.client_config(self.inner.opts.timeouts);
+        let checked_at = crate::now_rfc3339();
+        let mut client = match Client::new(cfg) {
+            Ok(c) => c,
+            Err(e) => {
+                self.note_key_check(
+                    json!({"checked_at": checked_at, "ok": false, "error": e.to_string()}),
+                );
+                return;
+            }
+        };
+        for id in ids {
+            match client.get_attributes(&id, &["State"]) {
+                Ok(a) => match a.state() {
+                    Some(KeyState::ACTIVE) => {
+                        self.note_key_check(json!({"checked_at": checked_at, "ok": true, "key_id": id, "key_state": "Active"}));
+                    }
+                    other => {
+                        let st = other
+                            .map(|s| s.to_string())
+                            .unwrap_or_else(|| "unknown".into());
+                        let alert = format!(
+                            "the KMIP server reports the volume key {id:?} as {st}, no longer \
+                             Active: the volume cannot be unlocked at the next start; ask the \
+                             key manager's administrator, or Rekey to a new key now"
+                        );
+                        self.note_key_check(json!({"checked_at": checked_at, "ok": false, "key_id": id, "key_state": st, "error": alert}));
+                        self.raise_alert(&state, &id, alert);
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!("cannot check the state of the volume key: {e}");
+                    self.note_key_check(json!({"checked_at": checked_at, "ok": false, "key_id": id, "error": e.to_string()}));
+                }
+            }
+        }
+    }
+
+    fn note_key_check(&self, v: Value) {
+        lock(&self.inner.extra).key_check = Some(v);
+    }
+
+    fn raise_alert(&self, state: &AppState, id: &str, alert: String) {
+        let new = {
+            let mut x = lock(&self.inner.extra);
+            let new = !x.alerts.contains(&alert);
+            if new {
+                x.alerts.push(alert.clone());
+            }
+            new
+        };
+        if new {
+            tracing::error!("{alert}");
+            state.audit_key("-", "check-state", Some(id), &format!("alert: {alert}"));
+        }
+        if self.inner.opts.key_policy == KeyPolicy::Lock {
+            let mut slot = lock(&self.inner.slot);
+            if matches!(&*slot, Slot::Open(_)) {
+                *slot = Slot::Empty;
+                drop(slot);
+                match Volume::open(self.inner.dev.clone()) {
+                    Ok(v) => {
+                        self.set_locked(state, v, alert.clone());
+                        self.unlock_failed(
+                            state,
+                            vec![LockReason {
+                                server: "-".into(),
+                                class: "not-active".into(),
+                                reason: alert,
+                            }],
+                        );
+                        self.spawn_unlock_loop();
+                    }
+                    Err(e) => tracing::error!("cannot reopen the content volume: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Unlock attempts made so far.
+    pub fn unlock_attempts(&self) -> u64 {
+        self.inner.attempts.load(Ordering::Relaxed)
+    }
+
+    fn begin(
+        &self,
+        req: Request,
+        kmip: ClientConfig,
+        events: &EventSink,
+    ) -> Result<UnlockedVolume, String> {
+        let state = self.app().ok_or("the appliance is stopping")?;
+        let uv = match &*lock(&self.inner.slot) {
+            Slot::Open(uv) => uv.clone(),
+            _ => {
+                return Err("the content volume is locked; wait until it is unlocked".into());
+            }
+        };
+        let server = kmip
+            .servers
+            .first()
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "-".into());
+        let bits = self.inner.opts.key_bits;
+        let eopts = EncryptOptions {
+            pbkdf2_iterations: self.inner.opts.digest_iterations,
+            ..EncryptOptions::default()
+        };
+        let conversion = match req {
+            Request::Encrypt | Request::Rekey => {
+                let op = if req == Request::Encrypt {
+                    "create"
+                } else {
+                    "rekey"
+                };
+                let mut client = Client::new(kmip).map_err(|e| {
+                    state.audit_key(&server, op, None, &format!("failed ({}): {e}", e.class()));
+                    format!("cannot reach the KMIP server to create the volume key: {e}")
+                })?;
+                let name = format!("atrest-volume-{}", uv.info().uuid);
+                let nk = keys::create_volume_key(&mut client, bits, Some(&name)).map_err(|e| {
+                    state.audit_key(
+                        &server,
+                        op,
+                        None,
+                        &format!("failed ({}): {e}", key_error_class(&e)),
+                    );
+                    format!("the volume key could not be created: {e}")
+                })?;
+                let server = client
+                    .connection_info()
+                    .map(|c| c.server.to_string())
+                    .unwrap_or(server);
+                let uid = nk.reference.unique_identifier.clone();
+                state.audit_key(&server, op, Some(&uid), "ok (created, activated, fetched)");
+                let begun = if req == Request::Encrypt {
+                    uv.begin_encrypt(nk.material, nk.reference, &eopts)
+                } else {
+                    uv.begin_rekey(nk.material, nk.reference, &eopts)
+                };
+                if let Err(e) = begun {
+                    // The new key is of no use: take it off the server again.
+                    let r = client
+                        .revoke(&uid, RevocationReasonCode::CESSATION_OF_OPERATION, None)
+                        .and_then(|_| client.destroy(&uid));
+                    state.audit_key(
+                        &server,
+                        "destroy",
+                        Some(&uid),
+                        &match &r {
+                            Ok(()) => "ok (unused new key)".to_string(),
+                            Err(e) => format!("failed ({}): {e}", e.class()),
+                        },
+                    );
+                    return Err(format!("the conversion could not start: {e}"));
+                }
+                if req == Request::Encrypt {
+                    WfState::Encrypting
+                } else {
+                    WfState::Rekeying
+                }
+            }
+            Request::Decrypt => {
+                uv.begin_decrypt()
+                    .map_err(|e| format!("decryption could not start: {e}"))?;
+                state.audit_key(
+                    &server,
+                    "decrypt",
+                    uv.info().key_id.as_deref(),
+                    "ok (decryption started; the key stays on the server)",
+                );
+                WfState::Decrypting
+            }
+        };
+        let info = uv.info();
+        events(Event::Started {
+            conversion,
+            key_id: info.key_id.clone(),
+            servers: info.servers.clone(),
+            cipher: cipher_text(info.cipher.as_deref(), info.key_bits),
+        });
+        lock(&self.inner.extra).alerts.clear();
+        Ok(uv)
+    }
+}
+
+fn key_error_class(e: &KeyError) -> &'static str {
+    match e {
+        KeyError::Kmip { source, .. } => source.class(),
+        KeyError::NotActive { .. } => "not-active",
+        KeyError::BadMaterial { .. } => "bad-key",
+        KeyError::WrongKey { .. } => "wrong-key",
+    }
+}
+
+impl VolumeBackend for DataVolume {
+    fn start(&self, req: Request, kmip: ClientConfig, events: EventSink) -> Result<(), String> {
+        let uv = self.begin(req, kmip, &events)?;
+        self.spawn_convert(uv, events);
+        Ok(())
+    }
+
+    fn status(&self) -> Value {
+        let (vol, store_space) = match &*lock(&self.inner.slot) {
+            Slot::Open(uv) => {
+                let i = uv.info();
+                (Some(i), true)
+            }
+            Slot::Locked(v) => (Some(v.info()), false),
+            Slot::Empty => (None, false),
+        };
+        let space = if store_space {
+            self.app().and_then(|s| match s.content() {
+                Content::Ready(st) => {
+                    let sp = st.space();
+                    Some(json!({"capacity": sp.capacity, "used": sp.high_water, "reserve": sp.reserve}))
+                }
+                _ => None,
+            })
+        } else {
+            None
+        };
+        let x = lock(&self.inner.extra);
+        json!({
+            "volume": vol.map(|i| json!({
+                "path": VOLUME_FILE,
+                "state": i.state.as_str(),
+                "data_size": i.data_size,
+                "sector_size": i.sector_size,
+                "key_bits": i.key_bits,
+                "uuid": i.uuid,
+            })),
+            "space": space,
+            "last_conversion": x.last_conversion,
+            "key_check": x.key_check,
+            "alerts": x.alerts,
+            "next_retry_at": x.next_retry_at,
+            "unlock_attempts": self.unlock_attempts(),
+        })
+    }
+
+    fn retry_now(&self) {
+        let (m, cv) = &self.inner.wake;
+        *lock(m) += 1;
+        cv.notify_all();
+    }
+
+    fn shutdown(&self) {
+        self.inner.stop.store(true, Ordering::Release);
+        self.retry_now();
+        let threads = std::mem::take(&mut *lock(&self.inner.threads));
+        for h in threads {
+            let _ = h.join();
+        }
+    }
+}

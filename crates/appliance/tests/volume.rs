@@ -1,0 +1,435 @@
+//! The content volume against the bundled KMIP server, in process: Encrypt while the store keeps
+//! serving, unlock at the next start, locked while no KMIP server answers and unlocked by
+//! itself when one is back, a conversion stopped half-way resumed, a revoked key refused at
+//! start and raising an alert (or locking) while unlocked, and the audit trail of it all.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use atrest_appliance::content::{DataVolume, KeyPolicy, VolumeOptions};
+use atrest_appliance::embedded::{self, EmbeddedKms};
+use atrest_appliance::state::Content;
+use atrest_appliance::workflow::{Backoff, State as WfState};
+use atrest_appliance::{AppConfig, AppState, VolumeBackend, app};
+use atrest_kmip::client::{Client, Timeouts};
+use atrest_kmip::message::RevocationReasonCode;
+use atrest_store::{Query, Store, Value as CfgValue};
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+fn config(data: &Path) -> AppConfig {
+    let mut c = AppConfig::new(data);
+    c.pbkdf2_iterations = 1000;
+    c.kmip_timeouts = Timeouts::uniform(Duration::from_secs(5));
+    c
+}
+
+fn volume_options(data: &Path) -> VolumeOptions {
+    let mut v = VolumeOptions::new(data);
+    v.size = 40 << 20;
+    v.chunk_size = 1 << 20;
+    v.threads = 1;
+    v.digest_iterations = 1000;
+    v.timeouts = Timeouts::uniform(Duration::from_secs(5));
+    v.backoff = Backoff {
+        initial: Duration::from_millis(100),
+        max: Duration::from_millis(300),
+    };
+    v.key_check_interval = Duration::from_secs(3600);
+    v
+}
+
+/// One start of the appliance: state, volume, bundled KMIP server.
+struct Run {
+    state: AppState,
+    volume: DataVolume,
+    kms: Option<EmbeddedKms>,
+    password: Option<String>,
+}
+
+fn start(data: &Path, with_kms: bool, tweak: impl FnOnce(&mut VolumeOptions)) -> Run {
+    let opened = AppState::open(config(data)).unwrap();
+    let state = opened.state;
+    let kms = with_kms.then(|| {
+        let k = embedded::start(data).unwrap();
+        embedded::prefill(&state, &k.env_file).unwrap();
+        k
+    });
+    let mut opts = volume_options(data);
+    tweak(&mut opts);
+    let volume = DataVolume::attach(&state, opts).unwrap();
+    Run {
+        state,
+        volume,
+        kms,
+        password: opened.generated_password.map(|p| p.to_string()),
+    }
+}
+
+impl Run {
+    fn stop(mut self) {
+        self.volume.shutdown();
+        if let Some(k) = self.kms.take() {
+            k.stop();
+        }
+    }
+    fn store(&self) -> Store {
+        match self.state.content() {
+            Content::Ready(s) => s,
+            other => panic!("the store is not ready: {other:?}"),
+        }
+    }
+}
+
+/// Waits (generously) until `f` holds.
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..1200 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("gave up waiting until {what}");
+}
+
+async fn token(app: &axum::Router, password: &str) -> String {
+    let res = app
+        .clone()
+        .oneshot(
+            Request::post("/api/session")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(
+                    json!({"username": "admin", "password": password}).to_string(),
+                ))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let b = res.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice::<Value>(&b).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn post(app: &axum::Router, token: &str, uri: &str) -> (StatusCode, Value) {
+    let res = app
+        .clone()
+        .oneshot(
+            Request::post(uri)
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let s = res.status();
+    let b = res.into_body().collect().await.unwrap().to_bytes();
+    (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
+}
+
+fn audit_texts(store: &Store) -> Vec<String> {
+    store
+        .audit()
+        .query(&Query {
+            limit: 1000,
+            ..Query::default()
+        })
+        .unwrap()
+        .events
+        .into_iter()
+        .map(|e| e.text)
+        .collect()
+}
+
+/// First start, Save and Test, Encrypt with the store in use throughout; returns the key id.
+async fn encrypt(data: &Path) -> (Run, String) {
+    let run = start(data, true, |_| {});
+    let app = app(run.state.clone());
+    let t = token(&app, run.password.as_deref().unwrap()).await;
+    assert_eq!(run.state.workflow().state, WfState::Plain);
+    run.store()
+        .config()
+        .set("before", CfgValue::Text("plain".into()))
+        .unwrap();
+    let (s, v) = post(&app, &t, "/api/encryption/test").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["ok"], true, "{v}");
+    let (s, v) = post(&app, &t, "/api/encryption/encrypt").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let key_id = v["key_id"].as_str().unwrap().to_owned();
+    // The content store keeps working while the volume is converted.
+    let store = run.store();
+    let mut i = 0u32;
+    while run.state.workflow().state == WfState::Encrypting {
+        store
+            .config()
+            .set(&format!("during-{i}"), CfgValue::Int(i as i64))
+            .unwrap();
+        store
+            .recordings()
+            .put(&format!("r{i}"), "s", &vec![i as u8; 100_000])
+            .unwrap();
+        i += 1;
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(i < 100_000);
+    }
+    assert_eq!(run.state.workflow().state, WfState::Encrypted);
+    let (s, st) = post(&app, &t, "/api/encryption/encrypt").await;
+    assert_eq!(s, StatusCode::CONFLICT, "{st}");
+    let status = atrest_appliance::api::status_json(&run.state);
+    assert_eq!(status["volume"]["last_conversion"]["percent"], 100.0);
+    assert_eq!(status["volume"]["volume"]["state"], "encrypted");
+    assert!(status["cipher"].as_str().unwrap().contains("XTS-AES-128"));
+    let texts = audit_texts(&store);
+    assert!(
+        texts.iter().any(|t| t.contains("operation=create")
+            && t.contains(&key_id)
+            && t.contains("result=ok")),
+        "{texts:?}"
+    );
+    for n in 0..i {
+        assert_eq!(
+            store.config().get(&format!("during-{n}")).unwrap(),
+            Some(CfgValue::Int(n as i64))
+        );
+    }
+    (run, key_id)
+}
+
+fn key_client(data: &Path) -> Client {
+    let s = AppState::open(config(data)).unwrap().state;
+    Client::new(s.kmip().unwrap().client_config(Timeouts::default())).unwrap()
+}
+
+fn no_copy_of(needle: &[u8], dir: &Path) {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(dir, &mut files);
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        // The bundled server's own key store holds the key by design; everything else must not.
+        if f.components().any(|c| c.as_os_str() == "kms") {
+            continue;
+        }
+        for n in [needle, &needle[..16], &needle[16..]] {
+            assert!(
+                !bytes.windows(n.len()).any(|w| w == n),
+                "{} holds key bytes",
+                f.display()
+            );
+        }
+        let hex = hex::encode(needle);
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(&hex),
+            "{} holds the key in hex",
+            f.display()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypt_online_then_unlock_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (run, key_id) = encrypt(&data).await;
+    let material = key_client(&data)
+        .get_key(&key_id)
+        .unwrap()
+        .material
+        .to_vec();
+    run.stop();
+
+    // No copy of the key anywhere in the data directory or the volume.
+    assert_eq!(material.len(), 32);
+    no_copy_of(&material, &data);
+
+    let run = start(&data, true, |_| {});
+    wait_for("the volume is unlocked", || {
+        run.state.workflow().state == WfState::Encrypted
+    });
+    let store = run.store();
+    assert_eq!(
+        store.config().get("before").unwrap(),
+        Some(CfgValue::Text("plain".into()))
+    );
+    let texts = audit_texts(&store);
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("operation=get") && t.contains(&key_id) && t.contains("result=ok")),
+        "{texts:?}"
+    );
+    assert!(texts.iter().all(|t| !t.contains(&hex::encode(&material))));
+
+    // Rekey, then decrypt, online.
+    let app = app(run.state.clone());
+    let pw = std::fs::read_to_string(data.join("initial-admin-password")).unwrap();
+    let t = token(&app, pw.trim()).await;
+    let (s, v) = post(&app, &t, "/api/encryption/rekey").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let new_id = v["key_id"].as_str().unwrap().to_owned();
+    assert_ne!(new_id, key_id);
+    wait_for("the rekey finished", || {
+        run.state.workflow().state == WfState::Encrypted
+    });
+    let (s, v) = post(&app, &t, "/api/encryption/decrypt").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    wait_for("the decryption finished", || {
+        run.state.workflow().state == WfState::Plain
+    });
+    assert_eq!(
+        store.config().get("during-0").unwrap(),
+        Some(CfgValue::Int(0))
+    );
+    let texts = audit_texts(&store);
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("operation=rekey") && t.contains(&new_id)),
+        "{texts:?}"
+    );
+    assert!(
+        texts.iter().any(|t| t.contains("operation=decrypt")),
+        "{texts:?}"
+    );
+    run.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locked_without_a_server_then_unlocks_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (run, key_id) = encrypt(&data).await;
+    run.stop();
+
+    // No KMIP server: the appliance starts locked and says why, per server.
+    let run = start(&data, false, |_| {});
+    wait_for("an unlock attempt failed", || {
+        !run.state.workflow().lock_reasons.is_empty()
+    });
+    let w = run.state.workflow();
+    assert_eq!(w.state, WfState::Locked);
+    assert_eq!(w.key_id.as_deref(), Some(key_id.as_str()));
+    assert_eq!(w.lock_reasons[0].class, "tcp-refused", "{w:?}");
+    assert!(w.lock_reasons[0].reason.contains("connection refused"));
+    match run.state.content() {
+        Content::Locked(why) => assert!(why.contains("connection refused"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    let st = atrest_appliance::api::status_json(&run.state);
+    assert_eq!(st["state"], "locked");
+    assert!(
+        st["lock_reasons"][0]["server"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    // The server comes back (on its old port): the appliance unlocks by itself.
+    let kms = embedded::start(&data).unwrap();
+    wait_for("the volume unlocked by itself", || {
+        run.state.workflow().state == WfState::Encrypted
+    });
+    assert!(run.volume.unlock_attempts() >= 2);
+    let texts = audit_texts(&run.store());
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("operation=get") && t.contains("result=failed (tcp-refused)")),
+        "{texts:?}"
+    );
+    run.stop();
+    kms.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_conversion_resumes_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let run = start(&data, true, |o| o.chunk_size = 1 << 20);
+    let app = app(run.state.clone());
+    let t = token(&app, run.password.as_deref().unwrap()).await;
+    assert_eq!(
+        post(&app, &t, "/api/encryption/test").await.0,
+        StatusCode::OK
+    );
+    let (s, v) = post(&app, &t, "/api/encryption/encrypt").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    // Stop at once: the conversion stops after its current chunk.
+    run.stop();
+    let run = start(&data, true, |_| {});
+    wait_for("the encryption finished", || {
+        run.state.workflow().state == WfState::Encrypted
+    });
+    run.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_raises_an_alert_locks_and_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (run, key_id) = encrypt(&data).await;
+    key_client(&data)
+        .revoke(&key_id, RevocationReasonCode::KEY_COMPROMISE, None)
+        .unwrap();
+    // Policy "alert": an alert, the volume stays unlocked.
+    run.volume.check_key_state();
+    let st = atrest_appliance::api::status_json(&run.state);
+    let alert = st["volume"]["alerts"][0].as_str().unwrap().to_owned();
+    assert!(
+        alert.contains(&key_id) && alert.contains("no longer Active"),
+        "{alert}"
+    );
+    assert_eq!(st["state"], "encrypted");
+    let texts = audit_texts(&run.store());
+    assert!(
+        texts.iter().any(|t| t.contains("operation=check-state")),
+        "{texts:?}"
+    );
+    run.stop();
+
+    // At start the key is refused with a clear message.
+    let run = start(&data, true, |o| o.key_policy = KeyPolicy::Lock);
+    wait_for("an unlock attempt failed", || {
+        !run.state.workflow().lock_reasons.is_empty()
+    });
+    let w = run.state.workflow();
+    assert_eq!(w.state, WfState::Locked);
+    assert_eq!(w.lock_reasons[0].class, "not-active", "{w:?}");
+    assert!(w.lock_reasons[0].reason.contains("not Active"), "{w:?}");
+    run.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lock_policy_locks_the_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (run, key_id) = encrypt(&data).await;
+    run.stop();
+    let run = start(&data, true, |o| o.key_policy = KeyPolicy::Lock);
+    wait_for("the volume is unlocked", || {
+        run.state.workflow().state == WfState::Encrypted
+    });
+    key_client(&data)
+        .revoke(&key_id, RevocationReasonCode::CESSATION_OF_OPERATION, None)
+        .unwrap();
+    run.volume.check_key_state();
+    assert_eq!(run.state.workflow().state, WfState::Locked);
+    match run.state.content() {
+        Content::Locked(why) => assert!(why.contains("no longer Active"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    run.stop();
+}
