@@ -1114,9 +1114,10 @@ impl UnlockedVolume {
                     self.commit(|m| set_boundary(m, b, None))?;
                     return Ok(self.state());
                 }
+                // The last chunk stays locked until the commit that retires its hotzone.
+                self.commit(|m| finish(m, kind))?;
                 drop(prev_guard);
                 let _all = inner.locks.acquire(0, u64::MAX, true);
-                self.commit(|m| finish(m, kind))?;
                 let mut layout = inner.layout.write().unwrap_or_else(|e| e.into_inner());
                 layout.old = layout.new.clone();
                 return Ok(self.state());
