@@ -17,7 +17,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::kmip_config::{KmipSettings, KmipUpdate};
 use crate::state::AppState;
 use crate::workflow::{Request as WfRequest, State as WfState};
-use crate::{kmip_test, openapi, pages};
+use crate::{content_api, kmip_test, openapi, pages};
 
 /// Largest request body: 2 MiB (the KMIP form with its uploads fits well within it).
 pub const MAX_BODY: usize = 2 << 20;
@@ -35,7 +35,22 @@ pub fn app(state: AppState) -> Router {
         .route("/api/encryption/encrypt", post(encrypt))
         .route("/api/encryption/rekey", post(rekey))
         .route("/api/encryption/decrypt", post(decrypt))
-        .route("/api/openapi.json", get(openapi_doc));
+        .route("/api/openapi.json", get(openapi_doc))
+        .route(
+            "/api/audit",
+            get(content_api::audit_get).post(content_api::audit_post),
+        )
+        .route(
+            "/api/config",
+            get(content_api::config_get).put(content_api::config_put),
+        )
+        .route("/api/recordings", get(content_api::recordings_list))
+        .route(
+            "/api/recordings/{id}",
+            get(content_api::recording_get)
+                .put(content_api::recording_put)
+                .delete(content_api::recording_delete),
+        );
     let pages = Router::new()
         .route("/", get(|| async { Redirect::to("/storage/encryption") }))
         .route("/login", get(pages::login_page).post(page_login))
@@ -589,9 +604,31 @@ async fn kmip_test_run(State(state): State<AppState>) -> ApiResult<Json<Value>> 
         ));
     };
     let timeouts = state.config().kmip_timeouts;
-    let report = tokio::task::spawn_blocking(move || kmip_test::run(&settings, timeouts))
-        .await
-        .map_err(|e| ApiError::internal("testing the KMIP settings", e))?;
+    let st = state.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        let report = kmip_test::run(&settings, timeouts);
+        for srv in &report.servers {
+            let result = match srv
+                .steps
+                .iter()
+                .find(|s| s.status == kmip_test::StepStatus::Failed)
+            {
+                None => {
+                    "passed (connection, certificates, version, test key life cycle)".to_string()
+                }
+                Some(f) => format!(
+                    "failed at {} ({}): {}",
+                    f.name,
+                    f.class.as_deref().unwrap_or("-"),
+                    f.detail
+                ),
+            };
+            st.audit_key(&srv.server, "test", None, &result);
+        }
+        report
+    })
+    .await
+    .map_err(|e| ApiError::internal("testing the KMIP settings", e))?;
     tracing::info!(ok = report.ok, summary = %report.summary, "KMIP settings tested");
     state.set_last_test(report.clone());
     Ok(Json(serde_json::to_value(&report).unwrap_or(Value::Null)))

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod auth;
 pub mod content;
+pub mod content_api;
 pub mod embedded;
 pub mod error;
 pub mod files;

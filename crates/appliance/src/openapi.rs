@@ -18,7 +18,7 @@ pub fn operations() -> Vec<(String, String)> {
     if let Some(paths) = doc["paths"].as_object() {
         for (p, item) in paths {
             if let Some(item) = item.as_object() {
-                for m in item.keys() {
+                for m in item.keys().filter(|k| *k != "parameters") {
                     out.push((p.clone(), m.clone()));
                 }
             }
@@ -42,6 +42,8 @@ pub fn document() -> Value {
             }
         })
     };
+    let content_unavailable =
+        err("the content volume is locked (the reason is in the message) or not attached");
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -90,7 +92,21 @@ pub fn document() -> Value {
                     "last_test_current": {"type": "boolean"},
                     "encrypt": {"type": "object", "properties": {"allowed": {"type": "boolean"}, "reason": {"type": ["string", "null"]}}},
                     "settings": {"oneOf": [r("KmipSettings"), {"type": "null"}]},
-                    "warnings": {"type": "array", "items": {"type": "string"}}}}
+                    "warnings": {"type": "array", "items": {"type": "string"}},
+                    "volume_attached": {"type": "boolean"},
+                    "volume": {"type": ["object", "null"], "description": "the content volume: volume (state, data_size, sector_size, key_bits, uuid), space, last_conversion, key_check, alerts, next_retry_at, unlock_attempts"}}},
+                "AuditEventInput": {"type": "object", "required": ["session", "kind", "text"], "properties": {
+                    "session": {"type": "string", "maxLength": 256}, "kind": {"type": "string", "maxLength": 64},
+                    "text": {"type": "string", "maxLength": 65536}, "actor": {"type": "string", "default": "api"},
+                    "time": {"type": "string", "format": "date-time", "description": "default: now"}}},
+                "AuditEvent": {"type": "object", "properties": {"seq": {"type": "integer"}, "time": {"type": "string", "format": "date-time"},
+                    "session": {"type": "string"}, "actor": {"type": "string"}, "kind": {"type": "string"}, "text": {"type": "string"}, "hash": {"type": "string"}}},
+                "AuditPage": {"type": "object", "properties": {"total": {"type": "integer"}, "offset": {"type": "integer"}, "limit": {"type": "integer"},
+                    "next_offset": {"type": ["integer", "null"]}, "events": {"type": "array", "items": r("AuditEvent")}}},
+                "Settings": {"type": "object", "properties": {"settings": {"type": "object", "additionalProperties": true,
+                    "description": "key → true/false, number, text, or {\"base64\": \"...\"} for bytes"}}},
+                "Recording": {"type": "object", "properties": {"id": {"type": "string"}, "session": {"type": "string"}, "size": {"type": "integer"},
+                    "sha256": {"type": "string"}, "created": {"type": "string", "format": "date-time"}}}
             }
         },
         "security": [{"bearer": []}],
@@ -126,6 +142,46 @@ pub fn document() -> Value {
             "/api/encryption/encrypt": {"post": start("Encrypt the volume with a new key (needs a passing test of the current settings)")},
             "/api/encryption/rekey": {"post": start("Re-encrypt the volume under a new key")},
             "/api/encryption/decrypt": {"post": start("Decrypt the volume (turn encryption off)")},
+            "/api/audit": {
+                "post": {"summary": "Append one audit event, or an array of up to 1000, in order",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"oneOf": [r("AuditEventInput"), {"type": "array", "items": r("AuditEventInput")}]}}}},
+                    "responses": {"201": ok_json("appended", json!({"type": "object", "properties": {"first_seq": {"type": "integer"}, "last_seq": {"type": "integer"}, "count": {"type": "integer"}}})),
+                        "400": err("not an event"), "401": err("not logged in"), "403": err("no CSRF token"), "503": content_unavailable.clone(), "507": err("the volume is full")}},
+                "get": {"summary": "Query the audit history: by session, time range and words, one page at a time",
+                    "parameters": [
+                        {"name": "session", "in": "query", "schema": {"type": "string"}},
+                        {"name": "from", "in": "query", "schema": {"type": "string", "format": "date-time"}, "description": "at or after"},
+                        {"name": "to", "in": "query", "schema": {"type": "string", "format": "date-time"}, "description": "before"},
+                        {"name": "q", "in": "query", "schema": {"type": "string"}, "description": "every word must occur (case-insensitive, whole words)"},
+                        {"name": "order", "in": "query", "schema": {"enum": ["newest", "oldest"], "default": "newest"}},
+                        {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}}],
+                    "responses": {"200": ok_json("one page", r("AuditPage")), "400": err("a parameter is malformed"), "401": err("not logged in"), "503": content_unavailable.clone()}}
+            },
+            "/api/config": {
+                "get": {"summary": "The appliance configuration (key → value)",
+                    "responses": {"200": ok_json("every setting", r("Settings")), "401": err("not logged in"), "503": content_unavailable.clone()}},
+                "put": {"summary": "Set (or, with null, remove) settings, all at once",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": true}}}},
+                    "responses": {"200": ok_json("every setting after the change", r("Settings")), "400": err("a key or value is not acceptable"), "401": err("not logged in"), "403": err("no CSRF token"), "503": content_unavailable.clone(), "507": err("the volume is full")}}
+            },
+            "/api/recordings": {
+                "get": {"summary": "List the recordings",
+                    "responses": {"200": ok_json("the recordings", json!({"type": "object", "properties": {"recordings": {"type": "array", "items": r("Recording")}}})), "401": err("not logged in"), "503": content_unavailable.clone()}}
+            },
+            "/api/recordings/{id}": {
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"}}],
+                "get": {"summary": "Download a recording; `Range: bytes=a-b` (or a-, -n) for a part",
+                    "responses": {"200": {"description": "the recording", "content": {"application/octet-stream": {}}},
+                        "206": {"description": "the requested part, with Content-Range", "content": {"application/octet-stream": {}}},
+                        "400": err("bad id"), "401": err("not logged in"), "404": err("no such recording"), "416": err("the range cannot be satisfied"), "503": content_unavailable.clone()}},
+                "put": {"summary": "Upload (or replace) a recording, streamed: chunked transfer or Content-Length; it appears when the whole body arrived",
+                    "parameters": [{"name": "session", "in": "query", "required": true, "schema": {"type": "string"}}],
+                    "requestBody": {"required": true, "content": {"application/octet-stream": {}}},
+                    "responses": {"201": ok_json("stored", r("Recording")), "400": err("bad id or session, or the upload was cut off"), "401": err("not logged in"), "403": err("no CSRF token"), "413": err("larger than the volume"), "503": content_unavailable.clone(), "507": err("the volume is full")}},
+                "delete": {"summary": "Delete a recording and reclaim its space",
+                    "responses": {"204": {"description": "deleted"}, "400": err("bad id"), "401": err("not logged in"), "403": err("no CSRF token"), "404": err("no such recording"), "503": content_unavailable.clone()}}
+            },
             "/api/openapi.json": {
                 "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}, "401": err("not logged in")}}
             }

@@ -186,6 +186,12 @@ async fn encrypt(data: &Path) -> (Run, String) {
     assert!(status["cipher"].as_str().unwrap().contains("XTS-AES-128"));
     let texts = audit_texts(&store);
     assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("operation=test") && t.contains("result=passed")),
+        "{texts:?}"
+    );
+    assert!(
         texts.iter().any(|t| t.contains("operation=create")
             && t.contains(&key_id)
             && t.contains("result=ok")),
