@@ -90,6 +90,27 @@ fn s<'a>(v: &'a Value, k: &str) -> &'a str {
     v.get(k).and_then(Value::as_str).unwrap_or("")
 }
 
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+}
+
+/// "42.0% — 10.0 MiB of 24.0 MiB, 180.3 MiB/s, about 1 s left".
+fn progress_text(p: &Value) -> String {
+    let mut t = format!(
+        "{:.1}% — {} of {}",
+        p["percent"].as_f64().unwrap_or(0.0),
+        mib(p["done_bytes"].as_u64().unwrap_or(0)),
+        mib(p["total_bytes"].as_u64().unwrap_or(0))
+    );
+    if let Some(r) = p["bytes_per_second"].as_f64() {
+        t += &format!(", {:.1} MiB/s", r / (1u64 << 20) as f64);
+    }
+    if let Some(e) = p["eta_seconds"].as_u64() {
+        t += &format!(", about {e} s left");
+    }
+    t
+}
+
 fn status_section(st: &Value) -> String {
     let state = s(st, "state");
     let mut o = String::from(r#"<section id="status"><h2>Status</h2><table>"#);
@@ -130,12 +151,7 @@ fn status_section(st: &Value) -> String {
     o += "</table>";
     let p = &st["progress"];
     let (pct, text) = if p.is_object() {
-        let pct = p["percent"].as_f64().unwrap_or(0.0);
-        let eta = p["eta_seconds"]
-            .as_u64()
-            .map(|e| format!(", about {e} s left"))
-            .unwrap_or_default();
-        (pct, format!("{pct:.1}%{eta}"))
+        (p["percent"].as_f64().unwrap_or(0.0), progress_text(p))
     } else {
         (0.0, String::new())
     };
@@ -144,8 +160,47 @@ fn status_section(st: &Value) -> String {
         r#"<div id="progress-box"{hidden}><label for="progress">Progress</label><progress id="progress" max="100" value="{pct:.1}"></progress> <span id="progress-text">{}</span></div>"#,
         esc(&text)
     );
+    let vol = &st["volume"];
+    let last = &vol["last_conversion"];
+    if last.is_object() && !p.is_object() {
+        o += &format!(
+            r#"<p id="last-conversion" class="ok">{} finished: 100% of {} in {:.1} s ({}).</p>"#,
+            esc(match s(last, "kind") {
+                "encrypting" => "Encryption",
+                "rekeying" => "Rekey",
+                "decrypting" => "Decryption",
+                _ => "Conversion",
+            }),
+            mib(last["bytes"].as_u64().unwrap_or(0)),
+            last["seconds"].as_f64().unwrap_or(0.0),
+            esc(s(last, "finished_at"))
+        );
+    }
+    for a in vol["alerts"].as_array().into_iter().flatten() {
+        o += &format!(
+            r#"<p class="error alert">Alert: {}</p>"#,
+            esc(a.as_str().unwrap_or(""))
+        );
+    }
+    if st["volume_attached"] == Value::Bool(false) {
+        o += r#"<p class="hint" id="no-volume">No content volume is attached to this appliance.</p>"#;
+    } else if let Some(sp) = vol["space"].as_object() {
+        o += &format!(
+            r#"<p class="hint" id="volume-space">Content volume: {} used of {}.</p>"#,
+            mib(sp.get("used").and_then(Value::as_u64).unwrap_or(0)),
+            mib(sp.get("capacity").and_then(Value::as_u64).unwrap_or(0))
+        );
+    }
     if let Some(reasons) = st["lock_reasons"].as_array().filter(|a| !a.is_empty()) {
-        o += r#"<p class="error">Locked: the volume key could not be fetched. The appliance retries by itself.</p><ul id="lock-reasons">"#;
+        let next = s(&st["volume"], "next_retry_at");
+        o += &format!(
+            r#"<p class="error" id="locked">Locked: the volume key could not be fetched, so the content is not available. The appliance retries by itself{}.</p><ul id="lock-reasons">"#,
+            if next.is_empty() {
+                String::new()
+            } else {
+                format!(" (next attempt {})", esc(next))
+            }
+        );
         for r in reasons {
             o += &format!(
                 "<li><strong>{}</strong>: {}</li>",
@@ -348,8 +403,10 @@ if (['encrypting', 'rekeying', 'decrypting', 'locked'].includes(initial)) {
     if (st.progress) {
       document.getElementById('progress-box').hidden = false;
       document.getElementById('progress').value = st.progress.percent;
-      document.getElementById('progress-text').textContent = st.progress.percent.toFixed(1) + '%' +
-        (st.progress.eta_seconds != null ? ', about ' + st.progress.eta_seconds + ' s left' : '');
+      const p = st.progress, m = (b) => (b / 1048576).toFixed(1) + ' MiB';
+      document.getElementById('progress-text').textContent = p.percent.toFixed(1) + '% — ' + m(p.done_bytes) + ' of ' + m(p.total_bytes) +
+        (p.bytes_per_second != null ? ', ' + (p.bytes_per_second / 1048576).toFixed(1) + ' MiB/s' : '') +
+        (p.eta_seconds != null ? ', about ' + p.eta_seconds + ' s left' : '');
     }
   }, 1000);
 }
