@@ -274,7 +274,14 @@ fn export(a: ExportArgs) -> anyhow::Result<()> {
             }
             Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)
         }
-        None => Box::new(std::io::stdout().lock()),
+        None => {
+            if std::io::stdout().is_terminal() {
+                bail!(
+                    "standard output is a terminal: give --out FILE or redirect the output; nothing was written"
+                );
+            }
+            Box::new(std::io::stdout().lock())
+        }
     };
     let mut buf = vec![0u8; 4 << 20];
     let mut off = 0u64;
