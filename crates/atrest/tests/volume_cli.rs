@@ -20,7 +20,7 @@ fn dir() -> PathBuf {
 
 #[test]
 fn format_dump_export() {
-    let d = dir();
+    let d = dir("basic");
     let img = d.join("v.img");
     let p = img.to_str().unwrap();
     let o = atrest(&["volume", "format", p, "--size", "2M", "--header-area", "1M"]);
@@ -70,5 +70,69 @@ fn format_dump_export() {
     ]);
     assert!(!o.status.success());
     assert!(!d.join("x.img").exists());
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn dump_shows_a_conversion_under_way() {
+    use atrest_volume::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let d = dir("conv");
+    let img = d.join("v.img");
+    let dev = Arc::new(FileDevice::create(&img, 3 << 20).unwrap());
+    let opts = FormatOptions {
+        data_offset: 1 << 20,
+        label: String::new(),
+    };
+    let u = Volume::format(dev, &opts)
+        .unwrap()
+        .unlock(Vec::new())
+        .unwrap();
+    let reference = KeyReference {
+        unique_identifier: "uid-7".into(),
+        servers: vec!["kms.example:5696".into()],
+        created: "2026-11-27T11:00:00Z".into(),
+    };
+    let fast = EncryptOptions {
+        pbkdf2_iterations: 1000,
+        ..Default::default()
+    };
+    u.begin_encrypt(
+        KeyMaterial::generate(KeySize::Bits256).unwrap(),
+        reference,
+        &fast,
+    )
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(true));
+    let conv = ConvertOptions {
+        chunk_size: 256 << 10,
+        threads: 1,
+        stop: Some(stop.clone()),
+    };
+    stop.store(false, Ordering::Relaxed);
+    u.convert(&conv, &mut |_| stop.store(true, Ordering::Relaxed))
+        .unwrap();
+    drop(u);
+
+    let o = atrest(&["volume", "dump", img.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["state"], "encrypting");
+    assert_eq!(v["cipher"], "aes-xts-plain64");
+    assert_eq!(v["key_id"], "uid-7");
+    assert_eq!(v["servers"][0], "kms.example:5696");
+    assert_eq!(v["progress"]["done"], 256 << 10);
+    assert_eq!(v["progress"]["total"], 2 << 20);
+    let o = atrest(&[
+        "volume",
+        "export",
+        img.to_str().unwrap(),
+        "--out",
+        d.join("x").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("encrypting"));
     std::fs::remove_dir_all(&d).unwrap();
 }

@@ -24,6 +24,10 @@ const K2: [u8; 64] = *b"fedcba9876543210FEDCBA9876543210fedcba9876543210FEDCBA98
 
 /// Opens, unlocks, starts the conversion if it has not started, and runs it to the end.
 fn run(dev: Arc<dyn BlockDevice>, kind: Kind, chunk: u64) -> Result<State> {
+    run_with(dev, kind, chunk, 4096)
+}
+
+fn run_with(dev: Arc<dyn BlockDevice>, kind: Kind, chunk: u64, sector: u32) -> Result<State> {
     let v = Volume::open(dev)?;
     let state = v.state();
     let mut keys = Vec::new();
@@ -35,7 +39,13 @@ fn run(dev: Arc<dyn BlockDevice>, kind: Kind, chunk: u64) -> Result<State> {
     let has_k2 = keys.iter().any(|k| k.size() == KeySize::Bits512);
     let u = v.unlock(keys)?;
     match (kind, state) {
-        (Kind::Encrypt, State::Plain) => u.begin_encrypt(key_of(&K1), reference("k1"), &fast())?,
+        (Kind::Encrypt, State::Plain) => {
+            let opts = EncryptOptions {
+                sector_size: sector,
+                ..fast()
+            };
+            u.begin_encrypt(key_of(&K1), reference("k1"), &opts)?
+        }
         (Kind::Rekey, State::Encrypted) if !has_k2 => {
             u.begin_rekey(key_of(&K2), reference("k2"), &fast())?
         }
@@ -85,35 +95,45 @@ fn check_payload(img: Vec<u8>, kind: Kind, data: &[u8]) {
 
 #[test]
 fn power_loss_at_every_write() {
-    for kind in [Kind::Encrypt, Kind::Rekey, Kind::Decrypt] {
+    for (kind, sector) in [
+        (Kind::Encrypt, 4096),
+        (Kind::Encrypt, 512),
+        (Kind::Rekey, 4096),
+        (Kind::Decrypt, 4096),
+    ] {
         let (base, data) = base_image(kind, 256 << 10);
         let mut n = 0u64;
         loop {
-            let mut rng = Rng(0x5eed ^ ((n + 1) * 7919));
-            let mut img = base.clone();
-            let mut crash_at = n;
-            let mut crashes = 0;
             let mut first_completed = false;
-            // Up to three successive power losses, then a clean run.
-            loop {
-                let dev = PowerLoss::new(img.clone(), crash_at);
-                let r = run(dev.clone(), kind, 64 << 10);
-                if !dev.crashed() {
-                    let state = r.unwrap_or_else(|e| panic!("{kind:?} n={n}: {e}"));
-                    assert_eq!(state, expected_final(kind));
-                    img = dev.crash_image(&mut rng); // nothing pending after the last flush
-                    if crashes == 0 {
-                        first_completed = true;
+            // Three different crash images (which unflushed writes survive, torn how) per point.
+            for seed in 0..3u64 {
+                let mut rng = Rng(0x5eed ^ ((n + 1) * 7919) ^ (seed << 40));
+                let mut img = base.clone();
+                let mut crash_at = n;
+                let mut crashes = 0;
+                // Up to three successive power losses, then a clean run.
+                loop {
+                    let dev = PowerLoss::new(img.clone(), crash_at);
+                    let r = run_with(dev.clone(), kind, 64 << 10, sector);
+                    if !dev.crashed() {
+                        let state = r.unwrap_or_else(|e| panic!("{kind:?} n={n}: {e}"));
+                        assert_eq!(state, expected_final(kind));
+                        img = dev.crash_image(&mut rng); // nothing pending after the last flush
+                        if crashes == 0 {
+                            first_completed = true;
+                        }
+                        break;
                     }
-                    break;
+                    img = dev.crash_image(&mut rng);
+                    crashes += 1;
+                    crash_at = if crashes < 3 { rng.below(12) } else { u64::MAX };
                 }
-                img = dev.crash_image(&mut rng);
-                crashes += 1;
-                crash_at = if crashes < 3 { rng.below(12) } else { u64::MAX };
+                check_payload(img, kind, &data);
             }
-            check_payload(img, kind, &data);
             if first_completed {
-                eprintln!("{kind:?}: survived power loss at each of {n} write points");
+                eprintln!(
+                    "{kind:?} ({sector}-byte sectors): survived power loss at each of {n} write points"
+                );
                 break;
             }
             n += 1;
