@@ -73,8 +73,33 @@ fn io_during_encrypt_rekey_decrypt_is_consistent() {
                 r
             })
         };
-        let ops = exercise(&u, &mut model, &mut rng, &running);
+        // A second thread reads the last 512 KiB, which only the converter touches.
+        let tail_off = u.len() - (512 << 10);
+        let tail = model[tail_off as usize..].to_vec();
+        let reader = {
+            let u = u.clone();
+            let running = running.clone();
+            std::thread::spawn(move || {
+                let mut r = Rng(77);
+                let mut reads = 0u64;
+                while running.load(Ordering::Acquire) || reads < 50 {
+                    let off = r.below(tail.len() as u64 - 20_000);
+                    let n = 1 + r.below(20_000) as usize;
+                    let mut got = vec![0u8; n];
+                    u.read_at(&mut got, tail_off + off).unwrap();
+                    assert_eq!(
+                        got,
+                        &tail[off as usize..off as usize + n],
+                        "tail read at {off}"
+                    );
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        let ops = exercise(&u, &mut model[..tail_off as usize], &mut rng, &running);
         conv.join().unwrap().unwrap();
+        reader.join().unwrap();
         assert_eq!(read_all(&u), model, "after step {step}");
         eprintln!("step {step}: {ops} concurrent operations");
     }
