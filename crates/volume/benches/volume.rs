@@ -6,7 +6,8 @@
 //!    the same payload (goal ≥ 5× faster) and vs a plain copy of it with fsync (goal ≥ 0.7×).
 //!
 //! `cargo bench -p atrest-volume --bench volume`; env ATREST_BENCH_SIZE (e.g. `256M`) for a
-//! quicker run, ATREST_BENCH_DIR for where the images go (default: the target's tmp dir).
+//! quicker run, ATREST_BENCH_DIR for where the images go (default: the target's tmp dir),
+//! ATREST_BENCH_CHUNK_MIB for the conversion chunk (default 32).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -165,7 +166,11 @@ fn main() {
     };
     u.begin_encrypt(key, reference, &EncryptOptions::default())
         .unwrap();
-    u.convert(&ConvertOptions::default(), &mut |_| {}).unwrap();
+    let mut conv = ConvertOptions::default();
+    if let Ok(c) = std::env::var("ATREST_BENCH_CHUNK_MIB") {
+        conv.chunk_size = c.parse::<u64>().expect("ATREST_BENCH_CHUNK_MIB") << 20;
+    }
+    u.convert(&conv, &mut |_| {}).unwrap();
     let atrest_s = t.elapsed().as_secs_f64();
     drop(u);
     std::fs::remove_file(&img).unwrap();
