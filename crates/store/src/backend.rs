@@ -75,6 +75,8 @@ pub(crate) struct VolumeBackend {
     shadow: Mutex<Vec<u8>>,
     persisted: Mutex<Persisted>,
     shared: Arc<Shared>,
+    /// A device write happened since the last flush.
+    unflushed: AtomicBool,
 }
 
 impl std::fmt::Debug for VolumeBackend {
@@ -209,6 +211,7 @@ impl VolumeBackend {
                 shadow: sb.shadow,
             }),
             shared,
+            unflushed: AtomicBool::new(false),
         }
     }
 
@@ -319,7 +322,9 @@ impl redb::StorageBackend for VolumeBackend {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let shadow = lock(&self.shadow).clone();
-        self.dev.flush()?;
+        if self.unflushed.swap(false, Ordering::AcqRel) {
+            self.dev.flush()?;
+        }
         // The length and the mark only matter to a state whose header references bytes they
         // cover; until the header changes they are persisted with the next one that does.
         if shadow == p.shadow {
@@ -382,7 +387,9 @@ impl redb::StorageBackend for VolumeBackend {
         {
             let st = self.state.read().unwrap_or_else(|e| e.into_inner());
             if end <= st.written_to {
-                return self.dev.write_at(data, pos + PHYS_SHIFT);
+                self.dev.write_at(data, pos + PHYS_SHIFT)?;
+                self.unflushed.store(true, Ordering::Release);
+                return Ok(());
             }
         }
         let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
@@ -390,6 +397,7 @@ impl redb::StorageBackend for VolumeBackend {
             self.write_zeros(st.written_to, pos)?;
         }
         self.dev.write_at(data, pos + PHYS_SHIFT)?;
+        self.unflushed.store(true, Ordering::Release);
         if end > st.written_to {
             st.written_to = end;
             self.shared.written_to.store(end, Ordering::Relaxed);
