@@ -97,6 +97,12 @@ fn read_secret(path: &Path, what: &str) -> anyhow::Result<Zeroizing<String>> {
 impl KmipSettings {
     /// Resolves flags, file and environment into a client configuration.
     pub fn to_client_config(&self) -> anyhow::Result<ClientConfig> {
+        self.to_client_config_or(&[])
+    }
+
+    /// As [`Self::to_client_config`], with `fallback` servers (e.g. those a volume header
+    /// names) when neither the flags nor the file give any.
+    pub fn to_client_config_or(&self, fallback: &[String]) -> anyhow::Result<ClientConfig> {
         let file = match &self.config {
             Some(p) => {
                 let text = String::from_utf8(read_file(p, "settings file")?)
@@ -127,10 +133,12 @@ impl KmipSettings {
             }
             None => FileSettings::default(),
         };
-        let servers_text = if self.servers.is_empty() {
+        let servers_text = if !self.servers.is_empty() {
+            self.servers.clone()
+        } else if !file.servers.is_empty() {
             file.servers
         } else {
-            self.servers.clone()
+            fallback.to_vec()
         };
         if servers_text.is_empty() {
             bail!("no KMIP server given; use --server HOST[:PORT] or `servers` in --config");

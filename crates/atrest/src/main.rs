@@ -5,6 +5,7 @@ mod kmip_settings;
 mod kms_cmd;
 mod serve_cmd;
 mod volume_cmd;
+mod volume_kmip;
 
 use clap::{Parser, Subcommand};
 

@@ -22,8 +22,18 @@ enum VolumeCommand {
     /// Show the volume: state, cipher, sector size, data offset and size, key id, servers,
     /// progress.
     Dump(DumpArgs),
-    /// Write the plaintext payload (the data segment) of a plain volume.
+    /// Write the plaintext payload (the data segment); an encrypted volume's key is fetched
+    /// from the KMIP server and verified first.
     Export(ExportArgs),
+    /// Encrypt a plain volume in place: Create + Activate a key on the KMIP server, Get it,
+    /// write its Unique Identifier into the header, convert. Re-running resumes.
+    Encrypt(crate::volume_kmip::EncryptArgs),
+    /// Get the volume's key(s) by the ids in its header and verify them against its digest.
+    Unlock(crate::volume_kmip::KeyedArgs),
+    /// Re-encrypt in place under a new KMIP key. Re-running resumes.
+    Rekey(crate::volume_kmip::RekeyArgs),
+    /// Turn encryption off: decrypt in place. Re-running resumes.
+    Decrypt(crate::volume_kmip::KeyedArgs),
 }
 
 #[derive(Debug, Args)]
@@ -61,6 +71,9 @@ struct ExportArgs {
     /// Output file (default: standard output).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// KMIP settings, for an encrypted volume.
+    #[command(flatten)]
+    kmip: crate::kmip_settings::KmipSettings,
 }
 
 pub fn run(args: VolumeArgs) -> anyhow::Result<()> {
@@ -68,6 +81,10 @@ pub fn run(args: VolumeArgs) -> anyhow::Result<()> {
         VolumeCommand::Format(a) => format(a),
         VolumeCommand::Dump(a) => dump(a),
         VolumeCommand::Export(a) => export(a),
+        VolumeCommand::Encrypt(a) => crate::volume_kmip::encrypt(a),
+        VolumeCommand::Unlock(a) => crate::volume_kmip::unlock(a),
+        VolumeCommand::Rekey(a) => crate::volume_kmip::rekey(a),
+        VolumeCommand::Decrypt(a) => crate::volume_kmip::decrypt(a),
     }
 }
 
@@ -224,7 +241,6 @@ pub fn render(i: &VolumeInfo) -> String {
 
 /// Shows conversion progress on stderr when it is a terminal (one updating line); for the
 /// conversion subcommands.
-#[allow(dead_code)]
 pub fn progress_printer() -> impl FnMut(&Progress) {
     let tty = std::io::stderr().is_terminal();
     move |p: &Progress| {
@@ -256,15 +272,18 @@ pub fn progress_printer() -> impl FnMut(&Progress) {
 
 fn export(a: ExportArgs) -> anyhow::Result<()> {
     let v = open_read_only(&a.image)?;
-    match v.state() {
-        State::Plain => {}
-        s => bail!(
-            "{} is {}: exporting it needs its key from the KMIP server; nothing was written",
-            a.image.display(),
-            s.as_str()
-        ),
-    }
-    let u = v.unlock(Vec::new())?;
+    let u = match v.state() {
+        State::Plain => v.unlock(Vec::new())?,
+        _ => {
+            drop(v);
+            crate::volume_kmip::unlock_for_export(&a.image, &a.kmip).with_context(|| {
+                format!(
+                    "{} is encrypted: exporting it needs its key from the KMIP server; nothing was written",
+                    a.image.display()
+                )
+            })?
+        }
+    };
     let mut out: Box<dyn Write> = match &a.out {
         Some(p) => {
             if let (Ok(x), Ok(y)) = (p.canonicalize(), a.image.canonicalize())

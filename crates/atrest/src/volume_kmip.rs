@@ -1,0 +1,389 @@
+//! `atrest volume encrypt | unlock | rekey | decrypt`, and `export` of an encrypted volume: the
+//! volume with its keys on a KMIP server.
+//!
+//! Every conversion resumes where it stopped: running the same command again after a crash,
+//! a kill or Ctrl-C fetches the key(s) named in the header (never a new one) and carries on.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use atrest_appliance::keys::{create_volume_key, fetch_volume_keys};
+use atrest_kmip::client::Client;
+use atrest_volume::{
+    ConvertOptions, EncryptOptions, FileDevice, State, UnlockedVolume, Volume, VolumeInfo,
+};
+use clap::Args;
+use serde_json::json;
+
+use crate::kmip_settings::KmipSettings;
+use crate::volume_cmd::{parse_size, progress_printer};
+
+#[derive(Debug, Args)]
+pub struct EncryptArgs {
+    /// Image file or block device holding a plain atrest volume.
+    image: PathBuf,
+    #[command(flatten)]
+    kmip: KmipSettings,
+    /// Key length in bits: 256 (XTS-AES-128) or 512 (XTS-AES-256, where the KMIP server
+    /// allows 512-bit AES objects).
+    #[arg(long, default_value_t = 256)]
+    key_length: u32,
+    /// Sector size of the encrypted volume: 4096 or 512.
+    #[arg(long, default_value_t = 4096)]
+    sector_size: u32,
+    /// A Name for the key on the KMIP server (default: atrest volume <uuid>).
+    #[arg(long)]
+    name: Option<String>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RekeyArgs {
+    /// Image file or block device holding an encrypted atrest volume.
+    image: PathBuf,
+    #[command(flatten)]
+    kmip: KmipSettings,
+    /// A Name for the new key on the KMIP server (default: atrest volume <uuid>).
+    #[arg(long)]
+    name: Option<String>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyedArgs {
+    /// Image file or block device holding an encrypted atrest volume.
+    image: PathBuf,
+    #[command(flatten)]
+    kmip: KmipSettings,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// How a conversion runs.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Bytes converted per committed step (e.g. 4M); smaller steps commit more often.
+    #[arg(long, value_name = "SIZE")]
+    chunk_size: Option<String>,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Limit the conversion to SIZE bytes per second (e.g. 50M), to spare a busy disk.
+    #[arg(long, value_name = "SIZE")]
+    max_rate: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+impl RunArgs {
+    fn options(&self, stop: Arc<AtomicBool>) -> anyhow::Result<ConvertOptions> {
+        let mut o = ConvertOptions::default();
+        if let Some(c) = &self.chunk_size {
+            o.chunk_size = parse_size(c)?;
+        }
+        if let Some(t) = self.threads {
+            if t == 0 {
+                bail!("--threads must be at least 1");
+            }
+            o.threads = t;
+        }
+        o.stop = Some(stop);
+        Ok(o)
+    }
+}
+
+/// Opens the volume read-write (conversions and unlock may repair or commit the header).
+fn open(image: &Path) -> anyhow::Result<Volume> {
+    let dev = FileDevice::open(image).with_context(|| format!("opening {}", image.display()))?;
+    Volume::open(Arc::new(dev)).with_context(|| format!("reading the volume {}", image.display()))
+}
+
+/// A KMIP client from the settings; the header's servers stand in when none are given.
+fn client(settings: &KmipSettings, info: &VolumeInfo) -> anyhow::Result<Client> {
+    let fallback: Vec<String> = info
+        .keys
+        .first()
+        .map(|k| k.reference.servers.clone())
+        .unwrap_or_default();
+    let config = settings.to_client_config_or(&fallback)?;
+    Ok(Client::new(config)?)
+}
+
+/// Ctrl-C / SIGTERM stop the conversion cleanly after the current chunk.
+fn stop_flag() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(sig, stop.clone());
+    }
+    stop
+}
+
+fn run_conversion(
+    image: &Path,
+    volume: &UnlockedVolume,
+    run: &RunArgs,
+    what: &str,
+) -> anyhow::Result<()> {
+    let stop = stop_flag();
+    let opts = run.options(stop.clone())?;
+    let max_rate = match &run.max_rate {
+        Some(r) => match parse_size(r)? {
+            0 => bail!("--max-rate must be more than 0 bytes per second"),
+            n => Some(n),
+        },
+        None => None,
+    };
+    let start = Instant::now();
+    let mut printer = progress_printer();
+    let mut first_done = None;
+    let mut on_progress = |p: &atrest_volume::Progress| {
+        printer(p);
+        // Throttle: after each committed chunk, wait until this run's average rate is within
+        // the limit.
+        if let Some(rate) = max_rate {
+            let base = *first_done.get_or_insert(p.done);
+            let due = std::time::Duration::from_secs_f64((p.done - base) as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    };
+    let state = volume
+        .convert(&opts, &mut on_progress)
+        .with_context(|| format!("{what} {}", image.display()))?;
+    let info = volume.info();
+    if stop.load(Ordering::Relaxed) && info.progress.is_some() {
+        let p = info.progress.as_ref().map(|p| p.percent).unwrap_or(0.0);
+        bail!(
+            "{what} of {} stopped at {p:.1} %; run the same command again to resume",
+            image.display()
+        );
+    }
+    report(image, &info, state, start, run.json);
+    Ok(())
+}
+
+fn report(image: &Path, info: &VolumeInfo, state: State, start: Instant, json: bool) {
+    let key = info.keys.first().map(|k| &k.reference);
+    if json {
+        println!(
+            "{}",
+            json!({
+                "image": image,
+                "state": state.as_str(),
+                "cipher": info.cipher,
+                "key_bits": info.key_bits,
+                "unique_identifier": key.map(|k| &k.unique_identifier),
+                "servers": key.map(|k| &k.servers),
+                "data_size": info.data_size,
+                "seconds": start.elapsed().as_secs_f64(),
+            })
+        );
+    } else {
+        let mut s = format!(
+            "{}: {} ({} bytes of data, {:.1} s)",
+            image.display(),
+            state.as_str(),
+            info.data_size,
+            start.elapsed().as_secs_f64()
+        );
+        if let Some(k) = key {
+            s.push_str(&format!(
+                "; key {} on {}",
+                k.unique_identifier,
+                k.servers.join(", ")
+            ));
+        }
+        println!("{s}");
+    }
+}
+
+fn in_progress_elsewhere(image: &Path, state: State) -> anyhow::Error {
+    let cmd = match state {
+        State::Encrypting => "encrypt",
+        State::Rekeying => "rekey",
+        State::Decrypting => "decrypt",
+        _ => "dump",
+    };
+    anyhow::anyhow!(
+        "{} is {}: finish that first with `atrest volume {cmd} {}`; nothing was changed",
+        image.display(),
+        state.as_str(),
+        image.display()
+    )
+}
+
+pub fn encrypt(a: EncryptArgs) -> anyhow::Result<()> {
+    atrest_volume::harden_process();
+    let vol = open(&a.image)?;
+    let info = vol.info();
+    let mut client = client(&a.kmip, &info)?;
+    let unlocked = match vol.state() {
+        State::Plain => {
+            if a.key_length != 256 && a.key_length != 512 {
+                bail!("--key-length must be 256 or 512");
+            }
+            let name = a
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("atrest volume {}", info.uuid));
+            let key = create_volume_key(&mut client, a.key_length, Some(&name))?;
+            let uid = key.reference.unique_identifier.clone();
+            let unlocked = vol.unlock(Vec::new())?;
+            let opts = EncryptOptions {
+                sector_size: a.sector_size,
+                ..EncryptOptions::default()
+            };
+            unlocked
+                .begin_encrypt(key.material, key.reference, &opts)
+                .with_context(|| {
+                    format!(
+                        "starting to encrypt {} (key {uid} was created on the KMIP server and \
+                         is not used; destroy it with `atrest kmip destroy {uid}`)",
+                        a.image.display()
+                    )
+                })?;
+            unlocked
+        }
+        State::Encrypting => {
+            let keys = fetch_volume_keys(&mut client, &vol)?;
+            vol.unlock(keys)?
+        }
+        State::Encrypted => {
+            let start = Instant::now();
+            report(&a.image, &info, State::Encrypted, start, a.run.json);
+            return Ok(());
+        }
+        s => return Err(in_progress_elsewhere(&a.image, s)),
+    };
+    client.disconnect();
+    run_conversion(&a.image, &unlocked, &a.run, "encrypting")
+}
+
+pub fn rekey(a: RekeyArgs) -> anyhow::Result<()> {
+    atrest_volume::harden_process();
+    let vol = open(&a.image)?;
+    let info = vol.info();
+    let mut client = client(&a.kmip, &info)?;
+    let (unlocked, old) = match vol.state() {
+        State::Encrypted => {
+            let keys = fetch_volume_keys(&mut client, &vol)?;
+            let old = info
+                .keys
+                .first()
+                .map(|k| k.reference.unique_identifier.clone());
+            let bits = info.key_bits.unwrap_or(256);
+            let name = a
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("atrest volume {}", info.uuid));
+            let key = create_volume_key(&mut client, bits, Some(&name))?;
+            let unlocked = vol.unlock(keys)?;
+            unlocked
+                .begin_rekey(key.material, key.reference, &EncryptOptions::default())
+                .with_context(|| format!("starting to rekey {}", a.image.display()))?;
+            (unlocked, old)
+        }
+        State::Rekeying => {
+            let old = info
+                .keys
+                .iter()
+                .find(|k| k.role == "old")
+                .map(|k| k.reference.unique_identifier.clone());
+            let keys = fetch_volume_keys(&mut client, &vol)?;
+            (vol.unlock(keys)?, old)
+        }
+        State::Plain => bail!(
+            "{} is plain: encrypt it with `atrest volume encrypt` first; nothing was changed",
+            a.image.display()
+        ),
+        s => return Err(in_progress_elsewhere(&a.image, s)),
+    };
+    client.disconnect();
+    run_conversion(&a.image, &unlocked, &a.run, "rekeying")?;
+    if let Some(old) = old
+        && !a.run.json
+    {
+        eprintln!(
+            "The old key {old} no longer protects this volume; destroy it on the KMIP server \
+             with `atrest kmip destroy {old}` once backups made with it have expired."
+        );
+    }
+    Ok(())
+}
+
+pub fn decrypt(a: KeyedArgs) -> anyhow::Result<()> {
+    atrest_volume::harden_process();
+    let vol = open(&a.image)?;
+    let info = vol.info();
+    let unlocked = match vol.state() {
+        State::Encrypted | State::Decrypting => {
+            let mut client = client(&a.kmip, &info)?;
+            let keys = fetch_volume_keys(&mut client, &vol)?;
+            client.disconnect();
+            let u = vol.unlock(keys)?;
+            if u.state() == State::Encrypted {
+                u.begin_decrypt()
+                    .with_context(|| format!("starting to decrypt {}", a.image.display()))?;
+            }
+            u
+        }
+        State::Plain => {
+            report(&a.image, &info, State::Plain, Instant::now(), a.run.json);
+            return Ok(());
+        }
+        s => return Err(in_progress_elsewhere(&a.image, s)),
+    };
+    run_conversion(&a.image, &unlocked, &a.run, "decrypting")
+}
+
+pub fn unlock(a: KeyedArgs) -> anyhow::Result<()> {
+    atrest_volume::harden_process();
+    let vol = open(&a.image)?;
+    let info = vol.info();
+    if vol.state() == State::Plain {
+        bail!("{} is plain: it has no key to unlock", a.image.display());
+    }
+    let mut client = client(&a.kmip, &info)?;
+    let keys = fetch_volume_keys(&mut client, &vol)?;
+    let n = keys.len();
+    let unlocked = vol.unlock(keys)?;
+    let info = unlocked.info();
+    let ids: Vec<&str> = info
+        .keys
+        .iter()
+        .map(|k| k.reference.unique_identifier.as_str())
+        .collect();
+    if a.run.json {
+        println!(
+            "{}",
+            json!({"image": a.image, "state": info.state.as_str(), "verified_keys": ids})
+        );
+    } else {
+        println!(
+            "{}: {} key{} verified ({}); state {}",
+            a.image.display(),
+            n,
+            if n == 1 { "" } else { "s" },
+            ids.join(", "),
+            info.state.as_str()
+        );
+    }
+    Ok(())
+}
+
+/// Unlocks an encrypted (or mid-conversion) volume for `export`.
+pub fn unlock_for_export(image: &Path, settings: &KmipSettings) -> anyhow::Result<UnlockedVolume> {
+    atrest_volume::harden_process();
+    let vol = open(image)?;
+    let info = vol.info();
+    let mut client = client(settings, &info)?;
+    let keys = fetch_volume_keys(&mut client, &vol)?;
+    Ok(vol.unlock(keys)?)
+}

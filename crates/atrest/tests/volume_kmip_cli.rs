@@ -1,0 +1,395 @@
+//! `atrest volume encrypt | unlock | rekey | decrypt | export` against the PyKMIP peer, checked by
+//! Debian's cryptsetup, PyKMIP's own client, and kill -9 in the middle of conversions.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Peer(HashMap<String, String>);
+
+fn require() -> bool {
+    std::env::var("ATREST_REQUIRE_PEERS").is_ok_and(|v| v == "1")
+}
+
+fn peer() -> Option<Peer> {
+    let Some(path) = std::env::var_os("ATREST_PYKMIP_EC_ENV") else {
+        if require() {
+            panic!("ATREST_PYKMIP_EC_ENV is not set but ATREST_REQUIRE_PEERS=1");
+        }
+        eprintln!("SKIPPED: ATREST_PYKMIP_EC_ENV is not set (run scripts/test)");
+        return None;
+    };
+    let text = std::fs::read_to_string(path).unwrap();
+    Some(Peer(
+        text.lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    ))
+}
+
+fn cryptsetup() -> bool {
+    let ok = Command::new("cryptsetup")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        if require() {
+            panic!(
+                "cryptsetup is missing but ATREST_REQUIRE_PEERS=1 (apt-get install cryptsetup-bin)"
+            );
+        }
+        eprintln!("SKIPPED: cryptsetup is not installed");
+    }
+    ok
+}
+
+impl Peer {
+    fn v(&self, k: &str) -> &str {
+        &self.0[k]
+    }
+
+    fn kmip_flags(&self) -> Vec<String> {
+        [
+            "--server",
+            &format!("{}:{}", self.v("KMIP_HOST"), self.v("KMIP_PORT")),
+            "--server-name",
+            self.v("KMIP_SERVER_NAME"),
+            "--ca",
+            self.v("KMIP_CA"),
+            "--client-cert",
+            self.v("KMIP_CLIENT_CERT"),
+            "--client-key",
+            self.v("KMIP_CLIENT_KEY"),
+            "--username",
+            self.v("KMIP_USERNAME"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_atrest"));
+        c.args(args)
+            .args(self.kmip_flags())
+            .env("ATREST_KMIP_PASSWORD", self.v("KMIP_PASSWORD"));
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// The key bytes PyKMIP's own client gets for `uid`.
+    fn pykmip_get(&self, uid: &str) -> Vec<u8> {
+        let out = Command::new(self.v("PYKMIP_PYTHON_BIN"))
+            .arg("-c")
+            .arg(
+                "import sys\nfrom kmip.pie.client import ProxyKmipClient\n\
+                 h, port, cert, key, ca, uid = sys.argv[1:7]\n\
+                 c = ProxyKmipClient(hostname=h, port=int(port), cert=cert, key=key, ca=ca, config_file='/dev/null')\n\
+                 c.open()\nsys.stdout.write(c.get(uid).value.hex())\nc.close()\n",
+            )
+            .args([self.v("KMIP_HOST"), self.v("KMIP_PORT"), self.v("KMIP_CLIENT_CERT")])
+            .args([self.v("KMIP_CLIENT_KEY"), self.v("KMIP_CA"), uid])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        hex::decode(String::from_utf8_lossy(&out.stdout).trim()).unwrap()
+    }
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("atrest-vk-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A plain volume with `mib` MiB of random payload; returns the image and the payload.
+fn plain_volume(dir: &Path, mib: u64) -> (PathBuf, Vec<u8>) {
+    let img = dir.join("v.img");
+    ok(&Command::new(env!("CARGO_BIN_EXE_atrest"))
+        .args([
+            "volume",
+            "format",
+            img.to_str().unwrap(),
+            "--size",
+            &format!("{mib}M"),
+        ])
+        .output()
+        .unwrap());
+    let dump = dump(&img);
+    let offset = dump["data_offset"].as_u64().unwrap();
+    let mut payload = vec![0u8; (mib << 20) as usize];
+    openssl::rand::rand_bytes(&mut payload).unwrap();
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.write_all_at(&payload, offset).unwrap();
+    f.sync_all().unwrap();
+    (img, payload)
+}
+
+fn dump(img: &Path) -> serde_json::Value {
+    let o = Command::new(env!("CARGO_BIN_EXE_atrest"))
+        .args(["volume", "dump", img.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    serde_json::from_str(&ok(&o)).unwrap()
+}
+
+fn export(p: &Peer, img: &Path, out: &Path) -> Vec<u8> {
+    ok(&p.run(&[
+        "volume",
+        "export",
+        img.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    std::fs::read(out).unwrap()
+}
+
+#[test]
+fn encrypt_then_cryptsetup_accepts_the_key_pykmip_gets() {
+    let Some(p) = peer() else { return };
+    if !cryptsetup() {
+        return;
+    }
+    let dir = scratch("cs");
+    let (img, payload) = plain_volume(&dir, 8);
+    let img_s = img.to_str().unwrap();
+    let out = ok(&p.run(&["volume", "encrypt", img_s, "--json"]));
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["state"], "encrypted");
+    let uid = j["unique_identifier"].as_str().unwrap().to_owned();
+
+    let d = dump(&img);
+    assert_eq!(d["state"], "encrypted");
+    assert_eq!(d["cipher"], "aes-xts-plain64");
+    assert_eq!(d["keys"][0]["unique_identifier"], uid.as_str());
+    let dumped = Command::new("cryptsetup")
+        .args(["luksDump", img_s])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&dumped.stdout);
+    assert!(
+        dumped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dumped.stderr)
+    );
+    assert!(
+        text.contains("atrest-kmip") && text.contains("aes-xts-plain64"),
+        "{text}"
+    );
+    assert!(
+        Command::new("cryptsetup")
+            .args(["isLuks", img_s])
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    // The key PyKMIP's own client gets for the header's id opens the volume in cryptsetup.
+    let key = p.pykmip_get(&uid);
+    assert_eq!(key.len(), 32);
+    let key_file = dir.join("key.bin");
+    std::fs::write(&key_file, &key).unwrap();
+    let st = Command::new("cryptsetup")
+        .args(["open", "--test-passphrase", "--volume-key-file"])
+        .arg(&key_file)
+        .args(["--key-size", "256", img_s])
+        .status()
+        .unwrap();
+    assert!(st.success(), "cryptsetup refused the KMIP key");
+    // The key is nowhere in the image.
+    let raw = std::fs::read(&img).unwrap();
+    assert!(!raw.windows(32).any(|w| w == key.as_slice()));
+
+    assert_eq!(export(&p, &img, &dir.join("out.bin")), payload);
+    let o = ok(&p.run(&["volume", "unlock", img_s]));
+    assert!(o.contains("1 key verified"), "{o}");
+    // Running encrypt again on a finished volume does nothing and asks for no new key.
+    let again: serde_json::Value =
+        serde_json::from_str(&ok(&p.run(&["volume", "encrypt", img_s, "--json"]))).unwrap();
+    assert_eq!(again["unique_identifier"], uid.as_str());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Starts `args`, kills it with SIGKILL after `after`; returns whether it was still running.
+fn kill_after(p: &Peer, args: &[&str], after: Duration) -> bool {
+    let mut child = p
+        .command(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + after;
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    running
+}
+
+/// kill -9 a conversion at spread-out moments until `want` kills have landed mid-conversion
+/// (at most 3 × `want` attempts), checking after each that the header names the same key(s);
+/// returns how many kills landed mid-conversion.
+fn interrupt(p: &Peer, args: &[&str], img: &Path, converting: &str, want: u32) -> u32 {
+    let mut mid = 0;
+    let mut uid: Option<String> = None;
+    for i in 0..want * 3 {
+        if mid == want {
+            break;
+        }
+        let after = Duration::from_millis(100 + (i as u64 * 37) % 250);
+        kill_after(p, args, after);
+        let d = dump(img);
+        if d["state"] == converting {
+            mid += 1;
+            let now: Vec<String> = d["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k["unique_identifier"].as_str().unwrap().to_owned())
+                .collect();
+            let joined = now.join(",");
+            // Once the header names the key(s), resuming never swaps them.
+            if let Some(u) = &uid {
+                assert_eq!(&joined, u, "the key changed on resume");
+            }
+            uid = Some(joined);
+        }
+    }
+    mid
+}
+
+#[test]
+fn twenty_kills_during_encryption_lose_nothing() {
+    let Some(p) = peer() else { return };
+    let dir = scratch("kill");
+    let (img, payload) = plain_volume(&dir, 64);
+    let img_s = img.to_str().unwrap();
+    let args = [
+        "volume",
+        "encrypt",
+        img_s,
+        "--chunk-size",
+        "64K",
+        "--max-rate",
+        "16M",
+    ];
+    let mid = interrupt(&p, &args, &img, "encrypting", 20);
+    // Finish at full speed, then compare every byte.
+    ok(&p.run(&args[..3]));
+    assert_eq!(dump(&img)["state"], "encrypted");
+    assert_eq!(export(&p, &img, &dir.join("out.bin")), payload);
+    assert_eq!(mid, 20, "only {mid} kills landed mid-conversion");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn rekey_and_decrypt_with_kills_lose_nothing() {
+    let Some(p) = peer() else { return };
+    let dir = scratch("rekey");
+    let (img, payload) = plain_volume(&dir, 48);
+    let img_s = img.to_str().unwrap();
+    ok(&p.run(&["volume", "encrypt", img_s]));
+    let old = dump(&img)["keys"][0]["unique_identifier"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let rekey = [
+        "volume",
+        "rekey",
+        img_s,
+        "--chunk-size",
+        "128K",
+        "--threads",
+        "1",
+    ];
+    assert_eq!(interrupt(&p, &rekey, &img, "rekeying", 6), 6);
+    ok(&p.run(&rekey));
+    let d = dump(&img);
+    assert_eq!(d["state"], "encrypted");
+    let new = d["keys"][0]["unique_identifier"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(new, old);
+    assert_eq!(export(&p, &img, &dir.join("a.bin")), payload);
+
+    let decrypt = [
+        "volume",
+        "decrypt",
+        img_s,
+        "--chunk-size",
+        "128K",
+        "--threads",
+        "1",
+    ];
+    assert_eq!(interrupt(&p, &decrypt, &img, "decrypting", 6), 6);
+    ok(&p.run(&decrypt));
+    let d = dump(&img);
+    assert_eq!(d["state"], "plain");
+    assert!(d["keys"].as_array().unwrap().is_empty());
+    assert_eq!(export(&p, &img, &dir.join("b.bin")), payload);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_revoked_key_is_refused_with_one_line() {
+    let Some(p) = peer() else { return };
+    let dir = scratch("revoked");
+    let (img, _) = plain_volume(&dir, 4);
+    let img_s = img.to_str().unwrap();
+    ok(&p.run(&["volume", "encrypt", img_s]));
+    let uid = dump(&img)["keys"][0]["unique_identifier"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(&p.run(&["kmip", "revoke", &uid]));
+    let o = p.run(&["volume", "unlock", img_s]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("not Active") && err.contains("Deactivated"),
+        "{err}"
+    );
+    let o = p.run(&[
+        "volume",
+        "export",
+        img_s,
+        "--out",
+        dir.join("x").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        !dir.join("x").exists(),
+        "export wrote a file with a refused key"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
