@@ -274,12 +274,13 @@ fn export(a: ExportArgs) -> anyhow::Result<()> {
     let v = open_read_only(&a.image)?;
     let u = match v.state() {
         State::Plain => v.unlock(Vec::new())?,
-        _ => {
+        state => {
             drop(v);
             crate::volume_kmip::unlock_for_export(&a.image, &a.kmip).with_context(|| {
                 format!(
-                    "{} is encrypted: exporting it needs its key from the KMIP server; nothing was written",
-                    a.image.display()
+                    "{} is {}: exporting it needs its key from the KMIP server; nothing was written",
+                    a.image.display(),
+                    state.as_str()
                 )
             })?
         }
