@@ -62,6 +62,9 @@ pub struct VolumeOptions {
     pub chunk_size: u64,
     /// Conversion worker threads.
     pub threads: usize,
+    /// Most bytes per second a conversion converts (None: as fast as it goes), to leave I/O
+    /// to the appliance's own work.
+    pub max_rate: Option<u64>,
     /// Retry policy while locked.
     pub backoff: Backoff,
     /// How often the key's state is checked while unlocked.
@@ -82,6 +85,7 @@ impl VolumeOptions {
             key_bits: 256,
             chunk_size: 4 << 20,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(2)),
+            max_rate: None,
             backoff: Backoff::default(),
             key_check_interval: Duration::from_secs(300),
             key_policy: KeyPolicy::Alert,
@@ -512,8 +516,23 @@ impl DataVolume {
             let started = Instant::now();
             let started_at = crate::now_rfc3339();
             let mut last = None;
+            let mut first_done = None;
+            let max_rate = me.inner.opts.max_rate.filter(|r| *r > 0);
             let r = uv.convert(&opts, &mut |p| {
-                let rate = (p.bytes_per_sec > 0.0).then_some(p.bytes_per_sec);
+                let run_done = p.done - *first_done.get_or_insert(p.done);
+                let mut rate = (p.bytes_per_sec > 0.0).then_some(p.bytes_per_sec);
+                if let Some(max) = max_rate {
+                    // Hold the next chunk back until this run is within the rate.
+                    let due = Duration::from_secs_f64(run_done as f64 / max as f64);
+                    let elapsed = started.elapsed();
+                    if due > elapsed {
+                        me.sleep((due - elapsed).min(Duration::from_secs(10)));
+                    }
+                    let secs = started.elapsed().as_secs_f64();
+                    if run_done > 0 && secs > 0.0 {
+                        rate = Some(run_done as f64 / secs);
+                    }
+                }
                 let prog = Progress::new(p.done, p.total, rate);
                 last = Some(prog);
                 events(Event::Progress(prog));

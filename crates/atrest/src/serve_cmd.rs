@@ -40,6 +40,13 @@ pub struct ServeArgs {
     /// (XTS-AES-256; not every KMIP server makes 512-bit AES keys).
     #[arg(long, value_name = "BITS", default_value_t = 256, value_parser = clap::builder::ValueParser::new(parse_bits))]
     key_bits: u32,
+    /// Most bytes per second Encrypt, Rekey and Decrypt convert (K, M, G suffixes), to leave
+    /// disk bandwidth to the appliance; 0 for no limit.
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_size)]
+    convert_rate: u64,
+    /// Bytes converted (and committed in the volume header) per step.
+    #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = parse_size)]
+    convert_chunk: u64,
     /// Seconds between checks that the volume key is still Active on the KMIP server.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     key_check_interval: u64,
@@ -81,6 +88,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let mut v = VolumeOptions::new(&args.data_dir);
         v.size = args.volume_size;
         v.key_bits = args.key_bits;
+        v.max_rate = (args.convert_rate > 0).then_some(args.convert_rate);
+        v.chunk_size = args.convert_chunk;
         v.timeouts = timeouts;
         v.key_check_interval = Duration::from_secs(args.key_check_interval);
         v.key_policy = if args.key_check_policy == "lock" {
