@@ -285,3 +285,113 @@ fn save_and_test_against_pykmip() {
     assert!(!text.contains(&var("KMIP_PASSWORD")));
     assert!(!text.contains(&var("KMIP_CLIENT_P12_PASSPHRASE")));
 }
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("gave up waiting until {what}");
+}
+
+#[test]
+fn encrypt_killed_midway_resumes_and_unlocks_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("appliance");
+    let flags = [
+        "--embedded-kms",
+        "--volume-size",
+        "64M",
+        "--convert-chunk",
+        "1M",
+        "--convert-rate",
+        "8M",
+        "--unlock-retry-max",
+        "1",
+    ];
+    let app = start(&data, &flags);
+    assert!(
+        app.output.iter().any(|l| l.contains("volume.img: plain")),
+        "{:?}",
+        app.output
+    );
+    assert_eq!(mode(&data.join("volume.img")), 0o600);
+    let t = app.login();
+    // Content before encryption.
+    let (s, v) = app.request(
+        "PUT",
+        "/api/config",
+        Some(&t),
+        Some(&json!({"site": "north", "retention.days": 90})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = app.request(
+        "POST",
+        "/api/audit",
+        Some(&t),
+        Some(&json!({"session": "s1", "kind": "login", "text": "operator logged in"})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = app.request("POST", "/api/encryption/encrypt", Some(&t), None);
+    assert_eq!(s, 409, "Encrypt before a test: {v}");
+    let (_, r) = app.request("POST", "/api/encryption/test", Some(&t), None);
+    assert_eq!(r["ok"], true, "{r}");
+    let (s, st) = app.request("POST", "/api/encryption/encrypt", Some(&t), None);
+    assert_eq!(s, 202, "{st}");
+    let key_id = st["key_id"].as_str().unwrap().to_owned();
+    // The content API works during the conversion; progress is reported.
+    wait_until("progress is reported", || {
+        let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+        st["progress"]["done_bytes"].as_u64().is_some_and(|d| d > 0)
+    });
+    let (s, v) = app.request(
+        "PUT",
+        "/api/config",
+        Some(&t),
+        Some(&json!({"during": true})),
+    );
+    assert_eq!(s, 200, "{v}");
+    // kill -9 in the middle of the conversion.
+    drop(app);
+
+    let app = start(&data, &flags);
+    assert!(
+        app.output.iter().any(|l| l.contains("volume.img: locked")),
+        "{:?}",
+        app.output
+    );
+    let t = app.login();
+    wait_until("the resumed encryption finished", || {
+        let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+        st["state"] == "encrypted"
+    });
+    let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+    assert_eq!(st["key_id"], key_id.as_str());
+    assert_eq!(st["volume"]["last_conversion"]["percent"], 100.0, "{st}");
+    let (_, v) = app.request("GET", "/api/config", Some(&t), None);
+    assert_eq!(
+        v["settings"],
+        json!({"site": "north", "retention.days": 90, "during": true})
+    );
+    let (_, v) = app.request(
+        "GET",
+        &format!("/api/audit?q={key_id}&order=oldest"),
+        Some(&t),
+        None,
+    );
+    let texts: Vec<&str> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["text"].as_str().unwrap())
+        .collect();
+    assert!(
+        texts.iter().any(|t| t.contains("operation=create"))
+            && texts.iter().any(|t| t.contains("operation=get")),
+        "{texts:?}"
+    );
+    let (_, v) = app.request("GET", "/api/audit?session=s1", Some(&t), None);
+    assert_eq!(v["events"][0]["text"], "operator logged in");
+}
