@@ -254,33 +254,41 @@ fn kill_after(p: &Peer, args: &[&str], after: Duration) -> bool {
 }
 
 /// kill -9 a conversion at spread-out moments until `want` kills have landed mid-conversion
-/// (at most 3 × `want` attempts), checking after each that the header names the same key(s);
-/// returns how many kills landed mid-conversion.
+/// (at most 4 × `want` attempts), checking after each that the header names the same key(s);
+/// returns how many kills landed mid-conversion. Until the conversion has begun (the KMIP
+/// round trips and the key digest come first, slow on a loaded machine) the delay doubles.
 fn interrupt(p: &Peer, args: &[&str], img: &Path, converting: &str, want: u32) -> u32 {
     let mut mid = 0;
     let mut uid: Option<String> = None;
-    for i in 0..want * 3 {
+    let mut before_start = Duration::from_millis(150);
+    for i in 0..want * 4 {
         if mid == want {
             break;
         }
-        let after = Duration::from_millis(100 + (i as u64 * 37) % 250);
+        let after = if uid.is_none() {
+            before_start
+        } else {
+            Duration::from_millis(100 + (i as u64 * 37) % 250)
+        };
         kill_after(p, args, after);
         let d = dump(img);
-        if d["state"] == converting {
-            mid += 1;
-            let now: Vec<String> = d["keys"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|k| k["unique_identifier"].as_str().unwrap().to_owned())
-                .collect();
-            let joined = now.join(",");
-            // Once the header names the key(s), resuming never swaps them.
-            if let Some(u) = &uid {
-                assert_eq!(&joined, u, "the key changed on resume");
-            }
-            uid = Some(joined);
+        if d["state"] != converting {
+            before_start = (before_start * 2).min(Duration::from_secs(8));
+            continue;
         }
+        mid += 1;
+        let now: Vec<String> = d["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["unique_identifier"].as_str().unwrap().to_owned())
+            .collect();
+        let joined = now.join(",");
+        // Once the header names the key(s), resuming never swaps them.
+        if let Some(u) = &uid {
+            assert_eq!(&joined, u, "the key changed on resume");
+        }
+        uid = Some(joined);
     }
     mid
 }
