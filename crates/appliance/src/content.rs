@@ -107,6 +107,8 @@ enum Slot {
 
 struct Inner {
     opts: VolumeOptions,
+    /// Held (flock) while attached: one appliance per volume.
+    lock_file: Mutex<Option<std::fs::File>>,
     app: WeakAppState,
     dev: Arc<dyn BlockDevice>,
     slot: Mutex<Slot>,
@@ -214,6 +216,36 @@ fn create_volume(path: &Path, size: u64, store: &StoreOptions) -> Result<(), Str
     Ok(())
 }
 
+/// Takes the exclusive lock beside the volume (`volume.img.lock`), so that two appliances never
+/// use one volume.
+fn take_lock(path: &Path) -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let lp = path.with_extension("img.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lp)
+        .map_err(|e| {
+            format!(
+                "cannot open the lock file {} ({e}); check the data directory",
+                lp.display()
+            )
+        })?;
+    // SAFETY: flock on a descriptor this function owns.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        return Err(format!(
+            "the content volume {} is in use by another atrest appliance; stop that one first, or \
+             give this one another --data-dir",
+            path.display()
+        ));
+    }
+    Ok(f)
+}
+
 impl DataVolume {
     /// Opens (or makes) the volume, attaches it to `state`, and starts the background work:
     /// unlocking (when encrypted), a resumed conversion, and the key state checks.
@@ -221,6 +253,7 @@ impl DataVolume {
         if opts.key_bits != 256 && opts.key_bits != 512 {
             return Err("the key length must be 256 or 512 bits".into());
         }
+        let lock_file = take_lock(&opts.path)?;
         let created = if opts.path.exists() {
             false
         } else {
@@ -253,6 +286,7 @@ impl DataVolume {
         let dv = DataVolume {
             inner: Arc::new(Inner {
                 opts,
+                lock_file: Mutex::new(Some(lock_file)),
                 app: state.downgrade(),
                 dev,
                 slot: Mutex::new(Slot::Empty),
@@ -858,5 +892,13 @@ impl VolumeBackend for DataVolume {
         for h in threads {
             let _ = h.join();
         }
+        // Detach: the content is no longer served and another appliance may take the volume.
+        if let Some(state) = self.app() {
+            state.set_content(Content::Locked(
+                "the appliance is stopping; try again once it is back".into(),
+            ));
+        }
+        *lock(&self.inner.slot) = Slot::Empty;
+        lock(&self.inner.lock_file).take();
     }
 }

@@ -380,6 +380,7 @@ for (const [id, url] of [['encrypt', '/api/encryption/encrypt'], ['rekey', '/api
   const b = document.getElementById(id);
   if (!b) continue;
   b.addEventListener('click', async () => {
+    if (id === 'decrypt' && !confirm('Decrypt the content volume? Its content will be stored without encryption.')) return;
     b.disabled = true; say('Starting…');
     const r = await call('POST', url);
     if (!r.ok) { say((r.body && r.body.error) || ('HTTP ' + r.status), 'error'); b.disabled = false; return; }
@@ -400,6 +401,13 @@ if (['encrypting', 'rekeying', 'decrypting', 'locked'].includes(initial)) {
     if (!r.ok) return;
     const st = await r.json();
     if (st.state !== initial) { location.reload(); return; }
+    const lr = document.getElementById('lock-reasons');
+    if (lr && st.lock_reasons) {
+      lr.replaceChildren(...st.lock_reasons.map((r) => {
+        const li = document.createElement('li'), b = document.createElement('strong');
+        b.textContent = r.server; li.append(b, ': ' + r.reason); return li;
+      }));
+    }
     if (st.progress) {
       document.getElementById('progress-box').hidden = false;
       document.getElementById('progress').value = st.progress.percent;

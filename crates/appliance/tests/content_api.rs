@@ -417,3 +417,12 @@ async fn content_needs_an_unlocked_volume() {
         assert!(err(&v).contains("connection refused"), "{v}");
     }
 }
+
+#[tokio::test]
+async fn one_appliance_per_volume() {
+    let f = fixture(true).await;
+    let data = f.state.data_dir().to_path_buf();
+    let other = AppState::open(AppConfig::new(&data)).unwrap().state;
+    let e = DataVolume::attach(&other, VolumeOptions::new(&data)).unwrap_err();
+    assert!(e.contains("in use by another atrest appliance"), "{e}");
+}
