@@ -439,3 +439,82 @@ async fn the_lock_policy_locks_the_content() {
     }
     run.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlock_fails_over_and_gives_a_reason_per_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (run, key_id) = encrypt(&data).await;
+    let kms_addr = run.kms.as_ref().unwrap().addr;
+    // Two servers: the first one listens nowhere.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let pw = std::fs::read_to_string(data.join("initial-admin-password")).unwrap();
+    let app = app(run.state.clone());
+    let t = token(&app, pw.trim()).await;
+    let res = app
+        .clone()
+        .oneshot(
+            Request::put("/api/encryption/kmip")
+                .header(header::AUTHORIZATION, format!("Bearer {t}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(
+                    json!({"servers": [format!("127.0.0.1:{closed}"), kms_addr.to_string()]})
+                        .to_string(),
+                ))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    drop(app);
+    run.stop();
+
+    // The first server fails, the second gives the key.
+    let run = start(&data, true, |_| {});
+    wait_for("the volume is unlocked", || {
+        run.state.workflow().state == WfState::Encrypted
+    });
+    let texts = audit_texts(&run.store());
+    assert!(
+        texts.iter().any(
+            |t| t.contains(&format!("server=127.0.0.1:{closed} operation=get"))
+                && t.contains("tcp-refused")
+        ),
+        "{texts:?}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains(&format!("server={kms_addr} operation=get"))
+                && t.contains(&key_id)
+                && t.contains("result=ok")),
+        "{texts:?}"
+    );
+    run.stop();
+
+    // Neither answers: one reason per server, and the content says why.
+    let run = start(&data, false, |_| {});
+    wait_for("an unlock attempt failed", || {
+        !run.state.workflow().lock_reasons.is_empty()
+    });
+    let w = run.state.workflow();
+    let servers: Vec<&str> = w.lock_reasons.iter().map(|r| r.server.as_str()).collect();
+    assert_eq!(
+        servers,
+        [format!("127.0.0.1:{closed}"), kms_addr.to_string()],
+        "{w:?}"
+    );
+    match run.state.content() {
+        Content::Locked(why) => {
+            assert!(
+                why.contains(&kms_addr.to_string()) && why.contains("retries"),
+                "{why}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    run.stop();
+}
