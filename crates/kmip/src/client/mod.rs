@@ -355,56 +355,7 @@ impl Client {
     fn open(&self, idx: usize, deadline: Instant) -> Result<Conn, ClientError> {
         let server = self.config.servers[idx].clone();
         let t = &self.config.timeouts;
-        let addrs: Vec<SocketAddr> = (server.host.as_str(), server.port)
-            .to_socket_addrs()
-            .map_err(|e| ClientError::Resolve {
-                host: server.host.clone(),
-                detail: e.to_string(),
-            })?
-            .collect();
-        if addrs.is_empty() {
-            return Err(ClientError::Resolve {
-                host: server.host.clone(),
-                detail: "no address".into(),
-            });
-        }
-        let mut last = None;
-        let mut tcp = None;
-        for a in &addrs {
-            let budget = t.connect.min(remaining(deadline));
-            if budget.is_zero() {
-                break;
-            }
-            match TcpStream::connect_timeout(a, budget) {
-                Ok(s) => {
-                    tcp = Some(s);
-                    break;
-                }
-                Err(e) => last = Some((e, budget)),
-            }
-        }
-        let tcp = match (tcp, last) {
-            (Some(s), _) => s,
-            (None, Some((e, budget))) => {
-                return Err(match e.kind() {
-                    ErrorKind::ConnectionRefused => ClientError::ConnectRefused { server },
-                    ErrorKind::TimedOut | ErrorKind::WouldBlock => ClientError::ConnectTimeout {
-                        server,
-                        after: budget,
-                    },
-                    _ => ClientError::Connect {
-                        server,
-                        detail: e.to_string(),
-                    },
-                });
-            }
-            (None, None) => {
-                return Err(ClientError::ConnectTimeout {
-                    server,
-                    after: t.operation,
-                });
-            }
-        };
+        let (tcp, _) = tcp_connect(&server, t.connect, deadline)?;
         let _ = tcp.set_nodelay(true);
         let io_budget = t
             .read
@@ -707,6 +658,58 @@ impl Client {
             detail: format!("the answer to {op} carries another operation's payload"),
         }
     }
+}
+
+/// Resolves `server` and opens a TCP connection to the first of its addresses that accepts,
+/// each attempt bounded by `per_address` and all of them by `deadline`. Returns the stream and
+/// the address it reached; failures are classified (name resolution, refused, timed out).
+pub fn tcp_connect(
+    server: &ServerAddr,
+    per_address: Duration,
+    deadline: Instant,
+) -> Result<(TcpStream, SocketAddr), ClientError> {
+    let addrs: Vec<SocketAddr> = (server.host.as_str(), server.port)
+        .to_socket_addrs()
+        .map_err(|e| ClientError::Resolve {
+            host: server.host.clone(),
+            detail: e.to_string(),
+        })?
+        .collect();
+    if addrs.is_empty() {
+        return Err(ClientError::Resolve {
+            host: server.host.clone(),
+            detail: "no address".into(),
+        });
+    }
+    let mut last = None;
+    for a in &addrs {
+        let budget = per_address.min(remaining(deadline));
+        if budget.is_zero() {
+            break;
+        }
+        match TcpStream::connect_timeout(a, budget) {
+            Ok(s) => return Ok((s, *a)),
+            Err(e) => last = Some((e, budget)),
+        }
+    }
+    let server = server.clone();
+    Err(match last {
+        Some((e, budget)) => match e.kind() {
+            ErrorKind::ConnectionRefused => ClientError::ConnectRefused { server },
+            ErrorKind::TimedOut | ErrorKind::WouldBlock => ClientError::ConnectTimeout {
+                server,
+                after: budget,
+            },
+            _ => ClientError::Connect {
+                server,
+                detail: e.to_string(),
+            },
+        },
+        None => ClientError::ConnectTimeout {
+            server,
+            after: per_address,
+        },
+    })
 }
 
 fn collapse(mut errors: Vec<ClientError>) -> ClientError {
