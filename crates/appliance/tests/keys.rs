@@ -1,57 +1,17 @@
 //! Volume keys on a real KMIP server (the PyKMIP peer): create for a volume, fetch and verify
 //! by the header's identifier, refuse a revoked key and another volume's key.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use atrest_appliance::keys::{KeyError, create_volume_key, fetch_volume_keys};
-use atrest_kmip::client::{
-    Client, ClientConfig, DEFAULT_MAX_RESPONSE_LEN, Identity, ServerAddr, Timeouts,
-};
-use atrest_kmip::message::{Password, RevocationReasonCode, State};
+use atrest_kmip::client::Client;
+use atrest_kmip::message::{RevocationReasonCode, State};
 use atrest_volume::{
     BlockDevice, ConvertOptions, EncryptOptions, FormatOptions, MemDevice, Volume,
 };
-use zeroize::Zeroizing;
 
 fn client() -> Option<Client> {
-    let Some(path) = std::env::var_os("ATREST_PYKMIP_EC_ENV") else {
-        if std::env::var("ATREST_REQUIRE_PEERS").is_ok_and(|v| v == "1") {
-            panic!("ATREST_PYKMIP_EC_ENV is not set but ATREST_REQUIRE_PEERS=1");
-        }
-        eprintln!("SKIPPED: ATREST_PYKMIP_EC_ENV is not set (run scripts/test)");
-        return None;
-    };
-    let v: HashMap<String, String> = std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.strip_prefix("export "))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-    let read = |k: &str| std::fs::read(&v[k]).unwrap();
-    Some(
-        Client::new(ClientConfig {
-            servers: vec![ServerAddr {
-                host: v["KMIP_HOST"].clone(),
-                port: v["KMIP_PORT"].parse().unwrap(),
-            }],
-            server_name: Some(v["KMIP_SERVER_NAME"].clone()),
-            ca_pem: read("KMIP_CA"),
-            identity: Identity::Pem {
-                cert_chain: read("KMIP_CLIENT_CERT"),
-                key: Zeroizing::new(read("KMIP_CLIENT_KEY")),
-                passphrase: None,
-            },
-            username: Some(v["KMIP_USERNAME"].clone()),
-            password: Some(Password::new(v["KMIP_PASSWORD"].clone())),
-            version: None,
-            timeouts: Timeouts::uniform(Duration::from_secs(10)),
-            max_response_len: DEFAULT_MAX_RESPONSE_LEN,
-        })
-        .unwrap(),
-    )
+    Some(Client::new(atrest_testkit::ec_peer()?.client_config()).unwrap())
 }
 
 /// A plain volume on a memory device, encrypted with a new KMIP key; returns the device.

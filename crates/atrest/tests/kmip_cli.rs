@@ -1,33 +1,19 @@
 //! `atrest kmip …` as an administrator runs it, against the PyKMIP peer: output, exit status,
 //! and a one-line reason on stderr when it fails.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-struct Peer(HashMap<String, String>);
+/// The PyKMIP peer (EC server key), with the commands these tests run against it.
+struct Peer(atrest_testkit::Peer);
 
 fn peer() -> Option<Peer> {
-    let Some(path) = std::env::var_os("ATREST_PYKMIP_EC_ENV") else {
-        if std::env::var("ATREST_REQUIRE_PEERS").is_ok_and(|v| v == "1") {
-            panic!("ATREST_PYKMIP_EC_ENV is not set but ATREST_REQUIRE_PEERS=1");
-        }
-        eprintln!("SKIPPED: ATREST_PYKMIP_EC_ENV is not set (run scripts/test)");
-        return None;
-    };
-    let text = std::fs::read_to_string(path).unwrap();
-    Some(Peer(
-        text.lines()
-            .filter_map(|l| l.strip_prefix("export "))
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect(),
-    ))
+    atrest_testkit::ec_peer().map(Peer)
 }
 
 impl Peer {
     fn v(&self, k: &str) -> &str {
-        &self.0[k]
+        self.0.v(k)
     }
 
     /// `atrest kmip` with the peer's server, CA and PKCS#12 identity; passphrase and password

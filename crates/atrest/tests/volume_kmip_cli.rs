@@ -1,54 +1,24 @@
 //! `atrest volume encrypt | unlock | rekey | decrypt | export` against the PyKMIP peer, checked by
 //! Debian's cryptsetup, PyKMIP's own client, and kill -9 in the middle of conversions.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-struct Peer(HashMap<String, String>);
-
-fn require() -> bool {
-    std::env::var("ATREST_REQUIRE_PEERS").is_ok_and(|v| v == "1")
-}
+/// The PyKMIP peer (EC server key), with the commands these tests run against it.
+struct Peer(atrest_testkit::Peer);
 
 fn peer() -> Option<Peer> {
-    let Some(path) = std::env::var_os("ATREST_PYKMIP_EC_ENV") else {
-        if require() {
-            panic!("ATREST_PYKMIP_EC_ENV is not set but ATREST_REQUIRE_PEERS=1");
-        }
-        eprintln!("SKIPPED: ATREST_PYKMIP_EC_ENV is not set (run scripts/test)");
-        return None;
-    };
-    let text = std::fs::read_to_string(path).unwrap();
-    Some(Peer(
-        text.lines()
-            .filter_map(|l| l.strip_prefix("export "))
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect(),
-    ))
+    atrest_testkit::ec_peer().map(Peer)
 }
 
 fn cryptsetup() -> bool {
-    let ok = Command::new("cryptsetup")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        if require() {
-            panic!(
-                "cryptsetup is missing but ATREST_REQUIRE_PEERS=1 (apt-get install cryptsetup-bin)"
-            );
-        }
-        eprintln!("SKIPPED: cryptsetup is not installed");
-    }
-    ok
+    atrest_testkit::tool("cryptsetup", "cryptsetup-bin")
 }
 
 impl Peer {
     fn v(&self, k: &str) -> &str {
-        &self.0[k]
+        self.0.v(k)
     }
 
     fn kmip_flags(&self) -> Vec<String> {

@@ -10,16 +10,13 @@
 //! (scripts/bench starts the peer and does this). Without the env file only the in-process
 //! figures are printed.
 
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use atrest_kmip::client::{
-    Client, ClientConfig, DEFAULT_MAX_RESPONSE_LEN, Identity, ServerAddr, Timeouts,
-};
+use atrest_kmip::client::{Client, ClientConfig, Timeouts};
 use atrest_kmip::message::{
-    KeyBlock, ManagedObject, ObjectType, Operation, Password, ProtocolVersion, ResponseBatchItem,
+    KeyBlock, ManagedObject, ObjectType, Operation, ProtocolVersion, ResponseBatchItem,
     ResponseHeader, ResponseMessage, ResponsePayload, ResultStatus, RevocationReasonCode,
 };
 use atrest_kmip::ttlv::{self, Limits};
@@ -134,13 +131,8 @@ fn main() {
         println!("(set ATREST_PYKMIP_EC_ENV for the PyKMIP anchors and the Get round trips)");
         return;
     };
-    let vars: HashMap<String, String> = std::fs::read_to_string(env)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.strip_prefix("export "))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
+    let peer = atrest_testkit::Peer::from_file(std::path::Path::new(&env));
+    let vars = &peer.vars;
     let py = &vars["PYKMIP_PYTHON_BIN"];
     let hexed = hex::encode(&bytes);
     let py_dec = python(py, PY_CODEC, &[hexed.clone(), "decode".into()]);
@@ -156,24 +148,10 @@ fn main() {
         );
     }
 
-    let read = |k: &str| std::fs::read(&vars[k]).unwrap();
     let config = ClientConfig {
-        servers: vec![ServerAddr {
-            host: vars["KMIP_HOST"].clone(),
-            port: vars["KMIP_PORT"].parse().unwrap(),
-        }],
-        server_name: Some(vars["KMIP_SERVER_NAME"].clone()),
-        ca_pem: read("KMIP_CA"),
-        identity: Identity::Pem {
-            cert_chain: read("KMIP_CLIENT_CERT"),
-            key: Zeroizing::new(read("KMIP_CLIENT_KEY")),
-            passphrase: None,
-        },
-        username: Some(vars["KMIP_USERNAME"].clone()),
-        password: Some(Password::new(vars["KMIP_PASSWORD"].clone())),
         version: Some(ProtocolVersion::V1_2),
         timeouts: Timeouts::default(),
-        max_response_len: DEFAULT_MAX_RESPONSE_LEN,
+        ..peer.client_config()
     };
     let mut client = Client::new(config).unwrap();
     let uid = client.create_aes_key(256, None).unwrap();

@@ -10,7 +10,8 @@ use atrest_kmip::client::{Client, ClientError, Identity, TlsProblem};
 use atrest_kmip::message::{
     Attributes, Operation, ProtocolVersion, ResultReason, RevocationReasonCode, State,
 };
-use common::{peer, unique};
+use atrest_testkit::peer;
+use common::unique;
 use zeroize::Zeroizing;
 
 /// The whole life cycle of a key, with every operation, at one protocol version.
@@ -90,7 +91,7 @@ fn every_operation_at_every_version_pykmip_speaks() {
         return;
     };
     // Negotiated: PyKMIP lists 2.0 as its highest.
-    let mut c = Client::new(p.config()).unwrap();
+    let mut c = Client::new(p.client_config()).unwrap();
     let info = c.connect().unwrap();
     assert_eq!(info.protocol_version, ProtocolVersion::V2_0);
     life_cycle(&mut c, "negotiated");
@@ -102,7 +103,7 @@ fn every_operation_at_every_version_pykmip_speaks() {
         ProtocolVersion::V1_4,
         ProtocolVersion::V2_0,
     ] {
-        let mut cfg = p.config();
+        let mut cfg = p.client_config();
         cfg.version = Some(v);
         let mut c = Client::new(cfg).unwrap();
         if v == ProtocolVersion::V1_0 {
@@ -126,7 +127,7 @@ fn identities_pem_encrypted_pem_pkcs12_and_legacy_pkcs12() {
     let Some(p) = peer("ATREST_PYKMIP_EC_ENV") else {
         return;
     };
-    let pass = Zeroizing::new(p.var("KMIP_CLIENT_P12_PASSPHRASE"));
+    let pass = Zeroizing::new(p.v("KMIP_CLIENT_P12_PASSPHRASE").to_owned());
     let identities = [
         ("pem", p.pem_identity("KMIP_CLIENT_CERT", "KMIP_CLIENT_KEY")),
         (
@@ -142,7 +143,7 @@ fn identities_pem_encrypted_pem_pkcs12_and_legacy_pkcs12() {
             Identity::Pem {
                 cert_chain: p.read("KMIP_CLIENT_CERT"),
                 key: Zeroizing::new(p.read("KMIP_CLIENT_KEY_ENCRYPTED")),
-                passphrase: Some(Zeroizing::new(p.var("KMIP_CLIENT_KEY_PASSPHRASE"))),
+                passphrase: Some(Zeroizing::new(p.v("KMIP_CLIENT_KEY_PASSPHRASE").to_owned())),
             },
         ),
         (
@@ -165,12 +166,12 @@ fn identities_pem_encrypted_pem_pkcs12_and_legacy_pkcs12() {
         ),
     ];
     // One key, read back through every identity (all carry the same CN, so the same owner).
-    let mut c = Client::new(p.config()).unwrap();
+    let mut c = Client::new(p.client_config()).unwrap();
     let uid = c.create_aes_key(256, None).unwrap();
     c.activate(&uid).unwrap();
     let expected = c.get_key(&uid).unwrap().material;
     for (label, identity) in identities {
-        let mut cfg = p.config();
+        let mut cfg = p.client_config();
         cfg.identity = identity;
         let mut c = Client::new(cfg).unwrap_or_else(|e| panic!("{label}: {e}"));
         let got = c.get_key(&uid).unwrap_or_else(|e| panic!("{label}: {e}"));
@@ -187,7 +188,7 @@ fn wrong_passphrases_are_named() {
     let Some(p) = peer("ATREST_PYKMIP_EC_ENV") else {
         return;
     };
-    let mut cfg = p.config();
+    let mut cfg = p.client_config();
     cfg.identity = Identity::Pkcs12 {
         der: p.read("KMIP_CLIENT_P12"),
         passphrase: Zeroizing::new("not-the-passphrase".into()),
@@ -196,7 +197,7 @@ fn wrong_passphrases_are_named() {
     assert!(matches!(err, ClientError::Config(_)));
     assert!(err.to_string().contains("wrong passphrase"), "{err}");
 
-    let mut cfg = p.config();
+    let mut cfg = p.client_config();
     cfg.identity = Identity::Pem {
         cert_chain: p.read("KMIP_CLIENT_CERT"),
         key: Zeroizing::new(p.read("KMIP_CLIENT_KEY_ENCRYPTED")),
@@ -205,7 +206,7 @@ fn wrong_passphrases_are_named() {
     let err = Client::new(cfg).unwrap_err();
     assert!(err.to_string().contains("wrong passphrase"), "{err}");
 
-    let mut cfg = p.config();
+    let mut cfg = p.client_config();
     cfg.identity = Identity::Pem {
         cert_chain: p.read("KMIP_CLIENT_CERT"),
         key: Zeroizing::new(p.read("KMIP_CLIENT_KEY_ENCRYPTED")),
@@ -217,7 +218,7 @@ fn wrong_passphrases_are_named() {
         "{err}"
     );
 
-    let mut cfg = p.config();
+    let mut cfg = p.client_config();
     cfg.identity = p.pem_identity("KMIP_CLIENT_CERT", "KMIP_CLIENT_RSA_KEY");
     let err = Client::new(cfg).unwrap_err();
     assert!(
@@ -231,8 +232,8 @@ fn rsa_server_with_only_cbc_suites() {
     let Some(p) = peer("ATREST_PYKMIP_RSA_ENV") else {
         return;
     };
-    assert_eq!(p.var("KMIP_SERVER_KEY_ALG"), "rsa");
-    let mut c = Client::new(p.config()).unwrap();
+    assert_eq!(p.v("KMIP_SERVER_KEY_ALG"), "rsa");
+    let mut c = Client::new(p.client_config()).unwrap();
     let info = c.connect().unwrap();
     assert_eq!(info.tls_version, "TLSv1.2");
     assert!(
@@ -255,7 +256,7 @@ fn pykmip_client_gets_the_bytes_atrest_sees() {
     let Some(p) = peer("ATREST_PYKMIP_EC_ENV") else {
         return;
     };
-    let mut c = Client::new(p.config()).unwrap();
+    let mut c = Client::new(p.client_config()).unwrap();
     let uid = c.create_aes_key(256, None).unwrap();
     c.activate(&uid).unwrap();
     let ours = hex::encode(&*c.get_key(&uid).unwrap().material);
@@ -270,16 +271,16 @@ c.open()
 print(c.get(uid).value.hex())
 c.close()
 "#;
-    let out = Command::new(p.var("PYKMIP_PYTHON_BIN"))
+    let out = Command::new(p.v("PYKMIP_PYTHON_BIN"))
         .arg("-c")
         .arg(script)
         .args([
-            p.var("KMIP_HOST"),
-            p.var("KMIP_PORT"),
-            p.var("KMIP_CLIENT_CERT"),
-            p.var("KMIP_CLIENT_KEY"),
-            p.var("KMIP_CA"),
-            uid.clone(),
+            p.v("KMIP_HOST"),
+            p.v("KMIP_PORT"),
+            p.v("KMIP_CLIENT_CERT"),
+            p.v("KMIP_CLIENT_KEY"),
+            p.v("KMIP_CA"),
+            &uid,
         ])
         .output()
         .unwrap();
@@ -301,14 +302,14 @@ fn the_credential_reaches_the_server() {
         return;
     };
     let user = unique("cred-user");
-    let mut cfg = p.config();
+    let mut cfg = p.client_config();
     cfg.username = Some(user.clone());
     let mut c = Client::new(cfg).unwrap();
     c.query().unwrap();
     c.disconnect();
     let log = std::fs::read_to_string(p.path("PYKMIP_SERVER_LOG")).unwrap();
     let user_hex = hex::encode(user.as_bytes());
-    let pass_hex = hex::encode(p.var("KMIP_PASSWORD").as_bytes());
+    let pass_hex = hex::encode(p.v("KMIP_PASSWORD").as_bytes());
     let request = log
         .lines()
         .rfind(|l| l.to_ascii_lowercase().contains(&user_hex))
@@ -321,7 +322,7 @@ fn untrusted_client_certificate_is_rejected_by_the_server() {
     let Some(p) = peer("ATREST_PYKMIP_EC_ENV") else {
         return;
     };
-    let mut cfg = p.config();
+    let mut cfg = p.client_config();
     cfg.identity = p.pem_identity("KMIP_UNTRUSTED_CLIENT_CERT", "KMIP_UNTRUSTED_CLIENT_KEY");
     let err = Client::new(cfg).unwrap().connect().unwrap_err();
     assert!(
@@ -345,7 +346,7 @@ fn wrong_ca_means_the_server_is_not_trusted() {
     let Some(p) = peer("ATREST_PYKMIP_EC_ENV") else {
         return;
     };
-    let mut cfg = p.config();
+    let mut cfg = p.client_config();
     cfg.ca_pem = p.read("KMIP_UNTRUSTED_CA");
     let err = Client::new(cfg).unwrap().connect().unwrap_err();
     assert_eq!(err.class(), "tls-untrusted", "{err}");
@@ -360,7 +361,7 @@ fn wrong_server_name_is_a_name_mismatch() {
     let Some(p) = peer("ATREST_PYKMIP_EC_ENV") else {
         return;
     };
-    let mut cfg = p.config();
+    let mut cfg = p.client_config();
     cfg.server_name = Some("kmip.example.com".into());
     let err = Client::new(cfg).unwrap().connect().unwrap_err();
     assert_eq!(err.class(), "tls-name", "{err}");
@@ -369,7 +370,7 @@ fn wrong_server_name_is_a_name_mismatch() {
         "{err}"
     );
     // The IP address is in the certificate: connecting by IP without a name override works.
-    let mut cfg = p.config();
+    let mut cfg = p.client_config();
     cfg.server_name = None;
     Client::new(cfg).unwrap().connect().unwrap();
 }
@@ -379,7 +380,7 @@ fn certificate_without_client_auth_usage_fails_kmip_authentication() {
     let Some(p) = peer("ATREST_PYKMIP_EC_ENV") else {
         return;
     };
-    let mut cfg = p.config();
+    let mut cfg = p.client_config();
     cfg.identity = p.pem_identity("KMIP_NOEKU_CLIENT_CERT", "KMIP_NOEKU_CLIENT_KEY");
     cfg.version = Some(ProtocolVersion::V1_2);
     let err = Client::new(cfg).unwrap().query().unwrap_err();
@@ -395,10 +396,10 @@ fn another_tenant_cannot_see_the_key() {
     let Some(p) = peer("ATREST_PYKMIP_EC_ENV") else {
         return;
     };
-    let mut owner = Client::new(p.config()).unwrap();
+    let mut owner = Client::new(p.client_config()).unwrap();
     let name = unique("tenant");
     let uid = owner.create_aes_key(256, Some(&name)).unwrap();
-    let mut cfg = p.config();
+    let mut cfg = p.client_config();
     cfg.identity = p.pem_identity("KMIP_OTHER_CLIENT_CERT", "KMIP_OTHER_CLIENT_KEY");
     let mut other = Client::new(cfg).unwrap();
     let err = other.get_key(&uid).unwrap_err();
@@ -422,7 +423,7 @@ fn failover_from_a_dead_server_to_a_live_one_and_remembered() {
     let Some(p) = peer("ATREST_PYKMIP_EC_ENV") else {
         return;
     };
-    let mut cfg = p.config();
+    let mut cfg = p.client_config();
     let dead = common::dead_port();
     cfg.servers.insert(
         0,
@@ -446,7 +447,7 @@ fn all_servers_dead_lists_each_reason() {
     let Some(p) = peer("ATREST_PYKMIP_EC_ENV") else {
         return;
     };
-    let mut cfg = p.config();
+    let mut cfg = p.client_config();
     cfg.servers = vec![
         atrest_kmip::client::ServerAddr {
             host: "127.0.0.1".into(),

@@ -3,15 +3,13 @@
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use atrest_kmip::client::{ClientConfig, DEFAULT_MAX_RESPONSE_LEN, Identity, ServerAddr, Timeouts};
+use atrest_kmip::client::{ClientConfig, Identity, ServerAddr, Timeouts};
 use atrest_kmip::message::Password;
 use openssl::asn1::Asn1Time;
 use openssl::bn::BigNum;
@@ -25,95 +23,6 @@ use openssl::x509::extension::{
 };
 use openssl::x509::{X509, X509NameBuilder};
 use zeroize::Zeroizing;
-
-/// A PyKMIP peer described by its env file (see the peer kit's README).
-pub struct Peer {
-    pub vars: HashMap<String, String>,
-}
-
-impl Peer {
-    pub fn var(&self, name: &str) -> String {
-        self.vars
-            .get(name)
-            .cloned()
-            .unwrap_or_else(|| panic!("the peer env file has no {name}"))
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        PathBuf::from(self.var(name))
-    }
-
-    pub fn read(&self, name: &str) -> Vec<u8> {
-        std::fs::read(self.path(name)).unwrap()
-    }
-
-    pub fn server(&self) -> ServerAddr {
-        ServerAddr {
-            host: self.var("KMIP_HOST"),
-            port: self.var("KMIP_PORT").parse().unwrap(),
-        }
-    }
-
-    /// A configuration with the main PEM identity.
-    pub fn config(&self) -> ClientConfig {
-        ClientConfig {
-            servers: vec![self.server()],
-            server_name: Some(self.var("KMIP_SERVER_NAME")),
-            ca_pem: self.read("KMIP_CA"),
-            identity: Identity::Pem {
-                cert_chain: self.read("KMIP_CLIENT_CERT"),
-                key: Zeroizing::new(self.read("KMIP_CLIENT_KEY")),
-                passphrase: None,
-            },
-            username: Some(self.var("KMIP_USERNAME")),
-            password: Some(Password::new(self.var("KMIP_PASSWORD"))),
-            version: None,
-            timeouts: Timeouts::uniform(Duration::from_secs(10)),
-            max_response_len: DEFAULT_MAX_RESPONSE_LEN,
-        }
-    }
-
-    pub fn pem_identity(&self, cert: &str, key: &str) -> Identity {
-        Identity::Pem {
-            cert_chain: self.read(cert),
-            key: Zeroizing::new(self.read(key)),
-            passphrase: None,
-        }
-    }
-}
-
-fn require_peers() -> bool {
-    std::env::var("ATREST_REQUIRE_PEERS").is_ok_and(|v| v == "1")
-}
-
-/// The PyKMIP peer whose env file is named by `var` (ATREST_PYKMIP_EC_ENV or
-/// ATREST_PYKMIP_RSA_ENV). `None` (with a note) when it is not configured, unless
-/// ATREST_REQUIRE_PEERS=1, where a missing peer fails the test.
-pub fn peer(var: &str) -> Option<Peer> {
-    let Some(path) = std::env::var_os(var) else {
-        if require_peers() {
-            panic!(
-                "{var} is not set but ATREST_REQUIRE_PEERS=1: start the PyKMIP peer (scripts/test does)"
-            );
-        }
-        eprintln!("SKIPPED: {var} is not set (run scripts/test, which starts the PyKMIP peers)");
-        return None;
-    };
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", Path::new(&path).display()));
-    let vars = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("export "))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| {
-            (
-                k.to_owned(),
-                v.trim_matches('"').trim_matches('\'').to_owned(),
-            )
-        })
-        .collect();
-    Some(Peer { vars })
-}
 
 /// A unique name for objects made by a test.
 pub fn unique(prefix: &str) -> String {

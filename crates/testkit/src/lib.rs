@@ -1,0 +1,130 @@
+//! Test support shared by atrest's crates: the PyKMIP peers that `scripts/test` starts are
+//! described by env files (`export NAME=value` lines, see the peer kit's README) whose paths are
+//! in `ATREST_PYKMIP_EC_ENV` and `ATREST_PYKMIP_RSA_ENV`.
+//!
+//! A test that needs a peer or an external tool skips with a printed note when it is missing,
+//! unless `ATREST_REQUIRE_PEERS=1` (CI sets it), where the missing piece fails the test: a CI
+//! run can never pass by skipping.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use atrest_kmip::client::{ClientConfig, DEFAULT_MAX_RESPONSE_LEN, Identity, ServerAddr, Timeouts};
+use atrest_kmip::message::Password;
+use zeroize::Zeroizing;
+
+/// Whether missing peers and tools fail tests instead of skipping them.
+pub fn require_peers() -> bool {
+    std::env::var("ATREST_REQUIRE_PEERS").is_ok_and(|v| v == "1")
+}
+
+/// `false` (with a note) when `what` is missing; panics instead under ATREST_REQUIRE_PEERS=1.
+pub fn available(present: bool, what: &str, how: &str) -> bool {
+    if !present {
+        if require_peers() {
+            panic!("{what} is missing but ATREST_REQUIRE_PEERS=1: {how}");
+        }
+        eprintln!("SKIPPED: {what} is missing ({how})");
+    }
+    present
+}
+
+/// Whether `program --version` runs (see [`available`]).
+pub fn tool(program: &str, package: &str) -> bool {
+    let ok = std::process::Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    available(ok, program, &format!("apt-get install {package}"))
+}
+
+/// A KMIP peer described by its env file.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub vars: HashMap<String, String>,
+}
+
+/// The peer whose env file is named by the environment variable `var` (see [`available`]).
+pub fn peer(var: &str) -> Option<Peer> {
+    let path = std::env::var_os(var);
+    if !available(
+        path.is_some(),
+        var,
+        "run scripts/test, which starts the PyKMIP peers",
+    ) {
+        return None;
+    }
+    Some(Peer::from_file(Path::new(&path?)))
+}
+
+/// The PyKMIP peer with an EC server key.
+pub fn ec_peer() -> Option<Peer> {
+    peer("ATREST_PYKMIP_EC_ENV")
+}
+
+impl Peer {
+    /// Reads an env file of `export NAME=value` lines.
+    pub fn from_file(path: &Path) -> Peer {
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        let vars = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| {
+                let v = v.trim_matches('"').trim_matches('\'');
+                (k.to_owned(), v.to_owned())
+            })
+            .collect();
+        Peer { vars }
+    }
+
+    /// The value of `name`.
+    pub fn v(&self, name: &str) -> &str {
+        self.vars
+            .get(name)
+            .unwrap_or_else(|| panic!("the peer env file has no {name}"))
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        PathBuf::from(self.v(name))
+    }
+
+    /// The contents of the file named by `name`.
+    pub fn read(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.path(name))
+            .unwrap_or_else(|e| panic!("cannot read {} ({name}): {e}", self.v(name)))
+    }
+
+    pub fn server(&self) -> ServerAddr {
+        ServerAddr {
+            host: self.v("KMIP_HOST").to_owned(),
+            port: self.v("KMIP_PORT").parse().expect("KMIP_PORT is a port"),
+        }
+    }
+
+    /// A PEM identity from the files named by `cert` and `key`.
+    pub fn pem_identity(&self, cert: &str, key: &str) -> Identity {
+        Identity::Pem {
+            cert_chain: self.read(cert),
+            key: Zeroizing::new(self.read(key)),
+            passphrase: None,
+        }
+    }
+
+    /// A client configuration with the main PEM identity, username and password.
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig {
+            servers: vec![self.server()],
+            server_name: self.vars.get("KMIP_SERVER_NAME").cloned(),
+            ca_pem: self.read("KMIP_CA"),
+            identity: self.pem_identity("KMIP_CLIENT_CERT", "KMIP_CLIENT_KEY"),
+            username: Some(self.v("KMIP_USERNAME").to_owned()),
+            password: Some(Password::new(self.v("KMIP_PASSWORD").to_owned())),
+            version: None,
+            timeouts: Timeouts::uniform(Duration::from_secs(10)),
+            max_response_len: DEFAULT_MAX_RESPONSE_LEN,
+        }
+    }
+}
