@@ -13,8 +13,8 @@ use clap::Args;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// The appliance's data directory: admin account, HTTPS certificate, KMIP settings
-    /// (created if missing).
+    /// The appliance's data directory: admin account, HTTPS certificate, KMIP settings, the
+    /// content volume (created if missing).
     #[arg(long, value_name = "DIR", env = "ATREST_DATA_DIR")]
     data_dir: PathBuf,
     /// Address to serve HTTPS on; port 0 picks a free port (printed).
@@ -81,6 +81,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::bail!(
             "--key-check-interval and --unlock-retry-max must be at least 1 second; give a \
              number of seconds"
+        );
+    }
+    if !(64 << 10..=1 << 30).contains(&args.convert_chunk) {
+        anyhow::bail!(
+            "--convert-chunk {} is out of range; give a size between 64K and 1G",
+            args.convert_chunk
         );
     }
     let timeouts = Timeouts::uniform(Duration::from_secs_f64(args.kmip_timeout));
