@@ -101,6 +101,9 @@ impl VolumeOptions {
 
 enum Slot {
     Locked(Volume),
+    /// The key is being fetched (the volume is out of the slot meanwhile, so that status
+    /// requests never wait for a KMIP server).
+    Unlocking(Box<atrest_volume::VolumeInfo>),
     Open(UnlockedVolume),
     Empty,
 }
@@ -418,9 +421,22 @@ impl DataVolume {
             return Ok(());
         };
         self.inner.attempts.fetch_add(1, Ordering::Relaxed);
-        let mut slot = lock(&self.inner.slot);
-        let Slot::Locked(vol) = &*slot else {
-            return Ok(());
+        let vol = {
+            let mut slot = lock(&self.inner.slot);
+            let info = match &*slot {
+                Slot::Locked(v) => Box::new(v.info()),
+                _ => return Ok(()),
+            };
+            match std::mem::replace(&mut *slot, Slot::Unlocking(info)) {
+                Slot::Locked(v) => v,
+                _ => return Ok(()),
+            }
+        };
+        let put_back = |vol: Volume| {
+            let mut slot = lock(&self.inner.slot);
+            if matches!(&*slot, Slot::Unlocking(_)) {
+                *slot = Slot::Locked(vol);
+            }
         };
         let key_ids: Vec<String> = vol
             .required_keys()
@@ -436,7 +452,7 @@ impl DataVolume {
                          servers that hold this volume's key"
                     .into(),
             }];
-            drop(slot);
+            put_back(vol);
             self.unlock_failed(&state, reasons);
             return Err(());
         };
@@ -448,7 +464,7 @@ impl DataVolume {
             let result = Client::new(cfg)
                 .map_err(|e| (e.class().to_owned(), e.to_string()))
                 .and_then(|mut c| {
-                    keys::fetch_volume_keys(&mut c, vol)
+                    keys::fetch_volume_keys(&mut c, &vol)
                         .map_err(|e| (key_error_class(&e).to_owned(), e.to_string()))
                 });
             match result {
@@ -481,13 +497,14 @@ impl DataVolume {
             }
         }
         let Some(keys) = fetched else {
-            drop(slot);
+            put_back(vol);
             self.unlock_failed(&state, reasons);
             return Err(());
         };
-        let Slot::Locked(vol) = std::mem::replace(&mut *slot, Slot::Empty) else {
-            return Ok(());
-        };
+        let mut slot = lock(&self.inner.slot);
+        if !matches!(&*slot, Slot::Unlocking(_)) {
+            return Ok(()); // stopping
+        }
         let uv = match vol.unlock(keys) {
             Ok(uv) => uv,
             Err(e) => {
@@ -847,6 +864,7 @@ impl VolumeBackend for DataVolume {
                 (Some(i), true)
             }
             Slot::Locked(v) => (Some(v.info()), false),
+            Slot::Unlocking(i) => (Some((**i).clone()), false),
             Slot::Empty => (None, false),
         };
         let space = if store_space {

@@ -518,3 +518,51 @@ async fn unlock_fails_over_and_gives_a_reason_per_server() {
     }
     run.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_answers_while_a_server_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (run, _) = encrypt(&data).await;
+    // A server that accepts connections and never answers.
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    let pw = std::fs::read_to_string(data.join("initial-admin-password")).unwrap();
+    let app = app(run.state.clone());
+    let t = token(&app, pw.trim()).await;
+    let res = app
+        .clone()
+        .oneshot(
+            Request::put("/api/encryption/kmip")
+                .header(header::AUTHORIZATION, format!("Bearer {t}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(
+                    json!({"servers": [hang_addr.to_string()]}).to_string(),
+                ))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    drop(app);
+    run.stop();
+
+    let run = start(&data, false, |o| {
+        o.timeouts = Timeouts::uniform(Duration::from_secs(60));
+    });
+    let (conn, _) = hang.accept().unwrap();
+    // The unlock attempt is under way (it waits for the hanging server): the status answers.
+    let st = atrest_appliance::api::status_json(&run.state);
+    assert_eq!(st["state"], "locked");
+    assert_eq!(st["lock_reasons"], json!([]), "{st}");
+    assert_eq!(st["volume"]["volume"]["state"], "encrypted", "{st}");
+    // The server goes away: the attempt ends with its reason.
+    drop(conn);
+    drop(hang);
+    wait_for("the attempt failed", || {
+        !run.state.workflow().lock_reasons.is_empty()
+    });
+    let w = run.state.workflow();
+    assert_eq!(w.lock_reasons[0].server, hang_addr.to_string(), "{w:?}");
+    run.stop();
+}
