@@ -763,6 +763,18 @@ impl DataVolume {
             pbkdf2_iterations: self.inner.opts.digest_iterations,
             ..EncryptOptions::default()
         };
+        if wf_state(uv.state()) == req.conversion() {
+            // The conversion stopped on an error: resume it where the header says.
+            tracing::info!("resuming the {} conversion", uv.state().as_str());
+            let info = uv.info();
+            events(Event::Started {
+                conversion: req.conversion(),
+                key_id: info.key_id.clone(),
+                servers: info.servers.clone(),
+                cipher: cipher_text(info.cipher.as_deref(), info.key_bits),
+            });
+            return Ok(uv);
+        }
         let conversion = match req {
             Request::Encrypt | Request::Rekey => {
                 let op = if req == Request::Encrypt {

@@ -349,6 +349,19 @@ fn actions_section(st: &Value) -> String {
         o += r#"<p><button id="rekey">Rekey</button> <button id="decrypt">Decrypt</button></p>"#;
     } else {
         o += &format!("<p>The volume is {}.</p>", esc(state));
+        let url = match state {
+            "encrypting" => Some("/api/encryption/encrypt"),
+            "rekeying" => Some("/api/encryption/rekey"),
+            "decrypting" => Some("/api/encryption/decrypt"),
+            _ => None,
+        };
+        if let Some(url) = url
+            && !s(st, "last_error").is_empty()
+        {
+            o += &format!(
+                r#"<p><button id="resume" data-url="{url}">Resume</button> <span class="hint">The conversion stopped on an error; fix its cause, then resume it where it stopped.</span></p>"#
+            );
+        }
     }
     o += "</section>";
     o
@@ -376,7 +389,8 @@ document.getElementById('kmip-form').addEventListener('submit', async (e) => {
   if (!t.ok) { say((t.body && t.body.error) || ('the test failed: HTTP ' + t.status), 'error'); }
   location.reload();
 });
-for (const [id, url] of [['encrypt', '/api/encryption/encrypt'], ['rekey', '/api/encryption/rekey'], ['decrypt', '/api/encryption/decrypt']]) {
+const resume = document.getElementById('resume');
+for (const [id, url] of [['encrypt', '/api/encryption/encrypt'], ['rekey', '/api/encryption/rekey'], ['decrypt', '/api/encryption/decrypt'], ['resume', resume && resume.dataset.url]]) {
   const b = document.getElementById(id);
   if (!b) continue;
   b.addEventListener('click', async () => {

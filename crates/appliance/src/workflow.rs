@@ -104,6 +104,17 @@ pub enum Request {
     Decrypt,
 }
 
+impl Request {
+    /// The state the volume is in while this request runs.
+    pub fn conversion(self) -> State {
+        match self {
+            Request::Encrypt => State::Encrypting,
+            Request::Rekey => State::Rekeying,
+            Request::Decrypt => State::Decrypting,
+        }
+    }
+}
+
 /// The facts besides the state that decide whether Encrypt may start.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Gate<'a> {
@@ -187,6 +198,10 @@ impl Workflow {
             )
         };
         if self.state.is_converting() {
+            // A conversion that stopped on an error may be resumed by asking for it again.
+            if self.last_error.is_some() && req.conversion() == self.state {
+                return Ok(());
+            }
             return Err(busy(self.state));
         }
         if self.state == State::Locked {
@@ -524,6 +539,32 @@ mod tests {
         w.apply(Event::Unlocked).unwrap();
         assert_eq!(w.state, State::Encrypting);
         assert!(w.lock_reasons.is_empty());
+    }
+
+    #[test]
+    fn a_failed_conversion_can_be_resumed_by_asking_again() {
+        let mut w = Workflow::default();
+        w.apply(Event::Started {
+            conversion: State::Encrypting,
+            key_id: Some("k".into()),
+            servers: vec![],
+            cipher: None,
+        })
+        .unwrap();
+        assert!(w.check(Request::Encrypt, Gate::default()).is_err());
+        w.apply(Event::Failed("disk error".into())).unwrap();
+        w.check(Request::Encrypt, Gate::default()).unwrap();
+        assert!(w.check(Request::Decrypt, Gate::default()).is_err());
+        w.apply(Event::Started {
+            conversion: State::Encrypting,
+            key_id: None,
+            servers: vec![],
+            cipher: None,
+        })
+        .unwrap();
+        assert_eq!(w.state, State::Encrypting);
+        assert_eq!(w.last_error, None);
+        assert_eq!(w.key_id.as_deref(), Some("k"));
     }
 
     #[test]

@@ -944,3 +944,68 @@ async fn embedded_prefill_then_test_passes() {
     assert_eq!(f.state.kmip().unwrap().servers[0].host, "kmip.example");
     k.stop();
 }
+
+#[tokio::test]
+async fn a_failed_conversion_offers_resume() {
+    let f = fixture();
+    f.state.apply(Event::Started {
+        conversion: WfState::Encrypting,
+        key_id: Some("k-1".into()),
+        servers: vec!["kmip.example:5696".into()],
+        cipher: Some("aes-xts-plain64".into()),
+    });
+    f.state
+        .apply(Event::Progress(atrest_appliance::workflow::Progress::new(
+            3 << 20,
+            12 << 20,
+            Some(2.0 * 1048576.0),
+        )));
+    let app = app(f.state.clone());
+    let (cookie, _) = browser_login(&app, &f.password).await;
+    let page = |cookie: String| {
+        let app = app.clone();
+        async move {
+            let (_, _, b) = send(
+                &app,
+                req("GET", "/storage/encryption")
+                    .header(header::COOKIE, &cookie)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+            String::from_utf8(b).unwrap()
+        }
+    };
+    let p = page(cookie.clone()).await;
+    assert!(
+        p.contains("25.0% — 3.0 MiB of 12.0 MiB, 2.0 MiB/s, about 5 s left"),
+        "{p}"
+    );
+    assert!(!p.contains("id=\"resume\""));
+    let t = api_token(&app, &f.password).await;
+    let (s, v) = call(&app, &t, "POST", "/api/encryption/encrypt", None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("25% done"), "{v}");
+
+    f.state.apply(Event::Failed(
+        "the conversion stopped: disk full; it resumes at the next start".into(),
+    ));
+    let p = page(cookie).await;
+    assert!(
+        p.contains("id=\"resume\" data-url=\"/api/encryption/encrypt\""),
+        "{p}"
+    );
+    assert!(p.contains("disk full"), "{p}");
+    // Asking again passes the workflow's checks (and stops here at the missing settings).
+    let (s, v) = call(&app, &t, "POST", "/api/encryption/encrypt", None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("no KMIP settings are saved"),
+        "{v}"
+    );
+    let (s, _) = call(&app, &t, "POST", "/api/encryption/decrypt", None).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+}
