@@ -4,7 +4,6 @@
 //!
 //! Blocking (the KMIP client is synchronous): run it on a blocking thread.
 
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use atrest_kmip::client::{Client, ClientError, ServerAddr, Timeouts};
@@ -122,42 +121,9 @@ impl Steps {
 }
 
 fn tcp_connect(server: &ServerAddr, timeout: Duration) -> Result<String, ClientError> {
-    let addrs: Vec<_> = (server.host.as_str(), server.port)
-        .to_socket_addrs()
-        .map_err(|e| ClientError::Resolve {
-            host: server.host.clone(),
-            detail: e.to_string(),
-        })?
-        .collect();
-    if addrs.is_empty() {
-        return Err(ClientError::Resolve {
-            host: server.host.clone(),
-            detail: "no address".into(),
-        });
-    }
-    let mut last = None;
-    for a in &addrs {
-        match TcpStream::connect_timeout(a, timeout) {
-            Ok(_) => return Ok(format!("connected to {server} ({a})")),
-            Err(e) => last = Some(e),
-        }
-    }
-    let e = last.expect("at least one address");
-    Err(match e.kind() {
-        std::io::ErrorKind::ConnectionRefused => ClientError::ConnectRefused {
-            server: server.clone(),
-        },
-        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
-            ClientError::ConnectTimeout {
-                server: server.clone(),
-                after: timeout,
-            }
-        }
-        _ => ClientError::Connect {
-            server: server.clone(),
-            detail: e.to_string(),
-        },
-    })
+    let (_, addr) =
+        atrest_kmip::client::tcp_connect(server, timeout, std::time::Instant::now() + timeout)?;
+    Ok(format!("connected to {server} ({addr})"))
 }
 
 fn cert_line(what: &str, days: Option<i32>, not_after: &str) -> (bool, String) {
