@@ -10,9 +10,9 @@ use crate::device::{BlockDevice, check_range};
 use crate::error::{Error, Result};
 use crate::key::{KeyMaterial, VolumeKey, digest_matches, expected_bits, make_digest};
 use crate::luks2::{
-    self, Conversion, ConversionKind, DEFAULT_HDR_SIZE, DEFAULT_PBKDF2_ITERATIONS, HOTZONE_ENTRY,
-    HOTZONE_UNIT, Hotzone, KmipToken, Metadata, REQUIREMENT_CONVERSION, ReadReport, Segment,
-    SegmentKind, Token,
+    self, Conversion, ConversionKind, DEFAULT_HDR_SIZE, DEFAULT_PBKDF2_ITERATIONS, Digest,
+    HOTZONE_ENTRY, HOTZONE_UNIT, Hotzone, KmipToken, Metadata, REQUIREMENT_CONVERSION, ReadReport,
+    Segment, SegmentKind, Token,
 };
 use crate::rangelock::RangeLock;
 use crate::xts::{KeySize, TWEAK_UNIT, XtsCipher};
@@ -861,23 +861,7 @@ impl UnlockedVolume {
         let digest = make_digest(&key, opts.pbkdf2_iterations, vec![0])?;
         let cipher = Arc::new(XtsCipher::new(key.secret())?);
         self.commit(|m| {
-            let did = m.free_digest_id();
-            m.digests.insert(did, digest);
-            let tid = m.free_token_id();
-            m.tokens
-                .insert(tid, Token::Kmip(token_of(&reference, key.size(), did)));
-            let cid = m.free_token_id();
-            m.tokens.insert(
-                cid,
-                Token::Conversion(Conversion {
-                    kind: ConversionKind::Encrypt,
-                    old_digest: None,
-                    new_digest: Some(did),
-                    boundary: 0,
-                    hotzone: None,
-                }),
-            );
-            m.requirements.push(REQUIREMENT_CONVERSION.into());
+            add_new_key(m, digest, &reference, &key, ConversionKind::Encrypt, None);
             m.segment.kind = SegmentKind::Crypt {
                 encryption: CIPHER.into(),
                 sector_size: opts.sector_size,
@@ -927,23 +911,14 @@ impl UnlockedVolume {
         let digest = make_digest(&key, opts.pbkdf2_iterations, Vec::new())?;
         let cipher = Arc::new(XtsCipher::new(key.secret())?);
         self.commit(|m| {
-            let did = m.free_digest_id();
-            m.digests.insert(did, digest);
-            let tid = m.free_token_id();
-            m.tokens
-                .insert(tid, Token::Kmip(token_of(&reference, key.size(), did)));
-            let cid = m.free_token_id();
-            m.tokens.insert(
-                cid,
-                Token::Conversion(Conversion {
-                    kind: ConversionKind::Rekey,
-                    old_digest: Some(old_id),
-                    new_digest: Some(did),
-                    boundary: 0,
-                    hotzone: None,
-                }),
+            add_new_key(
+                m,
+                digest,
+                &reference,
+                &key,
+                ConversionKind::Rekey,
+                Some(old_id),
             );
-            m.requirements.push(REQUIREMENT_CONVERSION.into());
         })?;
         let mut layout = self.inner.layout.write().unwrap_or_else(|e| e.into_inner());
         layout.old = layout.new.clone();
@@ -1230,6 +1205,36 @@ fn finish(m: &mut Metadata, kind: ConversionKind) {
             m.segment.kind = SegmentKind::Linear;
         }
     }
+}
+
+/// Records a conversion to a new key in `m`: the key's digest, its `atrest-kmip` token, the
+/// conversion record (boundary 0) and the requirement flag that makes older tools refuse the
+/// half-converted volume.
+fn add_new_key(
+    m: &mut Metadata,
+    digest: Digest,
+    reference: &KeyReference,
+    key: &KeyMaterial,
+    kind: ConversionKind,
+    old_digest: Option<u32>,
+) {
+    let did = m.free_digest_id();
+    m.digests.insert(did, digest);
+    let tid = m.free_token_id();
+    m.tokens
+        .insert(tid, Token::Kmip(token_of(reference, key.size(), did)));
+    let cid = m.free_token_id();
+    m.tokens.insert(
+        cid,
+        Token::Conversion(Conversion {
+            kind,
+            old_digest,
+            new_digest: Some(did),
+            boundary: 0,
+            hotzone: None,
+        }),
+    );
+    m.requirements.push(REQUIREMENT_CONVERSION.into());
 }
 
 fn token_of(r: &KeyReference, size: KeySize, digest: u32) -> KmipToken {
