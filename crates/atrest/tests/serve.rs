@@ -189,38 +189,12 @@ fn first_start_then_save_and_test_against_the_embedded_kms() {
     assert_eq!(st["last_test"]["ok"], true, "the last test is remembered");
 }
 
-/// The PyKMIP peer's env file, or None (with a note) when the peer is not configured.
-fn pykmip_env() -> Option<Vec<(String, String)>> {
-    let require = std::env::var("ATREST_REQUIRE_PEERS").is_ok_and(|v| v == "1");
-    match std::env::var("ATREST_PYKMIP_EC_ENV") {
-        Ok(p) => {
-            let text = std::fs::read_to_string(&p)
-                .unwrap_or_else(|e| panic!("cannot read ATREST_PYKMIP_EC_ENV={p}: {e}"));
-            Some(
-                text.lines()
-                    .filter_map(|l| l.strip_prefix("export "))
-                    .filter_map(|l| l.split_once('='))
-                    .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
-                    .collect(),
-            )
-        }
-        Err(_) if require => panic!("ATREST_REQUIRE_PEERS=1 but ATREST_PYKMIP_EC_ENV is not set"),
-        Err(_) => {
-            eprintln!("note: ATREST_PYKMIP_EC_ENV is not set; skipping the PyKMIP peer test");
-            None
-        }
-    }
-}
-
 #[test]
 fn save_and_test_against_pykmip() {
-    let Some(env) = pykmip_env() else { return };
-    let var = |k: &str| {
-        env.iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_else(|| panic!("the peer env file has no {k}"))
+    let Some(peer) = atrest_testkit::ec_peer() else {
+        return;
     };
+    let var = |k: &str| peer.v(k).to_owned();
     let read = |k: &str| std::fs::read(var(k)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let app = start(&dir.path().join("appliance"), &[]);

@@ -20,12 +20,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-fn require() -> bool {
-    std::env::var("ATREST_REQUIRE_PEERS").is_ok_and(|v| v == "1")
-}
-
 fn skip(why: &str) {
-    if require() {
+    if atrest_testkit::require_peers() {
         panic!("ATREST_REQUIRE_PEERS=1 but {why}");
     }
     eprintln!("note: skipping the browser test: {why}");
@@ -83,11 +79,11 @@ struct Pykmip {
     kit: PathBuf,
     state: PathBuf,
     port: u16,
-    env: Vec<(String, String)>,
+    env: atrest_testkit::Peer,
 }
 
-/// Runs the kit's `start`; returns the env file's variables.
-fn launch(kit: &Path, state: &Path, port: u16) -> Vec<(String, String)> {
+/// Runs the kit's `start`; returns the server its env file describes.
+fn launch(kit: &Path, state: &Path, port: u16) -> atrest_testkit::Peer {
     let out = Command::new(kit.join("start"))
         .arg(state)
         .env("PYKMIP_PORT", port.to_string())
@@ -97,13 +93,7 @@ fn launch(kit: &Path, state: &Path, port: u16) -> Vec<(String, String)> {
         .expect("the PyKMIP kit's start runs");
     assert!(out.status.success(), "the PyKMIP server did not start");
     let env_file = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    std::fs::read_to_string(&env_file)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.strip_prefix("export "))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
-        .collect()
+    atrest_testkit::Peer::from_file(Path::new(&env_file))
 }
 
 impl Pykmip {
@@ -117,11 +107,7 @@ impl Pykmip {
         }
     }
     fn var(&self, k: &str) -> String {
-        self.env
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_else(|| panic!("the PyKMIP env file has no {k}"))
+        self.env.v(k).to_owned()
     }
     fn stop(&self) {
         let ok = Command::new(self.kit.join("stop"))

@@ -400,20 +400,7 @@ fn env_text(dir: &DataDir, c: &IssuedClient, host: &str, port: u16) -> Zeroizing
 
 /// Reads `export NAME=value` lines of an env file (values unquoted as a shell would for the
 /// quoting [`env_text`] writes).
-pub fn parse_env(text: &str) -> Vec<(String, String)> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("export "))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| {
-            let v = v
-                .strip_prefix('\'')
-                .and_then(|v| v.strip_suffix('\''))
-                .map(|v| v.replace("'\\''", "'"))
-                .unwrap_or_else(|| v.to_owned());
-            (k.to_owned(), v)
-        })
-        .collect()
-}
+pub use atrest_kmip::client::parse_env;
 
 #[cfg(test)]
 mod tests {

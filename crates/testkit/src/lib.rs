@@ -68,15 +68,7 @@ impl Peer {
     pub fn from_file(path: &Path) -> Peer {
         let text = std::fs::read_to_string(path)
             .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-        let vars = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("export "))
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| {
-                let v = v.trim_matches('"').trim_matches('\'');
-                (k.to_owned(), v.to_owned())
-            })
-            .collect();
+        let vars = atrest_kmip::client::parse_env(&text).into_iter().collect();
         Peer { vars }
     }
 

@@ -38,6 +38,24 @@ use crate::message::{
 };
 use crate::ttlv::{self, HEADER_LEN, Limits, Value};
 
+/// Reads the `export NAME=value` lines of a client settings env file (the shape `atrest kms
+/// serve` writes as `client.env` and the PyKMIP test peer writes as `env`). A value in single
+/// quotes is unquoted as a shell would (`'\''` stands for one quote); other lines are ignored.
+pub fn parse_env(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| {
+            let v = v
+                .strip_prefix('\'')
+                .and_then(|v| v.strip_suffix('\''))
+                .map(|v| v.replace("'\\''", "'"))
+                .unwrap_or_else(|| v.to_owned());
+            (k.to_owned(), v)
+        })
+        .collect()
+}
+
 /// The IANA port of KMIP over TLS.
 pub const DEFAULT_PORT: u16 = 5696;
 
