@@ -164,7 +164,12 @@ pub fn run(args: KmipArgs) -> anyhow::Result<()> {
     match args.command {
         KmipCommand::Test | KmipCommand::Query => {
             let info = client.connect()?;
-            let versions = client.discover_versions().unwrap_or_default();
+            // Negotiation already asked; a pinned version skipped it, so ask now.
+            let versions = if info.server_versions.is_empty() {
+                client.discover_versions().unwrap_or_default()
+            } else {
+                info.server_versions.clone()
+            };
             let q = client.query()?;
             let test = matches!(args.command, KmipCommand::Test);
             let ops: Vec<String> = q.operations.iter().map(|o| o.to_string()).collect();

@@ -189,6 +189,9 @@ pub struct ConnectionInfo {
     pub client_not_after: String,
     pub client_days_left: Option<i32>,
     pub protocol_version: ProtocolVersion,
+    /// The versions the server listed in Discover Versions during negotiation (empty when the
+    /// version was pinned, or the server does not know Discover Versions).
+    pub server_versions: Vec<ProtocolVersion>,
 }
 
 struct Conn {
@@ -439,25 +442,30 @@ impl Client {
             used: false,
         };
         if self.config.version.is_none() {
-            conn.version = self.negotiate(&mut conn, deadline)?;
+            let (version, listed) = self.negotiate(&mut conn, deadline)?;
+            conn.version = version;
+            conn.info.server_versions = listed;
         }
         conn.info.protocol_version = conn.version;
         Ok(conn)
     }
 
+    /// The version to use and the versions the server listed.
     fn negotiate(
         &self,
         conn: &mut Conn,
         deadline: Instant,
-    ) -> Result<ProtocolVersion, ClientError> {
+    ) -> Result<(ProtocolVersion, Vec<ProtocolVersion>), ClientError> {
         let payload = RequestPayload::DiscoverVersions {
             versions: ProtocolVersion::SUPPORTED.to_vec(),
         };
         let server = conn.info.server.clone();
         match exchange(conn, &payload, deadline, &self.limits, &self.config) {
             Ok(ResponsePayload::DiscoverVersions { versions }) => versions
-                .into_iter()
+                .iter()
+                .copied()
                 .find(|v| ProtocolVersion::SUPPORTED.contains(v))
+                .map(|v| (v, versions.clone()))
                 .ok_or_else(|| ClientError::Version {
                     server,
                     detail: "the server's Discover Versions answer lists none of them".into(),
@@ -468,7 +476,7 @@ impl Client {
             }),
             // The server does not know Discover Versions: KMIP 1.0.
             Err(ExchangeError::Answered(ClientError::Operation { .. })) => {
-                Ok(ProtocolVersion::V1_0)
+                Ok((ProtocolVersion::V1_0, Vec::new()))
             }
             Err(
                 ExchangeError::Answered(e) | ExchangeError::Sent(e) | ExchangeError::NotSent(e),
@@ -810,6 +818,7 @@ fn connection_info(
         client_not_after: own.map(|c| c.not_after().to_string()).unwrap_or_default(),
         client_days_left: own.and_then(|c| days_left(c.not_after())),
         protocol_version: version,
+        server_versions: Vec::new(),
     }
 }
 
