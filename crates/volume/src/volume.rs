@@ -298,7 +298,17 @@ impl Volume {
     /// Opens a volume: reads and validates both header copies, and repairs a damaged or stale
     /// copy from the good one when the device is writable.
     pub fn open(dev: Arc<dyn BlockDevice>) -> Result<Volume> {
-        let (meta, report) = luks2::read_header(&*dev, true)?;
+        Volume::open_with(dev, true)
+    }
+
+    /// Opens a volume without writing anything: a damaged or stale header copy is reported in
+    /// [`Volume::info`] (`header_repair`) but left as it is.
+    pub fn open_read_only(dev: Arc<dyn BlockDevice>) -> Result<Volume> {
+        Volume::open_with(dev, false)
+    }
+
+    fn open_with(dev: Arc<dyn BlockDevice>, repair: bool) -> Result<Volume> {
+        let (meta, report) = luks2::read_header(&*dev, repair)?;
         let data_size = data_size_of(&meta, dev.len());
         if meta
             .segment
@@ -571,7 +581,7 @@ fn info_of(m: &Metadata, dev_len: u64, report: &ReadReport) -> VolumeInfo {
                 if report.repaired {
                     "repaired"
                 } else {
-                    "not repaired: the device is read-only"
+                    "not repaired: opened read-only (`atrest volume dump --repair` rewrites it)"
                 }
             )
         }),
