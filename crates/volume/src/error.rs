@@ -42,6 +42,8 @@ pub enum Check {
     Token,
     /// The conversion record (`atrest-conversion` token) is consistent with the rest.
     Conversion,
+    /// The header MAC token is well-formed, at most one, and a plain volume names no key.
+    Mac,
 }
 
 impl Check {
@@ -65,6 +67,7 @@ impl Check {
             Check::Keyslots => "keyslots",
             Check::Token => "token",
             Check::Conversion => "conversion",
+            Check::Mac => "mac",
         }
     }
 }
@@ -93,6 +96,54 @@ impl fmt::Display for HeaderError {
 }
 
 impl std::error::Error for HeaderError {}
+
+/// Why a header failed authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HeaderAuthFailure {
+    /// The header carries no MAC (changed outside atrest, or written by an atrest without
+    /// header MACs).
+    Missing,
+    /// The MAC does not match the header under its volume key.
+    Mismatch,
+}
+
+/// A header whose MAC failed, with what the header claims (so that an administrator can judge).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderAuthError {
+    /// Missing or wrong.
+    pub failure: HeaderAuthFailure,
+    /// What the header claims, in words: state, conversion and boundary, key id.
+    pub claim: String,
+}
+
+impl fmt::Display for HeaderAuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.failure {
+            HeaderAuthFailure::Missing => write!(
+                f,
+                "the volume header ({}) carries no authentication code: it was changed outside \
+                 atrest, or written by an atrest version without header authentication. Nothing \
+                 was read or written. If you know where this header comes from, accept it \
+                 explicitly (the page's Resume, POST /api/encryption/resume, or `atrest volume \
+                 unlock --accept-header`); otherwise restore the header from a backup",
+                self.claim
+            ),
+            HeaderAuthFailure::Mismatch => write!(
+                f,
+                "the volume header ({}) fails its authentication code under the volume key: it \
+                 was changed outside atrest (by someone with write access to the disk, or by \
+                 copying another volume's header). Nothing was read or written. Find out who \
+                 changed it; restore the header from a backup, or, if the change was yours, \
+                 accept it explicitly (the page's Resume, POST /api/encryption/resume, or \
+                 `atrest volume unlock --accept-header`)",
+                self.claim
+            ),
+        }
+    }
+}
+
+impl std::error::Error for HeaderAuthError {}
 
 /// Key material of the wrong shape.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -140,6 +191,11 @@ pub enum Error {
         /// Which digest(s) it was checked against.
         what: String,
     },
+    /// The header's MAC is missing or wrong under the volume key: the metadata that steers what
+    /// atrest writes was changed outside atrest (or written by a version without header MACs).
+    /// Nothing was read or written.
+    #[error("{0}")]
+    HeaderAuth(HeaderAuthError),
     /// The operation is not possible in the volume's current state.
     #[error("{0}")]
     State(String),
@@ -187,6 +243,9 @@ fn header_next_step(h: &HeaderError) -> &'static str {
     match h.check {
         Check::Magic | Check::DeviceSize => {
             "This is not a LUKS2 volume: check the path, or make one with `atrest volume format`"
+        }
+        Check::Mac => {
+            "Check who had access to the disk; keep the volume as it is (it was not changed) until you know"
         }
         Check::Requirements | Check::Version => {
             "Use the tool that made this volume (e.g. cryptsetup) to bring it to a state atrest knows"

@@ -63,7 +63,7 @@ pub mod volume;
 pub mod xts;
 
 pub use device::{BlockDevice, FileDevice, MemDevice};
-pub use error::{Check, Error, HeaderError, KeyError, Result};
+pub use error::{Check, Error, HeaderAuthError, HeaderAuthFailure, HeaderError, KeyError, Result};
 pub use key::{KeyMaterial, VolumeKey};
 pub use luks2::{ConversionKind, KmipToken};
 pub use secret::{SecretBytes, harden_process};

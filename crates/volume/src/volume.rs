@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::device::{BlockDevice, check_range};
-use crate::error::{Error, Result};
+use crate::error::{Error, HeaderAuthError, HeaderAuthFailure, Result};
 use crate::key::{KeyMaterial, VolumeKey, digest_matches, expected_bits, make_digest};
 use crate::luks2::{
-    self, Conversion, ConversionKind, DEFAULT_HDR_SIZE, DEFAULT_PBKDF2_ITERATIONS, Digest,
-    HOTZONE_ENTRY, HOTZONE_UNIT, Hotzone, KmipToken, Metadata, REQUIREMENT_CONVERSION, ReadReport,
-    Segment, SegmentKind, Token,
+    self, ConversionKind, DEFAULT_HDR_SIZE, DEFAULT_PBKDF2_ITERATIONS, HOTZONE_ENTRY, HOTZONE_UNIT,
+    Hotzone, KmipToken, MAX_HOTZONE_SIZE, MacKey, Metadata, ReadReport, Segment, SegmentKind,
+    Token,
 };
 use crate::rangelock::RangeLock;
 use crate::xts::{KeySize, TWEAK_UNIT, XtsCipher};
@@ -203,6 +203,9 @@ pub struct VolumeInfo {
     pub seqid: u64,
     /// A damaged or stale header copy found on open, and whether it was repaired.
     pub header_repair: Option<String>,
+    /// Whether the header carries a MAC (it is checked under the volume key at unlock; a plain
+    /// volume has none).
+    pub header_mac: bool,
 }
 
 /// An opened volume whose keys are not loaded yet.
@@ -211,6 +214,8 @@ pub struct Volume {
     // Boxed: keeps `Volume` small for callers that hold it beside an `UnlockedVolume`.
     meta: Box<Metadata>,
     report: ReadReport,
+    /// Whether unlock may rewrite a damaged or stale header copy (after authentication).
+    may_repair: bool,
 }
 
 impl std::fmt::Debug for Volume {
@@ -292,23 +297,34 @@ impl Volume {
             dev,
             meta: Box::new(meta),
             report: ReadReport::default(),
+            may_repair: true,
         })
     }
 
-    /// Opens a volume: reads and validates both header copies, and repairs a damaged or stale
-    /// copy from the good one when the device is writable.
+    /// Opens a volume: reads and validates both header copies and takes the newest valid one.
+    /// Nothing is written: a damaged or stale copy is repaired by [`Volume::unlock`], once the
+    /// header has passed its MAC check under the volume key (a forged newer copy must never
+    /// overwrite the genuine one).
     pub fn open(dev: Arc<dyn BlockDevice>) -> Result<Volume> {
-        Volume::open_with(dev, true)
+        Volume::open_with(dev, false, true)
     }
 
-    /// Opens a volume without writing anything: a damaged or stale header copy is reported in
-    /// [`Volume::info`] (`header_repair`) but left as it is.
+    /// Opens a volume that is only read (e.g. `dump`): nothing is ever written, not even by
+    /// [`Volume::unlock`]; a damaged or stale header copy is reported in [`Volume::info`]
+    /// (`header_repair`) and left as it is.
     pub fn open_read_only(dev: Arc<dyn BlockDevice>) -> Result<Volume> {
-        Volume::open_with(dev, false)
+        Volume::open_with(dev, false, false)
     }
 
-    fn open_with(dev: Arc<dyn BlockDevice>, repair: bool) -> Result<Volume> {
-        let (meta, report) = luks2::read_header(&*dev, repair)?;
+    /// Opens a volume and at once rewrites a damaged or stale header copy from the newest valid
+    /// one, trusting the header checksums alone (like `cryptsetup repair`): only on the
+    /// administrator's explicit request (`atrest volume dump --repair`).
+    pub fn open_and_repair(dev: Arc<dyn BlockDevice>) -> Result<Volume> {
+        Volume::open_with(dev, true, true)
+    }
+
+    fn open_with(dev: Arc<dyn BlockDevice>, repair_now: bool, may_repair: bool) -> Result<Volume> {
+        let (meta, report) = luks2::read_header(&*dev, repair_now)?;
         let data_size = data_size_of(&meta, dev.len());
         if meta
             .segment
@@ -345,6 +361,7 @@ impl Volume {
             dev,
             meta: Box::new(meta),
             report,
+            may_repair,
         })
     }
 
@@ -407,10 +424,35 @@ impl Volume {
         })
     }
 
-    /// Unlocks the volume with the verified keys it needs (see [`Volume::required_keys`]). A
-    /// conversion interrupted by a crash is repaired first: its hotzone is finished, so the data
-    /// segment is consistent before anyone reads it.
+    /// Unlocks the volume with the verified keys it needs (see [`Volume::required_keys`]).
+    ///
+    /// The header's MAC is checked under the authenticating key first (the data segment's key,
+    /// the old key of a rekey or decrypt, the new key of an encrypt); a header whose MAC is
+    /// missing or wrong is refused with [`Error::HeaderAuth`] before any sector is read or
+    /// written. Then a damaged or stale header copy is repaired, and a conversion interrupted by
+    /// a crash has its hotzone finished, so the data segment is consistent before anyone reads
+    /// it.
     pub fn unlock(self, keys: Vec<VolumeKey>) -> Result<UnlockedVolume> {
+        self.unlock_with(keys, false)
+    }
+
+    /// Like [`Volume::unlock`], but a header whose MAC is missing or wrong is accepted as it is
+    /// and signed anew under its authenticating key: the administrator's explicit decision
+    /// (the page's Resume, `atrest volume unlock --accept-header`) for a header written by an
+    /// atrest without header MACs, or changed on purpose. The keys are still verified against
+    /// the header's digests.
+    pub fn unlock_accepting_header(self, keys: Vec<VolumeKey>) -> Result<UnlockedVolume> {
+        self.unlock_with(keys, true)
+    }
+
+    /// Checks the header's MAC with the given verified keys, without unlocking. `Ok(())` for a
+    /// plain volume (no key, no MAC).
+    pub fn authenticate(&self, keys: &[VolumeKey]) -> Result<()> {
+        let mac_keys = mac_keys_of(keys)?;
+        check_mac(&self.meta, &mac_keys).map(|_| ())
+    }
+
+    fn unlock_with(self, keys: Vec<VolumeKey>, accept: bool) -> Result<UnlockedVolume> {
         for k in &keys {
             if k.volume_uuid != self.meta.uuid {
                 return Err(Error::Usage(
@@ -418,6 +460,14 @@ impl Volume {
                 ));
             }
         }
+        // The MAC first: nothing the header says is acted upon before it is authenticated.
+        let mac_keys = mac_keys_of(&keys)?;
+        // Accepted: signed anew, unless opened read-only (then only read, never written).
+        let resign = match check_mac(&self.meta, &mac_keys) {
+            Ok(()) => false,
+            Err(Error::HeaderAuth(_)) if accept => self.may_repair,
+            Err(e) => return Err(e),
+        };
         let take = |id: u32| -> Result<Arc<XtsCipher>> {
             let k = keys.iter().find(|k| k.digest_id == id).ok_or_else(|| {
                 let what = self
@@ -481,6 +531,7 @@ impl Volume {
             inner: Arc::new(Inner {
                 dev: self.dev,
                 meta: Mutex::new(*self.meta),
+                mac_keys: Mutex::new(mac_keys),
                 report: self.report,
                 data_offset,
                 data_size,
@@ -493,10 +544,116 @@ impl Volume {
                 boundary: AtomicU64::new(boundary),
                 locks: RangeLock::default(),
                 converting: Mutex::new(()),
+                read_only: !self.may_repair,
             }),
         };
-        v.recover_hotzone()?;
+        if resign || (v.inner.report.damaged.is_some() && self.may_repair) {
+            // Authenticated (or accepted): now the header may be written. A commit rewrites both
+            // copies, which also repairs a damaged or stale one.
+            v.commit(|_| {})?;
+        }
+        if !v.inner.read_only {
+            v.recover_hotzone()?;
+        } else if v
+            .meta()
+            .conversion()
+            .is_some_and(|(_, c)| c.hotzone.is_some())
+        {
+            return Err(Error::State(
+                "the volume has an interrupted conversion chunk that must be finished before it \
+                 can be read; open it for writing (not read-only)"
+                    .into(),
+            ));
+        }
         Ok(v)
+    }
+}
+
+/// The MAC keys of verified volume keys, by digest id.
+fn mac_keys_of(keys: &[VolumeKey]) -> Result<std::collections::BTreeMap<u32, MacKey>> {
+    keys.iter()
+        .map(|k| Ok((k.digest_id, MacKey::derive(k.expose())?)))
+        .collect()
+}
+
+/// Checks the MAC of `m` under its authenticating key (which must be among `mac_keys`).
+fn check_mac(m: &Metadata, mac_keys: &std::collections::BTreeMap<u32, MacKey>) -> Result<()> {
+    let Some(d) = m.authenticating_digest() else {
+        return Ok(());
+    };
+    let key = mac_keys.get(&d).ok_or_else(|| {
+        let what = m
+            .kmip_token_for(d)
+            .map(|t| format!("the key with KMIP id {:?}", t.unique_identifier))
+            .unwrap_or_else(|| format!("the key of digest {d}"));
+        Error::State(format!(
+            "checking the header needs {what}: fetch it from the KMIP server and verify it first"
+        ))
+    })?;
+    let failure = match m.mac() {
+        None => HeaderAuthFailure::Missing,
+        Some(_) if key.verify(m)? => return Ok(()),
+        Some(_) => HeaderAuthFailure::Mismatch,
+    };
+    Err(Error::HeaderAuth(HeaderAuthError {
+        failure,
+        claim: claim_of(m),
+    }))
+}
+
+/// What a header claims, in words, for error messages.
+fn claim_of(m: &Metadata) -> String {
+    let id = |d: Option<u32>| {
+        d.and_then(|d| m.kmip_token_for(d))
+            .map(|t| {
+                format!(
+                    "KMIP id {:?} on {}",
+                    t.unique_identifier,
+                    t.servers.join(", ")
+                )
+            })
+            .unwrap_or_else(|| "no KMIP id".into())
+    };
+    match m.conversion() {
+        Some((_, c)) => {
+            let keys = match c.kind {
+                ConversionKind::Encrypt => format!("to the key with {}", id(c.new_digest)),
+                ConversionKind::Rekey => format!(
+                    "from the key with {} to the key with {}",
+                    id(c.old_digest),
+                    id(c.new_digest)
+                ),
+                ConversionKind::Decrypt => {
+                    format!("from the key with {} to plaintext", id(c.old_digest))
+                }
+            };
+            let hz = c
+                .hotzone
+                .map(|h| {
+                    format!(
+                        ", hotzone of {} bytes with its table at device byte {}",
+                        h.size, h.table_offset
+                    )
+                })
+                .unwrap_or_default();
+            format!(
+                "it records a{} {} {keys} at byte {}{hz}",
+                if c.kind == ConversionKind::Encrypt {
+                    "n"
+                } else {
+                    ""
+                },
+                c.kind.as_str(),
+                c.boundary
+            )
+        }
+        None => match &m.segment.kind {
+            SegmentKind::Linear => "plain".into(),
+            SegmentKind::Crypt { encryption, .. } => format!(
+                "encrypted with {encryption} under the key with {}",
+                id(m.segment_digest())
+            ),
+        },
     }
 }
 
@@ -575,13 +732,15 @@ fn info_of(m: &Metadata, dev_len: u64, report: &ReadReport) -> VolumeInfo {
             },
         }),
         seqid: m.seqid,
+        header_mac: m.mac().is_some(),
         header_repair: report.damaged.as_ref().map(|d| {
             format!(
                 "{d} ({})",
                 if report.repaired {
                     "repaired"
                 } else {
-                    "not repaired: opened read-only (`atrest volume dump --repair` rewrites it)"
+                    "not repaired yet: unlocking rewrites it once the header is authenticated \
+                     under the volume key, as does `atrest volume dump --repair`"
                 }
             )
         }),
@@ -641,7 +800,12 @@ impl Layout {
 struct Inner {
     dev: Arc<dyn BlockDevice>,
     meta: Mutex<Metadata>,
+    /// MAC keys of the verified volume keys, by digest id: every commit signs the new header
+    /// under its authenticating key.
+    mac_keys: Mutex<std::collections::BTreeMap<u32, MacKey>>,
     report: ReadReport,
+    /// Opened read-only: the header is never written.
+    read_only: bool,
     data_offset: u64,
     data_size: u64,
     layout: RwLock<Layout>,
@@ -829,12 +993,49 @@ impl UnlockedVolume {
         }
     }
 
+    /// Commits the header changed by `f`, signed under its authenticating key, so that a
+    /// crash between two commits always leaves a header whose MAC verifies.
     fn commit(&self, f: impl FnOnce(&mut Metadata)) -> Result<()> {
+        if self.inner.read_only {
+            return Err(Error::State(
+                "the volume was opened read-only; its header is not written".into(),
+            ));
+        }
         let mut m = self.meta();
         let mut next = m.clone();
         f(&mut next);
+        let mac = match next.authenticating_digest() {
+            None => None,
+            Some(d) => {
+                let keys = self
+                    .inner
+                    .mac_keys
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let key = keys.get(&d).ok_or_else(|| {
+                    Error::State(format!(
+                        "no verified key for digest {d} to sign the header with; unlock with \
+                         every key the volume names"
+                    ))
+                })?;
+                Some(key.sign(&next)?)
+            }
+        };
+        next.set_mac(mac);
         luks2::write_header(&*self.inner.dev, &mut next)?;
         *m = next;
+        Ok(())
+    }
+
+    /// Keeps the MAC key of a new key (whose digest will get id `digest`) for the commits that
+    /// follow.
+    fn add_mac_key(&self, digest: u32, key: &KeyMaterial) -> Result<()> {
+        let mk = MacKey::derive(key.expose())?;
+        self.inner
+            .mac_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(digest, mk);
         Ok(())
     }
 
@@ -870,8 +1071,11 @@ impl UnlockedVolume {
         check_reference(&reference)?;
         let digest = make_digest(&key, opts.pbkdf2_iterations, vec![0])?;
         let cipher = Arc::new(XtsCipher::new(key.secret())?);
+        let did = self.meta().free_digest_id();
+        self.add_mac_key(did, &key)?;
+        let token = token_of(&reference, key.size());
         self.commit(|m| {
-            add_new_key(m, digest, &reference, &key, ConversionKind::Encrypt, None);
+            m.add_new_key(digest, token, ConversionKind::Encrypt, None);
             m.segment.kind = SegmentKind::Crypt {
                 encryption: CIPHER.into(),
                 sector_size: opts.sector_size,
@@ -920,15 +1124,11 @@ impl UnlockedVolume {
         };
         let digest = make_digest(&key, opts.pbkdf2_iterations, Vec::new())?;
         let cipher = Arc::new(XtsCipher::new(key.secret())?);
+        let did = self.meta().free_digest_id();
+        self.add_mac_key(did, &key)?;
+        let token = token_of(&reference, key.size());
         self.commit(|m| {
-            add_new_key(
-                m,
-                digest,
-                &reference,
-                &key,
-                ConversionKind::Rekey,
-                Some(old_id),
-            );
+            m.add_new_key(digest, token, ConversionKind::Rekey, Some(old_id));
         })?;
         let mut layout = self.inner.layout.write().unwrap_or_else(|e| e.into_inner());
         layout.old = layout.new.clone();
@@ -946,25 +1146,7 @@ impl UnlockedVolume {
             .unwrap_or_else(|e| e.into_inner());
         let _all = self.inner.locks.acquire(0, u64::MAX, true);
         self.check_steady_encrypted("decrypting")?;
-        self.commit(|m| {
-            let old = m
-                .digests
-                .iter()
-                .find(|(_, d)| d.segments.contains(&0))
-                .map(|(i, _)| *i);
-            let cid = m.free_token_id();
-            m.tokens.insert(
-                cid,
-                Token::Conversion(Conversion {
-                    kind: ConversionKind::Decrypt,
-                    old_digest: old,
-                    new_digest: None,
-                    boundary: 0,
-                    hotzone: None,
-                }),
-            );
-            m.requirements.push(REQUIREMENT_CONVERSION.into());
-        })?;
+        self.commit(Metadata::begin_decrypt)?;
         let mut layout = self.inner.layout.write().unwrap_or_else(|e| e.into_inner());
         layout.old = layout.new.clone();
         layout.new = Form::Plain;
@@ -1044,14 +1226,7 @@ impl UnlockedVolume {
             .map_err(Error::io("flushing the data segment"))?;
         drop(layout);
         let end = hz.offset + hz.size;
-        self.commit(|m| {
-            if let Some((id, _)) = m.conversion()
-                && let Some(Token::Conversion(c)) = m.tokens.get_mut(&id)
-            {
-                c.boundary = end;
-                c.hotzone = None;
-            }
-        })?;
+        self.commit(|m| m.set_boundary(end, None))?;
         inner.boundary.store(end, Ordering::Release);
         Ok(())
     }
@@ -1078,7 +1253,8 @@ impl UnlockedVolume {
             }
         };
         let sector = self.sector();
-        let max_chunk = (ks_size / 2 / HOTZONE_ENTRY * HOTZONE_UNIT) / sector * sector;
+        let max_chunk =
+            (ks_size / 2 / HOTZONE_ENTRY * HOTZONE_UNIT).min(MAX_HOTZONE_SIZE) / sector * sector;
         let chunk = (opts.chunk_size / sector * sector).clamp(sector, max_chunk.max(sector));
         if max_chunk < sector {
             return Err(Error::State(
@@ -1105,11 +1281,11 @@ impl UnlockedVolume {
                     .flush()
                     .map_err(Error::io("flushing the data segment"))?;
                 if stopping && b < total {
-                    self.commit(|m| set_boundary(m, b, None))?;
+                    self.commit(|m| m.set_boundary(b, None))?;
                     return Ok(self.state());
                 }
                 // The last chunk stays locked until the commit that retires its hotzone.
-                self.commit(|m| finish(m, kind))?;
+                self.commit(Metadata::finish)?;
                 drop(prev_guard);
                 let _all = inner.locks.acquire(0, u64::MAX, true);
                 let mut layout = inner.layout.write().unwrap_or_else(|e| e.into_inner());
@@ -1139,7 +1315,7 @@ impl UnlockedVolume {
                 size: len,
                 table_offset,
             };
-            self.commit(|m| set_boundary(m, b, Some(hz)))?;
+            self.commit(|m| m.set_boundary(b, Some(hz)))?;
             drop(prev_guard.take());
             {
                 let layout = inner.layout.read().unwrap_or_else(|e| e.into_inner());
@@ -1176,84 +1352,15 @@ impl UnlockedVolume {
     }
 }
 
-fn set_boundary(m: &mut Metadata, boundary: u64, hz: Option<Hotzone>) {
-    if let Some((id, _)) = m.conversion()
-        && let Some(Token::Conversion(c)) = m.tokens.get_mut(&id)
-    {
-        c.boundary = boundary;
-        c.hotzone = hz;
-    }
-}
-
-fn finish(m: &mut Metadata, kind: ConversionKind) {
-    let Some((cid, c)) = m.conversion().map(|(i, c)| (i, c.clone())) else {
-        return;
-    };
-    m.tokens.remove(&cid);
-    m.requirements.retain(|r| r != REQUIREMENT_CONVERSION);
-    let drop_key = |m: &mut Metadata, digest: u32| {
-        m.digests.remove(&digest);
-        m.tokens
-            .retain(|_, t| !matches!(t, Token::Kmip(k) if k.digest == digest));
-    };
-    match kind {
-        ConversionKind::Encrypt => {}
-        ConversionKind::Rekey => {
-            if let Some(old) = c.old_digest {
-                drop_key(m, old);
-            }
-            if let Some(new) = c.new_digest
-                && let Some(d) = m.digests.get_mut(&new)
-            {
-                d.segments = vec![0];
-            }
-        }
-        ConversionKind::Decrypt => {
-            if let Some(old) = c.old_digest {
-                drop_key(m, old);
-            }
-            m.segment.kind = SegmentKind::Linear;
-        }
-    }
-}
-
-/// Records a conversion to a new key in `m`: the key's digest, its `atrest-kmip` token, the
-/// conversion record (boundary 0) and the requirement flag that makes older tools refuse the
-/// half-converted volume.
-fn add_new_key(
-    m: &mut Metadata,
-    digest: Digest,
-    reference: &KeyReference,
-    key: &KeyMaterial,
-    kind: ConversionKind,
-    old_digest: Option<u32>,
-) {
-    let did = m.free_digest_id();
-    m.digests.insert(did, digest);
-    let tid = m.free_token_id();
-    m.tokens
-        .insert(tid, Token::Kmip(token_of(reference, key.size(), did)));
-    let cid = m.free_token_id();
-    m.tokens.insert(
-        cid,
-        Token::Conversion(Conversion {
-            kind,
-            old_digest,
-            new_digest: Some(did),
-            boundary: 0,
-            hotzone: None,
-        }),
-    );
-    m.requirements.push(REQUIREMENT_CONVERSION.into());
-}
-
-fn token_of(r: &KeyReference, size: KeySize, digest: u32) -> KmipToken {
+/// The `atrest-kmip` token of a new key (its digest id is filled in by
+/// [`Metadata::add_new_key`]).
+fn token_of(r: &KeyReference, size: KeySize) -> KmipToken {
     KmipToken {
         unique_identifier: r.unique_identifier.clone(),
         servers: r.servers.clone(),
         key_bits: size.bits(),
         created: r.created.clone(),
-        digest,
+        digest: 0,
     }
 }
 

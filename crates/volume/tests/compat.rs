@@ -234,7 +234,7 @@ fn reads_a_volume_cryptsetup_wrote() {
         "cryptsetup reencrypt: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v = Volume::open(Arc::new(FileDevice::open_read_only(&img).unwrap())).unwrap();
+    let v = Volume::open_read_only(Arc::new(FileDevice::open_read_only(&img).unwrap())).unwrap();
     assert_eq!(v.state(), State::Encrypted);
     let info = v.info();
     assert_eq!(info.cipher.as_deref(), Some("aes-xts-plain64"));
@@ -246,7 +246,11 @@ fn reads_a_volume_cryptsetup_wrote() {
         Err(Error::WrongKey { .. })
     ));
     let vk = v.verify_key(key.clone()).unwrap();
-    let u = v.unlock(vec![vk]).unwrap();
+    // cryptsetup writes no atrest header MAC: atrest refuses it until the administrator
+    // accepts the header explicitly.
+    let err = v.authenticate(std::slice::from_ref(&vk)).unwrap_err();
+    assert!(matches!(err, Error::HeaderAuth(_)), "{err}");
+    let u = v.unlock_accepting_header(vec![vk]).unwrap();
     let mut got = vec![0u8; 4 << 20];
     u.read_at(&mut got, 0).unwrap();
     assert_eq!(got, data);
@@ -273,8 +277,18 @@ fn reads_a_volume_cryptsetup_wrote() {
     assert_eq!(rc, 0, "{text}");
     let v = Volume::open(Arc::new(FileDevice::open(&img2).unwrap())).unwrap();
     assert_eq!(v.info().data_size, 4 << 20);
+    let vk = v.verify_key(key.clone()).unwrap();
+    let u = v.unlock_accepting_header(vec![vk]).unwrap();
+    drop(u);
+    // Accepted once: signed, so it now unlocks without being asked, and cryptsetup still
+    // reads the header.
+    let v = Volume::open(Arc::new(FileDevice::open(&img2).unwrap())).unwrap();
+    assert!(v.info().header_mac);
     let vk = v.verify_key(key).unwrap();
     let u = v.unlock(vec![vk]).unwrap();
+    let (rc, text) = cryptsetup(&["luksDump", img2.to_str().unwrap()]);
+    assert_eq!(rc, 0, "{text}");
+    assert!(text.contains("atrest-header-mac"), "{text}");
     assert!(
         matches!(u.begin_decrypt(), Err(Error::State(_))),
         "keyslots must block a decrypt"

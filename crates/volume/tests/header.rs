@@ -185,6 +185,23 @@ fn one_fixture_per_check() {
         }),
         Check::Conversion,
     );
+    expect(
+        &with_json(&p, |v| {
+            let mac = v["tokens"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .find(|(_, t)| t["type"] == "atrest-header-mac")
+                .map(|(k, _)| k.clone())
+                .unwrap();
+            v["tokens"][mac.as_str()]["alg"] = json!("hmac-md5");
+        }),
+        Check::Mac,
+    );
+    expect(
+        &with_json(&p, |v| v["segments"]["0"]["type"] = json!("linear")),
+        Check::Mac,
+    );
     // Every check has a fixture above.
     let all = [
         Check::DeviceSize,
@@ -204,8 +221,9 @@ fn one_fixture_per_check() {
         Check::Keyslots,
         Check::Token,
         Check::Conversion,
+        Check::Mac,
     ];
-    assert_eq!(all.len(), 17);
+    assert_eq!(all.len(), 18);
 }
 
 #[test]
@@ -215,10 +233,15 @@ fn damaged_copy_is_repaired_from_the_other() {
         let good = dev.to_vec();
         // Damage one copy's JSON.
         dev.write_at(&[0x55; 64], which as u64 + 5000).unwrap();
+        let damaged = dev.to_vec();
         let v = Volume::open(dev.clone()).unwrap();
         let note = v.info().header_repair.expect("damage reported");
-        assert!(note.contains("repaired"), "{note}");
-        assert!(v.verify_key(key_of(&key)).is_ok());
+        assert!(note.contains("not repaired yet"), "{note}");
+        assert_eq!(dev.to_vec(), damaged, "open writes nothing");
+        let k = v.verify_key(key_of(&key)).unwrap();
+        assert_eq!(dev.to_vec(), damaged, "a key check writes nothing");
+        // Unlocking authenticates the header, then repairs the damaged copy.
+        drop(v.unlock(vec![k]).unwrap());
         let now = dev.to_vec();
         parse_copy(&now[..16384], 0).unwrap();
         parse_copy(&now[16384..32768], 16384).unwrap();
@@ -236,7 +259,7 @@ fn damaged_copy_is_repaired_from_the_other() {
 
 #[test]
 fn stale_copy_is_rewritten() {
-    let (dev, _) = encrypted();
+    let (dev, key) = encrypted();
     let old_secondary = dev.to_vec()[16384..32768].to_vec();
     let v = Volume::open(dev.clone()).unwrap();
     let u = v.unlock(vec![]).err();
@@ -247,9 +270,12 @@ fn stale_copy_is_rewritten() {
     dev.write_at(&old_secondary, 16384).unwrap();
     let v = Volume::open(dev.clone()).unwrap();
     assert!(v.info().header_repair.unwrap().contains("older"));
+    let k = v.verify_key(key_of(&key)).unwrap();
+    drop(v.unlock(vec![k]).unwrap());
     let (m2, report) = luks2::read_header(&*dev, false).unwrap();
     assert_eq!(report.damaged, None);
-    assert_eq!(m2.seqid, m.seqid);
+    // Rewritten by a commit after the header was authenticated.
+    assert_eq!(m2.seqid, m.seqid + 1);
 }
 
 #[test]
