@@ -253,10 +253,8 @@ mod tests {
 
     impl Scratch {
         fn new(name: &str) -> Scratch {
-            let d = std::env::temp_dir().join(format!(
-                "atrest-volume-lock-{name}-{}",
-                std::process::id()
-            ));
+            let d = std::env::temp_dir()
+                .join(format!("atrest-volume-lock-{name}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&d);
             std::fs::create_dir_all(&d).unwrap();
             Scratch(d.canonicalize().unwrap())
