@@ -13,13 +13,15 @@ use anyhow::{Context, bail};
 use atrest_appliance::keys::{create_volume_key, fetch_volume_keys};
 use atrest_kmip::client::Client;
 use atrest_volume::{
-    ConvertOptions, EncryptOptions, FileDevice, State, UnlockedVolume, Volume, VolumeInfo,
+    ConvertOptions, EncryptOptions, State, UnlockedVolume, Volume, VolumeInfo, VolumeLock,
 };
 use clap::Args;
 use serde_json::json;
 
 use crate::kmip_settings::KmipSettings;
-use crate::volume_cmd::{parse_size, progress_printer};
+use crate::volume_cmd::{
+    lock_exclusive, open_to_read_data, open_writable, parse_size, progress_printer,
+};
 
 #[derive(Debug, Args)]
 pub struct EncryptArgs {
@@ -98,10 +100,11 @@ impl RunArgs {
     }
 }
 
-/// Opens the volume read-write (conversions and unlock may repair or commit the header).
-fn open(image: &Path) -> anyhow::Result<Volume> {
-    let dev = FileDevice::open(image).with_context(|| format!("opening {}", image.display()))?;
-    Volume::open(Arc::new(dev)).with_context(|| format!("reading the volume {}", image.display()))
+/// Takes the exclusive lock, then opens the volume read-write (conversions and unlock may
+/// repair or commit the header); the lock is held until the returned guard is dropped.
+fn open(image: &Path) -> anyhow::Result<(VolumeLock, Volume)> {
+    let lock = lock_exclusive(image)?;
+    Ok((lock, open_writable(image)?))
 }
 
 /// A KMIP client from the settings; the header's servers stand in when none are given.
@@ -221,7 +224,7 @@ fn in_progress_elsewhere(image: &Path, state: State) -> anyhow::Error {
 
 pub fn encrypt(a: EncryptArgs) -> anyhow::Result<()> {
     atrest_volume::harden_process();
-    let vol = open(&a.image)?;
+    let (_lock, vol) = open(&a.image)?;
     let info = vol.info();
     let mut client = client(&a.kmip, &info)?;
     let unlocked = match vol.state() {
@@ -268,7 +271,7 @@ pub fn encrypt(a: EncryptArgs) -> anyhow::Result<()> {
 
 pub fn rekey(a: RekeyArgs) -> anyhow::Result<()> {
     atrest_volume::harden_process();
-    let vol = open(&a.image)?;
+    let (_lock, vol) = open(&a.image)?;
     let info = vol.info();
     let mut client = client(&a.kmip, &info)?;
     let (unlocked, old) = match vol.state() {
@@ -320,7 +323,7 @@ pub fn rekey(a: RekeyArgs) -> anyhow::Result<()> {
 
 pub fn decrypt(a: KeyedArgs) -> anyhow::Result<()> {
     atrest_volume::harden_process();
-    let vol = open(&a.image)?;
+    let (_lock, vol) = open(&a.image)?;
     let info = vol.info();
     let unlocked = match vol.state() {
         State::Encrypted | State::Decrypting => {
@@ -345,7 +348,7 @@ pub fn decrypt(a: KeyedArgs) -> anyhow::Result<()> {
 
 pub fn unlock(a: KeyedArgs) -> anyhow::Result<()> {
     atrest_volume::harden_process();
-    let vol = open(&a.image)?;
+    let (_lock, vol) = open_to_read_data(&a.image)?;
     let info = vol.info();
     if vol.state() == State::Plain {
         bail!("{} is plain: it has no key to unlock", a.image.display());
@@ -378,10 +381,9 @@ pub fn unlock(a: KeyedArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Unlocks an encrypted (or mid-conversion) volume for `export`.
-pub fn unlock_for_export(image: &Path, settings: &KmipSettings) -> anyhow::Result<UnlockedVolume> {
+/// Unlocks an encrypted (or mid-conversion) volume for `export`; the caller holds its lock.
+pub fn unlock_for_export(vol: Volume, settings: &KmipSettings) -> anyhow::Result<UnlockedVolume> {
     atrest_volume::harden_process();
-    let vol = open(image)?;
     let info = vol.info();
     let mut client = client(settings, &info)?;
     let keys = fetch_volume_keys(&mut client, &vol)?;
