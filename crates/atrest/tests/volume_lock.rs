@@ -324,3 +324,63 @@ fn dump_reports_a_damaged_copy_and_repairs_it_only_when_asked() {
         serde_json::from_str(&ok(&atrest(&["volume", "dump", img_s, "--json"]))).unwrap();
     assert!(j["header_repair"].is_null(), "{j}");
 }
+
+#[test]
+fn reading_a_conversion_under_way_needs_the_exclusive_lock() {
+    use atrest_volume::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    // A volume whose encryption stopped after its first chunk.
+    let s = Scratch::new("conv");
+    let img = s.0.join("v.img");
+    let dev = Arc::new(FileDevice::create(&img, 3 << 20).unwrap());
+    let opts = FormatOptions {
+        data_offset: 1 << 20,
+        label: String::new(),
+    };
+    let u = Volume::format(dev, &opts)
+        .unwrap()
+        .unlock(Vec::new())
+        .unwrap();
+    let reference = KeyReference {
+        unique_identifier: "uid-7".into(),
+        servers: vec!["127.0.0.1:1".into()],
+        created: "2026-11-27T11:00:00Z".into(),
+    };
+    let fast = EncryptOptions {
+        pbkdf2_iterations: 1000,
+        ..Default::default()
+    };
+    u.begin_encrypt(
+        KeyMaterial::generate(KeySize::Bits256).unwrap(),
+        reference,
+        &fast,
+    )
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let conv = ConvertOptions {
+        chunk_size: 256 << 10,
+        threads: 1,
+        stop: Some(stop.clone()),
+    };
+    u.convert(&conv, &mut |_| stop.store(true, Ordering::Relaxed))
+        .unwrap();
+    drop(u);
+    let img_s = img.to_str().unwrap();
+    let before = sha256(&img);
+
+    // Unlocking it may finish an interrupted chunk, which writes: a reader's shared lock is
+    // enough to refuse export and unlock, while dump still reads it.
+    let _r = VolumeLock::shared(&img).unwrap();
+    let out = s.0.join("x.bin");
+    let o = atrest(&["volume", "export", img_s, "--out", out.to_str().unwrap()]);
+    refused(&o, &img, "export of a conversion under way");
+    assert!(!out.exists());
+    let o = atrest(&["volume", "unlock", img_s, "--server", "127.0.0.1:1"]);
+    refused(&o, &img, "unlock of a conversion under way");
+    let d: serde_json::Value =
+        serde_json::from_str(&ok(&atrest(&["volume", "dump", img_s, "--json"]))).unwrap();
+    assert_eq!(d["state"], "encrypting");
+    assert_eq!(sha256(&img), before);
+}
