@@ -3,7 +3,7 @@
 //! `atrest serve` and every `atrest volume` command take it before they open the volume:
 //! exclusive to change anything (format, a conversion, unlocking a volume whose conversion
 //! may have left a chunk to finish, repairing a header copy), shared to only read it (`dump`,
-//! `export` and `unlock` of a volume that needs no repair). It is a BSD lock (`flock(2)`),
+//! and `export` and `unlock` of a volume with no conversion under way, on a read-only device). It is a BSD lock (`flock(2)`),
 //! taken without waiting: a volume in use is refused at once with a sentence that says so. The
 //! kernel drops it when the process ends, however it ends, so a crash never leaves a stale
 //! lock behind.
