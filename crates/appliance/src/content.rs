@@ -24,7 +24,7 @@ use atrest_kmip::message::{RevocationReasonCode, State as KeyState};
 use atrest_store::{Store, StoreOptions};
 use atrest_volume::{
     BlockDevice, ConvertOptions, EncryptOptions, FileDevice, FormatOptions, State as VolState,
-    UnlockedVolume, Volume,
+    UnlockedVolume, Volume, VolumeLock,
 };
 use serde_json::{Value, json};
 
@@ -219,34 +219,12 @@ fn create_volume(path: &Path, size: u64, store: &StoreOptions) -> Result<(), Str
     Ok(())
 }
 
-/// Takes the exclusive lock beside the volume (`volume.img.lock`), so that two appliances never
-/// use one volume.
+/// Takes the exclusive lock beside the volume (`volume.img.lock`, [`VolumeLock`]), so that two
+/// appliances, or an appliance and an `atrest volume` command, never use one volume at once.
 fn take_lock(path: &Path) -> Result<std::fs::File, String> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    let lp = path.with_extension("img.lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&lp)
-        .map_err(|e| {
-            format!(
-                "cannot open the lock file {} ({e}); check the data directory",
-                lp.display()
-            )
-        })?;
-    // SAFETY: flock on a descriptor this function owns.
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r != 0 {
-        return Err(format!(
-            "the content volume {} is in use by another atrest appliance; stop that one first, or \
-             give this one another --data-dir",
-            path.display()
-        ));
-    }
-    Ok(f)
+    VolumeLock::exclusive(path)
+        .map(VolumeLock::into_file)
+        .map_err(|e| e.to_string())
 }
 
 impl DataVolume {

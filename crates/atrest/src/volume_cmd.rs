@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use atrest_volume::{BlockDevice, FileDevice, FormatOptions, Progress, State, Volume, VolumeInfo};
+use atrest_volume::{
+    BlockDevice, FileDevice, FormatOptions, Progress, State, Volume, VolumeInfo, VolumeLock,
+};
 use clap::{Args, Subcommand};
 
 #[derive(Debug, Args)]
@@ -20,7 +22,7 @@ enum VolumeCommand {
     /// later needs no data shift.
     Format(FormatArgs),
     /// Show the volume: state, cipher, sector size, data offset and size, key id, servers,
-    /// progress.
+    /// progress, and a damaged header copy. Reads only, unless --repair is given.
     Dump(DumpArgs),
     /// Write the plaintext payload (the data segment); an encrypted volume's key is fetched
     /// from the KMIP server and verified first.
@@ -62,6 +64,10 @@ struct DumpArgs {
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
+    /// Rewrite a damaged or stale header copy from the good one (opens IMAGE read-write
+    /// under the exclusive lock); without it, dump writes nothing.
+    #[arg(long)]
+    repair: bool,
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +116,7 @@ pub fn parse_size(s: &str) -> anyhow::Result<u64> {
 
 fn format(a: FormatArgs) -> anyhow::Result<()> {
     let header = parse_size(&a.header_area)?;
+    let _lock = lock_exclusive(&a.image)?;
     let exists = a.image.exists();
     let dev = if exists {
         if !a.force {
@@ -171,18 +178,59 @@ fn format(a: FormatArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn open_read_only(path: &Path) -> anyhow::Result<Volume> {
-    // Read-write when possible so that a damaged header copy gets repaired, as cryptsetup does.
-    let dev = match FileDevice::open(path) {
-        Ok(d) => d,
-        Err(_) => FileDevice::open_read_only(path)
-            .with_context(|| format!("opening {}", path.display()))?,
-    };
-    Volume::open(Arc::new(dev)).with_context(|| format!("reading the volume {}", path.display()))
+/// Takes the exclusive lock of the volume at `image`: for commands that write.
+pub fn lock_exclusive(image: &Path) -> anyhow::Result<VolumeLock> {
+    Ok(VolumeLock::exclusive(image)?)
+}
+
+/// Takes a shared lock of the volume at `image`: for commands that only read.
+pub fn lock_shared(image: &Path) -> anyhow::Result<VolumeLock> {
+    Ok(VolumeLock::shared(image)?)
+}
+
+/// Opens the volume at `image` read-write: conversions, unlocking mid-conversion and repairs
+/// write. The caller holds the exclusive lock.
+pub fn open_writable(image: &Path) -> anyhow::Result<Volume> {
+    let dev = FileDevice::open(image).with_context(|| format!("opening {}", image.display()))?;
+    Volume::open(Arc::new(dev)).with_context(|| format!("reading the volume {}", image.display()))
+}
+
+/// Opens the volume at `image` read-only: nothing is written, a damaged header copy is only
+/// reported. The caller holds a lock (shared is enough).
+pub fn open_read_only(image: &Path) -> anyhow::Result<Volume> {
+    let dev = FileDevice::open_read_only(image)
+        .with_context(|| format!("opening {}", image.display()))?;
+    Volume::open_read_only(Arc::new(dev))
+        .with_context(|| format!("reading the volume {}", image.display()))
+}
+
+/// Opens the volume at `image` for a command that reads its data (`export`, `unlock`): under a
+/// shared lock and read-only, unless a conversion is under way — unlocking it may finish a
+/// chunk a crash interrupted, which writes — then under the exclusive lock and read-write.
+pub fn open_to_read_data(image: &Path) -> anyhow::Result<(VolumeLock, Volume)> {
+    let lock = lock_shared(image)?;
+    let v = open_read_only(image)?;
+    if v.info().progress.is_none() {
+        return Ok((lock, v));
+    }
+    drop(v);
+    drop(lock);
+    let lock = lock_exclusive(image)?;
+    let v = open_writable(image)?;
+    Ok((lock, v))
 }
 
 fn dump(a: DumpArgs) -> anyhow::Result<()> {
-    let v = open_read_only(&a.image)?;
+    let (_lock, v) = if a.repair {
+        let lock = lock_exclusive(&a.image)?;
+        let dev =
+            FileDevice::open(&a.image).with_context(|| format!("opening {}", a.image.display()))?;
+        let v = Volume::open_and_repair(Arc::new(dev))
+            .with_context(|| format!("reading the volume {}", a.image.display()))?;
+        (lock, v)
+    } else {
+        (lock_shared(&a.image)?, open_read_only(&a.image)?)
+    };
     let info = v.info();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
@@ -271,19 +319,16 @@ pub fn progress_printer() -> impl FnMut(&Progress) {
 }
 
 fn export(a: ExportArgs) -> anyhow::Result<()> {
-    let v = open_read_only(&a.image)?;
+    let (_lock, v) = open_to_read_data(&a.image)?;
     let u = match v.state() {
         State::Plain => v.unlock(Vec::new())?,
-        state => {
-            drop(v);
-            crate::volume_kmip::unlock_for_export(&a.image, &a.kmip).with_context(|| {
-                format!(
-                    "{} is {}: exporting it needs its key from the KMIP server; nothing was written",
-                    a.image.display(),
-                    state.as_str()
-                )
-            })?
-        }
+        state => crate::volume_kmip::unlock_for_export(v, &a.kmip).with_context(|| {
+            format!(
+                "{} is {}: exporting it needs its key from the KMIP server; nothing was written",
+                a.image.display(),
+                state.as_str()
+            )
+        })?,
     };
     let mut out: Box<dyn Write> = match &a.out {
         Some(p) => {

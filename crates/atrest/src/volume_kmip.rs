@@ -13,13 +13,15 @@ use anyhow::{Context, bail};
 use atrest_appliance::keys::{create_volume_key, fetch_volume_keys};
 use atrest_kmip::client::Client;
 use atrest_volume::{
-    ConvertOptions, EncryptOptions, FileDevice, State, UnlockedVolume, Volume, VolumeInfo,
+    ConvertOptions, EncryptOptions, State, UnlockedVolume, Volume, VolumeInfo, VolumeLock,
 };
 use clap::Args;
 use serde_json::json;
 
 use crate::kmip_settings::KmipSettings;
-use crate::volume_cmd::{parse_size, progress_printer};
+use crate::volume_cmd::{
+    lock_exclusive, open_to_read_data, open_writable, parse_size, progress_printer,
+};
 
 #[derive(Debug, Args)]
 pub struct EncryptArgs {
@@ -62,6 +64,11 @@ pub struct KeyedArgs {
     kmip: KmipSettings,
     #[command(flatten)]
     run: RunArgs,
+    /// (unlock) Accept a header whose authentication code is missing or wrong, as it is, and
+    /// sign it under the volume key: only for a header you know (written by an atrest without
+    /// header authentication, or changed by you). The keys are still checked against it.
+    #[arg(long)]
+    accept_header: bool,
 }
 
 /// How a conversion runs.
@@ -98,10 +105,11 @@ impl RunArgs {
     }
 }
 
-/// Opens the volume read-write (conversions and unlock may repair or commit the header).
-fn open(image: &Path) -> anyhow::Result<Volume> {
-    let dev = FileDevice::open(image).with_context(|| format!("opening {}", image.display()))?;
-    Volume::open(Arc::new(dev)).with_context(|| format!("reading the volume {}", image.display()))
+/// Takes the exclusive lock, then opens the volume read-write (conversions and unlock may
+/// repair or commit the header); the lock is held until the returned guard is dropped.
+fn open(image: &Path) -> anyhow::Result<(VolumeLock, Volume)> {
+    let lock = lock_exclusive(image)?;
+    Ok((lock, open_writable(image)?))
 }
 
 /// A KMIP client from the settings; the header's servers stand in when none are given.
@@ -221,7 +229,7 @@ fn in_progress_elsewhere(image: &Path, state: State) -> anyhow::Error {
 
 pub fn encrypt(a: EncryptArgs) -> anyhow::Result<()> {
     atrest_volume::harden_process();
-    let vol = open(&a.image)?;
+    let (_lock, vol) = open(&a.image)?;
     let info = vol.info();
     let mut client = client(&a.kmip, &info)?;
     let unlocked = match vol.state() {
@@ -268,7 +276,7 @@ pub fn encrypt(a: EncryptArgs) -> anyhow::Result<()> {
 
 pub fn rekey(a: RekeyArgs) -> anyhow::Result<()> {
     atrest_volume::harden_process();
-    let vol = open(&a.image)?;
+    let (_lock, vol) = open(&a.image)?;
     let info = vol.info();
     let mut client = client(&a.kmip, &info)?;
     let (unlocked, old) = match vol.state() {
@@ -320,7 +328,13 @@ pub fn rekey(a: RekeyArgs) -> anyhow::Result<()> {
 
 pub fn decrypt(a: KeyedArgs) -> anyhow::Result<()> {
     atrest_volume::harden_process();
-    let vol = open(&a.image)?;
+    if a.accept_header {
+        bail!(
+            "--accept-header belongs to `atrest volume unlock`: accept the header there first, \
+             then decrypt; nothing was changed"
+        );
+    }
+    let (_lock, vol) = open(&a.image)?;
     let info = vol.info();
     let unlocked = match vol.state() {
         State::Encrypted | State::Decrypting => {
@@ -345,7 +359,12 @@ pub fn decrypt(a: KeyedArgs) -> anyhow::Result<()> {
 
 pub fn unlock(a: KeyedArgs) -> anyhow::Result<()> {
     atrest_volume::harden_process();
-    let vol = open(&a.image)?;
+    // Accepting a header signs it: that writes, under the exclusive lock.
+    let (_lock, vol) = if a.accept_header {
+        open(&a.image)?
+    } else {
+        open_to_read_data(&a.image)?
+    };
     let info = vol.info();
     if vol.state() == State::Plain {
         bail!("{} is plain: it has no key to unlock", a.image.display());
@@ -353,7 +372,11 @@ pub fn unlock(a: KeyedArgs) -> anyhow::Result<()> {
     let mut client = client(&a.kmip, &info)?;
     let keys = fetch_volume_keys(&mut client, &vol)?;
     let n = keys.len();
-    let unlocked = vol.unlock(keys)?;
+    let unlocked = if a.accept_header {
+        vol.unlock_accepting_header(keys)?
+    } else {
+        vol.unlock(keys)?
+    };
     let info = unlocked.info();
     let ids: Vec<&str> = info
         .keys
@@ -378,10 +401,9 @@ pub fn unlock(a: KeyedArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Unlocks an encrypted (or mid-conversion) volume for `export`.
-pub fn unlock_for_export(image: &Path, settings: &KmipSettings) -> anyhow::Result<UnlockedVolume> {
+/// Unlocks an encrypted (or mid-conversion) volume for `export`; the caller holds its lock.
+pub fn unlock_for_export(vol: Volume, settings: &KmipSettings) -> anyhow::Result<UnlockedVolume> {
     atrest_volume::harden_process();
-    let vol = open(image)?;
     let info = vol.info();
     let mut client = client(settings, &info)?;
     let keys = fetch_volume_keys(&mut client, &vol)?;

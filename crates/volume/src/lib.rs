@@ -5,7 +5,9 @@
 //! - [`xts`]: XTS-AES sectors with the LUKS2 tweak rule;
 //! - [`BlockDevice`]: one interface for files, raw devices and unlocked volumes;
 //! - [`Volume`] / [`UnlockedVolume`]: format, open, key check, unlock, and crash-safe online
-//!   in-place conversion (encrypt, rekey, decrypt).
+//!   in-place conversion (encrypt, rekey, decrypt);
+//! - [`VolumeLock`]: the lock every process takes before it opens a volume (exclusive to
+//!   write, shared to read).
 //!
 //! The on-disk format and the crash-safety argument are in docs/volume-format.md.
 //!
@@ -54,6 +56,7 @@
 pub mod device;
 pub mod error;
 pub mod key;
+pub mod lock;
 pub mod luks2;
 mod rangelock;
 pub mod secret;
@@ -65,6 +68,7 @@ pub mod xts;
 pub use device::{BlockDevice, FileDevice, MemDevice};
 pub use error::{Check, Error, HeaderAuthError, HeaderAuthFailure, HeaderError, KeyError, Result};
 pub use key::{KeyMaterial, VolumeKey};
+pub use lock::{LockError, LockMode, VolumeLock};
 pub use luks2::{ConversionKind, KmipToken};
 pub use secret::{SecretBytes, harden_process};
 pub use volume::{

@@ -89,8 +89,12 @@ pub fn read_header(dev: &dyn BlockDevice, repair: bool) -> Result<(Metadata, Rea
                 (p, false, None)
             }
         }
-        (Ok(p), Err(e)) => (p, false, Some(format!("secondary copy: {e}"))),
-        (Err(e), Ok(s)) => (s, true, Some(format!("primary copy: {e}"))),
+        (Ok(p), Err(e)) => (
+            p,
+            false,
+            Some(format!("secondary copy: {}", copy_damage(&e))),
+        ),
+        (Err(e), Ok(s)) => (s, true, Some(format!("primary copy: {}", copy_damage(&e)))),
         (Err(pe), Err(se)) => {
             // Report the more specific failure: the primary's, unless it has no magic at all.
             let e = match (&pe, &se) {
@@ -113,6 +117,15 @@ pub fn read_header(dev: &dyn BlockDevice, repair: bool) -> Result<(Metadata, Rea
         }
     }
     Ok((good, report))
+}
+
+/// What is wrong with one copy, without the next step [`Error::Header`] gives for a header that
+/// cannot be used at all (the other copy is good).
+fn copy_damage(e: &Error) -> String {
+    match e {
+        Error::Header(h) => h.to_string(),
+        e => e.to_string(),
+    }
 }
 
 /// Commits `m` with the next seqid: primary copy, flush, secondary copy, flush. A crash leaves

@@ -1,0 +1,386 @@
+//! `atrest volume` respects a live volume: every command takes the volume's lock (shared to
+//! read, exclusive to write) before it opens the image, and is refused with one sentence while
+//! `atrest serve` or another process holds it; `dump` writes nothing unless `--repair`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use atrest_volume::VolumeLock;
+
+/// What every refusal says.
+const IN_USE: &str = "is in use by another atrest appliance or `atrest volume` command";
+
+fn atrest(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_atrest"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Asserts that `o` is the refusal of a volume in use: non-zero, one line on stderr naming the
+/// volume and what to do.
+fn refused(o: &Output, img: &Path, what: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{what} was not refused: {err}");
+    assert!(
+        err.contains(IN_USE) && err.contains(&img.display().to_string()),
+        "{what}: {err}"
+    );
+    assert!(err.contains("stop that process, or wait"), "{what}: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "{what}: {err}");
+}
+
+fn sha256(p: &Path) -> [u8; 32] {
+    openssl::sha::sha256(&std::fs::read(p).unwrap())
+}
+
+/// A scratch directory, removed at the end of the test.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let d = std::env::temp_dir().join(format!("atrest-vlock-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Scratch(d)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A plain volume made by `atrest volume format`.
+fn format(dir: &Path) -> PathBuf {
+    let img = dir.join("v.img");
+    ok(&atrest(&[
+        "volume",
+        "format",
+        img.to_str().unwrap(),
+        "--size",
+        "2M",
+        "--header-area",
+        "1M",
+    ]));
+    img
+}
+
+/// `atrest serve` as a child process, killed on drop.
+struct Appliance(Child);
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(data: &Path) -> Appliance {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_atrest"))
+        .args([
+            "serve",
+            "--embedded-kms",
+            "--volume-size",
+            "32M",
+            "--data-dir",
+        ])
+        .arg(data)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("atrest serve starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let app = Appliance(child);
+    loop {
+        let line = lines
+            .next()
+            .expect("atrest serve printed its address before exiting")
+            .unwrap();
+        if line.starts_with("atrest appliance listening on https://127.0.0.1:") {
+            break;
+        }
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    app
+}
+
+/// The bundled KMIP server's client settings as `atrest kmip` flags, and the password.
+fn kmip_flags(env: &Path) -> (Vec<String>, String) {
+    let p = atrest_testkit::Peer::from_file(env);
+    let flags = [
+        "--server",
+        &format!("{}:{}", p.v("KMIP_HOST"), p.v("KMIP_PORT")),
+        "--server-name",
+        p.v("KMIP_SERVER_NAME"),
+        "--ca",
+        p.v("KMIP_CA"),
+        "--client-cert",
+        p.v("KMIP_CLIENT_CERT"),
+        "--client-key",
+        p.v("KMIP_CLIENT_KEY"),
+        "--username",
+        p.v("KMIP_USERNAME"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    (flags, p.v("KMIP_PASSWORD").to_owned())
+}
+
+#[test]
+fn a_running_appliance_refuses_every_volume_command() {
+    let s = Scratch::new("serve");
+    let data = s.0.join("appliance");
+    let app = serve(&data);
+    let img = data.join("volume.img");
+    let img_s = img.to_str().unwrap();
+    assert!(data.join("volume.img.lock").exists());
+    let before = sha256(&img);
+    let (flags, password) = kmip_flags(&data.join("kms/client.env"));
+    let out = s.0.join("export.bin");
+    let out_s = out.to_str().unwrap();
+    let keyed = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_atrest"))
+            .args(args)
+            .args(&flags)
+            .env("ATREST_KMIP_PASSWORD", &password)
+            .output()
+            .unwrap()
+    };
+    let runs: Vec<(&str, Output)> = vec![
+        ("unlock", keyed(&["volume", "unlock", img_s])),
+        (
+            "export",
+            keyed(&["volume", "export", img_s, "--out", out_s]),
+        ),
+        ("encrypt", keyed(&["volume", "encrypt", img_s])),
+        ("rekey", keyed(&["volume", "rekey", img_s])),
+        ("decrypt", keyed(&["volume", "decrypt", img_s])),
+        ("dump", atrest(&["volume", "dump", img_s])),
+        ("dump --json", atrest(&["volume", "dump", img_s, "--json"])),
+        (
+            "dump --repair",
+            atrest(&["volume", "dump", img_s, "--repair"]),
+        ),
+        (
+            "format --force",
+            atrest(&["volume", "format", img_s, "--force"]),
+        ),
+    ];
+    for (what, o) in &runs {
+        refused(o, &img, what);
+        assert!(o.stdout.is_empty(), "{what} printed {:?}", o.stdout);
+    }
+    assert!(!out.exists(), "a refused export wrote its output");
+    assert_eq!(sha256(&img), before, "a refused command changed the image");
+
+    // Once the appliance has stopped, the lock is gone with it.
+    drop(app);
+    let dump: serde_json::Value =
+        serde_json::from_str(&ok(&atrest(&["volume", "dump", img_s, "--json"]))).unwrap();
+    assert_eq!(dump["state"], "plain");
+}
+
+#[test]
+fn commands_respect_a_lock_another_process_holds() {
+    let s = Scratch::new("held");
+    let img = format(&s.0);
+    let img_s = img.to_str().unwrap();
+    let before = sha256(&img);
+    let out = s.0.join("export.bin");
+    let out_s = out.to_str().unwrap();
+    // No KMIP server answers here: a command that got past the lock would fail differently.
+    let kmip = ["--server", "127.0.0.1:1"];
+    let with_kmip = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(kmip);
+        atrest(&a)
+    };
+
+    // Held exclusively (a writer): even reading is refused.
+    let x = VolumeLock::exclusive(&img).unwrap();
+    refused(&atrest(&["volume", "dump", img_s]), &img, "dump");
+    refused(
+        &atrest(&["volume", "export", img_s, "--out", out_s]),
+        &img,
+        "export",
+    );
+    refused(&with_kmip(&["volume", "unlock", img_s]), &img, "unlock");
+    drop(x);
+
+    // Held shared (a reader): reading works, writing is refused.
+    let r = VolumeLock::shared(&img).unwrap();
+    let d: serde_json::Value =
+        serde_json::from_str(&ok(&atrest(&["volume", "dump", img_s, "--json"]))).unwrap();
+    assert_eq!(d["state"], "plain");
+    ok(&atrest(&["volume", "export", img_s, "--out", out_s]));
+    assert_eq!(std::fs::read(&out).unwrap().len(), 2 << 20);
+    refused(&with_kmip(&["volume", "encrypt", img_s]), &img, "encrypt");
+    refused(&with_kmip(&["volume", "rekey", img_s]), &img, "rekey");
+    refused(&with_kmip(&["volume", "decrypt", img_s]), &img, "decrypt");
+    refused(
+        &atrest(&["volume", "format", img_s, "--force"]),
+        &img,
+        "format --force",
+    );
+    refused(
+        &atrest(&["volume", "dump", img_s, "--repair"]),
+        &img,
+        "dump --repair",
+    );
+    assert_eq!(sha256(&img), before, "a refused command changed the image");
+    drop(r);
+
+    // A new image is not made while its lock is held.
+    let new = s.0.join("new.img");
+    let _x = VolumeLock::exclusive(&new).unwrap();
+    let o = atrest(&["volume", "format", new.to_str().unwrap(), "--size", "1M"]);
+    refused(&o, &new, "format of a new image");
+    assert!(!new.exists());
+}
+
+#[test]
+fn dump_reports_a_damaged_copy_and_repairs_it_only_when_asked() {
+    let s = Scratch::new("repair");
+    let img = format(&s.0);
+    let img_s = img.to_str().unwrap();
+    let good = std::fs::read(&img).unwrap();
+    // Flip a byte in the secondary copy's JSON area (the copy sits at hdr_size, its JSON area
+    // 4 KiB into it).
+    let hdr_size = u64::from_be_bytes(good[8..16].try_into().unwrap()) as usize;
+    let mut damaged = good.clone();
+    damaged[hdr_size + 4096 + 2] ^= 0x20;
+    std::fs::write(&img, &damaged).unwrap();
+
+    let text = ok(&atrest(&["volume", "dump", img_s]));
+    let header = text
+        .lines()
+        .find(|l| l.starts_with("Header:"))
+        .unwrap_or_else(|| panic!("dump shows no damage: {text}"));
+    assert!(
+        header.contains("secondary copy") && header.contains("checksum"),
+        "{header}"
+    );
+    assert!(
+        header.contains("not repaired") && header.contains("--repair"),
+        "{header}"
+    );
+    let j: serde_json::Value =
+        serde_json::from_str(&ok(&atrest(&["volume", "dump", img_s, "--json"]))).unwrap();
+    assert!(
+        j["header_repair"]
+            .as_str()
+            .is_some_and(|r| r.contains("not repaired")),
+        "{j}"
+    );
+    // Exporting reads only, too.
+    ok(&atrest(&[
+        "volume",
+        "export",
+        img_s,
+        "--out",
+        s.0.join("x.bin").to_str().unwrap(),
+    ]));
+    assert!(
+        std::fs::read(&img).unwrap() == damaged,
+        "dump or export changed the image"
+    );
+
+    // --repair rewrites the damaged copy from the good one (with a fresh salt in its binary
+    // header); nothing else changes.
+    let text = ok(&atrest(&["volume", "dump", img_s, "--repair"]));
+    assert!(text.contains("(repaired)"), "{text}");
+    let repaired = std::fs::read(&img).unwrap();
+    let secondary = hdr_size..2 * hdr_size;
+    assert!(
+        repaired[..hdr_size] == good[..hdr_size],
+        "the primary copy changed"
+    );
+    assert!(
+        repaired[secondary.end..] == good[secondary.end..],
+        "more than the header changed"
+    );
+    assert!(
+        repaired[hdr_size + 4096..secondary.end] == good[hdr_size + 4096..secondary.end],
+        "the secondary JSON area is not the undamaged one"
+    );
+    let j: serde_json::Value =
+        serde_json::from_str(&ok(&atrest(&["volume", "dump", img_s, "--json"]))).unwrap();
+    assert!(j["header_repair"].is_null(), "{j}");
+}
+
+#[test]
+fn reading_a_conversion_under_way_needs_the_exclusive_lock() {
+    use atrest_volume::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    // A volume whose encryption stopped after its first chunk.
+    let s = Scratch::new("conv");
+    let img = s.0.join("v.img");
+    let dev = Arc::new(FileDevice::create(&img, 3 << 20).unwrap());
+    let opts = FormatOptions {
+        data_offset: 1 << 20,
+        label: String::new(),
+    };
+    let u = Volume::format(dev, &opts)
+        .unwrap()
+        .unlock(Vec::new())
+        .unwrap();
+    let reference = KeyReference {
+        unique_identifier: "uid-7".into(),
+        servers: vec!["127.0.0.1:1".into()],
+        created: "2026-11-27T11:00:00Z".into(),
+    };
+    let fast = EncryptOptions {
+        pbkdf2_iterations: 1000,
+        ..Default::default()
+    };
+    u.begin_encrypt(
+        KeyMaterial::generate(KeySize::Bits256).unwrap(),
+        reference,
+        &fast,
+    )
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let conv = ConvertOptions {
+        chunk_size: 256 << 10,
+        threads: 1,
+        stop: Some(stop.clone()),
+    };
+    u.convert(&conv, &mut |_| stop.store(true, Ordering::Relaxed))
+        .unwrap();
+    drop(u);
+    let img_s = img.to_str().unwrap();
+    let before = sha256(&img);
+
+    // Unlocking it may finish an interrupted chunk, which writes: a reader's shared lock is
+    // enough to refuse export and unlock, while dump still reads it.
+    let _r = VolumeLock::shared(&img).unwrap();
+    let out = s.0.join("x.bin");
+    let o = atrest(&["volume", "export", img_s, "--out", out.to_str().unwrap()]);
+    refused(&o, &img, "export of a conversion under way");
+    assert!(!out.exists());
+    let o = atrest(&["volume", "unlock", img_s, "--server", "127.0.0.1:1"]);
+    refused(&o, &img, "unlock of a conversion under way");
+    let d: serde_json::Value =
+        serde_json::from_str(&ok(&atrest(&["volume", "dump", img_s, "--json"]))).unwrap();
+    assert_eq!(d["state"], "encrypting");
+    assert_eq!(sha256(&img), before);
+}
