@@ -35,6 +35,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/encryption/encrypt", post(encrypt))
         .route("/api/encryption/rekey", post(rekey))
         .route("/api/encryption/decrypt", post(decrypt))
+        .route("/api/encryption/resume", post(resume))
         .route("/api/openapi.json", get(openapi_doc))
         .route(
             "/api/audit",
@@ -662,8 +663,73 @@ async fn rekey(State(state): State<AppState>) -> ApiResult<(StatusCode, Json<Val
     start(&state, WfRequest::Rekey).await
 }
 
-async fn decrypt(State(state): State<AppState>) -> ApiResult<(StatusCode, Json<Value>)> {
+#[derive(Deserialize)]
+struct PasswordBody {
+    password: Zeroizing<String>,
+}
+
+/// Destructive actions (Decrypt, resuming a decryption) take the admin password again: JSON
+/// `{"password": "..."}`; 403 with a sentence when it is missing or wrong.
+async fn require_password(state: &AppState, body: &[u8], what: &str) -> ApiResult<()> {
+    let b: PasswordBody = serde_json::from_slice(body).map_err(|_| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{what} writes the content volume back in plaintext, so it needs the admin \
+                 password again: send JSON {{\"password\": \"...\"}}"
+            ),
+        )
+    })?;
+    let username = state.admin().username().to_owned();
+    if !check_login(state, username, b.password).await {
+        tracing::warn!("{what} refused: wrong admin password");
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("{what} refused: the admin password is wrong; nothing was changed"),
+        ));
+    }
+    Ok(())
+}
+
+async fn decrypt(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    require_password(&state, &body, "Decrypt").await?;
     start(&state, WfRequest::Decrypt).await
+}
+
+/// Resume: of a conversion that stopped on an error, or of a volume held locked because its
+/// header failed its authentication (the administrator accepts the header as it is). Resuming
+/// a decryption takes the admin password again.
+async fn resume(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let wf = state.workflow();
+    if wf.state == WfState::Decrypting || wf.pending == Some(WfState::Decrypting) {
+        require_password(&state, &body, "Resuming a decryption").await?;
+    }
+    match wf.state {
+        WfState::Locked => {
+            let backend = state.backend().ok_or_else(|| {
+                ApiError::unavailable("no data volume is attached to this appliance")
+            })?;
+            let sink = state.event_sink();
+            tokio::task::spawn_blocking(move || backend.resume(sink))
+                .await
+                .map_err(|e| ApiError::internal("resuming", e))?
+                .map_err(ApiError::conflict)?;
+            Ok((StatusCode::ACCEPTED, Json(status_json(&state))))
+        }
+        WfState::Encrypting => start(&state, WfRequest::Encrypt).await,
+        WfState::Rekeying => start(&state, WfRequest::Rekey).await,
+        WfState::Decrypting => start(&state, WfRequest::Decrypt).await,
+        s => Err(ApiError::conflict(format!(
+            "there is nothing to resume: the volume is {}",
+            s.as_str()
+        ))),
+    }
 }
 
 async fn openapi_doc() -> Json<Value> {

@@ -29,6 +29,7 @@ use atrest_volume::{
 use serde_json::{Value, json};
 
 use crate::keys::{self, KeyError};
+use crate::known::{KNOWN_FILE, Known};
 use crate::state::{AppState, Content, EventSink, VolumeBackend, WeakAppState};
 use crate::workflow::{Backoff, Event, LockReason, Progress, Request, State as WfState};
 
@@ -75,6 +76,8 @@ pub struct VolumeOptions {
     /// PBKDF2 iterations of the key digest in the header.
     pub digest_iterations: u32,
     pub store: StoreOptions,
+    /// What the appliance knows about its volume, outside it ([`Known`]).
+    pub known: PathBuf,
 }
 
 impl VolumeOptions {
@@ -95,6 +98,7 @@ impl VolumeOptions {
                 cache_bytes: 16 << 20,
                 ..StoreOptions::default()
             },
+            known: data_dir.join(KNOWN_FILE),
         }
     }
 }
@@ -130,6 +134,26 @@ struct Extra {
     key_check: Option<Value>,
     alerts: Vec<String>,
     next_retry_at: Option<String>,
+    /// Why the volume stays locked without retrying, until the administrator acts.
+    hold: Option<Hold>,
+}
+
+/// A lock that retrying cannot lift: the header failed its authentication, or does not match
+/// what the appliance knows about its volume.
+#[derive(Debug, Clone)]
+struct Hold {
+    class: &'static str,
+    reason: String,
+    /// Whether Resume (accepting the header) may lift it.
+    resumable: bool,
+}
+
+/// The outcome of one unlock attempt.
+enum Attempt {
+    Done,
+    Retry,
+    /// Locked until the administrator acts ([`Hold`]).
+    Hold,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -283,7 +307,34 @@ impl DataVolume {
             tracing::info!(path = %dv.inner.opts.path.display(), "made a new plain content volume");
         }
         state.set_backend(Arc::new(dv.clone()));
-        if vol.state() == VolState::Plain {
+        let info = vol.info();
+        let known = Known::load(&dv.inner.opts.known).and_then(|k| match k {
+            Some(k) => k.check(&info, &dv.inner.opts.known),
+            None if info.state == VolState::Plain => Known::of(&info).save(&dv.inner.opts.known),
+            // Recorded once the header is authenticated under its key.
+            None => Ok(()),
+        });
+        if let Err(reason) = known {
+            tracing::error!("{reason}");
+            state.audit(
+                "volume",
+                "appliance",
+                format!("refused the content volume: {reason}"),
+            );
+            dv.set_locked(
+                state,
+                vol,
+                "its header does not match this appliance's record".into(),
+            );
+            dv.hold(
+                state,
+                Hold {
+                    class: "volume-changed",
+                    reason,
+                    resumable: false,
+                },
+            );
+        } else if vol.state() == VolState::Plain {
             let uv = vol
                 .unlock(Vec::new())
                 .map_err(|e| format!("the plain content volume cannot be opened: {e}"))?;
@@ -372,9 +423,9 @@ impl DataVolume {
                 if me.inner.stop.load(Ordering::Acquire) {
                     break;
                 }
-                match me.try_unlock() {
-                    Ok(()) => break,
-                    Err(()) => {
+                match me.try_unlock(false) {
+                    Attempt::Done | Attempt::Hold => break,
+                    Attempt::Retry => {
                         failures += 1;
                         let d = me.inner.opts.backoff.delay(failures);
                         let at = time::OffsetDateTime::now_utc() + d;
@@ -393,21 +444,40 @@ impl DataVolume {
         });
     }
 
+    /// Keeps the volume locked with `hold` until the administrator acts.
+    fn hold(&self, state: &AppState, hold: Hold) {
+        state.apply(Event::UnlockFailed(vec![LockReason {
+            server: "-".into(),
+            class: hold.class.into(),
+            reason: hold.reason.clone(),
+        }]));
+        state.set_content(Content::Locked(format!(
+            "the content volume is locked: {}",
+            hold.reason
+        )));
+        lock(&self.inner.extra).hold = Some(hold);
+    }
+
     /// One attempt to fetch the key(s) and unlock; reasons per server are applied on failure.
-    fn try_unlock(&self) -> Result<(), ()> {
+    /// With `accept`, a header whose MAC is missing or wrong is accepted and signed anew (the
+    /// administrator's Resume).
+    fn try_unlock(&self, accept: bool) -> Attempt {
         let Some(state) = self.app() else {
-            return Ok(());
+            return Attempt::Done;
         };
+        if lock(&self.inner.extra).hold.is_some() && !accept {
+            return Attempt::Hold;
+        }
         self.inner.attempts.fetch_add(1, Ordering::Relaxed);
         let vol = {
             let mut slot = lock(&self.inner.slot);
             let info = match &*slot {
                 Slot::Locked(v) => Box::new(v.info()),
-                _ => return Ok(()),
+                _ => return Attempt::Done,
             };
             match std::mem::replace(&mut *slot, Slot::Unlocking(info)) {
                 Slot::Locked(v) => v,
-                _ => return Ok(()),
+                _ => return Attempt::Done,
             }
         };
         let put_back = |vol: Volume| {
@@ -432,7 +502,7 @@ impl DataVolume {
             }];
             put_back(vol);
             self.unlock_failed(&state, reasons);
-            return Err(());
+            return Attempt::Retry;
         };
         let mut reasons = Vec::new();
         let mut fetched = None;
@@ -477,14 +547,52 @@ impl DataVolume {
         let Some(keys) = fetched else {
             put_back(vol);
             self.unlock_failed(&state, reasons);
-            return Err(());
+            return Attempt::Retry;
         };
         let mut slot = lock(&self.inner.slot);
         if !matches!(&*slot, Slot::Unlocking(_)) {
-            return Ok(()); // stopping
+            return Attempt::Done; // stopping
         }
-        let uv = match vol.unlock(keys) {
+        let decrypting = vol.state() == VolState::Decrypting;
+        let unlocked = if accept {
+            vol.unlock_accepting_header(keys)
+        } else {
+            vol.unlock(keys)
+        };
+        let uv = match unlocked {
             Ok(uv) => uv,
+            Err(atrest_volume::Error::HeaderAuth(e)) => {
+                // Never resumed by itself: the administrator decides (Resume on the page).
+                let reason = format!(
+                    "{e}. On this appliance: press Resume on Storage > Encryption (POST \
+                     /api/encryption/resume{}) once you know where this header comes from",
+                    if decrypting {
+                        ", with the admin password: the header asks to decrypt"
+                    } else {
+                        ""
+                    }
+                );
+                tracing::error!("content volume header: {reason}");
+                state.audit(
+                    "volume",
+                    "appliance",
+                    format!("the content volume header failed its authentication: {e}"),
+                );
+                match Volume::open(self.inner.dev.clone()) {
+                    Ok(v) => *slot = Slot::Locked(v),
+                    Err(e2) => tracing::error!("cannot reopen the content volume: {e2}"),
+                }
+                drop(slot);
+                self.hold(
+                    &state,
+                    Hold {
+                        class: "header-auth",
+                        reason,
+                        resumable: true,
+                    },
+                );
+                return Attempt::Hold;
+            }
             Err(e) => {
                 let reason = format!("the volume could not be unlocked with the fetched key: {e}");
                 match Volume::open(self.inner.dev.clone()) {
@@ -500,9 +608,23 @@ impl DataVolume {
                         reason,
                     }],
                 );
-                return Err(());
+                return Attempt::Retry;
             }
         };
+        lock(&self.inner.extra).hold = None;
+        if accept {
+            state.audit(
+                "volume",
+                "appliance",
+                "the administrator accepted the content volume header as it is; it is signed \
+                 under the volume key again"
+                    .to_string(),
+            );
+        }
+        // Authenticated: this is now what the appliance knows about its volume.
+        if let Err(e) = Known::of(&uv.info()).save(&self.inner.opts.known) {
+            tracing::error!("{e}");
+        }
         if let Err(e) = self.open_store(&state, &uv) {
             tracing::error!("{e}");
             state.set_content(Content::Locked(format!(
@@ -515,10 +637,11 @@ impl DataVolume {
         state.apply(Event::Unlocked);
         tracing::info!("content volume unlocked");
         if is_converting(vs) {
+            // The record is authenticated (or the administrator accepted it): resume.
             tracing::info!("resuming the {} conversion", vs.as_str());
             self.spawn_convert(uv, state.event_sink());
         }
-        Ok(())
+        Attempt::Done
     }
 
     fn unlock_failed(&self, state: &AppState, reasons: Vec<LockReason>) {
@@ -566,6 +689,9 @@ impl DataVolume {
                 last = Some(prog);
                 events(Event::Progress(prog));
             });
+            if let Err(e) = Known::of(&uv.info()).save(&me.inner.opts.known) {
+                tracing::error!("{e}");
+            }
             match r {
                 Ok(s) if !is_converting(s) => {
                     let secs = started.elapsed().as_secs_f64();
@@ -713,6 +839,13 @@ impl DataVolume {
         }
     }
 
+    /// Records what the header of `uv` now says as what the appliance knows.
+    fn record_known(&self, uv: &UnlockedVolume) {
+        if let Err(e) = Known::of(&uv.info()).save(&self.inner.opts.known) {
+            tracing::error!("{e}");
+        }
+    }
+
     /// Unlock attempts made so far.
     pub fn unlock_attempts(&self) -> u64 {
         self.inner.attempts.load(Ordering::Relaxed)
@@ -780,11 +913,18 @@ impl DataVolume {
                     .unwrap_or(server);
                 let uid = nk.reference.unique_identifier.clone();
                 state.audit_key(&server, op, Some(&uid), "ok (created, activated, fetched)");
-                let begun = if req == Request::Encrypt {
-                    uv.begin_encrypt(nk.material, nk.reference, &eopts)
-                } else {
-                    uv.begin_rekey(nk.material, nk.reference, &eopts)
-                };
+                let before = uv.info();
+                let begun = Known::before(&before, wf_vol(req), Some(&uid))
+                    .save(&self.inner.opts.known)
+                    .map_err(atrest_volume::Error::State)
+                    .and_then(|()| {
+                        if req == Request::Encrypt {
+                            uv.begin_encrypt(nk.material, nk.reference, &eopts)
+                        } else {
+                            uv.begin_rekey(nk.material, nk.reference, &eopts)
+                        }
+                    });
+                self.record_known(&uv);
                 if let Err(e) = begun {
                     // The new key is of no use: take it off the server again.
                     let r = client
@@ -808,8 +948,12 @@ impl DataVolume {
                 }
             }
             Request::Decrypt => {
-                uv.begin_decrypt()
+                Known::before(&uv.info(), VolState::Decrypting, None)
+                    .save(&self.inner.opts.known)
                     .map_err(|e| format!("decryption could not start: {e}"))?;
+                let begun = uv.begin_decrypt();
+                self.record_known(&uv);
+                begun.map_err(|e| format!("decryption could not start: {e}"))?;
                 state.audit_key(
                     &server,
                     "decrypt",
@@ -828,6 +972,15 @@ impl DataVolume {
         });
         lock(&self.inner.extra).alerts.clear();
         Ok(uv)
+    }
+}
+
+/// The volume state a request converts in.
+fn wf_vol(req: Request) -> VolState {
+    match req {
+        Request::Encrypt => VolState::Encrypting,
+        Request::Rekey => VolState::Rekeying,
+        Request::Decrypt => VolState::Decrypting,
     }
 }
 
@@ -883,8 +1036,35 @@ impl VolumeBackend for DataVolume {
             "key_check": x.key_check,
             "alerts": x.alerts,
             "next_retry_at": x.next_retry_at,
+            "hold": x.hold.as_ref().map(|h| json!({
+                "class": h.class,
+                "reason": h.reason,
+                "resume": h.resumable,
+            })),
             "unlock_attempts": self.unlock_attempts(),
         })
+    }
+
+    fn resume(&self, _events: EventSink) -> Result<(), String> {
+        let hold = lock(&self.inner.extra).hold.clone();
+        match hold {
+            Some(h) if !h.resumable => Err(format!("Resume cannot lift this lock: {}", h.reason)),
+            Some(_) => match self.try_unlock(true) {
+                Attempt::Done => Ok(()),
+                _ => Err(lock(&self.inner.extra)
+                    .hold
+                    .as_ref()
+                    .map(|h| h.reason.clone())
+                    .unwrap_or_else(|| {
+                        "the volume's key could not be fetched; see the reasons per server".into()
+                    })),
+            },
+            None => Err(
+                "there is nothing to resume: the volume is not held locked by a header that \
+                 needs the administrator's decision"
+                    .into(),
+            ),
+        }
     }
 
     fn retry_now(&self) {

@@ -103,6 +103,7 @@ pub fn document() -> Value {
                     "session": {"type": "string"}, "actor": {"type": "string"}, "kind": {"type": "string"}, "text": {"type": "string"}, "hash": {"type": "string"}}},
                 "AuditPage": {"type": "object", "properties": {"total": {"type": "integer"}, "offset": {"type": "integer"}, "limit": {"type": "integer"},
                     "next_offset": {"type": ["integer", "null"]}, "events": {"type": "array", "items": r("AuditEvent")}}},
+                "PasswordReentry": {"type": "object", "required": ["password"], "properties": {"password": {"type": "string"}}},
                 "Settings": {"type": "object", "properties": {"settings": {"type": "object", "additionalProperties": true,
                     "description": "key → true/false, number, text, or {\"base64\": \"...\"} for bytes"}}},
                 "Recording": {"type": "object", "properties": {"id": {"type": "string"}, "session": {"type": "string"}, "size": {"type": "integer"},
@@ -141,7 +142,16 @@ pub fn document() -> Value {
             },
             "/api/encryption/encrypt": {"post": start("Encrypt the volume with a new key (needs a passing test of the current settings)")},
             "/api/encryption/rekey": {"post": start("Re-encrypt the volume under a new key")},
-            "/api/encryption/decrypt": {"post": start("Decrypt the volume (turn encryption off)")},
+            "/api/encryption/decrypt": {"post": {
+                "summary": "Decrypt the volume (turn encryption off); takes the admin password again",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": r("PasswordReentry")}}},
+                "responses": {"202": ok_json("started", r("EncryptionStatus")), "401": err("not logged in"),
+                    "403": err("password missing or wrong, or no CSRF token"), "409": err("not possible in this state")}}},
+            "/api/encryption/resume": {"post": {
+                "summary": "Resume: a conversion stopped on an error, or a volume held locked because its header failed its authentication (the header is accepted as it is and signed again); resuming a decryption takes the admin password again",
+                "requestBody": {"required": false, "content": {"application/json": {"schema": r("PasswordReentry")}}},
+                "responses": {"202": ok_json("resumed", r("EncryptionStatus")), "401": err("not logged in"),
+                    "403": err("password missing or wrong (decryption), or no CSRF token"), "409": err("nothing to resume, or the key could not be fetched")}}},
             "/api/audit": {
                 "post": {"summary": "Append one audit event, or an array of up to 1000, in order",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"oneOf": [r("AuditEventInput"), {"type": "array", "items": r("AuditEventInput")}]}}}},

@@ -347,6 +347,15 @@ fn actions_section(st: &Value) -> String {
         }
     } else if state == "encrypted" {
         o += r#"<p><button id="rekey">Rekey</button> <button id="decrypt">Decrypt</button></p>"#;
+        o += r#"<p id="decrypt-confirm" hidden><label for="decrypt-password">Decrypting writes the content back without encryption. Enter the admin password to confirm:</label> <input type="password" id="decrypt-password" autocomplete="current-password"> <button id="decrypt-go">Decrypt now</button></p>"#;
+    } else if state == "locked" && st["volume"]["hold"]["resume"].as_bool() == Some(true) {
+        let pending = s(st, "pending");
+        o += r#"<p class="error" id="hold">The volume's header failed its authentication: it was changed outside atrest, or written by an atrest without header authentication. Nothing was read or written. Resume only if you know where this header comes from: it is accepted as it is and signed again.</p>"#;
+        o += r#"<p><button id="resume" data-url="/api/encryption/resume">Resume</button>"#;
+        if pending == "decrypting" {
+            o += r#" <label for="resume-password">The header asks to decrypt: admin password</label> <input type="password" id="resume-password" autocomplete="current-password">"#;
+        }
+        o += "</p>";
     } else {
         o += &format!("<p>The volume is {}.</p>", esc(state));
         let url = match state {
@@ -394,13 +403,21 @@ for (const [id, url] of [['encrypt', '/api/encryption/encrypt'], ['rekey', '/api
   const b = document.getElementById(id);
   if (!b) continue;
   b.addEventListener('click', async () => {
-    if (id === 'decrypt' && !confirm('Decrypt the content volume? Its content will be stored without encryption.')) return;
+    if (id === 'decrypt') { document.getElementById('decrypt-confirm').hidden = false; document.getElementById('decrypt-password').focus(); return; }
     b.disabled = true; say('Starting…');
-    const r = await call('POST', url);
+    const pw = document.getElementById('resume-password');
+    const r = pw ? await call('POST', url, {password: pw.value}, true) : await call('POST', url);
     if (!r.ok) { say((r.body && r.body.error) || ('HTTP ' + r.status), 'error'); b.disabled = false; return; }
     location.reload();
   });
 }
+const decryptGo = document.getElementById('decrypt-go');
+if (decryptGo) decryptGo.addEventListener('click', async () => {
+  decryptGo.disabled = true; say('Starting…');
+  const r = await call('POST', '/api/encryption/decrypt', {password: document.getElementById('decrypt-password').value}, true);
+  if (!r.ok) { say((r.body && r.body.error) || ('HTTP ' + r.status), 'error'); decryptGo.disabled = false; return; }
+  location.reload();
+});
 document.getElementById('password-form').addEventListener('submit', async (e) => {
   e.preventDefault();
   const f = new FormData(e.target);

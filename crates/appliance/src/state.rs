@@ -49,6 +49,14 @@ pub trait VolumeBackend: Send + Sync + 'static {
         serde_json::Value::Null
     }
 
+    /// The administrator's Resume of a volume held locked because its header failed its
+    /// authentication: fetches the key(s), accepts the header as it is (signed anew), unlocks
+    /// and resumes the conversion it records. Returns why not, for a person.
+    fn resume(&self, events: EventSink) -> Result<(), String> {
+        let _ = events;
+        Err("this appliance has no data volume to resume".into())
+    }
+
     /// Asks the next unlock attempt to run now (the KMIP settings changed).
     fn retry_now(&self) {}
 

@@ -798,7 +798,28 @@ async fn test_steps_and_the_encrypt_gate() {
     let (s, v) = call(&app, &t, "POST", "/api/encryption/encrypt", None).await;
     assert_eq!(s, StatusCode::CONFLICT);
     assert!(reason(&v).contains("encrypting"), "{v}");
+    // Decrypt takes the admin password again: missing or wrong is 403, before any state check.
     let (s, v) = call(&app, &t, "POST", "/api/encryption/decrypt", None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(reason(&v).contains("admin password"), "{v}");
+    let (s, v) = call(
+        &app,
+        &t,
+        "POST",
+        "/api/encryption/decrypt",
+        Some(json!({"password": "not-it"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(reason(&v).contains("wrong"), "{v}");
+    let (s, v) = call(
+        &app,
+        &t,
+        "POST",
+        "/api/encryption/decrypt",
+        Some(json!({"password": f.password})),
+    )
+    .await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     assert_eq!(
         fake.started.lock().unwrap().as_slice(),
@@ -889,6 +910,7 @@ async fn openapi_matches_the_routes() {
         ("post", "/api/encryption/encrypt"),
         ("post", "/api/encryption/rekey"),
         ("post", "/api/encryption/decrypt"),
+        ("post", "/api/encryption/resume"),
         ("get", "/api/openapi.json"),
         ("post", "/api/audit"),
         ("get", "/api/audit"),
@@ -1006,6 +1028,23 @@ async fn a_failed_conversion_offers_resume() {
             .contains("no KMIP settings are saved"),
         "{v}"
     );
-    let (s, _) = call(&app, &t, "POST", "/api/encryption/decrypt", None).await;
+    let (s, _) = call(
+        &app,
+        &t,
+        "POST",
+        "/api/encryption/decrypt",
+        Some(json!({"password": f.password})),
+    )
+    .await;
     assert_eq!(s, StatusCode::CONFLICT);
+    // Resume of the stopped encryption: the same path as asking again.
+    let (s, v) = call(&app, &t, "POST", "/api/encryption/resume", None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no KMIP settings are saved"),
+        "{v}"
+    );
 }

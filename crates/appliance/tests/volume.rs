@@ -115,6 +115,23 @@ async fn token(app: &axum::Router, password: &str) -> String {
         .to_owned()
 }
 
+async fn post_json(app: &axum::Router, token: &str, uri: &str, body: Value) -> (StatusCode, Value) {
+    let res = app
+        .clone()
+        .oneshot(
+            Request::post(uri)
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let s = res.status();
+    let b = res.into_body().collect().await.unwrap().to_bytes();
+    (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
+}
+
 async fn post(app: &axum::Router, token: &str, uri: &str) -> (StatusCode, Value) {
     let res = app
         .clone()
@@ -291,7 +308,13 @@ async fn encrypt_online_then_unlock_at_the_next_start() {
     wait_for("the rekey finished", || {
         run.state.workflow().state == WfState::Encrypted
     });
-    let (s, v) = post(&app, &t, "/api/encryption/decrypt").await;
+    let (s, v) = post_json(
+        &app,
+        &t,
+        "/api/encryption/decrypt",
+        json!({"password": pw.trim()}),
+    )
+    .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     wait_for("the decryption finished", || {
         run.state.workflow().state == WfState::Plain
@@ -564,5 +587,76 @@ async fn status_answers_while_a_server_hangs() {
     });
     let w = run.state.workflow();
     assert_eq!(w.lock_reasons[0].server, hang_addr.to_string(), "{w:?}");
+    run.stop();
+}
+
+/// Removes the header MAC from both copies, as a header written by an atrest without header
+/// authentication looks (checksums fixed).
+fn strip_header_mac(image: &Path) {
+    use atrest_volume::luks2::fix_checksum;
+    let mut img = std::fs::read(image).unwrap();
+    for off in [0usize, 16384] {
+        let copy = &mut img[off..off + 16384];
+        let end = copy[4096..].iter().position(|&b| b == 0).unwrap();
+        let mut v: Value = serde_json::from_slice(&copy[4096..4096 + end]).unwrap();
+        v["tokens"]
+            .as_object_mut()
+            .unwrap()
+            .retain(|_, t| t["type"] != "atrest-header-mac");
+        let text = serde_json::to_vec(&v).unwrap();
+        copy[4096..].fill(0);
+        copy[4096..4096 + text.len()].copy_from_slice(&text);
+        fix_checksum(copy);
+    }
+    std::fs::write(image, img).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_without_authentication_waits_for_the_admins_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (run, _key_id) = encrypt(&data).await;
+    let pw = run.password.clone().unwrap();
+    run.stop();
+    strip_header_mac(&data.join("volume.img"));
+    let before = std::fs::read(data.join("volume.img")).unwrap();
+    let run = start(&data, true, |_| {});
+    wait_for("held locked by the header", || {
+        atrest_appliance::api::status_json(&run.state)["volume"]["hold"]["class"] == "header-auth"
+    });
+    // It stays locked: the unlock loop does not retry, nothing is written.
+    std::thread::sleep(Duration::from_millis(1500));
+    let w = run.state.workflow();
+    assert_eq!(w.state, WfState::Locked);
+    assert!(
+        w.lock_reasons[0]
+            .reason
+            .contains("carries no authentication code"),
+        "{w:?}"
+    );
+    assert!(std::fs::read(data.join("volume.img")).unwrap() == before);
+    // The administrator's Resume accepts the header, signs it, unlocks.
+    let app = app(run.state.clone());
+    let t = token(&app, &pw).await;
+    let (s, v) = post(&app, &t, "/api/encryption/resume").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(run.state.workflow().state, WfState::Encrypted);
+    assert_eq!(
+        run.store().config().get("before").unwrap(),
+        Some(CfgValue::Text("plain".into()))
+    );
+    let texts = audit_texts(&run.store());
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("accepted the content volume header")),
+        "{texts:?}"
+    );
+    run.stop();
+    // Signed: the next start unlocks by itself.
+    let run = start(&data, true, |_| {});
+    wait_for("unlocked by itself", || {
+        run.state.workflow().state == WfState::Encrypted
+    });
     run.stop();
 }

@@ -68,6 +68,19 @@ impl Appliance {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> (u16, Value) {
+        let body = body.map(|v| v.to_string()).unwrap_or_default();
+        self.request_bytes(method, path, token, body.as_bytes(), "application/json")
+    }
+
+    /// One HTTPS request with a raw body of `content_type` (none when the body is empty).
+    fn request_bytes(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &[u8],
+        content_type: &str,
+    ) -> (u16, Value) {
         let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
         b.set_ca_file(self.data.join("tls/cert.pem")).unwrap();
         b.set_verify(SslVerifyMode::PEER);
@@ -81,20 +94,20 @@ impl Appliance {
             .set_ip("127.0.0.1".parse().unwrap())
             .unwrap();
         let mut s = cfg.connect("127.0.0.1", tcp).expect("TLS to the appliance");
-        let body = body.map(|v| v.to_string()).unwrap_or_default();
         let mut req = format!(
             "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
             body.len()
         );
         if !body.is_empty() {
-            req.push_str("Content-Type: application/json\r\n");
+            req.push_str(&format!("Content-Type: {content_type}\r\n"));
         }
         if let Some(t) = token {
             req.push_str(&format!("Authorization: Bearer {t}\r\n"));
         }
         req.push_str("\r\n");
-        req.push_str(&body);
-        s.write_all(req.as_bytes()).unwrap();
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        s.write_all(&bytes).unwrap();
         let mut raw = Vec::new();
         let _ = s.read_to_end(&mut raw);
         let text = String::from_utf8_lossy(&raw).into_owned();
@@ -368,4 +381,187 @@ fn encrypt_killed_midway_resumes_and_unlocks_at_the_next_start() {
     );
     let (_, v) = app.request("GET", "/api/audit?session=s1", Some(&t), None);
     assert_eq!(v["events"][0]["text"], "operator logged in");
+}
+
+/// Rewrites both LUKS2 header copies of IMAGE as someone with write access to the disk and no
+/// key would: JSON edited, SHA-256 checksum fixed. argv: IMAGE MODE; MODE `decrypt` adds a
+/// decrypt record at boundary 0, `plain` marks the segment plain and drops every key.
+const FORGE: &str = r#"
+import hashlib, json, sys
+path, mode = sys.argv[1], sys.argv[2]
+with open(path, "r+b") as f:
+    for off in (0, 16384):
+        f.seek(off)
+        copy = bytearray(f.read(16384))
+        text = bytes(copy[4096:]).split(b"\0", 1)[0]
+        meta = json.loads(text)
+        if mode == "decrypt":
+            free = next(str(i) for i in range(32) if str(i) not in meta["tokens"])
+            meta["tokens"][free] = {"type": "atrest-conversion", "keyslots": [], "kind": "decrypt",
+                "old_digest": "0", "new_digest": None, "boundary": "0", "hotzone": None}
+            meta["config"]["requirements"] = {"mandatory": ["atrest-conversion-v1"]}
+        else:
+            seg = meta["segments"]["0"]
+            meta["segments"]["0"] = {"type": "linear", "offset": seg["offset"], "size": seg["size"]}
+            meta["digests"] = {}
+            meta["tokens"] = {}
+        new = json.dumps(meta).encode()
+        copy[4096:] = new + b"\0" * (16384 - 4096 - len(new))
+        copy[448:512] = b"\0" * 64
+        copy[448:480] = hashlib.sha256(bytes(copy)).digest()
+        f.seek(off)
+        f.write(copy)
+"#;
+
+fn forge(image: &Path, mode: &str) {
+    let out = Command::new("python3")
+        .args(["-c", FORGE])
+        .arg(image)
+        .arg(mode)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "forging the header: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The attack of cryptsetup's CVE-2021-4122 against the appliance: with the volume encrypted, a
+/// decrypt record is added to the header (checksums fixed, no key needed). At the next start
+/// the appliance fetches the genuine key, finds that the record fails its MAC, and stays
+/// locked with that reason, writing nothing: the recording's plaintext never reaches the disk.
+/// Then the header is made to look plain: refused by the appliance's record of what it
+/// encrypted.
+#[test]
+fn a_forged_decrypt_record_is_never_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("appliance");
+    let flags = [
+        "--embedded-kms",
+        "--volume-size",
+        "32M",
+        "--convert-chunk",
+        "1M",
+        "--unlock-retry-max",
+        "1",
+    ];
+    let image = data.join("volume.img");
+    let marker: Vec<u8> = b"ATREST-SECRET-MARKER-7f3a91c2-"
+        .iter()
+        .copied()
+        .cycle()
+        .take(64 << 10)
+        .collect();
+    {
+        let app = start(&data, &flags);
+        let t = app.login();
+        let (_, r) = app.request("POST", "/api/encryption/test", Some(&t), None);
+        assert_eq!(r["ok"], true, "{r}");
+        let (s, st) = app.request("POST", "/api/encryption/encrypt", Some(&t), None);
+        assert_eq!(s, 202, "{st}");
+        wait_until("the encryption finished", || {
+            let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+            st["state"] == "encrypted"
+        });
+        let (s, v) = app.request_bytes(
+            "PUT",
+            "/api/recordings/rec-1?session=s1",
+            Some(&t),
+            &marker,
+            "application/octet-stream",
+        );
+        assert_eq!(s, 201, "{v}");
+        let (s, v) = app.request("GET", "/api/recordings/rec-1", Some(&t), None);
+        assert_eq!(s, 200, "{v}");
+    }
+    let genuine = std::fs::read(&image).unwrap();
+    assert!(!contains(&genuine, &marker[..64]), "encrypted on disk");
+
+    forge(&image, "decrypt");
+    let forged = std::fs::read(&image).unwrap();
+    // First line of defence: the appliance's record of what it wrote (outside the volume).
+    let app = start(&data, &flags);
+    let t = app.login();
+    let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+    assert_eq!(st["state"], "locked", "{st}");
+    assert_eq!(st["volume"]["hold"]["class"], "volume-changed", "{st}");
+    let reason = st["lock_reasons"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("now says decrypting"), "{reason}");
+    drop(app);
+    assert!(
+        std::fs::read(&image).unwrap() == forged,
+        "the image changed"
+    );
+    // Second: without that record (a data directory restored, or also forged), the header MAC
+    // under the genuine key refuses the record.
+    let known = data.join("volume-known.json");
+    let record = std::fs::read(&known).unwrap();
+    std::fs::remove_file(&known).unwrap();
+    let app = start(&data, &flags);
+    let t = app.login();
+    wait_until("locked with the integrity reason", || {
+        let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+        st["state"] == "locked" && st["volume"]["hold"]["class"] == "header-auth"
+    });
+    // It stays there: no retry, no resume, nothing written.
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+    assert_eq!(st["state"], "locked", "{st}");
+    let reason = st["lock_reasons"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("changed outside atrest") && reason.contains("decrypt"),
+        "{reason}"
+    );
+    assert_eq!(st["volume"]["hold"]["resume"], true, "{st}");
+    let (s, v) = app.request("GET", "/api/recordings/rec-1", Some(&t), None);
+    assert_eq!(s, 503, "content locked: {v}");
+    // Resuming a decryption needs the admin password again.
+    let (s, v) = app.request("POST", "/api/encryption/resume", Some(&t), None);
+    assert_eq!(s, 403, "{v}");
+    drop(app);
+    let after = std::fs::read(&image).unwrap();
+    assert!(after == forged, "the image changed while locked");
+    assert!(!contains(&after, &marker[..64]), "plaintext on disk");
+
+    // A header made to look plain: the appliance remembers it encrypted this volume.
+    std::fs::write(&known, &record).unwrap();
+    std::fs::write(&image, &genuine).unwrap();
+    forge(&image, "plain");
+    let forged = std::fs::read(&image).unwrap();
+    let app = start(&data, &flags);
+    let t = app.login();
+    let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+    assert_eq!(st["state"], "locked", "{st}");
+    assert_eq!(st["volume"]["hold"]["class"], "volume-changed", "{st}");
+    let reason = st["lock_reasons"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("says it is plain"), "{reason}");
+    let (s, _) = app.request_bytes(
+        "PUT",
+        "/api/recordings/rec-2?session=s1",
+        Some(&t),
+        &marker,
+        "application/octet-stream",
+    );
+    assert_eq!(s, 503);
+    drop(app);
+    assert!(
+        std::fs::read(&image).unwrap() == forged,
+        "the image changed"
+    );
+
+    // The genuine header back: unlocked by itself, the recording intact.
+    std::fs::write(&image, &genuine).unwrap();
+    let app = start(&data, &flags);
+    let t = app.login();
+    wait_until("unlocked", || {
+        let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+        st["state"] == "encrypted"
+    });
+    let (s, v) = app.request("GET", "/api/recordings/rec-1", Some(&t), None);
+    assert_eq!(s, 200, "{v}");
 }
