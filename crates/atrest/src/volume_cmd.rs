@@ -281,6 +281,18 @@ pub fn render(i: &VolumeInfo) -> String {
             .to_lowercase(),
         );
     }
+    if i.state != State::Plain {
+        line(
+            "Header MAC:",
+            if i.header_mac {
+                "present (checked under the volume key by unlock)".into()
+            } else {
+                "missing: unlock refuses the volume until the header is accepted \
+                 (`atrest volume unlock --accept-header`)"
+                    .into()
+            },
+        );
+    }
     if let Some(r) = &i.header_repair {
         line("Header:", r.clone());
     }

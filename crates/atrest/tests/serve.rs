@@ -107,7 +107,9 @@ impl Appliance {
         req.push_str("\r\n");
         let mut bytes = req.into_bytes();
         bytes.extend_from_slice(body);
-        s.write_all(&bytes).unwrap();
+        // A server may answer and close before the whole body is sent (an early refusal): the
+        // answer is what counts.
+        let _ = s.write_all(&bytes);
         let mut raw = Vec::new();
         let _ = s.read_to_end(&mut raw);
         let text = String::from_utf8_lossy(&raw).into_owned();
@@ -544,7 +546,7 @@ fn a_forged_decrypt_record_is_never_resumed() {
         "PUT",
         "/api/recordings/rec-2?session=s1",
         Some(&t),
-        &marker,
+        &marker[..1000],
         "application/octet-stream",
     );
     assert_eq!(s, 503);

@@ -307,6 +307,9 @@ fn rekey_and_decrypt_with_kills_lose_nothing() {
         "128K",
         "--threads",
         "1",
+        // Paced, so that kills at 0.1–0.35 s land mid-conversion however fast the disk is.
+        "--max-rate",
+        "16M",
     ];
     assert_eq!(interrupt(&p, &rekey, &img, "rekeying", 6), 6);
     ok(&p.run(&rekey));
@@ -327,6 +330,9 @@ fn rekey_and_decrypt_with_kills_lose_nothing() {
         "128K",
         "--threads",
         "1",
+        // Paced, so that kills at 0.1–0.35 s land mid-conversion however fast the disk is.
+        "--max-rate",
+        "16M",
     ];
     assert_eq!(interrupt(&p, &decrypt, &img, "decrypting", 6), 6);
     ok(&p.run(&decrypt));
