@@ -15,6 +15,7 @@ pub mod https;
 pub mod keys;
 pub mod kmip_config;
 pub mod kmip_test;
+pub mod login;
 pub mod openapi;
 pub mod pages;
 pub mod server;

@@ -81,7 +81,7 @@ pub async fn serve(
     axum_server::from_tcp(bound.listener)
         .acceptor(OpenSSLAcceptor::new(bound.tls))
         .handle(handle)
-        .serve(app.into_make_service())
+        .serve(app.into_make_service_with_connect_info::<SocketAddr>())
         .await
         .map_err(|e| format!("the HTTPS server stopped: {e}"))
 }
