@@ -99,6 +99,11 @@ pub struct ServeOptions {
 /// Runs the appliance until SIGINT or SIGTERM: opens the data directory (printing a generated
 /// admin password on the first start), starts the bundled KMIP server if asked, serves HTTPS.
 pub fn run(opts: ServeOptions) -> Result<(), String> {
+    // Core dumps off and memory locked before any key is read (once per process: `atrest
+    // serve` did it at start and reported it; another caller gets the report here).
+    for w in atrest_volume::harden_process().take_report() {
+        tracing::warn!("{w}");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -129,7 +134,6 @@ pub fn run(opts: ServeOptions) -> Result<(), String> {
         } else {
             None
         };
-        harden();
         let volume = match opts.volume {
             Some(v) => {
                 let s = state.clone();
@@ -163,34 +167,6 @@ pub fn run(opts: ServeOptions) -> Result<(), String> {
         }
         result
     })
-}
-
-/// Locks the process memory and disables core dumps when every future allocation can be locked
-/// too (root, or an unlimited RLIMIT_MEMLOCK); otherwise only the key buffers are locked.
-fn harden() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain system calls with valid arguments.
-    let (root, unlimited) = unsafe {
-        (
-            libc::geteuid() == 0,
-            libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) == 0
-                && lim.rlim_cur == libc::RLIM_INFINITY,
-        )
-    };
-    if !(root || unlimited) {
-        tracing::warn!(
-            "process memory is not locked (RLIMIT_MEMLOCK is {} bytes); key buffers are still \
-             locked one by one; run as root or raise the limit to lock everything",
-            lim.rlim_cur
-        );
-        return;
-    }
-    for w in atrest_volume::harden_process() {
-        tracing::warn!("cannot harden the process: {w}");
-    }
 }
 
 async fn shutdown_signal() {

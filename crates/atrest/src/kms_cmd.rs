@@ -16,6 +16,13 @@ pub struct KmsArgs {
     command: KmsCommand,
 }
 
+impl KmsArgs {
+    /// Whether the command holds key material (the server: master key and every key).
+    pub fn holds_keys(&self) -> bool {
+        matches!(self.command, KmsCommand::Serve(_))
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum KmsCommand {
     /// Runs the KMIP server (TTLV over mutual TLS). The first start in an empty data directory

@@ -220,7 +220,6 @@ fn in_progress_elsewhere(image: &Path, state: State) -> anyhow::Error {
 }
 
 pub fn encrypt(a: EncryptArgs) -> anyhow::Result<()> {
-    atrest_volume::harden_process();
     let vol = open(&a.image)?;
     let info = vol.info();
     let mut client = client(&a.kmip, &info)?;
@@ -267,7 +266,6 @@ pub fn encrypt(a: EncryptArgs) -> anyhow::Result<()> {
 }
 
 pub fn rekey(a: RekeyArgs) -> anyhow::Result<()> {
-    atrest_volume::harden_process();
     let vol = open(&a.image)?;
     let info = vol.info();
     let mut client = client(&a.kmip, &info)?;
@@ -319,7 +317,6 @@ pub fn rekey(a: RekeyArgs) -> anyhow::Result<()> {
 }
 
 pub fn decrypt(a: KeyedArgs) -> anyhow::Result<()> {
-    atrest_volume::harden_process();
     let vol = open(&a.image)?;
     let info = vol.info();
     let unlocked = match vol.state() {
@@ -344,7 +341,6 @@ pub fn decrypt(a: KeyedArgs) -> anyhow::Result<()> {
 }
 
 pub fn unlock(a: KeyedArgs) -> anyhow::Result<()> {
-    atrest_volume::harden_process();
     let vol = open(&a.image)?;
     let info = vol.info();
     if vol.state() == State::Plain {
@@ -380,7 +376,6 @@ pub fn unlock(a: KeyedArgs) -> anyhow::Result<()> {
 
 /// Unlocks an encrypted (or mid-conversion) volume for `export`.
 pub fn unlock_for_export(image: &Path, settings: &KmipSettings) -> anyhow::Result<UnlockedVolume> {
-    atrest_volume::harden_process();
     let vol = open(image)?;
     let info = vol.info();
     let mut client = client(settings, &info)?;

@@ -66,7 +66,7 @@ pub use device::{BlockDevice, FileDevice, MemDevice};
 pub use error::{Check, Error, HeaderError, KeyError, Result};
 pub use key::{KeyMaterial, VolumeKey};
 pub use luks2::{ConversionKind, KmipToken};
-pub use secret::{SecretBytes, harden_process};
+pub use secret::{Hardening, MemoryLock, SecretBytes, harden_process};
 pub use volume::{
     ConvertOptions, EncryptOptions, FormatOptions, KeyInfo, KeyReference, Progress, State,
     UnlockedVolume, Volume, VolumeInfo,
