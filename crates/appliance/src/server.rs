@@ -44,7 +44,7 @@ pub fn bind(state: &AppState, listen: &Listen) -> Result<Bound, String> {
             key.display()
         )
     })?;
-    let listener = TcpListener::bind(listen.addr).map_err(|e| {
+    let listener = listen_socket(listen.addr).map_err(|e| {
         format!(
             "cannot listen on {} ({e}); choose another address with --listen",
             listen.addr
@@ -63,6 +63,20 @@ pub fn bind(state: &AppState, listen: &Listen) -> Result<Bound, String> {
         cert_path: cert,
         cert_created: created,
     })
+}
+
+/// Connections the kernel queues before they are accepted. Larger than the usual 128 so that a
+/// burst of connections (a login flood, say) is queued, not dropped into SYN retransmissions
+/// that would delay everyone else's connection by seconds.
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+fn listen_socket(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(LISTEN_BACKLOG)?;
+    Ok(s.into())
 }
 
 /// Serves until `shutdown` completes, then lets requests in progress finish.
