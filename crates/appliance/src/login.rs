@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
@@ -127,7 +127,7 @@ impl Entry {
 pub struct LoginThrottle {
     limits: LoginLimits,
     table: Mutex<HashMap<IpAddr, Entry>>,
-    slots: tokio::sync::Semaphore,
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// What a failed attempt changed.
@@ -158,7 +158,9 @@ pub struct Ticket<'a> {
 impl LoginThrottle {
     pub fn new(limits: LoginLimits) -> Self {
         LoginThrottle {
-            slots: tokio::sync::Semaphore::new(limits.max_concurrent_checks.max(1)),
+            slots: Arc::new(tokio::sync::Semaphore::new(
+                limits.max_concurrent_checks.max(1),
+            )),
             limits: LoginLimits {
                 free_failures: limits.free_failures.max(1),
                 max_concurrent_checks: limits.max_concurrent_checks.max(1),
@@ -253,16 +255,30 @@ fn evict(t: &mut HashMap<IpAddr, Entry>, now: Instant, cap: usize) {
 
 impl Ticket<'_> {
     /// Records the outcome of the check.
-    pub fn finish(mut self, ok: bool) -> Option<Failure> {
-        self.done = true;
+    pub fn finish(self, ok: bool) -> Option<Failure> {
         let th = self.throttle;
+        th.record(self.hand_over(), ok)
+    }
+
+    /// Gives the duty to record the outcome to whoever holds the key it returns (the hashing
+    /// task, which runs to its end even when the client goes away).
+    fn hand_over(mut self) -> IpAddr {
+        self.done = true;
+        self.key
+    }
+}
+
+impl LoginThrottle {
+    /// Records the outcome of a check admitted for the source `key`.
+    fn record(&self, key: IpAddr, ok: bool) -> Option<Failure> {
+        let th = self;
         let now = Instant::now();
         let mut t = th.table();
         if ok {
-            t.remove(&self.key);
+            t.remove(&key);
             return None;
         }
-        let e = t.entry(self.key).or_insert(Entry {
+        let e = t.entry(key).or_insert(Entry {
             failures: 0,
             locked_until: None,
             checking: false,
@@ -356,29 +372,41 @@ pub async fn check_password(
             return Err(throttled(wait));
         }
     };
-    let permit =
-        match tokio::time::timeout(throttle.limits().queue_wait, throttle.slots.acquire()).await {
-            Ok(Ok(p)) => p,
-            _ => {
-                tracing::warn!(
-                    source = %peer,
-                    "{} refused: every password-check slot is busy",
-                    purpose.as_str()
-                );
-                return Err(busy());
-            }
-        };
+    let slots = throttle.slots.clone();
+    let permit = match tokio::time::timeout(throttle.limits().queue_wait, slots.acquire_owned())
+        .await
+    {
+        Ok(Ok(p)) => p,
+        _ => {
+            tracing::warn!(
+                source = %peer,
+                "{} refused: every password-check slot is busy",
+                purpose.as_str()
+            );
+            return Err(busy());
+        }
+    };
     // A copy of the stored hash: the account's lock is held only for the copy.
     let account = state.admin().credentials();
-    let ok = tokio::task::spawn_blocking(move || {
+    let key = ticket.hand_over();
+    let s = state.clone();
+    // The slot, the outcome and its record go with the hashing task: a client that goes away
+    // mid-check neither frees its slot early nor escapes the count of failures.
+    let check = tokio::task::spawn_blocking(move || {
+        let _slot = permit;
         let user_ok = username.is_none_or(|u| u == account.username);
         // Always hash, so a wrong user name takes as long as a wrong password.
-        account.password.verify(&password) && user_ok
-    })
-    .await
-    .unwrap_or(false);
-    drop(permit);
-    match ticket.finish(ok) {
+        let ok = account.password.verify(&password) && user_ok;
+        record(&s, peer, key, ok, purpose);
+        ok
+    });
+    Ok(check.await.unwrap_or(false))
+}
+
+/// Records and logs the outcome of a check (on the blocking pool: a lock-out is also written
+/// to the audit history, which lives on the volume).
+fn record(state: &AppState, peer: IpAddr, key: IpAddr, ok: bool, purpose: Purpose) {
+    match state.login_throttle().record(key, ok) {
         None => {
             tracing::info!(source = %peer, "{} accepted", purpose.as_str());
         }
@@ -398,13 +426,10 @@ pub async fn check_password(
                     retry_secs(d)
                 );
                 tracing::warn!(source = %peer, failures = f.failures, seconds = retry_secs(d), "login throttled");
-                // The audit history lives on the volume: write it off the async workers.
-                let s = state.clone();
-                tokio::task::spawn_blocking(move || s.audit(AUDIT_LOGIN_KIND, "appliance", text));
+                state.audit(AUDIT_LOGIN_KIND, "appliance", text);
             }
         }
     }
-    Ok(ok)
 }
 
 /// The audit kind of login lock-outs.
@@ -498,6 +523,35 @@ mod tests {
                 .finish(false);
             assert!(th.tracked() <= 4);
         }
+    }
+
+    #[tokio::test]
+    async fn re_entered_password_is_checked_through_the_throttle() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = crate::AppConfig::new(d.path());
+        c.pbkdf2_iterations = 1000;
+        c.login = limits();
+        let opened = AppState::open(c).unwrap();
+        let pw = opened.generated_password.unwrap();
+        let st = opened.state;
+        let peer = ip("10.0.0.9");
+        st.verify_admin_password(peer, pw.clone()).await.unwrap();
+        for _ in 0..2 {
+            let e = st
+                .verify_admin_password(peer, Zeroizing::new("wrong".into()))
+                .await
+                .unwrap_err();
+            assert_eq!(e.status, StatusCode::FORBIDDEN);
+            assert!(e.message.contains("password is wrong"), "{e}");
+        }
+        // Locked out now: even the right password gets 429 with Retry-After.
+        let e = st.verify_admin_password(peer, pw.clone()).await.unwrap_err();
+        assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.retry_after, Some(10));
+        // Another address is not affected.
+        st.verify_admin_password(ip("10.0.0.10"), pw.clone())
+            .await
+            .unwrap();
     }
 
     #[test]
