@@ -300,8 +300,7 @@ async fn page_login(
     peer: ClientAddr,
     Form(f): Form<LoginForm>,
 ) -> Response {
-    let refused = match check_login(&state, peer, f.username, f.password, Purpose::WebLogin).await
-    {
+    let refused = match check_login(&state, peer, f.username, f.password, Purpose::WebLogin).await {
         Ok(true) => None,
         Ok(false) => Some(login_refused()),
         Err(e) => Some(e),

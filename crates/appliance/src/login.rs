@@ -373,19 +373,18 @@ pub async fn check_password(
         }
     };
     let slots = throttle.slots.clone();
-    let permit = match tokio::time::timeout(throttle.limits().queue_wait, slots.acquire_owned())
-        .await
-    {
-        Ok(Ok(p)) => p,
-        _ => {
-            tracing::warn!(
-                source = %peer,
-                "{} refused: every password-check slot is busy",
-                purpose.as_str()
-            );
-            return Err(busy());
-        }
-    };
+    let permit =
+        match tokio::time::timeout(throttle.limits().queue_wait, slots.acquire_owned()).await {
+            Ok(Ok(p)) => p,
+            _ => {
+                tracing::warn!(
+                    source = %peer,
+                    "{} refused: every password-check slot is busy",
+                    purpose.as_str()
+                );
+                return Err(busy());
+            }
+        };
     // A copy of the stored hash: the account's lock is held only for the copy.
     let account = state.admin().credentials();
     let key = ticket.hand_over();
@@ -493,10 +492,7 @@ mod tests {
     fn failures_lock_out_exponentially_and_success_clears() {
         let th = LoginThrottle::new(limits());
         let s = ip("10.0.0.1");
-        assert_eq!(
-            th.admit(s).unwrap().finish(false).unwrap().locked_for,
-            None
-        );
+        assert_eq!(th.admit(s).unwrap().finish(false).unwrap().locked_for, None);
         let f = th.admit(s).unwrap().finish(false).unwrap();
         assert_eq!(f.locked_for, Some(Duration::from_secs(10)));
         match th.admit(s) {
@@ -545,7 +541,10 @@ mod tests {
             assert!(e.message.contains("password is wrong"), "{e}");
         }
         // Locked out now: even the right password gets 429 with Retry-After.
-        let e = st.verify_admin_password(peer, pw.clone()).await.unwrap_err();
+        let e = st
+            .verify_admin_password(peer, pw.clone())
+            .await
+            .unwrap_err();
         assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(e.retry_after, Some(10));
         // Another address is not affected.

@@ -8,9 +8,9 @@ use zeroize::Zeroizing;
 
 use crate::auth::{Admin, PBKDF2_ITERATIONS, Sessions};
 use crate::files;
-use crate::login::{LoginLimits, LoginThrottle};
 use crate::kmip_config::KmipSettings;
 use crate::kmip_test::TestReport;
+use crate::login::{LoginLimits, LoginThrottle};
 use crate::workflow::{Event, Gate, Request, Workflow};
 
 /// Settings of the appliance.

@@ -128,8 +128,17 @@ struct Response {
     body: Value,
 }
 
+/// A TLS client trusting only the appliance's own certificate (built once: OpenSSL contexts
+/// are costly, and the flood's cost should be the server's).
+fn connector(data: &Path) -> SslConnector {
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    b.set_ca_file(data.join("tls/cert.pem")).unwrap();
+    b.set_verify(SslVerifyMode::PEER);
+    b.build()
+}
+
 fn https(
-    data: &Path,
+    connector: &SslConnector,
     port: u16,
     from: IpAddr,
     method: &str,
@@ -137,10 +146,6 @@ fn https(
     token: Option<&str>,
     body: Option<&Value>,
 ) -> Response {
-    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
-    b.set_ca_file(data.join("tls/cert.pem")).unwrap();
-    b.set_verify(SslVerifyMode::PEER);
-    let connector = b.build();
     let tcp = connect_from(from, port).expect("connect to the appliance");
     tcp.set_read_timeout(Some(Duration::from_secs(120)))
         .unwrap();
@@ -264,9 +269,9 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn login(data: &Path, port: u16, from: IpAddr, password: &str) -> Response {
+fn login(tls: &SslConnector, port: u16, from: IpAddr, password: &str) -> Response {
     https(
-        data,
+        tls,
         port,
         from,
         "POST",
@@ -305,11 +310,12 @@ fn login_flood_is_throttled_and_authenticated_reads_keep_answering() {
         .trim()
         .to_owned();
     let local = ip("127.0.0.1");
-    let r = login(&data, port, local, &password);
+    let tls = Arc::new(connector(&data));
+    let r = login(&tls, port, local, &password);
     assert_eq!(r.status, 200, "{}", r.body);
     let token = r.body["token"].as_str().unwrap().to_owned();
     // The content store comes up with the volume; wait for it (bounded).
-    let read = |from: IpAddr| https(&data, port, from, "GET", "/api/config", Some(&token), None);
+    let read = |from: IpAddr| https(&tls, port, from, "GET", "/api/config", Some(&token), None);
     let mut ready = false;
     for _ in 0..100 {
         if read(local).status == 200 {
@@ -347,11 +353,11 @@ fn login_flood_is_throttled_and_authenticated_reads_keep_answering() {
     let results = Arc::new(Mutex::new(Vec::new()));
     let flood: Vec<_> = (0..FLOOD)
         .map(|_| {
-            let (start, results, data) = (start.clone(), results.clone(), data.clone());
+            let (start, results, tls) = (start.clone(), results.clone(), tls.clone());
             std::thread::spawn(move || {
                 start.wait();
                 let t = Instant::now();
-                let r = login(&data, port, local, "not the password");
+                let r = login(&tls, port, local, "not the password");
                 results
                     .lock()
                     .unwrap()
@@ -364,7 +370,7 @@ fn login_flood_is_throttled_and_authenticated_reads_keep_answering() {
     // A correct login from another address while the flood runs.
     std::thread::sleep(Duration::from_millis(50));
     let t = Instant::now();
-    let other = login(&data, port, ip("127.0.0.2"), &password);
+    let other = login(&tls, port, ip("127.0.0.2"), &password);
     let other_latency = t.elapsed();
     for f in flood {
         f.join().unwrap();
@@ -408,7 +414,11 @@ fn login_flood_is_throttled_and_authenticated_reads_keep_answering() {
         "an authenticated read failed during the flood: {statuses:?}"
     );
     assert_eq!(other.status, 200, "{}", other.body);
-    assert_eq!(wrong + throttled + busy, FLOOD, "unexpected answers: {results:?}");
+    assert_eq!(
+        wrong + throttled + busy,
+        FLOOD,
+        "unexpected answers: {results:?}"
+    );
     assert!(wrong >= 1, "no wrong password was checked");
     assert!(throttled >= 1, "no 429 during the flood");
     assert!(
@@ -426,7 +436,7 @@ fn login_flood_is_throttled_and_authenticated_reads_keep_answering() {
     // and works after it.
     let mut locked = None;
     for _ in 0..5 {
-        let r = login(&data, port, local, "not the password");
+        let r = login(&tls, port, local, "not the password");
         if r.status == 429 {
             locked = r.retry_after;
             break;
@@ -435,8 +445,12 @@ fn login_flood_is_throttled_and_authenticated_reads_keep_answering() {
     }
     let secs = locked.expect("wrong passwords after the flood are throttled (429 + Retry-After)");
     assert!(secs <= 4, "Retry-After {secs} beyond --login-max-delay 3");
-    let r = login(&data, port, local, &password);
-    assert_eq!(r.status, 429, "the correct password during the lock-out: {}", r.body);
+    let r = login(&tls, port, local, &password);
+    assert_eq!(
+        r.status, 429,
+        "the correct password during the lock-out: {}",
+        r.body
+    );
     let mut waited = Duration::ZERO;
     let mut ok = false;
     let mut wait = Duration::from_secs(r.retry_after.expect("Retry-After on 429"));
@@ -444,7 +458,7 @@ fn login_flood_is_throttled_and_authenticated_reads_keep_answering() {
         let d = wait + Duration::from_millis(100);
         std::thread::sleep(d);
         waited += d;
-        let r = login(&data, port, local, &password);
+        let r = login(&tls, port, local, &password);
         if r.status == 200 {
             ok = true;
             break;
@@ -716,7 +730,9 @@ fn serve_and_kms_serve_run_without_core_dumps_as_root_and_as_another_user() {
     let root = unsafe { libc::geteuid() } == 0;
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_atrest"));
     let dir = tempfile::tempdir().unwrap();
-    let mut runs: Vec<(String, Option<(u32, u32)>, PathBuf)> = Vec::new();
+    // (who, run as (uid, gid), binary)
+    type Run = (String, Option<(u32, u32)>, PathBuf);
+    let mut runs: Vec<Run> = Vec::new();
     if root {
         runs.push(("as root".into(), None, bin.clone()));
         let user = test_user();

@@ -216,7 +216,9 @@ impl Table {
                 v.cut("its handshake slot went to a new connection");
                 Admission::Admitted
             }
-            None if victim_source == source => Admission::Refused("too many handshakes from this address"),
+            None if victim_source == source => {
+                Admission::Refused("too many handshakes from this address")
+            }
             None => Admission::Refused("too many handshakes in progress"),
         }
     }
@@ -493,7 +495,11 @@ impl Refusals {
     const EVERY: Duration = Duration::from_secs(10);
 
     fn add(&mut self, peer: SocketAddr, why: &'static str, now: Instant) {
-        if self.logged_at.is_none_or(|t| now.duration_since(t) >= Self::EVERY) && self.count == 0 {
+        if self
+            .logged_at
+            .is_none_or(|t| now.duration_since(t) >= Self::EVERY)
+            && self.count == 0
+        {
             tracing::warn!(%peer, reason = why, "refusing a connection before authentication");
             self.logged_at = Some(now);
             return;
@@ -506,7 +512,11 @@ impl Refusals {
         if self.count == 0 {
             return;
         }
-        if !force && self.logged_at.is_some_and(|t| now.duration_since(t) < Self::EVERY) {
+        if !force
+            && self
+                .logged_at
+                .is_some_and(|t| now.duration_since(t) < Self::EVERY)
+        {
             return;
         }
         if let Some((peer, why)) = self.last {

@@ -366,8 +366,9 @@ fn unauthenticated_sockets_do_not_count_and_trickling_ones_meet_a_whole_deadline
                 closed = true;
                 break;
             }
-            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock
-                && e.kind() != std::io::ErrorKind::TimedOut =>
+            Err(e)
+                if e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut =>
             {
                 closed = true;
                 break;
