@@ -328,6 +328,13 @@ fn login_flood_is_throttled_and_authenticated_reads_keep_answering() {
 
     let mut idle = Vec::new();
     let mut api = KeepAlive::open(&data, port, &token);
+    // The first request on a connection is slower (TCP delayed acknowledgement): leave it out.
+    let t = Instant::now();
+    assert_eq!(api.get("/api/config"), 200);
+    println!(
+        "first authenticated read on the kept-open connection: {}",
+        ms(t.elapsed())
+    );
     for _ in 0..IDLE_READS {
         let t = Instant::now();
         assert_eq!(api.get("/api/config"), 200);
