@@ -15,6 +15,7 @@ use zeroize::Zeroizing;
 use crate::auth::{self, Authenticated, SessionKind};
 use crate::error::{ApiError, ApiResult};
 use crate::kmip_config::{KmipSettings, KmipUpdate};
+use crate::login::{self, ClientAddr, Purpose};
 use crate::state::AppState;
 use crate::workflow::{Request as WfRequest, State as WfState};
 use crate::{content_api, kmip_test, openapi, pages};
@@ -233,11 +234,16 @@ struct LoginBody {
     password: Zeroizing<String>,
 }
 
-async fn check_login(state: &AppState, username: String, password: Zeroizing<String>) -> bool {
-    let s = state.clone();
-    tokio::task::spawn_blocking(move || s.admin().check(&username, &password))
-        .await
-        .unwrap_or(false)
+/// Checks a login through the throttle ([`crate::login`]): `Ok(false)` for a wrong user name
+/// or password, `Err` (429, 503) when it was not checked.
+async fn check_login(
+    state: &AppState,
+    peer: ClientAddr,
+    username: String,
+    password: Zeroizing<String>,
+    purpose: Purpose,
+) -> Result<bool, ApiError> {
+    login::check_password(state, peer.0, Some(username), password, purpose).await
 }
 
 fn login_refused() -> ApiError {
@@ -253,19 +259,21 @@ impl ApiError {
     }
 }
 
-async fn api_login(State(state): State<AppState>, body: Bytes) -> ApiResult<Json<Value>> {
+async fn api_login(
+    State(state): State<AppState>,
+    peer: ClientAddr,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
     let b: LoginBody = serde_json::from_slice(&body).map_err(|_| {
         ApiError::bad_request(
             "send JSON {\"username\": \"admin\", \"password\": \"...\"} with Content-Type \
              application/json",
         )
     })?;
-    if !check_login(&state, b.username, b.password).await {
-        tracing::warn!("API login refused");
+    if !check_login(&state, peer, b.username, b.password, Purpose::ApiLogin).await? {
         return Err(login_refused());
     }
     let token = state.sessions().open(SessionKind::Api);
-    tracing::info!("API login");
     Ok(Json(json!({
         "token": token,
         "token_type": "Bearer",
@@ -288,17 +296,25 @@ struct LoginForm {
     password: Zeroizing<String>,
 }
 
-async fn page_login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> Response {
-    if !check_login(&state, f.username, f.password).await {
-        tracing::warn!("web login refused");
-        return (
-            StatusCode::UNAUTHORIZED,
-            pages::login_html(Some(&login_refused().message)),
-        )
-            .into_response();
+async fn page_login(
+    State(state): State<AppState>,
+    peer: ClientAddr,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    let refused = match check_login(&state, peer, f.username, f.password, Purpose::WebLogin).await {
+        Ok(true) => None,
+        Ok(false) => Some(login_refused()),
+        Err(e) => Some(e),
+    };
+    if let Some(e) = refused {
+        let mut res = (e.status, pages::login_html(Some(&e.message))).into_response();
+        if let Some(secs) = e.retry_after {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        return res;
     }
     let token = state.sessions().open(SessionKind::Browser);
-    tracing::info!("web login");
     let mut res = Redirect::to("/storage/encryption").into_response();
     if let Ok(v) = HeaderValue::from_str(&auth::session_cookie(&token)) {
         res.headers_mut().insert(header::SET_COOKIE, v);
@@ -670,7 +686,12 @@ struct PasswordBody {
 
 /// Destructive actions (Decrypt, resuming a decryption) take the admin password again: JSON
 /// `{"password": "..."}`; 403 with a sentence when it is missing or wrong.
-async fn require_password(state: &AppState, body: &[u8], what: &str) -> ApiResult<()> {
+async fn require_password(
+    state: &AppState,
+    peer: &ClientAddr,
+    body: &[u8],
+    what: &str,
+) -> ApiResult<()> {
     let b: PasswordBody = serde_json::from_slice(body).map_err(|_| {
         ApiError::new(
             StatusCode::FORBIDDEN,
@@ -680,22 +701,25 @@ async fn require_password(state: &AppState, body: &[u8], what: &str) -> ApiResul
             ),
         )
     })?;
-    let username = state.admin().username().to_owned();
-    if !check_login(state, username, b.password).await {
-        tracing::warn!("{what} refused: wrong admin password");
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("{what} refused: the admin password is wrong; nothing was changed"),
-        ));
-    }
-    Ok(())
+    // Through the login throttle: 403 when wrong, 429 when the address is throttled.
+    state
+        .verify_admin_password(peer.0, b.password)
+        .await
+        .map_err(|e| {
+            tracing::warn!(peer = %peer.0, "{what} refused: {}", e.message);
+            ApiError {
+                message: format!("{what} refused: {}; nothing was changed", e.message),
+                ..e
+            }
+        })
 }
 
 async fn decrypt(
     State(state): State<AppState>,
+    peer: ClientAddr,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    require_password(&state, &body, "Decrypt").await?;
+    require_password(&state, &peer, &body, "Decrypt").await?;
     start(&state, WfRequest::Decrypt).await
 }
 
@@ -704,11 +728,12 @@ async fn decrypt(
 /// a decryption takes the admin password again.
 async fn resume(
     State(state): State<AppState>,
+    peer: ClientAddr,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let wf = state.workflow();
     if wf.state == WfState::Decrypting || wf.pending == Some(WfState::Decrypting) {
-        require_password(&state, &body, "Resuming a decryption").await?;
+        require_password(&state, &peer, &body, "Resuming a decryption").await?;
     }
     match wf.state {
         WfState::Locked => {

@@ -122,12 +122,25 @@ struct AdminFile {
 }
 
 /// The admin account, kept in DIR/admin.json.
+///
+/// Shared by every request without an outer lock: the account's own lock is held only to copy
+/// or replace the stored hash, never while hashing or writing the file, so a page that asks
+/// [`Admin::is_initial`] never waits behind a password check.
 #[derive(Debug)]
 pub struct Admin {
     path: PathBuf,
     initial_path: PathBuf,
-    file: AdminFile,
+    file: Mutex<AdminFile>,
+    /// Serialises password changes (taken on the blocking pool only).
+    change: Mutex<()>,
     iterations: u32,
+}
+
+/// A copy of the stored credentials, to check a password without holding any lock.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: PasswordHash,
 }
 
 /// What opening the account did.
@@ -138,7 +151,22 @@ pub struct AdminOpened {
     pub generated: Option<Zeroizing<String>>,
 }
 
+fn save_file(path: &Path, file: &AdminFile) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(file).map_err(std::io::Error::other)?;
+    files::write_private(path, &bytes)
+}
+
 impl Admin {
+    fn new(path: PathBuf, initial_path: PathBuf, file: AdminFile, iterations: u32) -> Admin {
+        Admin {
+            path,
+            initial_path,
+            file: Mutex::new(file),
+            change: Mutex::new(()),
+            iterations,
+        }
+    }
+
     /// Opens DIR/admin.json, or creates the account with a generated password.
     pub fn open_or_create(dir: &Path, iterations: u32) -> std::io::Result<AdminOpened> {
         let path = dir.join("admin.json");
@@ -156,12 +184,7 @@ impl Admin {
                 )
             })?;
             return Ok(AdminOpened {
-                admin: Admin {
-                    path,
-                    initial_path,
-                    file,
-                    iterations,
-                },
+                admin: Admin::new(path, initial_path, file, iterations),
                 generated: None,
             });
         }
@@ -174,44 +197,51 @@ impl Admin {
         let mut text = Zeroizing::new(password.to_string());
         text.push('\n');
         files::write_private(&initial_path, text.as_bytes())?;
-        let admin = Admin {
-            path,
-            initial_path,
-            file,
-            iterations,
-        };
-        admin.save()?;
+        save_file(&path, &file)?;
         Ok(AdminOpened {
-            admin,
+            admin: Admin::new(path, initial_path, file, iterations),
             generated: Some(password),
         })
     }
 
-    fn save(&self) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec_pretty(&self.file).map_err(std::io::Error::other)?;
-        files::write_private(&self.path, &bytes)
+    fn file(&self) -> std::sync::MutexGuard<'_, AdminFile> {
+        self.file.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn username(&self) -> &str {
-        &self.file.username
+    pub fn username(&self) -> String {
+        self.file().username.clone()
     }
 
     /// Whether the generated password is still in use.
     pub fn is_initial(&self) -> bool {
-        self.file.initial
+        self.file().initial
     }
 
-    /// Checks a login.
+    /// A copy of the stored user name and hash.
+    pub fn credentials(&self) -> Credentials {
+        let f = self.file();
+        Credentials {
+            username: f.username.clone(),
+            password: f.password.clone(),
+        }
+    }
+
+    /// Checks a login (slow: PBKDF2; call it on the blocking pool). No lock is held while
+    /// hashing.
     pub fn check(&self, username: &str, password: &str) -> bool {
+        let c = self.credentials();
         // Always hash, so a wrong user name takes as long as a wrong password.
-        let ok = self.file.password.verify(password);
-        ok && username == self.file.username
+        let ok = c.password.verify(password);
+        ok && username == c.username
     }
 
     /// Changes the password after checking the current one; removes
-    /// DIR/initial-admin-password.
-    pub fn change_password(&mut self, current: &str, new: &str) -> Result<(), ApiError> {
-        if !self.file.password.verify(current) {
+    /// DIR/initial-admin-password. Slow (two PBKDF2 computations and a file write): call it on
+    /// the blocking pool. No lock that requests take is held while hashing or writing.
+    pub fn change_password(&self, current: &str, new: &str) -> Result<(), ApiError> {
+        let _one_at_a_time = self.change.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.file().clone();
+        if !old.password.verify(current) {
             return Err(ApiError::new(
                 axum::http::StatusCode::FORBIDDEN,
                 "the current password is wrong; enter the password you logged in with",
@@ -232,13 +262,15 @@ impl Admin {
                 "the new password is the same as the current one; choose another",
             ));
         }
-        let old = self.file.clone();
-        self.file.password = PasswordHash::new(new, self.iterations);
-        self.file.initial = false;
-        if let Err(e) = self.save() {
-            self.file = old;
+        let updated = AdminFile {
+            password: PasswordHash::new(new, self.iterations),
+            initial: false,
+            ..old
+        };
+        if let Err(e) = save_file(&self.path, &updated) {
             return Err(ApiError::internal("saving the new admin password", e));
         }
+        *self.file() = updated;
         if let Err(e) = files::remove_if_exists(&self.initial_path) {
             tracing::warn!(
                 "could not remove {}: {e}; delete it by hand",
@@ -396,7 +428,7 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), pw.as_str());
         let admin_json = std::fs::read_to_string(d.path().join("admin.json")).unwrap();
         assert!(!admin_json.contains(pw.as_str()));
-        let mut admin = opened.admin;
+        let admin = opened.admin;
         assert!(admin.check("admin", &pw));
         assert!(!admin.check("root", &pw));
         assert_eq!(

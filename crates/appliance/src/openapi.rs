@@ -115,7 +115,7 @@ pub fn document() -> Value {
             "/api/session": {
                 "post": {"summary": "Log in: a token for `Authorization: Bearer`", "security": [],
                     "requestBody": {"required": true, "content": {"application/json": {"schema": r("Login")}}},
-                    "responses": {"200": ok_json("logged in", r("Token")), "400": err("not a login body"), "401": err("wrong username or password")}},
+                    "responses": {"200": ok_json("logged in", r("Token")), "400": err("not a login body"), "401": err("wrong username or password"), "429": err("too many wrong passwords from this address; see Retry-After"), "503": err("too many password checks at once; see Retry-After")}},
                 "delete": {"summary": "Log out (ends this token)", "responses": {"204": {"description": "logged out"}, "401": err("not logged in")}}
             },
             "/api/account/password": {

@@ -44,7 +44,7 @@ pub fn bind(state: &AppState, listen: &Listen) -> Result<Bound, String> {
             key.display()
         )
     })?;
-    let listener = TcpListener::bind(listen.addr).map_err(|e| {
+    let listener = listen_socket(listen.addr).map_err(|e| {
         format!(
             "cannot listen on {} ({e}); choose another address with --listen",
             listen.addr
@@ -65,6 +65,20 @@ pub fn bind(state: &AppState, listen: &Listen) -> Result<Bound, String> {
     })
 }
 
+/// Connections the kernel queues before they are accepted. Larger than the usual 128 so that a
+/// burst of connections (a login flood, say) is queued, not dropped into SYN retransmissions
+/// that would delay everyone else's connection by seconds.
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+fn listen_socket(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(LISTEN_BACKLOG)?;
+    Ok(s.into())
+}
+
 /// Serves until `shutdown` completes, then lets requests in progress finish.
 pub async fn serve(
     state: AppState,
@@ -81,7 +95,7 @@ pub async fn serve(
     axum_server::from_tcp(bound.listener)
         .acceptor(OpenSSLAcceptor::new(bound.tls))
         .handle(handle)
-        .serve(app.into_make_service())
+        .serve(app.into_make_service_with_connect_info::<SocketAddr>())
         .await
         .map_err(|e| format!("the HTTPS server stopped: {e}"))
 }
@@ -99,6 +113,11 @@ pub struct ServeOptions {
 /// Runs the appliance until SIGINT or SIGTERM: opens the data directory (printing a generated
 /// admin password on the first start), starts the bundled KMIP server if asked, serves HTTPS.
 pub fn run(opts: ServeOptions) -> Result<(), String> {
+    // Core dumps off and memory locked before any key is read (once per process: `atrest
+    // serve` did it at start and reported it; another caller gets the report here).
+    for w in atrest_volume::harden_process().take_report() {
+        tracing::warn!("{w}");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -129,7 +148,6 @@ pub fn run(opts: ServeOptions) -> Result<(), String> {
         } else {
             None
         };
-        harden();
         let volume = match opts.volume {
             Some(v) => {
                 let s = state.clone();
@@ -163,34 +181,6 @@ pub fn run(opts: ServeOptions) -> Result<(), String> {
         }
         result
     })
-}
-
-/// Locks the process memory and disables core dumps when every future allocation can be locked
-/// too (root, or an unlimited RLIMIT_MEMLOCK); otherwise only the key buffers are locked.
-fn harden() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain system calls with valid arguments.
-    let (root, unlimited) = unsafe {
-        (
-            libc::geteuid() == 0,
-            libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) == 0
-                && lim.rlim_cur == libc::RLIM_INFINITY,
-        )
-    };
-    if !(root || unlimited) {
-        tracing::warn!(
-            "process memory is not locked (RLIMIT_MEMLOCK is {} bytes); key buffers are still \
-             locked one by one; run as root or raise the limit to lock everything",
-            lim.rlim_cur
-        );
-        return;
-    }
-    for w in atrest_volume::harden_process() {
-        tracing::warn!("cannot harden the process: {w}");
-    }
 }
 
 async fn shutdown_signal() {

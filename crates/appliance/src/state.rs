@@ -10,6 +10,7 @@ use crate::auth::{Admin, PBKDF2_ITERATIONS, Sessions};
 use crate::files;
 use crate::kmip_config::KmipSettings;
 use crate::kmip_test::TestReport;
+use crate::login::{LoginLimits, LoginThrottle};
 use crate::workflow::{Event, Gate, Request, Workflow};
 
 /// Settings of the appliance.
@@ -21,6 +22,8 @@ pub struct AppConfig {
     pub pbkdf2_iterations: u32,
     /// Timeouts of KMIP requests (the test and the key operations).
     pub kmip_timeouts: Timeouts,
+    /// Throttling of admin password checks.
+    pub login: LoginLimits,
 }
 
 impl AppConfig {
@@ -29,6 +32,7 @@ impl AppConfig {
             data_dir: data_dir.into(),
             pbkdf2_iterations: PBKDF2_ITERATIONS,
             kmip_timeouts: Timeouts::default(),
+            login: LoginLimits::default(),
         }
     }
 }
@@ -82,7 +86,8 @@ pub const MAX_QUEUED_AUDIT: usize = 1000;
 
 pub(crate) struct Inner {
     pub config: AppConfig,
-    pub admin: Mutex<Admin>,
+    pub admin: Admin,
+    pub login: LoginThrottle,
     pub sessions: Sessions,
     pub kmip: Mutex<Option<KmipSettings>>,
     pub last_test: Mutex<Option<TestReport>>,
@@ -130,10 +135,12 @@ impl AppState {
             .map_err(|e| format!("cannot open the admin account in {}: {e}", dir.display()))?;
         let kmip = KmipSettings::load(dir)?;
         let last_test = load_last_test(dir);
+        let login = LoginThrottle::new(config.login);
         let state = AppState {
             inner: Arc::new(Inner {
                 config,
-                admin: Mutex::new(admin.admin),
+                login,
+                admin: admin.admin,
                 sessions: Sessions::default(),
                 kmip: Mutex::new(kmip),
                 last_test: Mutex::new(last_test),
@@ -234,8 +241,23 @@ impl AppState {
         }
     }
 
-    pub(crate) fn admin(&self) -> MutexGuard<'_, Admin> {
-        lock(&self.inner.admin)
+    pub(crate) fn admin(&self) -> &Admin {
+        &self.inner.admin
+    }
+
+    /// The throttle every admin password check goes through.
+    pub fn login_throttle(&self) -> &LoginThrottle {
+        &self.inner.login
+    }
+
+    /// Checks a re-entered admin password before a destructive action (see
+    /// [`crate::login::verify_admin_password`]): 403 when wrong, 429 when `peer` is throttled.
+    pub async fn verify_admin_password(
+        &self,
+        peer: std::net::IpAddr,
+        password: Zeroizing<String>,
+    ) -> Result<(), crate::ApiError> {
+        crate::login::verify_admin_password(self, peer, password).await
     }
 
     pub(crate) fn sessions(&self) -> &Sessions {

@@ -23,6 +23,13 @@ pub struct KmipArgs {
     command: KmipCommand,
 }
 
+impl KmipArgs {
+    /// Whether the command receives key material (Get).
+    pub fn holds_keys(&self) -> bool {
+        matches!(self.command, KmipCommand::Get { .. })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum KmipCommand {
     /// Connect, negotiate the version (Discover Versions) and Query the server; exit 0 only if

@@ -7,13 +7,20 @@ use std::time::Duration;
 
 use anyhow::Context;
 use atrest_kms::datadir::DataDir;
-use atrest_kms::server::{Server, ServerConfig};
+use atrest_kms::server::{self, Server, ServerConfig};
 use clap::{Args, Subcommand};
 
 #[derive(Debug, Args)]
 pub struct KmsArgs {
     #[command(subcommand)]
     command: KmsCommand,
+}
+
+impl KmsArgs {
+    /// Whether the command holds key material (the server: master key and every key).
+    pub fn holds_keys(&self) -> bool {
+        matches!(self.command, KmsCommand::Serve(_))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -38,11 +45,25 @@ struct ServeArgs {
     /// Another name for the server certificate (first start only); repeatable.
     #[arg(long = "server-name", value_name = "NAME")]
     server_names: Vec<String>,
-    /// Most client connections served at once.
-    #[arg(long, default_value_t = 256)]
+    /// Most authenticated client connections served at once (connections still in the TLS
+    /// handshake do not count).
+    #[arg(long, default_value_t = server::MAX_CONNECTIONS)]
     max_connections: usize,
+    /// Most connections in the TLS handshake at once, all sources together; past it a stale
+    /// handshake gives way to the new connection.
+    #[arg(long, value_name = "N", default_value_t = server::MAX_PENDING)]
+    max_handshakes: usize,
+    /// Most connections in the TLS handshake at once from one source address.
+    #[arg(long, value_name = "N", default_value_t = server::MAX_PENDING_PER_SOURCE)]
+    max_handshakes_per_source: usize,
+    /// Seconds a whole TLS handshake may take.
+    #[arg(long, value_name = "SECONDS", default_value_t = server::HANDSHAKE_TIMEOUT.as_secs())]
+    handshake_timeout: u64,
+    /// Seconds a whole request may take to arrive once it started (and a response to leave).
+    #[arg(long, value_name = "SECONDS", default_value_t = server::MESSAGE_TIMEOUT.as_secs())]
+    message_timeout: u64,
     /// Seconds an idle connection is kept open.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, value_name = "SECONDS", default_value_t = server::IDLE_TIMEOUT.as_secs())]
     idle_timeout: u64,
 }
 
@@ -88,8 +109,11 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let config = ServerConfig {
         listen: a.listen.clone(),
         max_connections: a.max_connections.max(1),
+        max_pending: a.max_handshakes.max(1),
+        max_pending_per_source: a.max_handshakes_per_source.max(1),
+        handshake_timeout: Duration::from_secs(a.handshake_timeout.max(1)),
+        message_timeout: Duration::from_secs(a.message_timeout.max(1)),
         idle_timeout: Duration::from_secs(a.idle_timeout.max(1)),
-        ..ServerConfig::default()
     };
     let server = Server::bind(&dir, Arc::new(engine), config)?;
     // Before anything announces the server: a signal from then on stops it cleanly.

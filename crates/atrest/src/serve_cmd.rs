@@ -61,6 +61,13 @@ pub struct ServeArgs {
     /// Seconds to wait for a KMIP server to connect or answer.
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
     kmip_timeout: f64,
+    /// Wrong admin passwords in a row from one address before that address is locked out
+    /// (the lock-out starts at 1 s and doubles with each further wrong password).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    login_free_failures: u32,
+    /// The longest lock-out of an address after wrong admin passwords, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 900)]
+    login_max_delay: u64,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -109,8 +116,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         };
         v
     });
+    if args.login_free_failures == 0 || args.login_max_delay == 0 {
+        anyhow::bail!(
+            "--login-free-failures and --login-max-delay must be at least 1; give a count and a \
+             number of seconds"
+        );
+    }
     let mut config = AppConfig::new(args.data_dir);
     config.kmip_timeouts = timeouts;
+    config.login.free_failures = args.login_free_failures;
+    config.login.max_delay = Duration::from_secs(args.login_max_delay);
     let opts = ServeOptions {
         config,
         listen: Listen {

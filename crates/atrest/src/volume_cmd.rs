@@ -16,6 +16,16 @@ pub struct VolumeArgs {
     command: VolumeCommand,
 }
 
+impl VolumeArgs {
+    /// Whether the command fetches or makes volume keys.
+    pub fn holds_keys(&self) -> bool {
+        !matches!(
+            self.command,
+            VolumeCommand::Format(_) | VolumeCommand::Dump(_)
+        )
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum VolumeCommand {
     /// Make a plain (unencrypted) volume whose header area is reserved, so that encrypting it

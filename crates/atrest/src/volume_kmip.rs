@@ -228,7 +228,6 @@ fn in_progress_elsewhere(image: &Path, state: State) -> anyhow::Error {
 }
 
 pub fn encrypt(a: EncryptArgs) -> anyhow::Result<()> {
-    atrest_volume::harden_process();
     let (_lock, vol) = open(&a.image)?;
     let info = vol.info();
     let mut client = client(&a.kmip, &info)?;
@@ -275,7 +274,6 @@ pub fn encrypt(a: EncryptArgs) -> anyhow::Result<()> {
 }
 
 pub fn rekey(a: RekeyArgs) -> anyhow::Result<()> {
-    atrest_volume::harden_process();
     let (_lock, vol) = open(&a.image)?;
     let info = vol.info();
     let mut client = client(&a.kmip, &info)?;
@@ -327,7 +325,6 @@ pub fn rekey(a: RekeyArgs) -> anyhow::Result<()> {
 }
 
 pub fn decrypt(a: KeyedArgs) -> anyhow::Result<()> {
-    atrest_volume::harden_process();
     if a.accept_header {
         bail!(
             "--accept-header belongs to `atrest volume unlock`: accept the header there first, \
@@ -358,7 +355,6 @@ pub fn decrypt(a: KeyedArgs) -> anyhow::Result<()> {
 }
 
 pub fn unlock(a: KeyedArgs) -> anyhow::Result<()> {
-    atrest_volume::harden_process();
     // Accepting a header signs it: that writes, under the exclusive lock.
     let (_lock, vol) = if a.accept_header {
         open(&a.image)?
@@ -403,7 +399,6 @@ pub fn unlock(a: KeyedArgs) -> anyhow::Result<()> {
 
 /// Unlocks an encrypted (or mid-conversion) volume for `export`; the caller holds its lock.
 pub fn unlock_for_export(vol: Volume, settings: &KmipSettings) -> anyhow::Result<UnlockedVolume> {
-    atrest_volume::harden_process();
     let info = vol.info();
     let mut client = client(settings, &info)?;
     let keys = fetch_volume_keys(&mut client, &vol)?;

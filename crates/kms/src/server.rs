@@ -1,12 +1,18 @@
 //! The network side: TLS 1.2/1.3 with mutual authentication (OpenSSL), one thread per
-//! connection up to a bound, framing of TTLV messages with size limits and timeouts, and a
-//! graceful stop.
+//! connection, framing of TTLV messages with size limits, and a graceful stop.
+//!
+//! Hostile clients: only authenticated connections (TLS handshake done with a client
+//! certificate of the CA) count against [`ServerConfig::max_connections`]; connections still in
+//! the handshake have their own caps, in total and per source address, where a stale handshake
+//! gives way to a new connection ([`PREEMPT_AFTER`]); and every phase has a whole deadline
+//! (handshake, each request, each response, idle time), enforced by the accept loop, which
+//! cuts the socket — no trickle of bytes extends one.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -32,29 +38,252 @@ ECDHE-ECDSA-AES256-SHA384:ECDHE-ECDSA-AES128-SHA256:\
 ECDHE-RSA-AES256-SHA384:ECDHE-RSA-AES128-SHA256:\
 AES256-GCM-SHA384:AES128-GCM-SHA256:AES256-SHA256:AES128-SHA256";
 
+/// Default for [`ServerConfig::max_connections`]: authenticated connections served at once.
+/// Stops: a registered client (or a stolen identity) opening threads without bound. Only
+/// connections whose TLS handshake finished with a client certificate of the CA count, so
+/// unauthenticated sockets can never use these slots up.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Default for [`ServerConfig::max_pending`]: connections still in the TLS handshake (no client
+/// certificate checked yet), every source together. Stops: sockets that never authenticate
+/// exhausting threads and file descriptors.
+pub const MAX_PENDING: usize = 128;
+
+/// Default for [`ServerConfig::max_pending_per_source`]: connections in the TLS handshake from
+/// one source address (IPv6: one /64). Stops: one host — a local user, say — taking every
+/// pre-authentication slot.
+pub const MAX_PENDING_PER_SOURCE: usize = 16;
+
+/// When a pre-authentication cap is reached, a handshake pending at least this long is dropped
+/// to make room for the new connection (the oldest of the source holding the most), instead of
+/// turning the new one away. Stops: slow-trickle sockets holding the slots so that real clients
+/// — which finish a handshake in milliseconds — are locked out. A handshake younger than this is
+/// never dropped for another, so a flood of new connections cannot cut real handshakes short.
+pub const PREEMPT_AFTER: Duration = Duration::from_secs(1);
+
+/// Default for [`ServerConfig::handshake_timeout`]: the whole TLS handshake, from accept to
+/// done. Stops: a socket that trickles a byte now and then to stay in the handshake forever
+/// (a per-read timeout would be reset by every byte).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default for [`ServerConfig::message_timeout`]: a whole request, from its first byte to its
+/// last (and likewise the whole response write). Stops: a slow-loris client holding a
+/// connection and its thread by sending a message one byte at a time.
+pub const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default for [`ServerConfig::idle_timeout`]: an authenticated connection between requests.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Stack of each connection thread. Small, because with every page locked in memory
+/// (`mlockall`) each thread's stack is resident.
+const CONNECTION_STACK: usize = 512 * 1024;
+
+/// How often deadlines are enforced.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+
 /// Settings of the listener.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub listen: String,
-    /// Most connections served at once; more are closed at once (and logged).
+    /// Most authenticated connections served at once; one more is closed right after its
+    /// handshake (and logged).
     pub max_connections: usize,
-    /// Longest wait for a TLS handshake to finish.
+    /// Most connections in the TLS handshake, all sources together (see [`MAX_PENDING`]).
+    pub max_pending: usize,
+    /// Most connections in the TLS handshake from one source (see [`MAX_PENDING_PER_SOURCE`]).
+    pub max_pending_per_source: usize,
+    /// Deadline of the whole TLS handshake.
     pub handshake_timeout: Duration,
     /// Longest wait for the next request on an open connection.
     pub idle_timeout: Duration,
-    /// Longest wait for the rest of a request once its first bytes arrived.
-    pub read_timeout: Duration,
+    /// Deadline of a whole request once its first byte arrived (and of a whole response).
+    pub message_timeout: Duration,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: "127.0.0.1:5696".into(),
-            max_connections: 256,
-            handshake_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(300),
-            read_timeout: Duration::from_secs(30),
+            max_connections: MAX_CONNECTIONS,
+            max_pending: MAX_PENDING,
+            max_pending_per_source: MAX_PENDING_PER_SOURCE,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
+            message_timeout: MESSAGE_TIMEOUT,
         }
+    }
+}
+
+/// The key a source is counted under: the IPv4 address, or the IPv6 /64.
+fn source_of(peer: &SocketAddr) -> IpAddr {
+    match peer.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        ip => ip,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// In the TLS handshake: not authenticated yet.
+    Handshake,
+    /// Authenticated, waiting for the next request.
+    Idle,
+    /// Reading a request or writing its response.
+    Message,
+    /// Running a request (no deadline: the server's own work).
+    Working,
+}
+
+struct Conn {
+    source: IpAddr,
+    peer: SocketAddr,
+    /// A handle on the socket, to cut it when a deadline passes or the slot is taken.
+    stream: TcpStream,
+    phase: Phase,
+    started: Instant,
+    deadline: Option<Instant>,
+    /// Cut by the server; no longer counted against any cap.
+    dropped: bool,
+}
+
+impl Conn {
+    fn cut(&mut self, why: &str) {
+        if !self.dropped {
+            self.dropped = true;
+            let _ = self.stream.shutdown(Shutdown::Both);
+            tracing::debug!(peer = %self.peer, reason = why, "closing a connection");
+        }
+    }
+
+    fn counts_pending(&self) -> bool {
+        self.phase == Phase::Handshake && !self.dropped
+    }
+}
+
+/// Every open connection, for the caps and the deadlines.
+#[derive(Default)]
+struct Table {
+    conns: HashMap<u64, Conn>,
+}
+
+type Shared = Arc<Mutex<Table>>;
+
+fn table(t: &Shared) -> std::sync::MutexGuard<'_, Table> {
+    t.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Why a new connection was turned away.
+enum Admission {
+    Admitted,
+    Refused(&'static str),
+}
+
+impl Table {
+    /// Admits a connection from `source` within the pre-authentication caps, dropping the
+    /// oldest stale handshake of the busiest source when a cap is reached.
+    fn admit(&mut self, source: IpAddr, config: &ServerConfig, now: Instant) -> Admission {
+        let mut per_source: HashMap<IpAddr, usize> = HashMap::new();
+        let mut pending = 0;
+        for c in self.conns.values().filter(|c| c.counts_pending()) {
+            pending += 1;
+            *per_source.entry(c.source).or_default() += 1;
+        }
+        let mine = per_source.get(&source).copied().unwrap_or(0);
+        let victim_source = if mine >= config.max_pending_per_source.max(1) {
+            source
+        } else if pending >= config.max_pending.max(1) {
+            match per_source.iter().max_by_key(|(_, n)| **n) {
+                Some((s, _)) => *s,
+                None => return Admission::Admitted,
+            }
+        } else {
+            return Admission::Admitted;
+        };
+        let victim = self
+            .conns
+            .values_mut()
+            .filter(|c| c.counts_pending() && c.source == victim_source)
+            .filter(|c| now.duration_since(c.started) >= PREEMPT_AFTER)
+            .min_by_key(|c| c.started);
+        match victim {
+            Some(v) => {
+                v.cut("its handshake slot went to a new connection");
+                Admission::Admitted
+            }
+            None if victim_source == source => {
+                Admission::Refused("too many handshakes from this address")
+            }
+            None => Admission::Refused("too many handshakes in progress"),
+        }
+    }
+
+    /// Cuts connections whose deadline passed.
+    fn sweep(&mut self, now: Instant) {
+        for c in self.conns.values_mut() {
+            if !c.dropped
+                && let Some(d) = c.deadline
+                && d <= now
+            {
+                let why = match c.phase {
+                    Phase::Handshake => "the TLS handshake did not finish in time",
+                    Phase::Message => "a message did not arrive (or leave) in time",
+                    Phase::Idle | Phase::Working => "idle for too long",
+                };
+                if c.phase == Phase::Handshake || c.phase == Phase::Message {
+                    tracing::info!(peer = %c.peer, reason = why, "closing a connection");
+                }
+                c.cut(why);
+            }
+        }
+    }
+}
+
+/// A connection thread's handle on its entry in the table.
+struct Slot {
+    id: u64,
+    table: Shared,
+}
+
+impl Slot {
+    fn set(&self, phase: Phase, deadline: Option<Duration>) {
+        if let Some(c) = table(&self.table).conns.get_mut(&self.id) {
+            c.phase = phase;
+            c.deadline = deadline.map(|d| Instant::now() + d);
+        }
+    }
+
+    /// After the handshake: takes an authenticated slot, or `false` when all are in use.
+    fn authenticated(&self, config: &ServerConfig) -> bool {
+        let mut t = table(&self.table);
+        let used = t
+            .conns
+            .values()
+            .filter(|c| !c.dropped && c.phase != Phase::Handshake)
+            .count();
+        let Some(c) = t.conns.get_mut(&self.id) else {
+            return false;
+        };
+        if c.dropped {
+            return false;
+        }
+        if used >= config.max_connections.max(1) {
+            return false;
+        }
+        c.phase = Phase::Idle;
+        c.deadline = Some(Instant::now() + config.idle_timeout);
+        true
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        table(&self.table).conns.remove(&self.id);
     }
 }
 
@@ -152,13 +381,20 @@ impl Server {
     /// Serves until the stop flag is set; then stops accepting, lets requests in progress
     /// finish (up to a few seconds) and returns.
     pub fn run(self) -> Result<()> {
-        let active = Arc::new(AtomicUsize::new(0));
-        let live: Arc<Mutex<HashMap<u64, TcpStream>>> = Arc::default();
-        let next_id = AtomicU64::new(0);
+        let shared: Shared = Arc::default();
+        let mut next_id: u64 = 0;
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        let mut last_sweep = Instant::now();
+        let mut refused = Refusals::default();
         while !self.stop.load(Ordering::SeqCst) {
-            if !wait_readable(&self.listener, 200) {
+            let now = Instant::now();
+            if now.duration_since(last_sweep) >= SWEEP_EVERY {
+                table(&shared).sweep(now);
+                last_sweep = now;
                 threads.retain(|t| !t.is_finished());
+                refused.flush(now, false);
+            }
+            if !wait_readable(&self.listener, SWEEP_EVERY.as_millis() as i32) {
                 continue;
             }
             let (stream, peer) = match self.listener.accept() {
@@ -174,45 +410,64 @@ impl Server {
                     continue;
                 }
             };
-            if active.load(Ordering::SeqCst) >= self.config.max_connections {
-                tracing::warn!(%peer, max = self.config.max_connections, "too many connections; closing the new one");
-                drop(stream);
+            let source = source_of(&peer);
+            let now = Instant::now();
+            let Ok(handle) = stream.try_clone() else {
                 continue;
+            };
+            let id = next_id;
+            next_id += 1;
+            {
+                let mut t = table(&shared);
+                if let Admission::Refused(why) = t.admit(source, &self.config, now) {
+                    drop(t);
+                    refused.add(peer, why, now);
+                    drop(stream);
+                    continue;
+                }
+                t.conns.insert(
+                    id,
+                    Conn {
+                        source,
+                        peer,
+                        stream: handle,
+                        phase: Phase::Handshake,
+                        started: now,
+                        deadline: Some(now + self.config.handshake_timeout),
+                        dropped: false,
+                    },
+                );
             }
-            active.fetch_add(1, Ordering::SeqCst);
-            let id = next_id.fetch_add(1, Ordering::SeqCst);
-            if let Ok(c) = stream.try_clone() {
-                live.lock().unwrap_or_else(|e| e.into_inner()).insert(id, c);
-            }
-            let (acceptor, engine, config, t_active, t_live, stop) = (
+            let slot = Slot {
+                id,
+                table: shared.clone(),
+            };
+            let (acceptor, engine, config, stop) = (
                 self.acceptor.clone(),
                 self.engine.clone(),
                 self.config.clone(),
-                active.clone(),
-                live.clone(),
                 self.stop.clone(),
             );
             let spawned = std::thread::Builder::new()
                 .name(format!("kms-conn-{id}"))
+                .stack_size(CONNECTION_STACK)
                 .spawn(move || {
-                    serve_connection(&acceptor, &engine, &config, stream, peer, &stop);
-                    t_live.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-                    t_active.fetch_sub(1, Ordering::SeqCst);
+                    serve_connection(&acceptor, &engine, &config, stream, peer, &stop, &slot);
+                    drop(slot);
                 });
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => {
+                    // The closure (and its slot) was dropped: the entry is gone.
                     tracing::error!(error = %e, "cannot start a connection thread");
-                    live.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-                    active.fetch_sub(1, Ordering::SeqCst);
                 }
             }
-            threads.retain(|t| !t.is_finished());
         }
-        tracing::info!(connections = active.load(Ordering::SeqCst), "stopping");
+        refused.flush(Instant::now(), true);
+        tracing::info!(connections = table(&shared).conns.len(), "stopping");
         // Wake connections waiting for a request; one in the middle of a request finishes it.
-        for s in live.lock().unwrap_or_else(|e| e.into_inner()).values() {
-            let _ = s.shutdown(Shutdown::Read);
+        for c in table(&shared).conns.values() {
+            let _ = c.stream.shutdown(Shutdown::Read);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         for t in threads {
@@ -224,6 +479,57 @@ impl Server {
             }
         }
         Ok(())
+    }
+}
+
+/// Connections turned away before authentication, logged as they start and then summed up
+/// at most every [`Refusals::EVERY`], so that a flood cannot flood the log.
+#[derive(Default)]
+struct Refusals {
+    count: usize,
+    last: Option<(SocketAddr, &'static str)>,
+    logged_at: Option<Instant>,
+}
+
+impl Refusals {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn add(&mut self, peer: SocketAddr, why: &'static str, now: Instant) {
+        if self
+            .logged_at
+            .is_none_or(|t| now.duration_since(t) >= Self::EVERY)
+            && self.count == 0
+        {
+            tracing::warn!(%peer, reason = why, "refusing a connection before authentication");
+            self.logged_at = Some(now);
+            return;
+        }
+        self.count += 1;
+        self.last = Some((peer, why));
+    }
+
+    fn flush(&mut self, now: Instant, force: bool) {
+        if self.count == 0 {
+            return;
+        }
+        if !force
+            && self
+                .logged_at
+                .is_some_and(|t| now.duration_since(t) < Self::EVERY)
+        {
+            return;
+        }
+        if let Some((peer, why)) = self.last {
+            tracing::warn!(
+                refused = self.count,
+                last_peer = %peer,
+                last_reason = why,
+                "refused connections before authentication (pre-authentication caps reached)"
+            );
+        }
+        self.count = 0;
+        self.last = None;
+        self.logged_at = Some(now);
     }
 }
 
@@ -251,7 +557,9 @@ fn read_message(
     s: &mut SslStream<TcpStream>,
     engine: &Engine,
     config: &ServerConfig,
+    slot: &Slot,
 ) -> ReadOutcome {
+    // Per-read timeouts only back the whole deadlines up (the accept loop enforces those).
     let _ = s.get_ref().set_read_timeout(Some(config.idle_timeout));
     let mut header = [0u8; HEADER_LEN];
     let mut got = 0;
@@ -265,8 +573,11 @@ fn read_message(
                 };
             }
             Ok(n) => {
+                if got == 0 {
+                    slot.set(Phase::Message, Some(config.message_timeout));
+                    let _ = s.get_ref().set_read_timeout(Some(config.message_timeout));
+                }
                 got += n;
-                let _ = s.get_ref().set_read_timeout(Some(config.read_timeout));
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(_) => return ReadOutcome::Closed,
@@ -291,9 +602,10 @@ fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     stop: &AtomicBool,
+    slot: &Slot,
 ) {
     let _ = stream.set_read_timeout(Some(config.handshake_timeout));
-    let _ = stream.set_write_timeout(Some(config.read_timeout));
+    let _ = stream.set_write_timeout(Some(config.message_timeout));
     let _ = stream.set_nodelay(true);
     let mut s = match acceptor.accept(stream) {
         Ok(s) => s,
@@ -302,6 +614,11 @@ fn serve_connection(
             return;
         }
     };
+    if !slot.authenticated(config) {
+        tracing::warn!(%peer, max = config.max_connections, "too many connections; closing the new one");
+        let _ = s.shutdown();
+        return;
+    }
     let fingerprint = s
         .ssl()
         .peer_certificate()
@@ -309,19 +626,23 @@ fn serve_connection(
     tracing::debug!(%peer, version = s.ssl().version_str(), cipher = s.ssl().current_cipher().map(|c| c.name()).unwrap_or("?"), "connected");
     let mut session = Session::new(peer.to_string(), fingerprint);
     loop {
-        match read_message(&mut s, engine, config) {
+        match read_message(&mut s, engine, config, slot) {
             ReadOutcome::Closed => break,
             ReadOutcome::Refuse(why) => {
                 tracing::warn!(%peer, reason = %why, "refusing a request; closing the connection");
                 let resp = engine::invalid_message(ProtocolVersion::V1_0, why);
+                slot.set(Phase::Message, Some(config.message_timeout));
                 let _ = s.write_all(&resp);
                 break;
             }
             ReadOutcome::Message(m) => {
+                slot.set(Phase::Working, None);
                 let resp = engine.handle(&mut session, &m);
+                slot.set(Phase::Message, Some(config.message_timeout));
                 if s.write_all(&resp).and_then(|_| s.flush()).is_err() {
                     break;
                 }
+                slot.set(Phase::Idle, Some(config.idle_timeout));
             }
         }
         if stop.load(Ordering::SeqCst) {

@@ -333,6 +333,54 @@ fn connections_are_bounded_and_idle_ones_closed() {
 }
 
 #[test]
+fn unauthenticated_sockets_do_not_count_and_trickling_ones_meet_a_whole_deadline() {
+    // Under the pre-authentication caps (16 per source): nothing is dropped to make room, so
+    // only the deadline can close the trickling socket.
+    let s = TestServer::start_with(ServerConfig {
+        max_connections: 2,
+        handshake_timeout: Duration::from_secs(2),
+        ..ServerConfig::default()
+    });
+    // One that trickles a TLS record header, a byte every 300 ms (a per-read timeout of 2 s
+    // would never fire).
+    let mut trickle = std::net::TcpStream::connect(s.addr).unwrap();
+    trickle
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    // Ten silent sockets: more than --max-connections.
+    let silent: Vec<std::net::TcpStream> = (0..10)
+        .map(|_| std::net::TcpStream::connect(s.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(1200));
+    // Authenticated clients are served up to the cap: the silent sockets hold none of it.
+    let mut a = s.tls(None, None);
+    let mut b = s.tls(None, None);
+    assert!(send(&mut a, &query_bytes(&s)).items[0].reason.is_none());
+    assert!(send(&mut b, &query_bytes(&s)).items[0].reason.is_none());
+    let mut closed = false;
+    for i in 0..40 {
+        let _ = trickle.write_all(&[[0x16u8, 0x03, 0x01, 0x02, 0x00][i % 5]]);
+        let mut buf = [0u8; 64];
+        match trickle.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Err(e)
+                if e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut =>
+            {
+                closed = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(closed, "a trickling handshake outlived its deadline");
+    drop(silent);
+}
+
+#[test]
 fn keys_survive_a_restart_and_rest_sealed() {
     let s = TestServer::start();
     let env = s.env.clone();

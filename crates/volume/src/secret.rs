@@ -1,6 +1,8 @@
 //! Secret bytes: locked in memory, zeroed on drop, never printed.
 
 use std::fmt;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use zeroize::Zeroize;
 
@@ -99,36 +101,161 @@ fn lock(bytes: &[u8]) -> bool {
     unsafe { libc::mlock(bytes.as_ptr().cast(), bytes.len()) == 0 }
 }
 
-/// Process-wide hardening for a process that holds volume keys: no core dumps
-/// (`RLIMIT_CORE` = 0, `PR_SET_DUMPABLE` = 0) and, best effort, all current and future pages
-/// locked (`mlockall`), which also covers the key schedules inside OpenSSL.
+/// How much of the process memory is locked in RAM (see [`harden_process`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemoryLock {
+    /// Every current and future page (`mlockall(MCL_CURRENT | MCL_FUTURE)`).
+    All,
+    /// Only the key buffers ([`SecretBytes`]), each with its own `mlock`: locking everything
+    /// was not attempted because future allocations would then fail once the limit is reached.
+    KeysOnly {
+        /// `RLIMIT_MEMLOCK` in bytes.
+        limit: u64,
+    },
+    /// `mlockall` was attempted and refused (the reason); key buffers are locked one by one.
+    Failed(String),
+}
+
+/// What [`harden_process`] did.
+#[derive(Debug)]
+pub struct Hardening {
+    /// `RLIMIT_CORE` set to 0 (soft and hard), or why not.
+    pub core_limit: Result<(), String>,
+    /// `PR_SET_DUMPABLE` set to 0, or why not.
+    pub not_dumpable: Result<(), String>,
+    pub memory: MemoryLock,
+    reported: AtomicBool,
+}
+
+impl Hardening {
+    /// What could not be done against core dumps, each with what to do (empty when both held;
+    /// neither needs a privilege, so this is expected to be empty).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Err(e) = &self.core_limit {
+            out.push(format!(
+                "core dumps could not be turned off (setrlimit RLIMIT_CORE 0: {e}); a crash may \
+                 write key material to disk: disable core dumps for this service"
+            ));
+        }
+        if let Err(e) = &self.not_dumpable {
+            out.push(format!(
+                "the process could not be made non-dumpable (prctl PR_SET_DUMPABLE 0: {e}); \
+                 disable core dumps and ptrace for this service"
+            ));
+        }
+        if let MemoryLock::Failed(e) = &self.memory {
+            out.push(format!(
+                "process memory could not be locked in RAM (mlockall: {e}); key buffers are \
+                 locked one by one, other memory holding keys (TLS and cipher state) may reach \
+                 swap: grant CAP_IPC_LOCK or set LimitMEMLOCK=infinity"
+            ));
+        }
+        out
+    }
+
+    /// When only key buffers are locked: a sentence saying so and what to do.
+    pub fn memory_note(&self) -> Option<String> {
+        match &self.memory {
+            MemoryLock::KeysOnly { limit } => Some(format!(
+                "process memory is not locked as a whole (RLIMIT_MEMLOCK is {} KiB and the \
+                 process lacks CAP_IPC_LOCK): only the key buffers are locked, other memory \
+                 holding keys (TLS and cipher state) may reach swap; grant CAP_IPC_LOCK or set \
+                 LimitMEMLOCK=infinity to lock everything",
+                limit / 1024
+            )),
+            _ => None,
+        }
+    }
+
+    /// [`Hardening::problems`] and [`Hardening::memory_note`] the first time it is asked,
+    /// nothing afterwards: whoever reports them does it once per process.
+    pub fn take_report(&self) -> Vec<String> {
+        if self.reported.swap(true, Ordering::SeqCst) {
+            return Vec::new();
+        }
+        let mut out = self.problems();
+        out.extend(self.memory_note());
+        out
+    }
+}
+
+static HARDENING: OnceLock<Hardening> = OnceLock::new();
+
+/// Process-wide hardening for every process that holds key material, applied once (later
+/// calls return the first result):
 ///
-/// Returns a list of the measures that could not be applied, for the caller to log.
-pub fn harden_process() -> Vec<String> {
-    let mut missed = Vec::new();
-    let zero = libc::rlimit {
+/// - no core dumps: `RLIMIT_CORE` = 0 (soft and hard) and `PR_SET_DUMPABLE` = 0. Neither needs a
+///   privilege; both hold whoever runs the process. Non-dumpable also keeps other processes of
+///   the same user from attaching with ptrace or reading `/proc/PID/mem`.
+/// - memory locked in RAM: `mlockall(MCL_CURRENT | MCL_FUTURE)` only when every future
+///   allocation can be locked too (`CAP_IPC_LOCK`, or an unlimited `RLIMIT_MEMLOCK`). With a
+///   finite limit MCL_FUTURE would make allocations (`mmap`, thread stacks) fail once the limit
+///   is reached — a conversion would abort halfway — and how much the process will map cannot be
+///   known in advance, so then only the key buffers are locked ([`SecretBytes`]) and
+///   [`Hardening::memory_note`] says so.
+pub fn harden_process() -> &'static Hardening {
+    HARDENING.get_or_init(|| {
+        let zero = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: plain system calls with valid arguments.
+        let core_limit = match unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error().to_string()),
+        };
+        // SAFETY: as above.
+        let not_dumpable = match unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error().to_string()),
+        };
+        let limit = memlock_limit();
+        let memory = if has_cap_ipc_lock() || limit.is_none() {
+            // SAFETY: as above.
+            match unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } {
+                0 => MemoryLock::All,
+                _ => MemoryLock::Failed(std::io::Error::last_os_error().to_string()),
+            }
+        } else {
+            MemoryLock::KeysOnly {
+                limit: limit.unwrap_or(0),
+            }
+        };
+        Hardening {
+            core_limit,
+            not_dumpable,
+            memory,
+            reported: AtomicBool::new(false),
+        }
+    })
+}
+
+/// `RLIMIT_MEMLOCK` in bytes; `None` when unlimited.
+fn memlock_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: plain system calls with valid arguments.
-    unsafe {
-        if libc::setrlimit(libc::RLIMIT_CORE, &zero) != 0 {
-            missed.push(format!(
-                "RLIMIT_CORE=0: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
-            missed.push(format!(
-                "PR_SET_DUMPABLE=0: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        if libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) != 0 {
-            missed.push(format!("mlockall: {}", std::io::Error::last_os_error()));
-        }
+    // SAFETY: `lim` is a valid rlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+        return Some(0);
     }
-    missed
+    (lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
+}
+
+/// Whether CAP_IPC_LOCK is in the effective set (it lifts RLIMIT_MEMLOCK). Root in a container
+/// often lacks it, so the user id says nothing.
+fn has_cap_ipc_lock() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
 }
 
 #[cfg(test)]
@@ -144,5 +271,23 @@ mod tests {
         let shown = format!("{s:?}");
         assert!(!shown.contains('7'.to_string().repeat(2).as_str()));
         assert!(shown.contains("REDACTED"));
+    }
+
+    #[test]
+    fn harden_process_turns_core_dumps_off_and_reports_once() {
+        let h = harden_process();
+        assert!(h.core_limit.is_ok() && h.not_dumpable.is_ok(), "{h:?}");
+        let mut lim = libc::rlimit {
+            rlim_cur: 1,
+            rlim_max: 1,
+        };
+        // SAFETY: reading a limit into a valid struct.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut lim) }, 0);
+        assert_eq!((lim.rlim_cur, lim.rlim_max), (0, 0));
+        // SAFETY: reading a flag.
+        assert_eq!(unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) }, 0);
+        let _ = h.take_report();
+        assert!(h.take_report().is_empty(), "reported twice");
+        assert!(std::ptr::eq(h, harden_process()));
     }
 }
