@@ -17,6 +17,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::kmip_config::{KmipSettings, KmipUpdate};
 use crate::login::{self, ClientAddr, Purpose};
 use crate::state::AppState;
+use crate::status::{EncryptionStatus, SettingsView};
 use crate::workflow::{Request as WfRequest, State as WfState};
 use crate::{content_api, kmip_test, openapi, pages};
 
@@ -57,7 +58,9 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(|| async { Redirect::to("/storage/encryption") }))
         .route("/login", get(pages::login_page).post(page_login))
         .route("/logout", post(page_logout))
-        .route("/storage/encryption", get(pages::encryption_page));
+        .route("/storage/encryption", get(pages::encryption_page))
+        .route("/assets/admin.css", get(pages::admin_css))
+        .route("/assets/admin.js", get(pages::admin_js));
     Router::new()
         .merge(api)
         .merge(pages)
@@ -83,16 +86,23 @@ async fn security_headers(req: Request, next: Next) -> Response {
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' \
-             'unsafe-inline'; frame-ancestors 'none'; form-action 'self'",
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+             connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // The appliance only speaks HTTPS: browsers should never try plain HTTP for it.
+    h.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     h.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
@@ -103,7 +113,11 @@ async fn security_headers(req: Request, next: Next) -> Response {
 fn is_public(method: &Method, path: &str) -> bool {
     matches!(
         (method, path),
-        (&Method::GET, "/login") | (&Method::POST, "/login") | (&Method::POST, "/api/session")
+        (&Method::GET, "/login")
+            | (&Method::POST, "/login")
+            | (&Method::POST, "/api/session")
+            | (&Method::GET, "/assets/admin.css")
+            | (&Method::GET, "/assets/admin.js")
     )
 }
 
@@ -278,6 +292,7 @@ async fn api_login(
         "token": token,
         "token_type": "Bearer",
         "expires_after_idle_seconds": auth::SESSION_IDLE.as_secs(),
+        "expires_after_seconds": auth::SESSION_ABSOLUTE.as_secs(),
         "password_change_required": state.admin().is_initial(),
     })))
 }
@@ -365,70 +380,16 @@ async fn change_password(State(state): State<AppState>, body: Bytes) -> ApiResul
 // ---- encryption ----
 
 /// GET /api/encryption.
+/// GET /api/encryption's answer as JSON (the typed [`EncryptionStatus`], serialized).
 pub fn status_json(state: &AppState) -> Value {
-    let w = state.workflow();
-    let kmip = state.kmip();
-    let test = state.last_test();
-    let fp = kmip.as_ref().map(|k| k.fingerprint());
-    let current = matches!((&test, &fp), (Some(t), Some(f)) if &t.fingerprint == f);
-    let check = state.check(WfRequest::Encrypt);
-    let servers: Vec<String> = if w.servers.is_empty() {
-        kmip.as_ref()
-            .map(|k| k.servers.iter().map(|s| s.to_string()).collect())
-            .unwrap_or_default()
-    } else {
-        w.servers.clone()
-    };
-    let mut warnings = Vec::new();
-    if let Some(k) = &kmip {
-        for (what, c) in [
-            ("client certificate", k.client_summary()),
-            ("server CA certificate", k.ca_summary()),
-        ] {
-            if let Some(c) = c
-                && c.expiring
-            {
-                warnings.push(match c.days_left {
-                    Some(d) if d < 0 => format!(
-                        "the {what} expired on {}; upload a renewed one",
-                        c.not_after
-                    ),
-                    Some(d) => format!(
-                        "the {what} expires in {d} days ({}); upload a renewed one before then",
-                        c.not_after
-                    ),
-                    None => format!("the {what} expires soon ({})", c.not_after),
-                });
-            }
-        }
-    }
-    json!({
-        "state": w.state,
-        "pending": w.pending,
-        "progress": w.progress,
-        "key_id": w.key_id,
-        "servers": servers,
-        "cipher": w.cipher,
-        "lock_reasons": w.lock_reasons,
-        "last_error": w.last_error,
-        "last_test": test,
-        "last_test_current": current,
-        "encrypt": {
-            "allowed": check.is_ok(),
-            "reason": check.err(),
-        },
-        "settings": kmip.as_ref().map(|k| k.view()),
-        "warnings": warnings,
-        "volume_attached": state.backend().is_some(),
-        "volume": state.backend().map(|b| b.status()).unwrap_or(Value::Null),
-    })
+    serde_json::to_value(EncryptionStatus::of(state)).unwrap_or(Value::Null)
 }
 
-async fn encryption_status(State(state): State<AppState>) -> Json<Value> {
-    Json(status_json(&state))
+async fn encryption_status(State(state): State<AppState>) -> Json<EncryptionStatus> {
+    Json(EncryptionStatus::of(&state))
 }
 
-async fn kmip_get(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+async fn kmip_get(State(state): State<AppState>) -> ApiResult<Json<SettingsView>> {
     let k = state.kmip().ok_or_else(|| {
         ApiError::not_found(
             "no KMIP settings are saved yet; PUT /api/encryption/kmip or fill in Storage > \
@@ -556,7 +517,7 @@ async fn update_from_multipart(mut m: Multipart) -> ApiResult<KmipUpdate> {
     Ok(u)
 }
 
-async fn kmip_put(State(state): State<AppState>, req: Request) -> ApiResult<Json<Value>> {
+async fn kmip_put(State(state): State<AppState>, req: Request) -> ApiResult<Json<SettingsView>> {
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)

@@ -29,12 +29,15 @@ pub const PBKDF2_ITERATIONS: u32 = 600_000;
 pub const MIN_PASSWORD_LEN: usize = 12;
 /// Longest password considered (longer ones are refused before hashing).
 pub const MAX_PASSWORD_LEN: usize = 1024;
-/// A session or token unused for this long expires.
-pub const SESSION_IDLE: Duration = Duration::from_secs(8 * 3600);
+/// A session unused this long ends (OWASP ASVS level 2: at most 30 minutes idle).
+pub const SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
+/// A session ends this long after its login, however busy (ASVS level 2: at most 12 hours).
+pub const SESSION_ABSOLUTE: Duration = Duration::from_secs(12 * 3600);
 /// Most live sessions and tokens; the oldest is dropped beyond it.
 pub const MAX_SESSIONS: usize = 256;
-/// The session cookie's name.
-pub const COOKIE: &str = "atrest_session";
+/// The session cookie's name. The `__Host-` prefix makes browsers accept it only when Secure,
+/// with Path=/ and no Domain: a sibling host cannot set or overwrite it.
+pub const COOKIE: &str = "__Host-atrest_session";
 
 /// Random bytes as lowercase hex.
 pub fn random_hex(n: usize) -> String {
@@ -294,7 +297,15 @@ pub enum SessionKind {
 struct Session {
     kind: SessionKind,
     csrf: String,
+    opened: Instant,
     last_used: Instant,
+}
+
+impl Session {
+    fn expired(&self, now: Instant) -> bool {
+        now.duration_since(self.last_used) >= SESSION_IDLE
+            || now.duration_since(self.opened) >= SESSION_ABSOLUTE
+    }
 }
 
 /// An authenticated request's session.
@@ -322,7 +333,7 @@ impl Sessions {
         let token = random_hex(32);
         let mut map = self.map.lock().expect("sessions lock");
         let now = Instant::now();
-        map.retain(|_, s| now.duration_since(s.last_used) < SESSION_IDLE);
+        map.retain(|_, s| !s.expired(now));
         while map.len() >= MAX_SESSIONS {
             let oldest = map
                 .iter()
@@ -338,6 +349,7 @@ impl Sessions {
             Session {
                 kind,
                 csrf: random_hex(32),
+                opened: now,
                 last_used: now,
             },
         );
@@ -350,7 +362,7 @@ impl Sessions {
         let k = key_of(token);
         let now = Instant::now();
         let s = map.get_mut(&k)?;
-        if now.duration_since(s.last_used) >= SESSION_IDLE {
+        if s.expired(now) {
             map.remove(&k);
             return None;
         }
@@ -459,9 +471,38 @@ mod tests {
     }
 
     #[test]
+    fn sessions_end_when_idle_and_after_their_absolute_lifetime() {
+        let s = Sessions::default();
+        for (idle, lifetime) in [
+            (SESSION_IDLE, Duration::ZERO),
+            (Duration::ZERO, SESSION_ABSOLUTE),
+        ] {
+            let t = s.open(SessionKind::Api);
+            assert!(s.get(&t).is_some());
+            {
+                let mut map = s.map.lock().unwrap();
+                let sess = map.get_mut(&key_of(&t)).unwrap();
+                let now = Instant::now();
+                let (Some(used), Some(opened)) = (now.checked_sub(idle), now.checked_sub(lifetime))
+                else {
+                    return; // the clock started too recently to go back that far
+                };
+                sess.last_used = used;
+                sess.opened = opened;
+            }
+            assert!(s.get(&t).is_none(), "idle {idle:?}, lifetime {lifetime:?}");
+        }
+    }
+
+    #[test]
     fn cookie_parsing() {
-        assert_eq!(cookie_token("a=b; atrest_session=xyz; c=d"), Some("xyz"));
-        assert_eq!(cookie_token("atrest_sessionx=1"), None);
-        assert_eq!(cookie_token("atrest_session="), None);
+        assert_eq!(
+            cookie_token("a=b; __Host-atrest_session=xyz; c=d"),
+            Some("xyz")
+        );
+        assert_eq!(cookie_token("__Host-atrest_sessionx=1"), None);
+        assert_eq!(cookie_token("__Host-atrest_session="), None);
+        // A cookie without the prefix (set by a sibling host, say) is not the session.
+        assert_eq!(cookie_token("atrest_session=xyz"), None);
     }
 }

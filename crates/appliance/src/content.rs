@@ -26,11 +26,11 @@ use atrest_volume::{
     BlockDevice, ConvertOptions, EncryptOptions, FileDevice, FormatOptions, State as VolState,
     UnlockedVolume, Volume, VolumeLock,
 };
-use serde_json::{Value, json};
 
 use crate::keys::{self, KeyError};
 use crate::known::{KNOWN_FILE, Known};
 use crate::state::{AppState, Content, EventSink, VolumeBackend, WeakAppState};
+use crate::status::{HoldView, KeyCheck, LastConversion, SpaceView, VolumeStatus, VolumeView};
 use crate::workflow::{Backoff, Event, LockReason, Progress, Request, State as WfState};
 
 /// The volume image in the data directory.
@@ -130,8 +130,8 @@ struct Inner {
 
 #[derive(Default)]
 struct Extra {
-    last_conversion: Option<Value>,
-    key_check: Option<Value>,
+    last_conversion: Option<LastConversion>,
+    key_check: Option<KeyCheck>,
     alerts: Vec<String>,
     next_retry_at: Option<String>,
     /// Why the volume stays locked without retrying, until the administrator acts.
@@ -696,14 +696,14 @@ impl DataVolume {
                 Ok(s) if !is_converting(s) => {
                     let secs = started.elapsed().as_secs_f64();
                     let total = last.map(|p| p.total_bytes).unwrap_or(0);
-                    lock(&me.inner.extra).last_conversion = Some(json!({
-                        "kind": kind.as_str(),
-                        "started_at": started_at,
-                        "finished_at": crate::now_rfc3339(),
-                        "bytes": total,
-                        "seconds": secs,
-                        "percent": 100.0,
-                    }));
+                    lock(&me.inner.extra).last_conversion = Some(LastConversion {
+                        kind: kind.as_str().to_string(),
+                        started_at: started_at.clone(),
+                        finished_at: crate::now_rfc3339(),
+                        bytes: total,
+                        seconds: secs,
+                        percent: 100.0,
+                    });
                     events(Event::Finished);
                     if let Some(st) = me.app() {
                         st.audit(
@@ -765,9 +765,13 @@ impl DataVolume {
         let mut client = match Client::new(cfg) {
             Ok(c) => c,
             Err(e) => {
-                self.note_key_check(
-                    json!({"checked_at": checked_at, "ok": false, "error": e.to_string()}),
-                );
+                self.note_key_check(KeyCheck {
+                    checked_at,
+                    ok: false,
+                    key_id: None,
+                    key_state: None,
+                    error: Some(e.to_string()),
+                });
                 return;
             }
         };
@@ -775,7 +779,13 @@ impl DataVolume {
             match client.get_attributes(&id, &["State"]) {
                 Ok(a) => match a.state() {
                     Some(KeyState::ACTIVE) => {
-                        self.note_key_check(json!({"checked_at": checked_at, "ok": true, "key_id": id, "key_state": "Active"}));
+                        self.note_key_check(KeyCheck {
+                            checked_at: checked_at.clone(),
+                            ok: true,
+                            key_id: Some(id.clone()),
+                            key_state: Some("Active".into()),
+                            error: None,
+                        });
                     }
                     other => {
                         let st = other
@@ -786,19 +796,31 @@ impl DataVolume {
                              Active: the volume cannot be unlocked at the next start; ask the \
                              key manager's administrator, or Rekey to a new key now"
                         );
-                        self.note_key_check(json!({"checked_at": checked_at, "ok": false, "key_id": id, "key_state": st, "error": alert}));
+                        self.note_key_check(KeyCheck {
+                            checked_at: checked_at.clone(),
+                            ok: false,
+                            key_id: Some(id.clone()),
+                            key_state: Some(st),
+                            error: Some(alert.clone()),
+                        });
                         self.raise_alert(&state, &id, alert);
                     }
                 },
                 Err(e) => {
                     tracing::warn!("cannot check the state of the volume key: {e}");
-                    self.note_key_check(json!({"checked_at": checked_at, "ok": false, "key_id": id, "error": e.to_string()}));
+                    self.note_key_check(KeyCheck {
+                        checked_at: checked_at.clone(),
+                        ok: false,
+                        key_id: Some(id.clone()),
+                        key_state: None,
+                        error: Some(e.to_string()),
+                    });
                 }
             }
         }
     }
 
-    fn note_key_check(&self, v: Value) {
+    fn note_key_check(&self, v: KeyCheck) {
         lock(&self.inner.extra).key_check = Some(v);
     }
 
@@ -1000,7 +1022,7 @@ impl VolumeBackend for DataVolume {
         Ok(())
     }
 
-    fn status(&self) -> Value {
+    fn status(&self) -> VolumeStatus {
         let (vol, store_space) = match &*lock(&self.inner.slot) {
             Slot::Open(uv) => {
                 let i = uv.info();
@@ -1014,7 +1036,11 @@ impl VolumeBackend for DataVolume {
             self.app().and_then(|s| match s.content() {
                 Content::Ready(st) => {
                     let sp = st.space();
-                    Some(json!({"capacity": sp.capacity, "used": sp.high_water, "reserve": sp.reserve}))
+                    Some(SpaceView {
+                        capacity: sp.capacity,
+                        used: sp.high_water,
+                        reserve: sp.reserve,
+                    })
                 }
                 _ => None,
             })
@@ -1022,27 +1048,27 @@ impl VolumeBackend for DataVolume {
             None
         };
         let x = lock(&self.inner.extra);
-        json!({
-            "volume": vol.map(|i| json!({
-                "path": VOLUME_FILE,
-                "state": i.state.as_str(),
-                "data_size": i.data_size,
-                "sector_size": i.sector_size,
-                "key_bits": i.key_bits,
-                "uuid": i.uuid,
-            })),
-            "space": space,
-            "last_conversion": x.last_conversion,
-            "key_check": x.key_check,
-            "alerts": x.alerts,
-            "next_retry_at": x.next_retry_at,
-            "hold": x.hold.as_ref().map(|h| json!({
-                "class": h.class,
-                "reason": h.reason,
-                "resume": h.resumable,
-            })),
-            "unlock_attempts": self.unlock_attempts(),
-        })
+        VolumeStatus {
+            volume: vol.map(|i| VolumeView {
+                path: VOLUME_FILE.into(),
+                state: i.state.as_str().into(),
+                data_size: i.data_size,
+                sector_size: i.sector_size,
+                key_bits: i.key_bits,
+                uuid: i.uuid,
+            }),
+            space,
+            last_conversion: x.last_conversion.clone(),
+            key_check: x.key_check.clone(),
+            alerts: x.alerts.clone(),
+            next_retry_at: x.next_retry_at.clone(),
+            hold: x.hold.as_ref().map(|h| HoldView {
+                class: h.class.into(),
+                reason: h.reason.clone(),
+                resume: h.resumable,
+            }),
+            unlock_attempts: self.unlock_attempts(),
+        }
     }
 
     fn resume(&self, _events: EventSink) -> Result<(), String> {

@@ -539,19 +539,26 @@ impl KmipSettings {
     }
 
     /// The settings as the API shows them: no password, no passphrase, no key.
-    pub fn view(&self) -> serde_json::Value {
-        serde_json::json!({
-            "servers": self.servers.iter().map(|s| serde_json::json!({"host": s.host, "port": s.port})).collect::<Vec<_>>(),
-            "server_name": self.file.server_name,
-            "username": self.file.username,
-            "password_set": self.file.password.is_some(),
-            "passphrase_set": self.file.passphrase.is_some(),
-            "client_format": self.file.client_format,
-            "ca": self.ca_summary(),
-            "client_certificate": self.client_summary(),
-            "source": self.file.source,
-            "fingerprint": self.fingerprint(),
-        })
+    pub fn view(&self) -> crate::status::SettingsView {
+        crate::status::SettingsView {
+            servers: self
+                .servers
+                .iter()
+                .map(|s| crate::status::ServerView {
+                    host: s.host.clone(),
+                    port: s.port,
+                })
+                .collect(),
+            server_name: self.file.server_name.clone(),
+            username: self.file.username.clone(),
+            password_set: self.file.password.is_some(),
+            passphrase_set: self.file.passphrase.is_some(),
+            client_format: self.file.client_format,
+            ca: self.ca_summary(),
+            client_certificate: self.client_summary(),
+            source: self.file.source,
+            fingerprint: self.fingerprint(),
+        }
     }
 
     /// Writes DIR/kmip/: settings.json, ca.pem and the client files, all 0600.

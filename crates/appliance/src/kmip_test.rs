@@ -24,6 +24,28 @@ pub enum StepStatus {
     Skipped,
 }
 
+impl StepStatus {
+    /// The name in the API (and the page's CSS class).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Ok => "ok",
+            StepStatus::Warning => "warning",
+            StepStatus::Failed => "failed",
+            StepStatus::Skipped => "skipped",
+        }
+    }
+
+    /// What the page shows.
+    pub fn label(self) -> &'static str {
+        match self {
+            StepStatus::Ok => "OK",
+            StepStatus::Warning => "Warning",
+            StepStatus::Failed => "Failed",
+            StepStatus::Skipped => "Skipped",
+        }
+    }
+}
+
 /// One step of the test on one server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {

@@ -21,6 +21,7 @@ pub mod openapi;
 pub mod pages;
 pub mod server;
 pub mod state;
+pub mod status;
 pub mod workflow;
 
 pub use api::app;

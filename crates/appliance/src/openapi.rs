@@ -56,7 +56,7 @@ pub fn document() -> Value {
             "schemas": {
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
                 "Login": {"type": "object", "required": ["username", "password"], "properties": {"username": {"type": "string"}, "password": {"type": "string"}}},
-                "Token": {"type": "object", "properties": {"token": {"type": "string"}, "token_type": {"const": "Bearer"}, "expires_after_idle_seconds": {"type": "integer"}, "password_change_required": {"type": "boolean"}}},
+                "Token": {"type": "object", "properties": {"token": {"type": "string"}, "token_type": {"const": "Bearer"}, "expires_after_idle_seconds": {"type": "integer"}, "expires_after_seconds": {"type": "integer"}, "password_change_required": {"type": "boolean"}}},
                 "PasswordChange": {"type": "object", "required": ["current_password", "new_password"], "properties": {"current_password": {"type": "string"}, "new_password": {"type": "string", "minLength": crate::auth::MIN_PASSWORD_LEN}}},
                 "Certificate": {"type": ["object", "null"], "properties": {"subject": {"type": "string"}, "issuer": {"type": "string"}, "not_after": {"type": "string"}, "days_left": {"type": ["integer", "null"]}, "expiring": {"type": "boolean"}}},
                 "KmipSettings": {"type": "object", "description": "Never contains the password, the passphrase or a key.", "properties": {

@@ -36,7 +36,8 @@ pub fn bind(state: &AppState, listen: &Listen) -> Result<Bound, String> {
             (p.cert, p.key, p.created)
         }
     };
-    let tls = OpenSSLConfig::from_pem_file(&cert, &key).map_err(|e| {
+    // The whole chain: the server certificate first, then the intermediates clients need.
+    let tls = OpenSSLConfig::from_pem_chain_file(&cert, &key).map_err(|e| {
         format!(
             "cannot use the HTTPS certificate {} with key {} ({e}); give a PEM certificate and \
              its PEM private key",
@@ -127,12 +128,23 @@ pub fn run(opts: ServeOptions) -> Result<(), String> {
         let opened = AppState::open(opts.config)?;
         let state = opened.state;
         if let Some(pw) = &opened.generated_password {
-            println!(
-                "Admin account created: user `admin`, password {} (also in {} until you change \
-                 it)",
-                pw.as_str(),
-                dir.join("initial-admin-password").display()
-            );
+            use std::io::IsTerminal as _;
+            let file = dir.join("initial-admin-password");
+            if std::io::stdout().is_terminal() {
+                println!(
+                    "Admin account created: user `admin`, password {} (also in {} until you \
+                     change it)",
+                    pw.as_str(),
+                    file.display()
+                );
+            } else {
+                // A service manager keeps stdout in its journal: the password stays in the file.
+                println!(
+                    "Admin account created: user `admin`; the password is in {} (readable by \
+                     this user only) until you change it",
+                    file.display()
+                );
+            }
         }
         let kms = if opts.embedded_kms {
             let k = crate::embedded::start(&dir)?;
@@ -144,6 +156,7 @@ pub fn run(opts: ServeOptions) -> Result<(), String> {
                 Ok(false) => println!("Bundled KMIP server on {}", k.addr),
                 Err(e) => eprintln!("atrest: {e}"),
             }
+            println!("Warning: {}", crate::status::EMBEDDED_KMS_WARNING);
             Some(k)
         } else {
             None

@@ -49,8 +49,8 @@ pub trait VolumeBackend: Send + Sync + 'static {
     fn start(&self, req: Request, kmip: ClientConfig, events: EventSink) -> Result<(), String>;
 
     /// What the volume side adds to GET /api/encryption (volume, last conversion, key checks).
-    fn status(&self) -> serde_json::Value {
-        serde_json::Value::Null
+    fn status(&self) -> crate::status::VolumeStatus {
+        crate::status::VolumeStatus::default()
     }
 
     /// The administrator's Resume of a volume held locked because its header failed its

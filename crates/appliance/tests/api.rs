@@ -257,6 +257,8 @@ async fn browser_login(app: &Router, password: &str) -> (String, String) {
     assert!(s.is_redirection(), "{s}");
     let set = h[header::SET_COOKIE].to_str().unwrap().to_owned();
     assert!(set.contains("HttpOnly") && set.contains("Secure") && set.contains("SameSite=Strict"));
+    // `__Host-`: only accepted when Secure, Path=/ and without Domain.
+    assert!(set.starts_with("__Host-") && set.contains("Path=/") && !set.contains("Domain"));
     let cookie = set.split(';').next().unwrap().to_owned();
     let (s, _, b) = send(
         app,
@@ -871,12 +873,40 @@ async fn page_shows_fields_and_disabled_encrypt() {
         assert!(page.contains(needle), "page lacks {needle}");
     }
     assert_eq!(h[header::X_FRAME_OPTIONS], "DENY");
+    let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert!(csp.contains("script-src 'self'") && csp.contains("style-src 'self'"));
     assert!(
-        h[header::CONTENT_SECURITY_POLICY]
+        h[header::STRICT_TRANSPORT_SECURITY]
             .to_str()
             .unwrap()
-            .contains("frame-ancestors 'none'")
+            .starts_with("max-age=")
     );
+    // No inline script or style: the CSP would block it.
+    assert!(
+        !page.contains("<script>") && !page.contains("<style"),
+        "inline code"
+    );
+    assert!(
+        !page.contains(" style=") && !page.contains(" onclick="),
+        "inline code"
+    );
+    assert!(page.contains(r#"<script src="/assets/admin.js"></script>"#));
+    assert!(
+        !page.contains("embedded-kms-banner"),
+        "no banner without the bundled KMS"
+    );
+    // The assets are served without a login.
+    for (path, ty) in [
+        ("/assets/admin.js", "text/javascript"),
+        ("/assets/admin.css", "text/css"),
+    ] {
+        let (s, h, b) = send(&app, req("GET", path).body(Body::empty()).unwrap()).await;
+        assert_eq!(s, StatusCode::OK, "{path}");
+        assert!(h[header::CONTENT_TYPE].to_str().unwrap().starts_with(ty));
+        assert!(!b.is_empty());
+    }
 }
 
 #[tokio::test]
@@ -951,6 +981,27 @@ async fn embedded_prefill_then_test_passes() {
     let (_, st) = call(&app, &t, "GET", "/api/encryption", None).await;
     assert_eq!(st["settings"]["source"], "embedded");
     assert_eq!(st["encrypt"]["allowed"], true);
+    // The bundled server's weakness is said: API warnings and a banner on the page.
+    assert_eq!(st["embedded_kms"], true);
+    assert!(
+        st["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("same disk as the volume")),
+        "{st}"
+    );
+    let (cookie, _) = browser_login(&app, &f.password).await;
+    let (_, _, b) = send(
+        &app,
+        req("GET", "/storage/encryption")
+            .header(header::COOKIE, &cookie)
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    let page = String::from_utf8(b).unwrap();
+    assert!(page.contains("id=\"embedded-kms-banner\""), "{page}");
     // Settings entered by hand are not overwritten.
     let (s, v) = call(
         &app,
@@ -962,6 +1013,8 @@ async fn embedded_prefill_then_test_passes() {
     .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["source"], "manual");
+    let (_, st) = call(&app, &t, "GET", "/api/encryption", None).await;
+    assert_eq!(st["embedded_kms"], false);
     assert!(!atrest_appliance::embedded::prefill(&f.state, &k.env_file).unwrap());
     assert_eq!(f.state.kmip().unwrap().servers[0].host, "kmip.example");
     k.stop();

@@ -17,6 +17,8 @@ struct Appliance {
     port: u16,
     data: PathBuf,
     output: Vec<String>,
+    /// The CA the test client trusts (the self-signed certificate by default).
+    ca: PathBuf,
 }
 
 impl Drop for Appliance {
@@ -56,6 +58,7 @@ fn start(data: &Path, extra: &[&str]) -> Appliance {
         port,
         data: data.to_path_buf(),
         output,
+        ca: data.join("tls/cert.pem"),
     }
 }
 
@@ -82,7 +85,7 @@ impl Appliance {
         content_type: &str,
     ) -> (u16, Value) {
         let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
-        b.set_ca_file(self.data.join("tls/cert.pem")).unwrap();
+        b.set_ca_file(&self.ca).unwrap();
         b.set_verify(SslVerifyMode::PEER);
         let connector = b.build();
         let tcp = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
@@ -171,9 +174,27 @@ fn first_start_then_save_and_test_against_the_embedded_kms() {
     let pw_file = data.join("initial-admin-password");
     assert_eq!(mode(&pw_file), 0o600);
     let pw = std::fs::read_to_string(&pw_file).unwrap();
+    // stdout is not a terminal (a service manager would keep it): the password stays in the
+    // file, and the line says where.
     assert!(
-        app.output.iter().any(|l| l.contains(pw.trim())),
-        "the password is printed"
+        !app.output.iter().any(|l| l.contains(pw.trim())),
+        "the password is not printed to a pipe: {:?}",
+        app.output
+    );
+    assert!(
+        app.output
+            .iter()
+            .any(|l| l.contains("the password is in") && l.contains("initial-admin-password")),
+        "{:?}",
+        app.output
+    );
+    // The bundled KMIP server's weakness is said at start.
+    assert!(
+        app.output
+            .iter()
+            .any(|l| l.starts_with("Warning: ") && l.contains("same disk as the volume")),
+        "{:?}",
+        app.output
     );
     let (s, v) = app.request("GET", "/api/encryption", None, None);
     assert_eq!(s, 401, "{v}");
@@ -566,4 +587,116 @@ fn a_forged_decrypt_record_is_never_resumed() {
     });
     let (s, v) = app.request("GET", "/api/recordings/rec-1", Some(&t), None);
     assert_eq!(s, 200, "{v}");
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("the openssl command runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `--tls-cert` with a chain (server certificate, then the intermediate CA): a client that
+/// trusts only the root verifies the appliance, so the whole chain is served.
+#[test]
+fn tls_cert_serves_the_whole_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    std::fs::write(
+        pki.join("ca.ext"),
+        "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
+    )
+    .unwrap();
+    std::fs::write(
+        pki.join("leaf.ext"),
+        "basicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
+    )
+    .unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut root = vec!["req", "-x509"];
+    root.extend(ec);
+    root.extend([
+        "-keyout",
+        "root.key",
+        "-out",
+        "root.pem",
+        "-subj",
+        "/CN=test root",
+        "-days",
+        "30",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(&pki, &root);
+    for (name, cn, signer, ext) in [
+        ("int", "/CN=test intermediate", "root", "ca.ext"),
+        ("leaf", "/CN=127.0.0.1", "int", "leaf.ext"),
+    ] {
+        let key = format!("{name}.key");
+        let csr = format!("{name}.csr");
+        let pem = format!("{name}.pem");
+        let mut req = vec!["req"];
+        req.extend(ec);
+        req.extend(["-keyout", &key, "-out", &csr, "-subj", cn]);
+        openssl(&pki, &req);
+        let ca = format!("{signer}.pem");
+        let ca_key = format!("{signer}.key");
+        openssl(
+            &pki,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "30",
+                "-extfile",
+                ext,
+            ],
+        );
+    }
+    let chain = [
+        std::fs::read(pki.join("leaf.pem")).unwrap(),
+        std::fs::read(pki.join("int.pem")).unwrap(),
+    ]
+    .concat();
+    std::fs::write(pki.join("chain.pem"), chain).unwrap();
+    let data = dir.path().join("appliance");
+    let cert = pki.join("chain.pem");
+    let key = pki.join("leaf.key");
+    let mut app = start(
+        &data,
+        &[
+            "--no-volume",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    app.ca = pki.join("root.pem");
+    let (s, v) = app.request("GET", "/api/encryption", None, None);
+    assert_eq!(s, 401, "verified through the intermediate: {v}");
 }

@@ -1,0 +1,74 @@
+// The web admin's script, served at /assets/admin.js (the CSP allows no inline script): sends
+// the forms to the JSON API with the CSRF token and follows progress.
+const csrf = document.querySelector('meta[name="csrf-token"]').content;
+const msg = document.getElementById('message');
+function say(text, cls) { msg.textContent = text; msg.className = cls || ''; }
+async function call(method, url, body, json) {
+  const headers = {'X-CSRF-Token': csrf};
+  if (json) { headers['Content-Type'] = 'application/json'; body = JSON.stringify(body); }
+  const r = await fetch(url, {method, headers, body, credentials: 'same-origin'});
+  let j = null; try { j = await r.json(); } catch (e) {}
+  return {ok: r.ok, status: r.status, body: j};
+}
+document.getElementById('kmip-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  document.getElementById('save-test').disabled = true;
+  say('Saving the settings…');
+  const r = await call('PUT', '/api/encryption/kmip', new FormData(e.target));
+  if (!r.ok) { say((r.body && r.body.error) || ('saving failed: HTTP ' + r.status), 'error'); document.getElementById('save-test').disabled = false; return; }
+  say('Saved. Testing every KMIP server step by step…');
+  const t = await call('POST', '/api/encryption/test');
+  if (!t.ok) { say((t.body && t.body.error) || ('the test failed: HTTP ' + t.status), 'error'); }
+  location.reload();
+});
+const resume = document.getElementById('resume');
+for (const [id, url] of [['encrypt', '/api/encryption/encrypt'], ['rekey', '/api/encryption/rekey'], ['decrypt', '/api/encryption/decrypt'], ['resume', resume && resume.dataset.url]]) {
+  const b = document.getElementById(id);
+  if (!b) continue;
+  b.addEventListener('click', async () => {
+    if (id === 'decrypt') { document.getElementById('decrypt-confirm').hidden = false; document.getElementById('decrypt-password').focus(); return; }
+    b.disabled = true; say('Starting…');
+    const pw = document.getElementById('resume-password');
+    const r = pw ? await call('POST', url, {password: pw.value}, true) : await call('POST', url);
+    if (!r.ok) { say((r.body && r.body.error) || ('HTTP ' + r.status), 'error'); b.disabled = false; return; }
+    location.reload();
+  });
+}
+const decryptGo = document.getElementById('decrypt-go');
+if (decryptGo) decryptGo.addEventListener('click', async () => {
+  decryptGo.disabled = true; say('Starting…');
+  const r = await call('POST', '/api/encryption/decrypt', {password: document.getElementById('decrypt-password').value}, true);
+  if (!r.ok) { say((r.body && r.body.error) || ('HTTP ' + r.status), 'error'); decryptGo.disabled = false; return; }
+  location.reload();
+});
+document.getElementById('password-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const f = new FormData(e.target);
+  const r = await call('POST', '/api/account/password', {current_password: f.get('current_password'), new_password: f.get('new_password')}, true);
+  if (!r.ok) { say((r.body && r.body.error) || ('HTTP ' + r.status), 'error'); return; }
+  location.href = '/login';
+});
+const initial = document.getElementById('state').textContent;
+if (['encrypting', 'rekeying', 'decrypting', 'locked'].includes(initial)) {
+  setInterval(async () => {
+    const r = await fetch('/api/encryption', {credentials: 'same-origin'});
+    if (!r.ok) return;
+    const st = await r.json();
+    if (st.state !== initial) { location.reload(); return; }
+    const lr = document.getElementById('lock-reasons');
+    if (lr && st.lock_reasons) {
+      lr.replaceChildren(...st.lock_reasons.map((r) => {
+        const li = document.createElement('li'), b = document.createElement('strong');
+        b.textContent = r.server; li.append(b, ': ' + r.reason); return li;
+      }));
+    }
+    if (st.progress) {
+      document.getElementById('progress-box').hidden = false;
+      document.getElementById('progress').value = st.progress.percent;
+      const p = st.progress, m = (b) => (b / 1048576).toFixed(1) + ' MiB';
+      document.getElementById('progress-text').textContent = p.percent.toFixed(1) + '% — ' + m(p.done_bytes) + ' of ' + m(p.total_bytes) +
+        (p.bytes_per_second != null ? ', ' + (p.bytes_per_second / 1048576).toFixed(1) + ' MiB/s' : '') +
+        (p.eta_seconds != null ? ', about ' + p.eta_seconds + ' s left' : '');
+    }
+  }, 1000);
+}

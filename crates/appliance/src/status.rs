@@ -1,0 +1,209 @@
+//! The status of Storage > Encryption as one typed value: GET /api/encryption serializes it and
+//! the page renders it, so a field renamed on one side is a compile error on the other.
+
+use serde::Serialize;
+
+use crate::kmip_config::{CertSummary, ClientFormat, Source};
+use crate::kmip_test::TestReport;
+use crate::state::AppState;
+use crate::workflow::{LockReason, Progress, Request, State};
+
+/// The warning shown while the appliance uses its bundled KMIP server.
+pub const EMBEDDED_KMS_WARNING: &str = "the KMIP server in use is the one bundled with this \
+     appliance (--embedded-kms): its master key and the volume key live on the same disk as the \
+     volume, so whoever takes the disk takes the data. Run `atrest kms serve` on another machine \
+     and move the volume's key to it (README, \"Moving off the bundled KMIP server\")";
+
+/// GET /api/encryption.
+#[derive(Debug, Clone, Serialize)]
+pub struct EncryptionStatus {
+    /// `plain`, `encrypting`, `encrypted`, `locked`, `rekeying` or `decrypting`.
+    pub state: State,
+    /// While locked: the conversion that resumes after unlock.
+    pub pending: Option<State>,
+    pub progress: Option<Progress>,
+    pub key_id: Option<String>,
+    pub servers: Vec<String>,
+    pub cipher: Option<String>,
+    /// While locked: why, per server.
+    pub lock_reasons: Vec<LockReason>,
+    pub last_error: Option<String>,
+    pub last_test: Option<TestReport>,
+    /// The last test tested the settings saved now.
+    pub last_test_current: bool,
+    pub encrypt: EncryptGate,
+    pub settings: Option<SettingsView>,
+    /// Things the administrator should act on (expiring certificates, the bundled KMIP
+    /// server's weakness).
+    pub warnings: Vec<String>,
+    /// The appliance uses its bundled KMIP server.
+    pub embedded_kms: bool,
+    pub volume_attached: bool,
+    pub volume: Option<VolumeStatus>,
+}
+
+/// Whether Encrypt may start now, and why not.
+#[derive(Debug, Clone, Serialize)]
+pub struct EncryptGate {
+    pub allowed: bool,
+    pub reason: Option<String>,
+}
+
+/// The saved KMIP settings, without secrets.
+#[derive(Debug, Clone, Serialize)]
+pub struct SettingsView {
+    pub servers: Vec<ServerView>,
+    pub server_name: Option<String>,
+    pub username: Option<String>,
+    pub password_set: bool,
+    pub passphrase_set: bool,
+    pub client_format: ClientFormat,
+    pub ca: Option<CertSummary>,
+    pub client_certificate: Option<CertSummary>,
+    pub source: Source,
+    pub fingerprint: String,
+}
+
+/// One KMIP server of the settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerView {
+    pub host: String,
+    pub port: u16,
+}
+
+/// What the content volume adds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VolumeStatus {
+    pub volume: Option<VolumeView>,
+    pub space: Option<SpaceView>,
+    pub last_conversion: Option<LastConversion>,
+    pub key_check: Option<KeyCheck>,
+    pub alerts: Vec<String>,
+    pub next_retry_at: Option<String>,
+    /// Locked until the administrator acts (header authentication, a volume that does not
+    /// match the appliance's record).
+    pub hold: Option<HoldView>,
+    pub unlock_attempts: u64,
+}
+
+/// The volume header's facts.
+#[derive(Debug, Clone, Serialize)]
+pub struct VolumeView {
+    pub path: String,
+    pub state: String,
+    pub data_size: u64,
+    pub sector_size: u32,
+    pub key_bits: Option<u32>,
+    pub uuid: String,
+}
+
+/// The content store's space.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SpaceView {
+    pub capacity: u64,
+    pub used: u64,
+    pub reserve: u64,
+}
+
+/// The last finished conversion.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastConversion {
+    pub kind: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub percent: f64,
+}
+
+/// The last check of the key's state on the KMIP server.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyCheck {
+    pub checked_at: String,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Why the volume is held locked.
+#[derive(Debug, Clone, Serialize)]
+pub struct HoldView {
+    pub class: String,
+    pub reason: String,
+    /// Resume may lift it.
+    pub resume: bool,
+}
+
+impl EncryptionStatus {
+    /// The status now.
+    pub fn of(state: &AppState) -> EncryptionStatus {
+        let w = state.workflow();
+        let kmip = state.kmip();
+        let test = state.last_test();
+        let fp = kmip.as_ref().map(|k| k.fingerprint());
+        let current = matches!((&test, &fp), (Some(t), Some(f)) if &t.fingerprint == f);
+        let check = state.check(Request::Encrypt);
+        let servers: Vec<String> = if w.servers.is_empty() {
+            kmip.as_ref()
+                .map(|k| k.servers.iter().map(|s| s.to_string()).collect())
+                .unwrap_or_default()
+        } else {
+            w.servers.clone()
+        };
+        let mut warnings = Vec::new();
+        let embedded_kms = kmip
+            .as_ref()
+            .is_some_and(|k| k.source() == Source::Embedded);
+        if embedded_kms {
+            warnings.push(EMBEDDED_KMS_WARNING.to_string());
+        }
+        if let Some(k) = &kmip {
+            for (what, c) in [
+                ("client certificate", k.client_summary()),
+                ("server CA certificate", k.ca_summary()),
+            ] {
+                if let Some(c) = c
+                    && c.expiring
+                {
+                    warnings.push(match c.days_left {
+                        Some(d) if d < 0 => format!(
+                            "the {what} expired on {}; upload a renewed one",
+                            c.not_after
+                        ),
+                        Some(d) => format!(
+                            "the {what} expires in {d} days ({}); upload a renewed one before then",
+                            c.not_after
+                        ),
+                        None => format!("the {what} expires soon ({})", c.not_after),
+                    });
+                }
+            }
+        }
+        let backend = state.backend();
+        EncryptionStatus {
+            state: w.state,
+            pending: w.pending,
+            progress: w.progress,
+            key_id: w.key_id.clone(),
+            servers,
+            cipher: w.cipher.clone(),
+            lock_reasons: w.lock_reasons.clone(),
+            last_error: w.last_error.clone(),
+            last_test: test,
+            last_test_current: current,
+            encrypt: EncryptGate {
+                allowed: check.is_ok(),
+                reason: check.err(),
+            },
+            settings: kmip.as_ref().map(|k| k.view()),
+            warnings,
+            embedded_kms,
+            volume_attached: backend.is_some(),
+            volume: backend.map(|b| b.status()),
+        }
+    }
+}
