@@ -43,6 +43,7 @@ pub fn app(state: AppState) -> Router {
             "/api/audit",
             get(content_api::audit_get).post(content_api::audit_post),
         )
+        .route("/api/audit/verify", get(content_api::audit_verify))
         .route(
             "/api/config",
             get(content_api::config_get).put(content_api::config_put),

@@ -30,7 +30,9 @@ use atrest_volume::{
 use crate::keys::{self, KeyError};
 use crate::known::{KNOWN_FILE, Known};
 use crate::state::{AppState, Content, EventSink, VolumeBackend, WeakAppState};
-use crate::status::{HoldView, KeyCheck, LastConversion, SpaceView, VolumeStatus, VolumeView};
+use crate::status::{
+    AuditCheck, HoldView, KeyCheck, LastConversion, SpaceView, VolumeStatus, VolumeView,
+};
 use crate::workflow::{Backoff, Event, LockReason, Progress, Request, State as WfState};
 
 /// The volume image in the data directory.
@@ -136,6 +138,8 @@ struct Extra {
     next_retry_at: Option<String>,
     /// Why the volume stays locked without retrying, until the administrator acts.
     hold: Option<Hold>,
+    /// The last check of the audit history.
+    audit: Option<AuditCheck>,
 }
 
 /// A lock that retrying cannot lift: the header failed its authentication, or does not match
@@ -360,8 +364,44 @@ impl DataVolume {
                 self.inner.opts.path.display()
             )
         })?;
+        // The audit history is sealed under a key derived from the volume key (none when
+        // plain) and checked at every start.
+        self.seal_audit(&store, uv, false);
         state.set_content(Content::Ready(store));
         Ok(())
+    }
+
+    /// Sets the audit history's seal key to `uv`'s (after a key change: reseals, when the
+    /// history checks under the previous key) and checks the history; a broken one raises an
+    /// alert.
+    fn seal_audit(&self, store: &Store, uv: &UnlockedVolume, key_changed: bool) {
+        let key = uv.seal_key().map(|k| {
+            let mut a = zeroize::Zeroizing::new([0u8; 32]);
+            a.copy_from_slice(k.expose());
+            a
+        });
+        let reseal = key_changed
+            && store
+                .audit()
+                .verify()
+                .is_ok_and(|v| v.first_broken.is_none());
+        if let Err(e) = store.audit().set_seal_key(key.as_deref().copied(), reseal) {
+            tracing::error!("cannot seal the audit history: {e}");
+        }
+        match AuditCheck::of(store) {
+            Ok(c) => VolumeBackend::note_audit_check(self, c),
+            Err(e) => tracing::error!("cannot check the audit history: {e}"),
+        }
+    }
+
+    /// Seals the audit history under the volume's current key, after a conversion began or
+    /// finished.
+    fn reseal_audit(&self, uv: &UnlockedVolume) {
+        if let Some(state) = self.app()
+            && let Content::Ready(store) = state.content()
+        {
+            self.seal_audit(&store, uv, true);
+        }
     }
 
     fn set_locked(&self, state: &AppState, vol: Volume, why: String) {
@@ -692,6 +732,7 @@ impl DataVolume {
             if let Err(e) = Known::of(&uv.info()).save(&me.inner.opts.known) {
                 tracing::error!("{e}");
             }
+            me.reseal_audit(&uv);
             match r {
                 Ok(s) if !is_converting(s) => {
                     let secs = started.elapsed().as_secs_f64();
@@ -947,6 +988,7 @@ impl DataVolume {
                         }
                     });
                 self.record_known(&uv);
+                self.reseal_audit(&uv);
                 if let Err(e) = begun {
                     // The new key is of no use: take it off the server again.
                     let r = client
@@ -975,6 +1017,7 @@ impl DataVolume {
                     .map_err(|e| format!("decryption could not start: {e}"))?;
                 let begun = uv.begin_decrypt();
                 self.record_known(&uv);
+                self.reseal_audit(&uv);
                 begun.map_err(|e| format!("decryption could not start: {e}"))?;
                 state.audit_key(
                     &server,
@@ -1068,6 +1111,7 @@ impl VolumeBackend for DataVolume {
                 resume: h.resumable,
             }),
             unlock_attempts: self.unlock_attempts(),
+            audit: x.audit.clone(),
         }
     }
 
@@ -1091,6 +1135,14 @@ impl VolumeBackend for DataVolume {
                     .into(),
             ),
         }
+    }
+
+    fn note_audit_check(&self, check: AuditCheck) {
+        // GET /api/encryption's warnings (and the page) carry it from here.
+        if let Some(w) = check.warning() {
+            tracing::error!("{w}");
+        }
+        lock(&self.inner.extra).audit = Some(check);
     }
 
     fn retry_now(&self) {

@@ -147,6 +147,13 @@ pub fn document() -> Value {
                 "requestBody": {"required": true, "content": {"application/json": {"schema": r("PasswordReentry")}}},
                 "responses": {"202": ok_json("started", r("EncryptionStatus")), "401": err("not logged in"),
                     "403": err("password missing or wrong, or no CSRF token"), "409": err("not possible in this state")}}},
+            "/api/audit/verify": {"get": {
+                "summary": "Check the whole audit history: its hash chain, and its seal under a key derived from the volume key when encrypted",
+                "responses": {"200": ok_json("the check (ok may be false)", json!({"type": "object", "properties": {
+                    "ok": {"type": "boolean"}, "events": {"type": "integer"}, "sealed": {"type": "boolean"},
+                    "first_bad": {"type": ["object", "null"], "properties": {"seq": {"type": "integer"}, "reason": {"type": "string"}}},
+                    "checked_at": {"type": "string", "format": "date-time"}}})),
+                    "401": err("not logged in"), "503": err("the content is locked")}}},
             "/api/encryption/resume": {"post": {
                 "summary": "Resume: a conversion stopped on an error, or a volume held locked because its header failed its authentication (the header is accepted as it is and signed again); resuming a decryption takes the admin password again",
                 "requestBody": {"required": false, "content": {"application/json": {"schema": r("PasswordReentry")}}},

@@ -64,6 +64,11 @@ pub trait VolumeBackend: Send + Sync + 'static {
     /// Asks the next unlock attempt to run now (the KMIP settings changed).
     fn retry_now(&self) {}
 
+    /// Records the result of a check of the audit history (GET /api/audit/verify).
+    fn note_audit_check(&self, check: crate::status::AuditCheck) {
+        let _ = check;
+    }
+
     /// Stops background work (a conversion stops after its current chunk and resumes at the
     /// next start).
     fn shutdown(&self) {}

@@ -84,6 +84,57 @@ pub struct VolumeStatus {
     /// match the appliance's record).
     pub hold: Option<HoldView>,
     pub unlock_attempts: u64,
+    /// The last check of the audit history (at start, and by GET /api/audit/verify).
+    pub audit: Option<AuditCheck>,
+}
+
+/// GET /api/audit/verify.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditCheck {
+    /// The whole chain checks (and its seal, when sealed).
+    pub ok: bool,
+    /// Events checked.
+    pub events: u64,
+    /// The head was checked against its seal under a key derived from the volume key.
+    pub sealed: bool,
+    /// The first event that does not check.
+    pub first_bad: Option<AuditBreak>,
+    /// When it was checked (RFC 3339).
+    pub checked_at: String,
+}
+
+/// Where the audit history breaks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditBreak {
+    pub seq: u64,
+    pub reason: String,
+}
+
+impl AuditCheck {
+    /// Verifies the store's audit history now.
+    pub fn of(store: &atrest_store::Store) -> Result<AuditCheck, atrest_store::Error> {
+        let v = store.audit().verify()?;
+        Ok(AuditCheck {
+            ok: v.first_broken.is_none(),
+            events: v.events,
+            sealed: v.sealed,
+            first_bad: v.first_broken.map(|b| AuditBreak {
+                seq: b.seq,
+                reason: b.reason,
+            }),
+            checked_at: crate::now_rfc3339(),
+        })
+    }
+
+    /// The warning a broken history raises.
+    pub fn warning(&self) -> Option<String> {
+        let b = self.first_bad.as_ref()?;
+        Some(format!(
+            "alert: the audit history failed its check at event {}: {}. Keep the volume as it is \
+             and find out who had access to it (GET /api/audit/verify checks it again)",
+            b.seq, b.reason
+        ))
+    }
 }
 
 /// The volume header's facts.
@@ -184,6 +235,14 @@ impl EncryptionStatus {
             }
         }
         let backend = state.backend();
+        let volume = backend.map(|b| b.status());
+        if let Some(w) = volume
+            .as_ref()
+            .and_then(|v| v.audit.as_ref())
+            .and_then(AuditCheck::warning)
+        {
+            warnings.push(w);
+        }
         EncryptionStatus {
             state: w.state,
             pending: w.pending,
@@ -202,8 +261,8 @@ impl EncryptionStatus {
             settings: kmip.as_ref().map(|k| k.view()),
             warnings,
             embedded_kms,
-            volume_attached: backend.is_some(),
-            volume: backend.map(|b| b.status()),
+            volume_attached: volume.is_some(),
+            volume,
         }
     }
 }

@@ -944,6 +944,7 @@ async fn openapi_matches_the_routes() {
         ("get", "/api/openapi.json"),
         ("post", "/api/audit"),
         ("get", "/api/audit"),
+        ("get", "/api/audit/verify"),
         ("get", "/api/config"),
         ("put", "/api/config"),
         ("get", "/api/recordings"),

@@ -660,3 +660,67 @@ async fn a_header_without_authentication_waits_for_the_admins_resume() {
     });
     run.stop();
 }
+
+async fn get(app: &axum::Router, token: &str, uri: &str) -> (StatusCode, Value) {
+    let res = app
+        .clone()
+        .oneshot(
+            Request::get(uri)
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let s = res.status();
+    let b = res.into_body().collect().await.unwrap().to_bytes();
+    (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
+}
+
+/// The audit history is checked at start and by GET /api/audit/verify; on an encrypted volume
+/// it is sealed under a key derived from the volume key, so a rewrite that recomputes every
+/// hash (what someone with the store's pages but not the key could do) is still found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_audit_history_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (run, _key_id) = encrypt(&data).await;
+    let pw = run.password.clone().unwrap();
+    let app = app(run.state.clone());
+    let t = token(&app, &pw).await;
+    let (s, v) = get(&app, &t, "/api/audit/verify").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["sealed"], true, "{v}");
+    assert!(v["events"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["first_bad"].is_null());
+    // Every hash recomputed from event 1 to the head: only the seal tells.
+    atrest_store::testing::rewrite_audit_history(&run.store(), 1, "nothing happened").unwrap();
+    let (_, v) = get(&app, &t, "/api/audit/verify").await;
+    assert_eq!(v["ok"], false, "{v}");
+    let reason = v["first_bad"]["reason"].as_str().unwrap();
+    assert!(reason.contains("seal"), "{v}");
+    let (_, st) = get(&app, &t, "/api/encryption").await;
+    assert!(
+        st["warnings"].as_array().unwrap().iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .contains("audit history failed its check")),
+        "{st}"
+    );
+    run.stop();
+    // Checked again at the next start: the alert is back without asking.
+    let run = start(&data, true, |_| {});
+    wait_for("unlocked", || {
+        run.state.workflow().state == WfState::Encrypted
+    });
+    let st = atrest_appliance::api::status_json(&run.state);
+    assert_eq!(st["volume"]["audit"]["ok"], false, "{st}");
+    assert!(
+        st["warnings"]
+            .to_string()
+            .contains("audit history failed its check"),
+        "{st}"
+    );
+    run.stop();
+}

@@ -7,7 +7,11 @@
 //!   `audit.by_word`: (word, time, seq) — the indexes, all in time order;
 //! - `audit.counts`: (0, session) or (1, word) → number of events, to pick the shortest index;
 //! - `meta["audit.head"]`: the last sequence number and its hash, so removing events from the
-//!   end breaks the chain too.
+//!   end breaks the chain too;
+//! - `meta["audit.seal"]`: when the store is given a seal key (derived from the volume key on an
+//!   encrypted volume, [`Audit::set_seal_key`]), HMAC-SHA256 under it of the head, updated in
+//!   every append's transaction: rewriting history and recomputing the hashes is not enough,
+//!   the seal needs the key.
 
 use std::collections::BTreeSet;
 
@@ -23,6 +27,28 @@ const BY_SESSION: TableDefinition<(&str, i64, u64), ()> = TableDefinition::new("
 const BY_WORD: TableDefinition<(&str, i64, u64), ()> = TableDefinition::new("audit.by_word");
 const COUNTS: TableDefinition<(u8, &str), u64> = TableDefinition::new("audit.counts");
 const HEAD_KEY: &str = "audit.head";
+const SEAL_KEY: &str = "audit.seal";
+/// Domain tag of the seal's input.
+const SEAL_TAG: &[u8] = b"atrest audit seal v1";
+
+/// The seal of a head (seq, hash) under `key`.
+fn seal_of(key: &[u8; 32], seq: u64, hash: &[u8; 32]) -> Result<[u8; 32]> {
+    use openssl::{hash::MessageDigest, pkey::PKey, sign::Signer};
+    let crypto = |e: openssl::error::ErrorStack| {
+        Error::Invalid(format!(
+            "cannot compute the audit seal ({e}); check the OpenSSL installation"
+        ))
+    };
+    let pkey = PKey::hmac(key).map_err(crypto)?;
+    let mut s = Signer::new(MessageDigest::sha256(), &pkey).map_err(crypto)?;
+    s.update(SEAL_TAG).map_err(crypto)?;
+    s.update(&seq.to_be_bytes()).map_err(crypto)?;
+    s.update(hash).map_err(crypto)?;
+    let v = s.sign_to_vec().map_err(crypto)?;
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&v[..32]);
+    Ok(out)
+}
 
 /// Longest session id, in bytes.
 pub const MAX_SESSION_LEN: usize = 256;
@@ -126,6 +152,8 @@ pub struct Verification {
     pub head: Option<(u64, [u8; 32])>,
     /// The first broken link, if any.
     pub first_broken: Option<BrokenLink>,
+    /// Whether the head was checked against its seal (a seal key is set).
+    pub sealed: bool,
 }
 
 /// Where the chain breaks.
@@ -330,6 +358,10 @@ impl Audit<'_> {
             h.u64(seq).raw(&prev);
             meta.insert(HEAD_KEY, &h.finish()[..])
                 .map_err(storage(op))?;
+            if let Some(k) = self.store.seal_key() {
+                meta.insert(SEAL_KEY, &seal_of(&k, seq, &prev)?[..])
+                    .map_err(storage(op))?;
+            }
             Ok(first..seq + 1)
         })
     }
@@ -582,12 +614,105 @@ impl Audit<'_> {
                 }
             }
         }
+        let key = self.store.seal_key();
+        if first_broken.is_none()
+            && let (Some(k), Some((hs, hh))) = (&key, head)
+        {
+            let stored = meta.get(SEAL_KEY).map_err(storage(op))?;
+            let ok = match stored {
+                Some(v) => openssl::memcmp::eq(v.value(), &seal_of(k, hs, &hh)?),
+                None => false,
+            };
+            if !ok {
+                first_broken = broken(
+                    hs,
+                    format!(
+                        "the history up to event {hs} does not match its seal under the volume \
+                         key: it was rewritten by someone without the key"
+                    ),
+                );
+            }
+        }
         Ok(Verification {
             events: n,
             head,
             first_broken,
+            sealed: key.is_some(),
         })
     }
+
+    /// Sets (or, with `None`, removes) the key that seals the history, and seals the current
+    /// head under it. Call it with the key derived from the volume key when the store opens on
+    /// an encrypted volume, after [`Audit::verify`] under the previous key, and again whenever
+    /// the volume key changes (rekey, decrypt). A history without a seal yet (a plain volume that
+    /// was just encrypted, or an older store) is sealed as it is.
+    pub fn set_seal_key(&self, key: Option<[u8; 32]>, reseal: bool) -> Result<()> {
+        self.store.set_seal_key(key);
+        let op = "seal the audit history";
+        let k = self.store.seal_key();
+        self.store.write(op, false, |txn| {
+            let mut meta = txn.open_table(META).map_err(storage(op))?;
+            let Some(k) = k else {
+                meta.remove(SEAL_KEY).map_err(storage(op))?;
+                return Ok(());
+            };
+            let has = meta.get(SEAL_KEY).map_err(storage(op))?.is_some();
+            if has && !reseal {
+                return Ok(());
+            }
+            let head = meta
+                .get(HEAD_KEY)
+                .map_err(storage(op))?
+                .map(|v| v.value().to_vec());
+            if let Some(b) = head {
+                let (seq, hash) = decode_head(&b)?;
+                meta.insert(SEAL_KEY, &seal_of(&k, seq, &hash)?[..])
+                    .map_err(storage(op))?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Rewrites the text of event `seq` and recomputes every hash from it to the head, as someone
+/// with write access to the store's pages but without the seal key could (see
+/// [`crate::testing::rewrite_audit_history`]). Leaves the seal as it is.
+pub(crate) fn rewrite_history(store: &Store, seq: u64, text: &str) -> Result<()> {
+    let op = "rewrite the audit history";
+    store.write(op, false, |txn| {
+        let mut ev = txn.open_table(EVENTS).map_err(storage(op))?;
+        let mut meta = txn.open_table(META).map_err(storage(op))?;
+        let last = ev
+            .last()
+            .map_err(storage(op))?
+            .map_or(0, |(k, _)| k.value());
+        let mut prev = None;
+        for n in seq..=last {
+            let Some(v) = ev.get(n).map_err(storage(op))?.map(|v| v.value().to_vec()) else {
+                continue;
+            };
+            let e = decode(n, &v)?;
+            let p = prev.unwrap_or(e.prev_hash);
+            let ne = NewEvent {
+                time: e.time,
+                session: e.session,
+                actor: e.actor,
+                kind: e.kind,
+                text: if n == seq { text.to_string() } else { e.text },
+            };
+            let h = hash_of(n, &p, &ne);
+            ev.insert(n, &encode(&ne, &p, &h)[..])
+                .map_err(storage(op))?;
+            prev = Some(h);
+        }
+        if let Some(h) = prev {
+            let mut w = Writer::new();
+            w.u64(last).raw(&h);
+            meta.insert(HEAD_KEY, &w.finish()[..])
+                .map_err(storage(op))?;
+        }
+        Ok(())
+    })
 }
 
 type Guards<'a, K> = (redb::AccessGuard<'a, K>, redb::AccessGuard<'a, ()>);
@@ -652,6 +777,42 @@ mod tests {
 
     fn broken(s: &Store) -> Option<u64> {
         s.audit().verify().unwrap().first_broken.map(|b| b.seq)
+    }
+
+    #[test]
+    fn the_seal_catches_a_rehashed_rewrite() {
+        let s = store_with(10);
+        let key = [7u8; 32];
+        s.audit().set_seal_key(Some(key), false).unwrap();
+        assert_eq!(broken(&s), None);
+        assert!(s.audit().verify().unwrap().sealed);
+        // Appends keep the seal current.
+        s.audit()
+            .append(&NewEvent {
+                time: Timestamp(99),
+                session: "s".into(),
+                actor: "a".into(),
+                kind: "k".into(),
+                text: "after sealing".into(),
+            })
+            .unwrap();
+        assert_eq!(broken(&s), None);
+        // Every hash recomputed from event 4 to the head: the chain checks, the seal does not.
+        rewrite_history(&s, 4, "forged").unwrap();
+        let v = s.audit().verify().unwrap();
+        let b = v.first_broken.unwrap();
+        assert_eq!(b.seq, 11);
+        assert!(b.reason.contains("seal"), "{}", b.reason);
+        // Without the key the same rewrite goes unseen: that is what the seal adds.
+        s.audit().set_seal_key(None, false).unwrap();
+        assert_eq!(broken(&s), None);
+        // A new key (rekey) reseals the history as it is.
+        let s = store_with(3);
+        s.audit().set_seal_key(Some(key), false).unwrap();
+        s.audit().set_seal_key(Some([8u8; 32]), true).unwrap();
+        assert_eq!(broken(&s), None);
+        s.audit().set_seal_key(Some(key), false).unwrap();
+        assert_eq!(broken(&s), Some(3), "sealed under the new key, not the old");
     }
 
     #[test]

@@ -81,6 +81,8 @@ struct Current {
 pub(crate) struct Inner {
     dev: Arc<dyn BlockDevice>,
     pub(crate) opts: StoreOptions,
+    /// The key that seals the audit history (see [`crate::audit::Audit::set_seal_key`]).
+    seal_key: std::sync::Mutex<Option<zeroize::Zeroizing<[u8; 32]>>>,
     current: RwLock<Current>,
     capacity: u64,
     reserve: u64,
@@ -163,6 +165,7 @@ impl Store {
                 }),
                 capacity,
                 reserve,
+                seal_key: std::sync::Mutex::new(None),
             }),
         };
         store.init()?;
@@ -300,6 +303,22 @@ impl Store {
     /// The configuration.
     pub fn config(&self) -> crate::config::Config<'_> {
         crate::config::Config { store: self }
+    }
+
+    pub(crate) fn seal_key(&self) -> Option<zeroize::Zeroizing<[u8; 32]>> {
+        self.inner
+            .seal_key
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_seal_key(&self, key: Option<[u8; 32]>) {
+        *self
+            .inner
+            .seal_key
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = key.map(zeroize::Zeroizing::new);
     }
 
     /// The session audit history.

@@ -15,6 +15,7 @@ use crate::luks2::{
     Token,
 };
 use crate::rangelock::RangeLock;
+use crate::secret::SecretBytes;
 use crate::xts::{KeySize, TWEAK_UNIT, XtsCipher};
 
 /// The only cipher atrest reads and writes.
@@ -532,6 +533,7 @@ impl Volume {
                 dev: self.dev,
                 meta: Mutex::new(*self.meta),
                 mac_keys: Mutex::new(mac_keys),
+                seal_keys: Mutex::new(seal_keys_of(&keys)?),
                 report: self.report,
                 data_offset,
                 data_size,
@@ -567,6 +569,21 @@ impl Volume {
         }
         Ok(v)
     }
+}
+
+/// HKDF `info` of the key [`UnlockedVolume::seal_key`] gives.
+pub const SEAL_KEY_INFO: &[u8] = b"atrest content seal key v1";
+
+fn seal_key_of(key: &[u8]) -> Result<SecretBytes> {
+    let mut k = SecretBytes::zeroed(32);
+    luks2::mac::hkdf_sha256(key, SEAL_KEY_INFO, k.expose_mut())?;
+    Ok(k)
+}
+
+fn seal_keys_of(keys: &[VolumeKey]) -> Result<std::collections::BTreeMap<u32, SecretBytes>> {
+    keys.iter()
+        .map(|k| Ok((k.digest_id, seal_key_of(k.expose())?)))
+        .collect()
 }
 
 /// The MAC keys of verified volume keys, by digest id.
@@ -803,6 +820,9 @@ struct Inner {
     /// MAC keys of the verified volume keys, by digest id: every commit signs the new header
     /// under its authenticating key.
     mac_keys: Mutex<std::collections::BTreeMap<u32, MacKey>>,
+    /// Keys for what is stored on the volume to seal itself with ([`UnlockedVolume::seal_key`]),
+    /// by digest id.
+    seal_keys: Mutex<std::collections::BTreeMap<u32, SecretBytes>>,
     report: ReadReport,
     /// Opened read-only: the header is never written.
     read_only: bool,
@@ -915,6 +935,21 @@ impl UnlockedVolume {
     /// What `dump` shows.
     pub fn info(&self) -> VolumeInfo {
         info_of(&self.meta(), self.inner.dev.len(), &self.inner.report)
+    }
+
+    /// A key for what the volume stores to seal itself with (the content store seals its audit
+    /// history with it): HKDF-SHA256 of the volume key that authenticates the header now (the
+    /// data segment's key; the new key while encrypting, the old one while rekeying or
+    /// decrypting), info [`SEAL_KEY_INFO`]. `None` on a plain volume. It changes when a
+    /// conversion finishes; one-way, so it tells nothing about the volume key.
+    pub fn seal_key(&self) -> Option<SecretBytes> {
+        let d = self.meta().authenticating_digest()?;
+        self.inner
+            .seal_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&d)
+            .cloned()
     }
 
     /// A copy of the header metadata.
@@ -1031,6 +1066,12 @@ impl UnlockedVolume {
     /// follow.
     fn add_mac_key(&self, digest: u32, key: &KeyMaterial) -> Result<()> {
         let mk = MacKey::derive(key.expose())?;
+        let sk = seal_key_of(key.expose())?;
+        self.inner
+            .seal_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(digest, sk);
         self.inner
             .mac_keys
             .lock()
