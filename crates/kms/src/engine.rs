@@ -1091,6 +1091,7 @@ fn new_record(
         compromise_occurrence_date: None,
         revocation: None,
         extra: req.extra,
+        sealed_material: None,
     })
 }
 
