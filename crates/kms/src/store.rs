@@ -318,6 +318,21 @@ impl Store {
     }
 }
 
+impl Record {
+    /// The names of the client-supplied attributes kept with the object.
+    pub fn extra_names(&self) -> impl Iterator<Item = String> + '_ {
+        self.extra.iter().filter_map(|x| {
+            let item = hex::decode(x)
+                .ok()
+                .and_then(|b| atrest_kmip::ttlv::decode(&b, &Default::default()).ok())?;
+            item.children().first().and_then(|n| match &n.value {
+                atrest_kmip::ttlv::Value::TextString(s) => Some(s.clone()),
+                _ => None,
+            })
+        })
+    }
+}
+
 fn material_aad(uid: &str) -> Vec<u8> {
     let mut aad = MATERIAL_AAD.to_vec();
     aad.extend_from_slice(uid.as_bytes());
