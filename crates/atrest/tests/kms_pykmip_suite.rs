@@ -284,6 +284,8 @@ fn stop(mut child: Child) {
 struct Outcome {
     outcome: String,
     reasons: Vec<String>,
+    /// The test's last error line, shown (through Debug) when an expectation fails.
+    #[allow(dead_code)]
     error: String,
 }
 

@@ -162,7 +162,7 @@ impl Clients {
                 client.name
             )));
         }
-        if self.removed.iter().any(|n| *n == client.name) {
+        if self.removed.contains(&client.name) {
             return Err(KmsError::Config(format!(
                 "a client named {:?} was removed and its objects are still kept under that \
                  name; choose another name",

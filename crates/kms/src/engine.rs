@@ -1294,8 +1294,7 @@ const LOG_CHARS: usize = 256;
 /// [`LOG_CHARS`] characters.
 pub fn for_log(s: &str) -> String {
     let mut out = String::new();
-    let mut n = 0;
-    for c in s.chars() {
+    for (n, c) in s.chars().enumerate() {
         if n >= LOG_CHARS {
             out.push_str(&format!("… ({} characters)", s.chars().count()));
             break;
@@ -1306,7 +1305,6 @@ pub fn for_log(s: &str) -> String {
         } else {
             out.push(c);
         }
-        n += 1;
     }
     out
 }
