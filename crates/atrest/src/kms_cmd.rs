@@ -32,6 +32,11 @@ enum KmsCommand {
     /// Issues another client identity (certificate, key, PKCS#12) and user; its settings and
     /// secrets go to DIR/clients/NAME.env. A running server accepts it at once.
     AddClient(AddClientArgs),
+    /// Removes and revokes a client: its certificate and credential are refused from then on,
+    /// by a running server too (an open connection of the client is refused from its next
+    /// request); its key, PKCS#12 and env file are deleted. Its objects stay, and its name is
+    /// never issued again.
+    RemoveClient(AddClientArgs),
 }
 
 #[derive(Debug, Args)]
@@ -65,6 +70,10 @@ struct ServeArgs {
     /// Seconds an idle connection is kept open.
     #[arg(long, value_name = "SECONDS", default_value_t = server::IDLE_TIMEOUT.as_secs())]
     idle_timeout: u64,
+    /// Most objects one client may hold, destroyed ones included; past it Create and Register
+    /// fail (Server Limit Exceeded in KMIP 2.x, Permission Denied in 1.x).
+    #[arg(long, value_name = "N", default_value_t = atrest_kms::engine::MAX_OBJECTS_PER_CLIENT)]
+    max_objects_per_client: usize,
 }
 
 #[derive(Debug, Args)]
@@ -87,6 +96,7 @@ pub fn run(args: KmsArgs) -> anyhow::Result<()> {
     match args.command {
         KmsCommand::Serve(a) => serve(a),
         KmsCommand::AddClient(a) => add_client(a),
+        KmsCommand::RemoveClient(a) => remove_client(a),
     }
 }
 
@@ -100,12 +110,16 @@ fn host_of(listen: &str) -> &str {
 
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let dir = DataDir::new(&a.data_dir);
+    // Before anything is read or created: one server per data directory.
+    let _lock = dir.lock()?;
     let mut names = vec![host_of(&a.listen).to_owned()];
     names.extend(a.server_names.iter().cloned());
     let opened = dir
         .open_or_init(&names)
         .with_context(|| format!("preparing the data directory {}", a.data_dir.display()))?;
-    let engine = atrest_kms::open_engine(&dir).context("opening the key store")?;
+    let engine = atrest_kms::open_engine(&dir)
+        .context("opening the key store")?
+        .with_max_objects_per_client(a.max_objects_per_client.max(1));
     let config = ServerConfig {
         listen: a.listen.clone(),
         max_connections: a.max_connections.max(1),
@@ -125,9 +139,14 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         "::" => "::1".to_owned(),
         h => h.to_owned(),
     };
-    let env = dir
-        .write_client_env(&host, addr.port())
-        .context("writing client.env")?;
+    let env = if dir.has_first_client() {
+        Some(
+            dir.write_client_env(&host, addr.port())
+                .context("writing client.env")?,
+        )
+    } else {
+        None
+    };
     if opened.created {
         println!("Created a new key server in {}:", a.data_dir.display());
     } else {
@@ -136,11 +155,19 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     for (what, path) in &opened.files {
         println!("  {what:<28} {}", path.display());
     }
-    println!(
-        "Clients: source {} for KMIP_HOST, KMIP_PORT, the CA, the client identity and its \
-         username and password (secrets: keep that file private).",
-        env.display()
-    );
+    match env {
+        Some(env) => println!(
+            "Clients: source {} for KMIP_HOST, KMIP_PORT, the CA, the client identity and its \
+             username and password (secrets: keep that file private).",
+            env.display()
+        ),
+        None => println!(
+            "The first client ({}) was removed: no client.env; each client's settings are in \
+             {} (set KMIP_HOST and KMIP_PORT).",
+            atrest_kms::datadir::FIRST_CLIENT,
+            dir.client_dir().join("NAME.env").display()
+        ),
+    }
     println!("listening on {addr}");
     server.run()?;
     if stop.load(Ordering::SeqCst) {
@@ -163,5 +190,21 @@ fn add_client(a: AddClientArgs) -> anyhow::Result<()> {
         "settings and secrets",
         c.env.display()
     );
+    Ok(())
+}
+
+fn remove_client(a: AddClientArgs) -> anyhow::Result<()> {
+    let dir = DataDir::new(&a.data_dir);
+    let deleted = dir
+        .remove_client(&a.name)
+        .with_context(|| format!("removing the client {:?}", a.name))?;
+    println!(
+        "Removed client {:?}: its certificate and credential are refused from now on, by a \
+         running server too. Its objects are kept; the name is not issued again.",
+        a.name
+    );
+    for f in deleted {
+        println!("  deleted {}", f.display());
+    }
     Ok(())
 }

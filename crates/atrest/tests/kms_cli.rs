@@ -125,3 +125,54 @@ fn serve_first_start_reuse_and_sigterm() {
     assert_eq!(env_var(&env, "KMIP_PORT"), port2.to_string());
     stop(child);
 }
+
+#[test]
+fn a_second_server_on_the_same_directory_is_refused_and_remove_client_revokes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("kms");
+    let (child, _port, _) = serve(&dir);
+    let out = atrest()
+        .args(["kms", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("another key server is running on"), "{err}");
+    assert!(err.contains(&format!("process {}", child.id())), "{err}");
+
+    let remove = |name: &str| {
+        atrest()
+            .args(["kms", "remove-client", "--data-dir"])
+            .arg(&dir)
+            .arg(name)
+            .output()
+            .unwrap()
+    };
+    assert!(
+        atrest()
+            .args(["kms", "add-client", "--data-dir"])
+            .arg(&dir)
+            .arg("backup")
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = remove("backup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Removed client"));
+    assert!(!dir.join("clients/backup.key").exists());
+    assert!(!dir.join("clients/backup.p12").exists());
+    let out = remove("backup");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no client named"));
+    stop(child);
+    // With the server stopped the directory is free again.
+    let (child, _, _) = serve(&dir);
+    stop(child);
+}

@@ -56,6 +56,12 @@ impl std::fmt::Debug for IssuedClient {
     }
 }
 
+/// The lock on a data directory ([`DataDir::lock`]); released when dropped.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: fs::File,
+}
+
 /// What [`DataDir::open_or_init`] did.
 #[derive(Debug)]
 pub struct Opened {
@@ -270,6 +276,12 @@ impl DataDir {
                 "a client named {name:?} exists already; choose another name"
             )));
         }
+        if clients.was_removed(name) {
+            return Err(KmsError::Config(format!(
+                "a client named {name:?} was removed and its objects are still kept under that \
+                 name; choose another name"
+            )));
+        }
         let dir = self.client_dir();
         let cert_path = dir.join(format!("{name}.crt"));
         let key_path = dir.join(format!("{name}.key"));
@@ -304,6 +316,51 @@ impl DataDir {
         Ok(issued)
     }
 
+    /// Removes the client `name`: it is taken out of the registry (a running server refuses
+    /// its connections from their next request), and its key, PKCS#12, certificate and env
+    /// file are deleted (and `DIR/client.env` for the first client). Its objects stay, owned by
+    /// the name, which is never issued again. Returns the files deleted.
+    pub fn remove_client(&self, name: &str) -> Result<Vec<PathBuf>> {
+        if !self.is_initialized() {
+            return Err(KmsError::Config(format!(
+                "{} is not a key server data directory (no clients.json); check --data-dir",
+                self.root.display()
+            )));
+        }
+        if !valid_client_name(name) {
+            return Err(KmsError::Config(format!(
+                "{name:?} is not a valid client name: use 1-64 letters, digits, '-', '_' or '.'"
+            )));
+        }
+        let mut clients = Clients::load(&self.clients_file())?;
+        clients.remove(name)?;
+        let dir = self.client_dir();
+        let mut files: Vec<PathBuf> = ["key", "p12", "env", "crt"]
+            .iter()
+            .map(|ext| dir.join(format!("{name}.{ext}")))
+            .collect();
+        if name == FIRST_CLIENT {
+            files.push(self.client_env());
+        }
+        let mut deleted = Vec::new();
+        for f in files {
+            match fs::remove_file(&f) {
+                Ok(()) => deleted.push(f),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(KmsError::io("deleting", &f)(e)),
+            }
+        }
+        crypto::sync_dir(&dir)?;
+        Ok(deleted)
+    }
+
+    /// Whether the first client (`appliance`) is still there (it may have been removed).
+    pub fn has_first_client(&self) -> bool {
+        self.client_dir()
+            .join(format!("{FIRST_CLIENT}.env"))
+            .exists()
+    }
+
     /// Rewrites `DIR/client.env` (and the first client's own env file) for a server listening
     /// on `host:port`: the first client's env file with KMIP_HOST and KMIP_PORT replaced.
     pub fn write_client_env(&self, host: &str, port: u16) -> Result<PathBuf> {
@@ -329,6 +386,47 @@ impl DataDir {
         crypto::write_atomic(&src, out.as_bytes(), 0o600)?;
         crypto::write_atomic(&self.client_env(), out.as_bytes(), 0o600)?;
         Ok(self.client_env())
+    }
+
+    /// Takes the data directory's lock (`DIR/lock`, an exclusive `flock`), held until the
+    /// returned file is dropped (or the process ends, however it ends). A second server on the
+    /// same directory would serve from a copy of the objects that the first one no longer
+    /// sees change, and overwrite its writes: it is refused with one line saying who holds it.
+    pub fn lock(&self) -> Result<DirLock> {
+        mkdir(&self.root, 0o700)?;
+        let path = self.root.join("lock");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(KmsError::io("opening the lock file", &path))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor owned by `file`, which outlives the call.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let holder = fs::read_to_string(&path).unwrap_or_default();
+                let holder = holder.trim();
+                return Err(KmsError::Config(format!(
+                    "another key server is running on {}{}; stop it first, or give this one \
+                     another --data-dir",
+                    self.root.display(),
+                    if holder.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (process {holder})")
+                    }
+                )));
+            }
+            return Err(KmsError::io("locking", &path)(e));
+        }
+        let mut f = &file;
+        let _ = f.set_len(0);
+        let _ = writeln!(f, "{}", std::process::id());
+        Ok(DirLock { _file: file })
     }
 
     /// Reads the master key.

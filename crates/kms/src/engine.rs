@@ -29,6 +29,20 @@ pub const AES_LENGTHS: [i32; 4] = [128, 192, 256, 512];
 /// Most client-supplied attributes (beyond the ones the server interprets) one object keeps.
 const MAX_EXTRA_ATTRIBUTES: usize = 32;
 
+/// Default for the per-client object quota (`atrest kms serve --max-objects-per-client`): the
+/// most objects one client may hold, destroyed ones included (their records are kept). Stops:
+/// one client — or a stolen identity — filling the server's disk and memory with objects.
+/// Past it Create and Register fail with Server Limit Exceeded (2.x) or Permission Denied (1.x,
+/// which has no reason for a quota).
+pub const MAX_OBJECTS_PER_CLIENT: usize = 10_000;
+
+/// Result Reason Server Limit Exceeded (KMIP 2.0 and later).
+const SERVER_LIMIT_EXCEEDED: ResultReason = ResultReason(0x3A);
+
+/// The Operation Policy Name every object reports in KMIP 1.x: the server's only policy — the
+/// owner may run every operation the server offers on it, and no other client sees it.
+pub const OPERATION_POLICY: &str = "default";
+
 /// The vendor identification answered to Query.
 pub const VENDOR: &str = concat!("atrest KMS ", env!("CARGO_PKG_VERSION"));
 
@@ -91,6 +105,7 @@ pub struct Engine {
     store: RwLock<Store>,
     clients: RwLock<Clients>,
     limits: Limits,
+    max_objects_per_client: usize,
 }
 
 /// The version a response is written in: the request's when supported, else the nearest one
@@ -111,7 +126,7 @@ fn not_found(v: ProtocolVersion, uid: &str) -> Fail {
     };
     fail(
         reason,
-        format!("no object {uid:?} is visible to this client"),
+        format!("no object {:?} is visible to this client", clip(uid)),
     )
 }
 
@@ -134,7 +149,14 @@ impl Engine {
             store: RwLock::new(store),
             clients: RwLock::new(clients),
             limits: Limits::default(),
+            max_objects_per_client: MAX_OBJECTS_PER_CLIENT,
         }
+    }
+
+    /// With another per-client object quota (see [`MAX_OBJECTS_PER_CLIENT`]).
+    pub fn with_max_objects_per_client(mut self, n: usize) -> Self {
+        self.max_objects_per_client = n;
+        self
     }
 
     /// With other decoding limits (message size, depth).
@@ -160,15 +182,19 @@ impl Engine {
     /// Handles one whole request message (TTLV bytes, header included) and returns the
     /// response message's bytes. Never panics on any input; a request that cannot be decoded
     /// gets an Invalid Message response.
-    pub fn handle(&self, session: &mut Session, request: &[u8]) -> Vec<u8> {
+    pub fn handle(&self, session: &mut Session, request: &[u8]) -> Zeroizing<Vec<u8>> {
         let item = match ttlv::decode(request, &self.limits) {
             Ok(i) => i,
             Err(e) => {
                 tracing::warn!(peer = %session.peer, error = %e, "undecodable request");
-                return invalid_message(ProtocolVersion::V1_0, format!("bad TTLV: {e}"));
+                return Zeroizing::new(invalid_message(
+                    ProtocolVersion::V1_0,
+                    format!("bad TTLV: {e}"),
+                ));
             }
         };
-        self.handle_item(session, &item).to_item().to_bytes()
+        // The response may carry key material (Get): zeroed once sent.
+        Zeroizing::new(self.handle_item(session, &item).to_item().to_bytes())
     }
 
     /// Handles a decoded request message.
@@ -211,7 +237,7 @@ impl Engine {
         }
         let items = match self.authenticate(session, req.header.authentication.as_ref()) {
             Err(reason) => {
-                tracing::warn!(peer = %session.peer, %reason, "authentication failed");
+                tracing::warn!(peer = %session.peer, reason = %for_log(&reason), "authentication failed");
                 req.items
                     .iter()
                     .map(|bi| {
@@ -228,9 +254,17 @@ impl Engine {
             }
             Ok(owner) => {
                 let mut placeholder = None;
+                let raw: Vec<Option<&Item>> = item
+                    .children_with(tags::BATCH_ITEM)
+                    .map(|b| b.child(tags::REQUEST_PAYLOAD))
+                    .collect();
                 req.items
                     .iter()
-                    .map(|bi| self.run_item(session, &owner, v, bi, &mut placeholder))
+                    .enumerate()
+                    .map(|(i, bi)| {
+                        let raw = raw.get(i).copied().flatten();
+                        self.run_item(session, &owner, v, bi, raw, &mut placeholder)
+                    })
                     .collect()
             }
         };
@@ -272,6 +306,28 @@ impl Engine {
         let Some(fp) = &session.certificate else {
             return Err("no TLS client certificate".into());
         };
+        // A client removed (`atrest kms remove-client`) or added by another process since the
+        // registry was read: read it again, so that a removed client's open connections are
+        // refused from their next request.
+        let stale = self
+            .clients
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_stale();
+        if stale {
+            let reloaded = self
+                .clients
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .reload();
+            match reloaded {
+                Ok(c) => self.set_clients(c),
+                Err(e) => {
+                    tracing::error!(error = %e, "reloading the client registry failed");
+                    return Err("the client registry cannot be read; see the server log".into());
+                }
+            }
+        }
         let known = self
             .clients
             .read()
@@ -315,12 +371,13 @@ impl Engine {
         };
         if *username != client.username {
             return Err(format!(
-                "username {username:?} does not belong to the certificate's client {:?}",
+                "username {:?} does not belong to the certificate's client {:?}",
+                clip(username),
                 client.name
             ));
         }
         let Some(password) = password else {
-            return Err(format!("no password for username {username:?}"));
+            return Err(format!("no password for username {:?}", clip(username)));
         };
         if let Some((name, cached)) = &session.verified
             && *name == client.name
@@ -335,7 +392,7 @@ impl Engine {
             ));
             Ok(client.name.clone())
         } else {
-            Err(format!("wrong password for username {username:?}"))
+            Err(format!("wrong password for username {:?}", clip(username)))
         }
     }
 
@@ -345,10 +402,14 @@ impl Engine {
         owner: &str,
         v: ProtocolVersion,
         bi: &RequestBatchItem,
+        raw: Option<&Item>,
         placeholder: &mut Option<String>,
     ) -> ResponseBatchItem {
         let op = bi.operation;
-        let result = self.dispatch(session, owner, v, op, &bi.payload, placeholder);
+        let result = match unsupported_feature(op, raw) {
+            Some(f) => Err(f),
+            None => self.dispatch(session, owner, v, op, &bi.payload, placeholder),
+        };
         match result {
             Ok(payload) => {
                 if let Some(uid) = payload_uid(&payload) {
@@ -367,7 +428,7 @@ impl Engine {
             Err(f) => {
                 tracing::info!(
                     peer = %session.peer, client = owner, operation = %op,
-                    reason = %f.reason, message = %f.message, "operation failed"
+                    reason = %f.reason, message = %for_log(&f.message), "operation failed"
                 );
                 ResponseBatchItem::failure(Some(op), bi.id.clone(), f.reason, f.message)
             }
@@ -397,12 +458,12 @@ impl Engine {
             RequestPayload::Create {
                 object_type,
                 attributes,
-            } => self.create(owner, *object_type, attributes),
+            } => self.create(owner, v, *object_type, attributes),
             RequestPayload::Register {
                 object_type,
                 attributes,
                 object,
-            } => self.register(owner, *object_type, attributes, object),
+            } => self.register(owner, v, *object_type, attributes, object),
             RequestPayload::Activate { unique_identifier } => {
                 self.activate(owner, v, &uid(unique_identifier)?)
             }
@@ -421,7 +482,7 @@ impl Engine {
                 maximum_items,
                 offset_items,
                 attributes,
-            } => self.locate(owner, *maximum_items, *offset_items, attributes),
+            } => self.locate(owner, v, *maximum_items, *offset_items, attributes),
             RequestPayload::Revoke {
                 unique_identifier,
                 reason,
@@ -444,8 +505,7 @@ impl Engine {
                         ..
                     }) = item.children().first()
                 {
-                    let m: String = m.chars().take(200).collect();
-                    tracing::info!(peer = %session.peer, client = owner, message = %m, "client log");
+                    tracing::info!(peer = %session.peer, client = owner, message = %for_log(m), "client log");
                 }
                 Ok(ResponsePayload::Other(Item::structure(
                     tags::RESPONSE_PAYLOAD,
@@ -493,15 +553,37 @@ impl Engine {
         }
     }
 
-    fn insert(&self, mut rec: Record) -> Result<String, Fail> {
+    fn insert(&self, v: ProtocolVersion, mut rec: Record) -> Result<String, Fail> {
         let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
+        if store.count_owned(&rec.owner) >= self.max_objects_per_client {
+            let reason = if v.is_2x() {
+                SERVER_LIMIT_EXCEEDED
+            } else {
+                ResultReason::PERMISSION_DENIED
+            };
+            tracing::warn!(client = %rec.owner, max = self.max_objects_per_client, "object quota reached");
+            return Err(fail(
+                reason,
+                format!(
+                    "this client holds {} objects, its quota (destroyed objects count too); \
+                     ask the server's operator to raise --max-objects-per-client",
+                    self.max_objects_per_client
+                ),
+            ));
+        }
         rec.seq = store.take_seq();
         let uid = rec.uid.clone();
         store.put(rec).map_err(storage_failure)?;
         Ok(uid)
     }
 
-    fn create(&self, owner: &str, object_type: ObjectType, attrs: &Attributes) -> OpResult {
+    fn create(
+        &self,
+        owner: &str,
+        v: ProtocolVersion,
+        object_type: ObjectType,
+        attrs: &Attributes,
+    ) -> OpResult {
         if object_type != ObjectType::SYMMETRIC_KEY {
             return Err(fail(
                 ResultReason::INVALID_FIELD,
@@ -551,7 +633,7 @@ impl Engine {
             KeyFormatType::RAW.0,
             None,
         )?;
-        let uid = self.insert(rec)?;
+        let uid = self.insert(v, rec)?;
         Ok(ResponsePayload::Create {
             object_type,
             unique_identifier: uid,
@@ -561,6 +643,7 @@ impl Engine {
     fn register(
         &self,
         owner: &str,
+        v: ProtocolVersion,
         object_type: ObjectType,
         attrs: &Attributes,
         object: &ManagedObject,
@@ -635,7 +718,7 @@ impl Engine {
             format.0,
             secret_data_type,
         )?;
-        let uid = self.insert(rec)?;
+        let uid = self.insert(v, rec)?;
         Ok(ResponsePayload::Register {
             unique_identifier: uid,
         })
@@ -840,6 +923,7 @@ impl Engine {
     fn locate(
         &self,
         owner: &str,
+        v: ProtocolVersion,
         maximum: Option<i32>,
         offset: Option<i32>,
         filter: &Attributes,
@@ -851,8 +935,8 @@ impl Engine {
             if r.owner != owner || (!wants_state && is_destroyed(State(r.state))) {
                 continue;
             }
-            // Match against the attributes as 2.1 spells them; names are the same in 1.x.
-            let attrs = attributes_of(r, ProtocolVersion::V2_1);
+            // Match against the attributes as the request's version reports them.
+            let attrs = attributes_of(r, v);
             if filter.0.iter().all(|f| matches(&attrs, f, filter)) {
                 uids.push(r.uid.clone());
             }
@@ -1091,6 +1175,7 @@ fn new_record(
         compromise_occurrence_date: None,
         revocation: None,
         extra: req.extra,
+        sealed_material: None,
     })
 }
 
@@ -1115,7 +1200,7 @@ pub fn attributes_of(r: &Record, v: ProtocolVersion) -> Attributes {
     for (i, (n, t)) in r.names.iter().enumerate() {
         a.0.push(Attribute {
             name: "Name".into(),
-            index: (i > 0 && !v.is_2x()).then_some(i as i32),
+            index: (!v.is_2x()).then_some(i as i32),
             value: Value::Structure(vec![
                 Item::new(tags::NAME_VALUE, Value::TextString(n.clone())),
                 Item::new(tags::NAME_TYPE, Value::Enumeration(*t)),
@@ -1124,6 +1209,13 @@ pub fn attributes_of(r: &Record, v: ProtocolVersion) -> Attributes {
     }
     a.push("State", Value::Enumeration(r.state));
     a.push("Initial Date", Value::DateTime(r.initial_date));
+    // Operation Policy Name exists in KMIP 1.x only (removed in 2.0).
+    if !v.is_2x() && !r.extra_names().any(|n| n == "Operation Policy Name") {
+        a.push(
+            "Operation Policy Name",
+            Value::TextString(OPERATION_POLICY.to_owned()),
+        );
+    }
     let dates = [
         ("Activation Date", r.activation_date),
         ("Deactivation Date", r.deactivation_date),
@@ -1178,6 +1270,64 @@ pub fn attributes_of(r: &Record, v: ProtocolVersion) -> Attributes {
         }
     }
     a
+}
+
+/// Most characters of client-supplied text quoted in a result message or a log line.
+const CLIP_CHARS: usize = 64;
+
+/// Client-supplied text as it may be quoted back: at most [`CLIP_CHARS`] characters.
+fn clip(s: &str) -> String {
+    let n = s.chars().count();
+    if n <= CLIP_CHARS {
+        s.to_owned()
+    } else {
+        let head: String = s.chars().take(CLIP_CHARS).collect();
+        format!("{head}… ({n} characters)")
+    }
+}
+
+/// Most characters of a log field that may hold client-supplied text.
+const LOG_CHARS: usize = 256;
+
+/// Text for a log line: control characters (newlines, escape sequences, bidirectional
+/// overrides…) escaped, so that a client cannot forge or hide log lines, and at most
+/// [`LOG_CHARS`] characters.
+pub fn for_log(s: &str) -> String {
+    let mut out = String::new();
+    for (n, c) in s.chars().enumerate() {
+        if n >= LOG_CHARS {
+            out.push_str(&format!("… ({} characters)", s.chars().count()));
+            break;
+        }
+        let bidi = matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || bidi {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// An optional feature a request asks for that the server does not offer, found in the raw
+/// request payload (the decoded payload does not keep it): Feature Not Supported, never a
+/// silent fallback — a client asking for a wrapped key must not get it in the clear.
+fn unsupported_feature(op: Operation, raw: Option<&Item>) -> Option<Fail> {
+    let raw = raw?;
+    if op == Operation::GET && raw.child(tag("Key Wrapping Specification")).is_some() {
+        return Some(fail(
+            ResultReason::FEATURE_NOT_SUPPORTED,
+            "key wrapping is not supported: Get returns keys unwrapped only; send Get without a \
+             Key Wrapping Specification",
+        ));
+    }
+    if op == Operation::GET && raw.child(tags::KEY_COMPRESSION_TYPE).is_some() {
+        return Some(fail(
+            ResultReason(0x11),
+            "Key Compression Type is not supported; send Get without it",
+        ));
+    }
+    None
 }
 
 fn discover_versions(client: &[ProtocolVersion]) -> ResponsePayload {

@@ -373,3 +373,90 @@ fn discover_versions_and_query() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn object_quota_per_client() {
+    let Fixture { _dir, engine } = fixture();
+    let f = Fixture {
+        engine: engine.with_max_objects_per_client(2),
+        _dir,
+    };
+    let a = uid_of(&as_alice(&f, ProtocolVersion::V1_4, create(128)));
+    uid_of(&as_alice(&f, ProtocolVersion::V2_0, create(128)));
+    // Destroyed objects still count: their records are kept.
+    assert_eq!(
+        as_alice(&f, ProtocolVersion::V1_4, by_uid(destroy, &a)).status,
+        ResultStatus::SUCCESS
+    );
+    let r = as_alice(&f, ProtocolVersion::V1_4, create(128));
+    assert_eq!(r.reason, Some(ResultReason::PERMISSION_DENIED), "{r:?}");
+    assert!(r.message.unwrap().contains("--max-objects-per-client"));
+    let r = as_alice(&f, ProtocolVersion::V2_1, create(128));
+    assert_eq!(r.reason, Some(ResultReason(0x3A)), "{r:?}");
+    // Another client has a quota of its own.
+    let mut s = session("bob");
+    let r = call(
+        &f.engine,
+        &mut s,
+        &req(
+            ProtocolVersion::V1_4,
+            cred("bob", "bob-pw"),
+            vec![create(128)],
+        ),
+    );
+    assert_eq!(r.items[0].status, ResultStatus::SUCCESS);
+}
+
+#[test]
+fn get_with_key_wrapping_is_refused_not_answered_in_the_clear() {
+    let f = fixture();
+    let uid = uid_of(&as_alice(&f, ProtocolVersion::V1_2, create(128)));
+    let mut m = RequestMessage::from_item(
+        &ttlv::decode(
+            &req(
+                ProtocolVersion::V1_2,
+                cred("alice", "alice-pw"),
+                vec![get(Some(uid))],
+            ),
+            &Limits::default(),
+        )
+        .unwrap(),
+    )
+    .unwrap()
+    .to_item();
+    // Add a Key Wrapping Specification (Wrapping Method: Encrypt) to the Get payload.
+    fn kids(i: &mut Item) -> &mut Vec<Item> {
+        match &mut i.value {
+            Value::Structure(c) => c,
+            _ => panic!("not a structure"),
+        }
+    }
+    let batch = kids(&mut m)
+        .iter_mut()
+        .find(|i| i.tag == tags::BATCH_ITEM)
+        .unwrap();
+    let payload = kids(batch)
+        .iter_mut()
+        .find(|i| i.tag == tags::REQUEST_PAYLOAD)
+        .unwrap();
+    kids(payload).push(Item::structure(
+        tag("Key Wrapping Specification"),
+        vec![Item::new(tag("Wrapping Method"), Value::Enumeration(1))],
+    ));
+    let mut s = session("alice");
+    let r = call(&f.engine, &mut s, &m.to_bytes());
+    assert_eq!(r.items[0].reason, Some(ResultReason::FEATURE_NOT_SUPPORTED));
+    assert!(r.items[0].payload.is_none());
+}
+
+#[test]
+fn client_text_is_escaped_and_bounded_in_logs() {
+    let s = for_log("a\nFAKE LOG LINE\u{1b}[31m\u{202e}x");
+    assert!(!s.contains('\n') && !s.contains('\u{1b}') && !s.contains('\u{202e}'));
+    assert!(s.contains("FAKE LOG LINE"));
+    let long = "x".repeat(10_000);
+    let s = for_log(&long);
+    assert!(s.chars().count() < 300, "{}", s.len());
+    assert!(s.ends_with("(10000 characters)"));
+    assert!(clip(&long).chars().count() < 100);
+}

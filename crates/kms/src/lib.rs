@@ -26,7 +26,9 @@
 //! other storage), with the magic and the identifier as associated data. Each change is
 //! written to a temporary file, fsync'd, renamed over the old file, and the directory is
 //! fsync'd — all before the response is sent. A crash leaves either the old or the new
-//! record. The GCM tag doubles as the checksum: a damaged file is reported at start and its
+//! record. The key material inside is sealed once more under the object's own key, kept only
+//! in the key table `objects/keys.sealed` and erased from it on Destroy, so that no copy of a
+//! destroyed object's file yields its material, even with the master key. The GCM tag doubles as the checksum: a damaged file is reported at start and its
 //! object is unavailable; nothing else is affected and nothing is deleted.
 //!
 //! Why not an append-only log: objects are few (one per encrypted volume and key rotation),

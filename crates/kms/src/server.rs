@@ -23,6 +23,7 @@ use openssl::ssl::{
     SslAcceptor, SslFiletype, SslMethod, SslMode, SslStream, SslVerifyMode, SslVersion,
 };
 use openssl::x509::X509;
+use zeroize::Zeroizing;
 
 use crate::datadir::DataDir;
 use crate::engine::{self, Engine, Session};
@@ -546,7 +547,8 @@ fn wait_readable(l: &TcpListener, ms: i32) -> bool {
 }
 
 enum ReadOutcome {
-    Message(Vec<u8>),
+    /// A whole request; it may carry key material (Register), so it is zeroed when dropped.
+    Message(Zeroizing<Vec<u8>>),
     /// The peer closed the connection (or it timed out idle) between messages.
     Closed,
     /// The framing is broken; answer with this and close.
@@ -587,7 +589,7 @@ fn read_message(
         Ok(l) => l,
         Err(e) => return ReadOutcome::Refuse(format!("bad message header: {e}")),
     };
-    let mut buf = vec![0u8; len];
+    let mut buf = Zeroizing::new(vec![0u8; len]);
     buf[..HEADER_LEN].copy_from_slice(&header);
     if let Err(e) = s.read_exact(&mut buf[HEADER_LEN..]) {
         return ReadOutcome::Refuse(format!("reading the message body: {e}"));

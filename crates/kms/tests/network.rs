@@ -5,6 +5,7 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::process::Command;
 use std::time::Duration;
 
 use atrest_kmip::client::{Client, ClientConfig, ClientError, Identity, ServerAddr, Timeouts};
@@ -407,4 +408,89 @@ fn keys_survive_a_restart_and_rest_sealed() {
     assert_eq!(c.get_key(&uid).unwrap().material, before);
     let a = c.get_attributes(&uid, &["State"]).unwrap();
     assert_eq!(a.state(), Some(State::ACTIVE));
+}
+
+#[test]
+fn a_removed_client_is_refused_on_its_open_connection() {
+    let s = TestServer::start();
+    let tenant = s.add_client("tenant");
+    let mut t = s.tls(
+        Some(&tenant["KMIP_CLIENT_CERT"]),
+        Some(&tenant["KMIP_CLIENT_KEY"]),
+    );
+    let cred = || credential(&tenant["KMIP_USERNAME"], &tenant["KMIP_PASSWORD"]);
+    let q = |c| {
+        request(
+            ProtocolVersion::V1_4,
+            Some(c),
+            RequestPayload::Query {
+                functions: vec![atrest_kmip::message::QueryFunction::QUERY_OPERATIONS],
+            },
+        )
+    };
+    assert_eq!(send(&mut t, &q(cred())).items[0].reason, None);
+    let deleted = s.data.remove_client("tenant").unwrap();
+    assert!(deleted.iter().any(|p| p.ends_with("tenant.key")));
+    assert!(!std::path::Path::new(&tenant["KMIP_CLIENT_P12"]).exists());
+    // The same connection, already authenticated: refused from its next request.
+    assert_eq!(
+        send(&mut t, &q(cred())).items[0].reason,
+        Some(ResultReason::AUTHENTICATION_NOT_SUCCESSFUL)
+    );
+    // Other clients are served; the name is not issued again.
+    let mut c = client_for(&s, &s.env.clone(), Some(ProtocolVersion::V1_4), None);
+    c.query().unwrap();
+    let e = s.data.add_client("tenant").unwrap_err().to_string();
+    assert!(e.contains("was removed"), "{e}");
+}
+
+#[test]
+fn a_destroyed_key_cannot_be_recovered_from_a_copy_taken_before_destroy() {
+    let s = TestServer::start();
+    let mut c = client_for(&s, &s.env.clone(), Some(ProtocolVersion::V1_4), None);
+    let uid = c.create_aes_key(256, Some("to be destroyed")).unwrap();
+    let material = c.get_key(&uid).unwrap().material;
+    // A copy of the whole data directory, taken before Destroy.
+    let copy = tempfile::tempdir().unwrap();
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(&s.data.root)
+        .arg(copy.path().join("kms"))
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    c.destroy(&uid).unwrap();
+    drop(c);
+    let (_dir, data) = s.stop();
+    let master = data.load_master_key().unwrap();
+    let old_file = copy.path().join(format!("kms/objects/{uid}.obj"));
+    // The old object file with the master key and the server's key table: no key for it.
+    let e = atrest_kms::store::open_object_file(&old_file, &data.objects(), &master)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not in the key table"), "{e}");
+    // The old object file, put back in place, is refused at start and yields nothing.
+    std::fs::copy(&old_file, data.objects().join(format!("{uid}.obj"))).unwrap();
+    let (store, problems) =
+        atrest_kms::store::Store::open(&data.objects(), data.load_master_key().unwrap()).unwrap();
+    assert!(store.get(&uid).is_none());
+    assert!(problems.iter().any(|p| p.contains(&uid)), "{problems:?}");
+    // Nothing in the copy holds the material in the clear or under the master key alone.
+    for f in walk(copy.path()) {
+        let b = std::fs::read(&f).unwrap();
+        assert!(!b.windows(material.len()).any(|w| w == &material[..]));
+    }
+}
+
+fn walk(d: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
