@@ -16,6 +16,7 @@ pub mod keys;
 pub mod kmip_config;
 pub mod kmip_test;
 pub mod known;
+pub mod limits;
 pub mod openapi;
 pub mod pages;
 pub mod server;

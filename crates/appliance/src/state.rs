@@ -21,6 +21,8 @@ pub struct AppConfig {
     pub pbkdf2_iterations: u32,
     /// Timeouts of KMIP requests (the test and the key operations).
     pub kmip_timeouts: Timeouts,
+    /// Connection, upload and shutdown limits (docs/workflow.md, "Limits and timeouts").
+    pub limits: crate::limits::Limits,
 }
 
 impl AppConfig {
@@ -29,6 +31,7 @@ impl AppConfig {
             data_dir: data_dir.into(),
             pbkdf2_iterations: PBKDF2_ITERATIONS,
             kmip_timeouts: Timeouts::default(),
+            limits: crate::limits::Limits::default(),
         }
     }
 }
@@ -91,6 +94,7 @@ pub(crate) struct Inner {
     pub backend: Mutex<Option<Arc<dyn VolumeBackend>>>,
     pub content: Mutex<Content>,
     pub audit_queue: Mutex<Vec<atrest_store::NewEvent>>,
+    pub uploads: crate::limits::Uploads,
 }
 
 /// Shared by every request.
@@ -130,8 +134,10 @@ impl AppState {
             .map_err(|e| format!("cannot open the admin account in {}: {e}", dir.display()))?;
         let kmip = KmipSettings::load(dir)?;
         let last_test = load_last_test(dir);
+        let uploads = crate::limits::Uploads::new(config.limits.max_uploads);
         let state = AppState {
             inner: Arc::new(Inner {
+                uploads,
                 config,
                 admin: Mutex::new(admin.admin),
                 sessions: Sessions::default(),
@@ -152,6 +158,11 @@ impl AppState {
 
     pub fn config(&self) -> &AppConfig {
         &self.inner.config
+    }
+
+    /// The recording upload slots.
+    pub fn uploads(&self) -> &crate::limits::Uploads {
+        &self.inner.uploads
     }
 
     pub fn data_dir(&self) -> &Path {
