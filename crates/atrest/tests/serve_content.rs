@@ -35,7 +35,7 @@ fn start(data: &Path, extra: &[&str]) -> Appliance {
     let mut child = Command::new(env!("CARGO_BIN_EXE_atrest"))
         .args(["serve", "--data-dir"])
         .arg(data)
-        .args(["--listen", "127.0.0.1:0", "--volume-size", "32M"])
+        .args(["--listen", "127.0.0.1:0"])
         .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
