@@ -70,6 +70,7 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(security_headers))
+        .layer(middleware::from_fn(crate::limits::deliver_refusals))
         .with_state(state)
 }
 

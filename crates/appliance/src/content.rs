@@ -705,6 +705,8 @@ impl DataVolume {
                 stop: Some(me.inner.stop.clone()),
             };
             let kind = uv.state();
+            // A resumed conversion starts part-way: its rate counts this run's bytes only.
+            let start_done = uv.info().progress.map_or(0, |p| p.done);
             let started = Instant::now();
             let started_at = crate::now_rfc3339();
             let mut last = None;
@@ -737,26 +739,26 @@ impl DataVolume {
                 Ok(s) if !is_converting(s) => {
                     let secs = started.elapsed().as_secs_f64();
                     let total = last.map(|p| p.total_bytes).unwrap_or(0);
+                    let run = last.map_or(0, |p| p.done_bytes).saturating_sub(start_done);
+                    let done = RunSummary {
+                        kind: kind.as_str(),
+                        total,
+                        run,
+                        secs,
+                    };
                     lock(&me.inner.extra).last_conversion = Some(LastConversion {
                         kind: kind.as_str().to_string(),
                         started_at: started_at.clone(),
                         finished_at: crate::now_rfc3339(),
                         bytes: total,
+                        run_bytes: run,
                         seconds: secs,
+                        bytes_per_sec: done.rate(),
                         percent: 100.0,
                     });
                     events(Event::Finished);
                     if let Some(st) = me.app() {
-                        st.audit(
-                            "volume",
-                            "appliance",
-                            format!(
-                                "{} finished: {} bytes in {:.1} s",
-                                kind.as_str(),
-                                total,
-                                secs
-                            ),
-                        );
+                        st.audit("volume", "appliance", done.text());
                     }
                     tracing::info!("{} finished", kind.as_str());
                 }
@@ -1166,5 +1168,69 @@ impl VolumeBackend for DataVolume {
         }
         *lock(&self.inner.slot) = Slot::Empty;
         lock(&self.inner.lock_file).take();
+    }
+}
+
+/// What a finished conversion says: the rate is over the bytes of this run (a resumed
+/// conversion did the rest before), the whole volume beside it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct RunSummary<'a> {
+    kind: &'a str,
+    /// Bytes of the volume in their new form.
+    total: u64,
+    /// Bytes converted by this run.
+    run: u64,
+    secs: f64,
+}
+
+impl RunSummary<'_> {
+    fn rate(&self) -> Option<f64> {
+        (self.secs > 0.0 && self.run > 0).then(|| self.run as f64 / self.secs)
+    }
+
+    fn text(&self) -> String {
+        let mut t = format!(
+            "{} finished: {} bytes in {:.1} s",
+            self.kind, self.run, self.secs
+        );
+        if let Some(r) = self.rate() {
+            t.push_str(&format!(" ({:.0} bytes/s)", r));
+        }
+        if self.run != self.total {
+            t.push_str(&format!(
+                "; resumed, {} bytes of {} were done before",
+                self.total.saturating_sub(self.run),
+                self.total
+            ));
+        }
+        t
+    }
+}
+
+#[cfg(test)]
+mod run_summary_tests {
+    #[test]
+    fn a_resumed_conversion_reports_the_rate_of_its_own_run() {
+        let r = super::RunSummary {
+            kind: "encrypting",
+            total: 2_000_000_000,
+            run: 100_000_000,
+            secs: 0.5,
+        };
+        assert_eq!(r.rate(), Some(200_000_000.0));
+        let t = r.text();
+        assert!(
+            t.starts_with("encrypting finished: 100000000 bytes in 0.5 s (200000000 bytes/s)"),
+            "{t}"
+        );
+        assert!(
+            t.contains("1900000000 bytes of 2000000000 were done before"),
+            "{t}"
+        );
+        let whole = super::RunSummary {
+            run: 2_000_000_000,
+            ..r
+        };
+        assert!(!whole.text().contains("resumed"));
     }
 }

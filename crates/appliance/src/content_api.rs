@@ -46,9 +46,15 @@ pub fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::Invalid(m) => ApiError::bad_request(m),
         StoreError::NotFound(m) => ApiError::not_found(m),
-        e @ StoreError::Full { .. } => {
+        e @ (StoreError::Full { .. } | StoreError::DiskFull { .. }) => {
+            tracing::warn!("content store: {e}");
             ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string())
         }
+        e @ StoreError::DiskIo { .. } => {
+            tracing::error!("content store: {e}");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+        e @ StoreError::Interrupted => ApiError::unavailable(e.to_string()),
         e @ (StoreError::NoStore { .. } | StoreError::TooSmall(_)) => {
             ApiError::unavailable(e.to_string())
         }
@@ -381,101 +387,172 @@ pub struct PutQuery {
     session: Option<String>,
 }
 
-enum Piece {
-    Data(Bytes),
-    Abort,
+/// Body bytes gathered before they are handed to the store (one blocking call per piece).
+const UPLOAD_PIECE: usize = 256 << 10;
+
+/// An upload under way and its slot. Dropped unfinished — the client went away, the body
+/// stalled, a shutdown cut the request off — it is cancelled (nothing is published), on a
+/// blocking thread since cancelling writes to the store.
+struct Active {
+    up: Option<atrest_store::Upload>,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        let (up, slot) = (self.up.take(), self.slot.take());
+        if up.is_none() {
+            return;
+        }
+        let cancel = move || {
+            drop(up);
+            drop(slot);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(cancel);
+            }
+            Err(_) => cancel(),
+        }
+    }
+}
+
+impl Active {
+    /// Hands `piece` to the store on a blocking thread.
+    async fn write(mut self, piece: Vec<u8>) -> ApiResult<Active> {
+        let (a, r) = tokio::task::spawn_blocking(move || {
+            let r = match self.up.as_mut() {
+                Some(u) => u.write(&piece),
+                None => Ok(()),
+            };
+            (self, r)
+        })
+        .await
+        .map_err(|e| ApiError::internal("storing the recording", e))?;
+        r.map_err(store_error)?;
+        Ok(a)
+    }
+
+    /// Publishes the recording (the whole body arrived).
+    async fn finish(mut self) -> ApiResult<atrest_store::RecordingInfo> {
+        tokio::task::spawn_blocking(move || {
+            let up = self.up.take();
+            let r = up.map(|u| u.finish());
+            drop(self);
+            r
+        })
+        .await
+        .map_err(|e| ApiError::internal("storing the recording", e))?
+        .ok_or_else(|| ApiError::internal("storing the recording", "no upload"))?
+        .map_err(store_error)
+    }
 }
 
 /// PUT /api/recordings/{id}?session=S: the body is streamed into the store (chunked transfer
-/// or a Content-Length); the recording appears only when the whole body arrived.
+/// or a Content-Length); the recording appears only when the whole body arrived and was
+/// committed, and only then replaces the older version. Whatever cuts the request short (the
+/// client, a stalled body, a shutdown) publishes nothing.
 pub async fn recording_put(
     State(state): State<AppState>,
     Path(id): Path<String>,
     query: Result<Query<PutQuery>, axum::extract::rejection::QueryRejection>,
     req: Request,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> Response {
+    match put(state, id, query, req).await {
+        Ok(info) => (StatusCode::CREATED, Json(info_json(&info))).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn put(
+    state: AppState,
+    id: String,
+    query: Result<Query<PutQuery>, axum::extract::rejection::QueryRejection>,
+    req: Request,
+) -> Result<atrest_store::RecordingInfo, Response> {
     let Query(q) = query.map_err(|e| {
         ApiError::bad_request(format!("{}; the only parameter is session", e.body_text()))
+            .into_response()
     })?;
-    atrest_store::recordings::check_id(&id).map_err(store_error)?;
+    atrest_store::recordings::check_id(&id).map_err(|e| store_error(e).into_response())?;
     let session = q.session.unwrap_or_default();
     if session.is_empty() {
         return Err(ApiError::bad_request(
             "name the recording's session: PUT /api/recordings/ID?session=SESSION",
-        ));
+        )
+        .into_response());
     }
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let s = store(&state)?;
+    let s = store(&state).map_err(IntoResponse::into_response)?;
     let capacity = s.space().capacity;
     let limit = MAX_RECORDING.min(capacity);
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ApiError::too_large(format!(
+    let too_large = || {
+        ApiError::too_large(format!(
             "the recording is larger than {limit} bytes, the most this appliance stores; \
              split it or move the content to a bigger volume"
-        )));
+        ))
+    };
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large().into_response());
     }
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(PIPE_DEPTH);
-    let writer = tokio::task::spawn_blocking(
-        move || -> Result<Option<atrest_store::RecordingInfo>, StoreError> {
-            let mut up = s.recordings().upload(&id, &session)?;
-            while let Some(p) = rx.blocking_recv() {
-                match p {
-                    Piece::Data(b) => up.write(&b)?,
-                    // Dropping the upload unfinished leaves nothing behind.
-                    Piece::Abort => return Ok(None),
+    let slot = state.uploads().try_start().map_err(crate::limits::busy)?;
+    let body_timeout = state.config().limits.body_timeout;
+    let r = async move {
+        let up = blocking("starting the upload", move || {
+            s.recordings().upload(&id, &session)
+        })
+        .await?;
+        let mut active = Active {
+            up: Some(up),
+            slot: Some(slot),
+        };
+        let mut body = req.into_body();
+        let mut piece: Vec<u8> = Vec::new();
+        let mut total = 0u64;
+        loop {
+            let frame = match tokio::time::timeout(body_timeout, body.frame()).await {
+                Err(_) => {
+                    return Err(ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!(
+                            "no data of the upload arrived for {} seconds; nothing of it was \
+                             kept: send the recording again",
+                            body_timeout.as_secs()
+                        ),
+                    ));
                 }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    return Err(ApiError::bad_request(format!(
+                        "the upload was cut off ({e}); nothing of it was kept: send the \
+                         recording again"
+                    )));
+                }
+                Ok(Some(Ok(f))) => f,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            total += data.len() as u64;
+            if total > limit {
+                return Err(too_large());
             }
-            up.finish().map(Some)
-        },
-    );
-    let mut body = req.into_body();
-    let mut total = 0u64;
-    let mut failure = None;
-    while let Some(frame) = body.frame().await {
-        let frame = match frame {
-            Ok(f) => f,
-            Err(e) => {
-                failure = Some(ApiError::bad_request(format!(
-                    "the upload was cut off ({e}); send the recording again"
-                )));
-                break;
+            piece.extend_from_slice(&data);
+            if piece.len() >= UPLOAD_PIECE {
+                active = active.write(std::mem::take(&mut piece)).await?;
             }
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        total += data.len() as u64;
-        if total > limit {
-            failure = Some(ApiError::too_large(format!(
-                "the recording is larger than {limit} bytes, the most this appliance stores; \
-                 split it or move the content to a bigger volume"
-            )));
-            break;
         }
-        if tx.send(Piece::Data(data)).await.is_err() {
-            break; // the writer failed: its error is below
+        if !piece.is_empty() {
+            active = active.write(piece).await?;
         }
-    }
-    if failure.is_some() {
-        let _ = tx.send(Piece::Abort).await;
-    }
-    drop(tx);
-    let written = writer
-        .await
-        .map_err(|e| ApiError::internal("storing the recording", e))?;
-    if let Some(f) = failure {
-        return Err(f);
-    }
-    match written.map_err(store_error)? {
-        Some(info) => Ok((StatusCode::CREATED, Json(info_json(&info)))),
-        None => Err(ApiError::bad_request(
-            "the upload was cancelled; send it again",
-        )),
-    }
+        // The whole body arrived: publish.
+        active.finish().await
+    };
+    r.await.map_err(IntoResponse::into_response)
 }
 
 /// A parsed `Range: bytes=...` header (one range).
@@ -574,27 +651,55 @@ pub async fn recording_get(
     let (start, end) = range.unwrap_or((0, size.saturating_sub(1)));
     let len = if size == 0 { 0 } else { end - start + 1 };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(PIPE_DEPTH);
+    // The status goes out only once the recording opened and its first piece was read and
+    // checked: a failing read is answered with its error, never a 200 with a wrong body.
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<ApiResult<()>>();
     tokio::task::spawn_blocking(move || {
-        let run = || -> Result<(), String> {
-            let mut r = s.recordings().open(&id).map_err(|e| e.to_string())?;
-            r.seek(SeekFrom::Start(start)).map_err(|e| e.to_string())?;
-            let mut left = len;
-            while left > 0 {
-                let n = (left as usize).min(DOWNLOAD_PIECE);
-                let mut buf = vec![0u8; n];
-                r.read_exact(&mut buf).map_err(|e| e.to_string())?;
-                left -= n as u64;
-                if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
-                    return Ok(()); // the client went away
+        let mut r = match s.recordings().open(&id) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = first_tx.send(Err(store_error(e)));
+                return;
+            }
+        };
+        let mut first = Some(first_tx);
+        let fail = |first: &mut Option<tokio::sync::oneshot::Sender<ApiResult<()>>>,
+                    e: std::io::Error| {
+            tracing::error!("reading recording {id:?}: {e}");
+            match first.take() {
+                Some(f) => {
+                    let _ = f.send(Err(read_error(e)));
+                }
+                None => {
+                    let _ = tx.blocking_send(Err(e));
                 }
             }
-            Ok(())
         };
-        if let Err(e) = run() {
-            tracing::error!("reading recording {id:?}: {e}");
-            let _ = tx.blocking_send(Err(std::io::Error::other(e)));
+        if let Err(e) = r.seek(SeekFrom::Start(start)) {
+            return fail(&mut first, e);
+        }
+        let mut left = len;
+        while left > 0 {
+            let n = (left as usize).min(DOWNLOAD_PIECE);
+            let mut buf = vec![0u8; n];
+            if let Err(e) = r.read_exact(&mut buf) {
+                return fail(&mut first, e);
+            }
+            left -= n as u64;
+            if let Some(f) = first.take() {
+                let _ = f.send(Ok(()));
+            }
+            if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                return; // the client went away
+            }
+        }
+        if let Some(f) = first.take() {
+            let _ = f.send(Ok(()));
         }
     });
+    first_rx
+        .await
+        .map_err(|e| ApiError::internal("reading the recording", e))??;
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
@@ -618,6 +723,17 @@ pub async fn recording_get(
         *res.status_mut() = StatusCode::PARTIAL_CONTENT;
     }
     Ok(res)
+}
+
+/// A failed read of a recording: the store's sentence with its status.
+fn read_error(e: std::io::Error) -> ApiError {
+    match e.into_inner() {
+        Some(inner) => match inner.downcast::<StoreError>() {
+            Ok(se) => store_error(*se),
+            Err(other) => ApiError::internal("reading the recording", other),
+        },
+        None => ApiError::internal("reading the recording", "an I/O error"),
+    }
 }
 
 /// DELETE /api/recordings/{id}.

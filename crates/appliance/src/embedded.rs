@@ -47,6 +47,16 @@ fn previous_port(env: &Path) -> Option<u16> {
         .and_then(|(_, v)| v.parse().ok())
 }
 
+/// Whether the env file already names `host:port`.
+fn env_names(env: &Path, host: &str, port: u16) -> bool {
+    let Ok(text) = std::fs::read_to_string(env) else {
+        return false;
+    };
+    let vars = atrest_kms::datadir::parse_env(&text);
+    let get = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    get("KMIP_HOST") == Some(host) && get("KMIP_PORT") == Some(port.to_string().as_str())
+}
+
 /// Starts the bundled server in DIR/kms (created on the first start), on the port it had
 /// last time when that port is free.
 pub fn start(data_dir: &Path) -> Result<EmbeddedKms, String> {
@@ -79,9 +89,18 @@ pub fn start(data_dir: &Path) -> Result<EmbeddedKms, String> {
     let addr = server
         .local_addr()
         .map_err(|e| format!("cannot read the bundled KMIP server's address: {e}"))?;
-    let env_file = dir
-        .write_client_env("127.0.0.1", addr.port())
-        .map_err(|e| format!("cannot write the bundled KMIP server's client.env: {e}"))?;
+    let env_file = if env_names(&dir.client_env(), "127.0.0.1", addr.port()) {
+        // Nothing changed: write nothing (the file system may be full).
+        dir.client_env()
+    } else {
+        dir.write_client_env("127.0.0.1", addr.port())
+            .map_err(|e| {
+                format!(
+                    "cannot write the bundled KMIP server's client.env ({e}); if the file \
+                     system of the data directory is full, free space there and start again"
+                )
+            })?
+    };
     let stop = server.stop_flag();
     let thread = std::thread::Builder::new()
         .name("embedded-kms".into())

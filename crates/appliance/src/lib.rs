@@ -16,6 +16,7 @@ pub mod keys;
 pub mod kmip_config;
 pub mod kmip_test;
 pub mod known;
+pub mod limits;
 pub mod login;
 pub mod openapi;
 pub mod pages;

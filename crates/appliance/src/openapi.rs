@@ -192,10 +192,10 @@ pub fn document() -> Value {
                     "responses": {"200": {"description": "the recording", "content": {"application/octet-stream": {}}},
                         "206": {"description": "the requested part, with Content-Range", "content": {"application/octet-stream": {}}},
                         "400": err("bad id"), "401": err("not logged in"), "404": err("no such recording"), "416": err("the range cannot be satisfied"), "503": content_unavailable.clone()}},
-                "put": {"summary": "Upload (or replace) a recording, streamed: chunked transfer or Content-Length; it appears when the whole body arrived",
+                "put": {"summary": "Upload (or replace) a recording, streamed: chunked transfer or Content-Length; it appears, replacing the older version, only when the whole body arrived and was committed (201); a cancelled, stalled or cut-off upload publishes nothing",
                     "parameters": [{"name": "session", "in": "query", "required": true, "schema": {"type": "string"}}],
                     "requestBody": {"required": true, "content": {"application/octet-stream": {}}},
-                    "responses": {"201": ok_json("stored", r("Recording")), "400": err("bad id or session, or the upload was cut off"), "401": err("not logged in"), "403": err("no CSRF token"), "413": err("larger than the volume"), "503": content_unavailable.clone(), "507": err("the volume is full")}},
+                    "responses": {"201": ok_json("stored", r("Recording")), "400": err("bad id or session, or the upload was cut off"), "401": err("not logged in"), "403": err("no CSRF token"), "408": err("the body stopped arriving for the body timeout; nothing was kept"), "413": err("larger than the volume"), "503": err("locked, or every upload slot is taken (Retry-After)"), "507": err("the volume, or the disk under it, is full")}},
                 "delete": {"summary": "Delete a recording and reclaim its space",
                     "responses": {"204": {"description": "deleted"}, "400": err("bad id"), "401": err("not logged in"), "403": err("no CSRF token"), "404": err("no such recording"), "503": content_unavailable.clone()}}
             },

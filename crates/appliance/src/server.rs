@@ -80,25 +80,39 @@ fn listen_socket(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(s.into())
 }
 
-/// Serves until `shutdown` completes, then lets requests in progress finish.
+/// Serves until `shutdown` completes, then lets requests in progress finish (for at most the
+/// shutdown grace; what is still under way then is cut off, and its uploads are not published).
 pub async fn serve(
     state: AppState,
     bound: Bound,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
+    let limits = state.config().limits.clone();
     let handle = axum_server::Handle::new();
     let h = handle.clone();
+    let grace = limits.shutdown_grace;
     tokio::spawn(async move {
         shutdown.await;
-        h.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+        h.graceful_shutdown(Some(grace));
     });
-    let app = crate::app(state);
-    axum_server::from_tcp(bound.listener)
-        .acceptor(OpenSSLAcceptor::new(bound.tls))
-        .handle(handle)
+    let app = crate::app(state.clone());
+    let acceptor =
+        OpenSSLAcceptor::new(bound.tls).acceptor(crate::limits::ConnectionLimits::new(&limits));
+    let mut server = axum_server::from_tcp(bound.listener)
+        .acceptor(acceptor)
+        .handle(handle);
+    crate::limits::configure_http(server.http_builder(), &limits);
+    let result = server
         .serve(app.into_make_service_with_connect_info::<SocketAddr>())
         .await
-        .map_err(|e| format!("the HTTPS server stopped: {e}"))
+        .map_err(|e| format!("the HTTPS server stopped: {e}"));
+    // Uploads cut off are cancelled on blocking threads: let them finish before the store
+    // closes.
+    let left = state.uploads().wait_idle(grace).await;
+    if left > 0 {
+        tracing::warn!("{left} upload(s) still being cancelled at shutdown");
+    }
+    result
 }
 
 /// Everything `atrest serve` needs.
@@ -161,6 +175,7 @@ pub fn run(opts: ServeOptions) -> Result<(), String> {
         } else {
             None
         };
+        raise_open_files(state.config().limits.max_connections);
         let volume = match opts.volume {
             Some(v) => {
                 let s = state.clone();
@@ -194,6 +209,18 @@ pub fn run(opts: ServeOptions) -> Result<(), String> {
         }
         result
     })
+}
+
+/// Raises the open-files limit for many connections, and says when it stays low.
+fn raise_open_files(max_connections: usize) {
+    let n = crate::limits::raise_open_files();
+    let want = max_connections as u64 + 256;
+    if n < want {
+        tracing::warn!(
+            "the open-files limit is {n}, lower than the connections allowed need ({want}); \
+             raise RLIMIT_NOFILE (LimitNOFILE= in the service) or lower --max-connections"
+        );
+    }
 }
 
 async fn shutdown_signal() {

@@ -24,6 +24,8 @@ pub struct AppConfig {
     pub kmip_timeouts: Timeouts,
     /// Throttling of admin password checks.
     pub login: LoginLimits,
+    /// Connection, upload and shutdown limits (docs/workflow.md, "Limits and timeouts").
+    pub limits: crate::limits::Limits,
 }
 
 impl AppConfig {
@@ -33,6 +35,7 @@ impl AppConfig {
             pbkdf2_iterations: PBKDF2_ITERATIONS,
             kmip_timeouts: Timeouts::default(),
             login: LoginLimits::default(),
+            limits: crate::limits::Limits::default(),
         }
     }
 }
@@ -101,6 +104,7 @@ pub(crate) struct Inner {
     pub backend: Mutex<Option<Arc<dyn VolumeBackend>>>,
     pub content: Mutex<Content>,
     pub audit_queue: Mutex<Vec<atrest_store::NewEvent>>,
+    pub uploads: crate::limits::Uploads,
 }
 
 /// Shared by every request.
@@ -141,8 +145,10 @@ impl AppState {
         let kmip = KmipSettings::load(dir)?;
         let last_test = load_last_test(dir);
         let login = LoginThrottle::new(config.login);
+        let uploads = crate::limits::Uploads::new(config.limits.max_uploads);
         let state = AppState {
             inner: Arc::new(Inner {
+                uploads,
                 config,
                 login,
                 admin: admin.admin,
@@ -164,6 +170,11 @@ impl AppState {
 
     pub fn config(&self) -> &AppConfig {
         &self.inner.config
+    }
+
+    /// The recording upload slots.
+    pub fn uploads(&self) -> &crate::limits::Uploads {
+        &self.inner.uploads
     }
 
     pub fn data_dir(&self) -> &Path {

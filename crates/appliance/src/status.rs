@@ -162,8 +162,14 @@ pub struct LastConversion {
     pub kind: String,
     pub started_at: String,
     pub finished_at: String,
+    /// The volume's bytes, all converted now.
     pub bytes: u64,
+    /// Bytes this run converted (less than `bytes` when it resumed an earlier run).
+    pub run_bytes: u64,
+    /// This run's seconds.
     pub seconds: f64,
+    /// This run's rate.
+    pub bytes_per_sec: Option<f64>,
     pub percent: f64,
 }
 

@@ -68,6 +68,31 @@ pub struct ServeArgs {
     /// The longest lock-out of an address after wrong admin passwords, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 900)]
     login_max_delay: u64,
+    /// Open HTTPS connections at most; more are closed as soon as they are accepted.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_connections: usize,
+    /// Seconds a client has to send a request's headers (HTTP/1.1; also the longest wait for
+    /// the next request on a kept-alive connection).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    header_read_timeout: u64,
+    /// Seconds after which a connection with no request under way is closed (HTTP/1.1 and
+    /// HTTP/2).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    idle_timeout: u64,
+    /// HTTP/2: seconds of silence during a request before a ping; no answer within as long
+    /// closes the connection.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    keepalive_interval: u64,
+    /// Recording uploads under way at once; more are answered 503 with Retry-After.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    max_uploads: usize,
+    /// Seconds an upload's body may stop arriving before the upload is dropped (408), unpublished.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    body_timeout: u64,
+    /// Seconds SIGTERM waits for requests under way before cutting them off (uploads cut off are
+    /// not published).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    shutdown_grace: u64,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -96,6 +121,27 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             args.convert_chunk
         );
     }
+    for (name, v) in [
+        ("--max-connections", args.max_connections as u64),
+        ("--header-read-timeout", args.header_read_timeout),
+        ("--idle-timeout", args.idle_timeout),
+        ("--keepalive-interval", args.keepalive_interval),
+        ("--max-uploads", args.max_uploads as u64),
+        ("--body-timeout", args.body_timeout),
+    ] {
+        if v == 0 {
+            anyhow::bail!("{name} must be at least 1; give a positive number");
+        }
+    }
+    let limits = atrest_appliance::limits::Limits {
+        max_connections: args.max_connections,
+        header_read_timeout: Duration::from_secs(args.header_read_timeout),
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+        keepalive_interval: Duration::from_secs(args.keepalive_interval),
+        max_uploads: args.max_uploads,
+        body_timeout: Duration::from_secs(args.body_timeout),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+    };
     let timeouts = Timeouts::uniform(Duration::from_secs_f64(args.kmip_timeout));
     let volume = (!args.no_volume).then(|| {
         let mut v = VolumeOptions::new(&args.data_dir);
@@ -126,6 +172,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.kmip_timeouts = timeouts;
     config.login.free_failures = args.login_free_failures;
     config.login.max_delay = Duration::from_secs(args.login_max_delay);
+    config.limits = limits;
     let opts = ServeOptions {
         config,
         listen: Listen {

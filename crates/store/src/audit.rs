@@ -105,13 +105,14 @@ pub struct Event {
     pub hash: [u8; 32],
 }
 
-/// Order of query results.
+/// Order of query results: the order of the hash chain (sequence numbers), which is the order
+/// the events were appended in, whatever times they carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Order {
-    /// Latest time first.
+    /// Last appended first.
     #[default]
     NewestFirst,
-    /// Earliest time first.
+    /// First appended first.
     OldestFirst,
 }
 
@@ -455,16 +456,19 @@ impl Audit<'_> {
                 if q.from.is_none() && q.to.is_none() && words.is_empty() && q.session.is_none() {
                     // Everything: the total is the table's length.
                     let total = events.len().map_err(storage(op))?;
-                    let it = by_time.iter().map_err(storage(op))?;
-                    let it: Keys<'_> = if newest {
-                        Box::new(it.rev().map(time_key))
+                    let it = events.iter().map_err(storage(op))?;
+                    let seq = |r: Result<_, redb::StorageError>| {
+                        r.map(|(k, _): (redb::AccessGuard<'_, u64>, _)| k.value())
+                            .map_err(storage(op))
+                    };
+                    let it: Box<dyn Iterator<Item = Result<u64>>> = if newest {
+                        Box::new(it.rev().map(seq))
                     } else {
-                        Box::new(it.map(time_key))
+                        Box::new(it.map(seq))
                     };
                     let seqs: Vec<u64> = it
                         .skip(q.offset.min(usize::MAX as u64) as usize)
                         .take(limit)
-                        .map(|r| r.map(|(_, s)| s))
                         .collect::<Result<_>>()?;
                     return Ok(Page {
                         total,
@@ -519,11 +523,20 @@ impl Audit<'_> {
             if !all {
                 continue;
             }
-            if total >= q.offset && seqs.len() < limit {
-                seqs.push(seq);
-            }
+            seqs.push(seq);
             total += 1;
         }
+        // The indexes are in time order; the answer is in sequence order.
+        if newest {
+            seqs.sort_unstable_by(|a, b| b.cmp(a));
+        } else {
+            seqs.sort_unstable();
+        }
+        let seqs: Vec<u64> = seqs
+            .into_iter()
+            .skip(q.offset.min(usize::MAX as u64) as usize)
+            .take(limit)
+            .collect();
         Ok(Page {
             total,
             events: load(&events, &seqs)?,

@@ -44,6 +44,9 @@ pub(crate) struct Shared {
     pub(crate) maintenance: AtomicBool,
     /// The backend was replaced after an error: it refuses all I/O.
     pub(crate) retired: AtomicBool,
+    /// A read, write or flush of the device failed: the database instance must be replaced by
+    /// one opened from the last durable state before it is used again.
+    pub(crate) io_failed: AtomicBool,
     /// Bytes at the end of the device kept for deletions.
     pub(crate) reserve: AtomicU64,
     /// Writes that were not page-aligned (the crash-safety argument needs none).
@@ -220,6 +223,12 @@ impl VolumeBackend {
         dev_len.saturating_sub(PHYS_SHIFT)
     }
 
+    /// Notes that the device failed (the store replaces this instance before its next use).
+    fn failed(&self, e: io::Error) -> io::Error {
+        self.shared.io_failed.store(true, Ordering::Release);
+        e
+    }
+
     fn live(&self) -> io::Result<()> {
         if self.shared.retired.load(Ordering::Acquire) {
             return Err(retired_error());
@@ -242,7 +251,9 @@ impl VolumeBackend {
         let mut at = from;
         while at < to {
             let n = (to - at).min(zeros.len() as u64) as usize;
-            self.dev.write_at(&zeros[..n], at + PHYS_SHIFT)?;
+            self.dev
+                .write_at(&zeros[..n], at + PHYS_SHIFT)
+                .map_err(|e| self.failed(e))?;
             at += n as u64;
         }
         Ok(())
@@ -289,7 +300,9 @@ impl redb::StorageBackend for VolumeBackend {
         }
         let stored = st.written_to.saturating_sub(pos).min(buf.len() as u64) as usize;
         if stored > 0 {
-            self.dev.read_at(&mut buf[..stored], pos + PHYS_SHIFT)?;
+            self.dev
+                .read_at(&mut buf[..stored], pos + PHYS_SHIFT)
+                .map_err(|e| self.failed(e))?;
         }
         buf[stored..].fill(0);
         Ok(())
@@ -323,7 +336,7 @@ impl redb::StorageBackend for VolumeBackend {
             .clone();
         let shadow = lock(&self.shadow).clone();
         if self.unflushed.swap(false, Ordering::AcqRel) {
-            self.dev.flush()?;
+            self.dev.flush().map_err(|e| self.failed(e))?;
         }
         // The length and the mark only matter to a state whose header references bytes they
         // cover; until the header changes they are persisted with the next one that does.
@@ -338,8 +351,10 @@ impl redb::StorageBackend for VolumeBackend {
             shadow,
         };
         let slot = (sb.seq % 2) * SLOT_SIZE as u64;
-        self.dev.write_at(&sb.encode(), slot)?;
-        self.dev.flush()?;
+        self.dev
+            .write_at(&sb.encode(), slot)
+            .map_err(|e| self.failed(e))?;
+        self.dev.flush().map_err(|e| self.failed(e))?;
         p.seq = sb.seq;
         p.state = state;
         p.shadow = sb.shadow;
@@ -387,7 +402,9 @@ impl redb::StorageBackend for VolumeBackend {
         {
             let st = self.state.read().unwrap_or_else(|e| e.into_inner());
             if end <= st.written_to {
-                self.dev.write_at(data, pos + PHYS_SHIFT)?;
+                self.dev
+                    .write_at(data, pos + PHYS_SHIFT)
+                    .map_err(|e| self.failed(e))?;
                 self.unflushed.store(true, Ordering::Release);
                 return Ok(());
             }
@@ -396,7 +413,9 @@ impl redb::StorageBackend for VolumeBackend {
         if pos > st.written_to {
             self.write_zeros(st.written_to, pos)?;
         }
-        self.dev.write_at(data, pos + PHYS_SHIFT)?;
+        self.dev
+            .write_at(data, pos + PHYS_SHIFT)
+            .map_err(|e| self.failed(e))?;
         self.unflushed.store(true, Ordering::Release);
         if end > st.written_to {
             st.written_to = end;

@@ -31,6 +31,34 @@ pub enum Error {
         /// Bytes kept back so that deletions always succeed.
         reserve: u64,
     },
+    /// The file system or disk under the volume ran out of space (ENOSPC, EDQUOT). The store
+    /// went back to its last durable state and keeps working once space is freed.
+    #[error(
+        "the disk under the volume is full (the content store could not {op}: {detail}); free space on the file system that holds the volume (delete or move other files there, or grow it), then send the request again; nothing acknowledged was lost"
+    )]
+    DiskFull {
+        /// What the store was doing.
+        op: &'static str,
+        /// The system's error.
+        detail: String,
+    },
+    /// The disk under the volume failed a read or a write (EIO and the like). The store went
+    /// back to its last durable state.
+    #[error(
+        "the disk under the volume failed (the content store could not {op}: {detail}); check the disk and the system log, then send the request again"
+    )]
+    DiskIo {
+        /// What the store was doing.
+        op: &'static str,
+        /// The system's error.
+        detail: String,
+    },
+    /// The store went back to its last durable state (after a full disk or an I/O error) in
+    /// the middle of this request; nothing of it was kept.
+    #[error(
+        "the content store recovered from a disk error while this request was under way; nothing of it was kept: send it again"
+    )]
+    Interrupted,
     /// A value given by the caller is not acceptable.
     #[error("{0}")]
     Invalid(String),
@@ -62,8 +90,30 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub(crate) fn storage<E: Into<redb::Error>>(op: &'static str) -> impl FnOnce(E) -> Error {
-    move |e| Error::Storage {
-        op,
-        source: e.into(),
+    move |e| classify(op, e.into())
+}
+
+/// Tells a failure of the disk under the volume (which the store recovers from by going back
+/// to its last durable state) from the database's own errors.
+pub(crate) fn classify(op: &'static str, source: redb::Error) -> Error {
+    match &source {
+        // Only errors from the system carry an OS error number; the store's own refusals
+        // ("full" within the volume, a retired instance) do not.
+        redb::Error::Io(io) if io.raw_os_error().is_some() => {
+            let detail = io.to_string();
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ) {
+                Error::DiskFull { op, detail }
+            } else {
+                Error::DiskIo { op, detail }
+            }
+        }
+        redb::Error::PreviousIo => Error::DiskIo {
+            op,
+            detail: "an earlier read or write of the disk failed".into(),
+        },
+        _ => Error::Storage { op, source },
     }
 }

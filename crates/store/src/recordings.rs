@@ -321,7 +321,8 @@ impl Recordings<'_> {
 }
 
 /// An upload under way. Memory use is bounded by the batch size
-/// ([`crate::StoreOptions::upload_batch_bytes`]) whatever the recording's size.
+/// ([`crate::StoreOptions::upload_batch_bytes`]) whatever the recording's size, and grows with
+/// the data received: an upload that stalled after a few bytes holds a few bytes.
 pub struct Upload {
     store: Store,
     id: String,
@@ -347,11 +348,18 @@ impl std::fmt::Debug for Upload {
 impl Upload {
     /// Appends `data`; commits a batch of chunks whenever the buffer is full.
     pub fn write(&mut self, mut data: &[u8]) -> Result<()> {
-        if self.buf.capacity() == 0 {
-            self.buf.reserve_exact(self.batch);
-        }
         while !data.is_empty() {
             let n = (self.batch - self.buf.len()).min(data.len());
+            let want = self.buf.len() + n;
+            if want > self.buf.capacity() {
+                // Grow geometrically as the data arrives, never past one batch: an upload that
+                // sent little holds little.
+                let cap = (self.buf.capacity() * 2)
+                    .max(want)
+                    .max(64 << 10)
+                    .min(self.batch);
+                self.buf.reserve_exact(cap - self.buf.len());
+            }
             self.buf.extend_from_slice(&data[..n]);
             self.hasher.update(&data[..n]);
             self.size += n as u64;

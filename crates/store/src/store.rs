@@ -47,7 +47,7 @@ pub struct StoreOptions {
     /// be emptied. `None`: 1/64 of the volume, at least 256 KiB and at most 64 MiB.
     pub reserve_bytes: Option<u64>,
     /// Recording bytes buffered by an upload before they are committed (memory bound of one
-    /// upload; rounded to whole chunks).
+    /// upload, allocated as the data arrives; rounded to whole chunks).
     pub upload_batch_bytes: usize,
 }
 
@@ -108,10 +108,9 @@ fn open_error(e: OpenError) -> Error {
     match e {
         OpenError::NoStore { slot0, slot1 } => Error::NoStore { slot0, slot1 },
         OpenError::TooSmall(n) => Error::TooSmall(n),
-        OpenError::Io(e) => Error::Storage {
-            op: "read or write its superblock",
-            source: redb::Error::Io(e),
-        },
+        OpenError::Io(e) => {
+            crate::error::classify("read or write its superblock", redb::Error::Io(e))
+        }
     }
 }
 
@@ -218,9 +217,20 @@ impl Store {
         (c.db.clone(), c.shared.clone())
     }
 
+    /// The current database, replaced first by one opened from the last durable state when
+    /// the device failed under it.
+    fn healthy(&self) -> Result<(Arc<Database>, Arc<Shared>)> {
+        let (db, shared) = self.current();
+        if shared.io_failed.load(Ordering::Acquire) {
+            self.reopen(&db)?;
+            return Ok(self.current());
+        }
+        Ok((db, shared))
+    }
+
     /// A read transaction on the newest committed state.
     pub(crate) fn read(&self) -> Result<ReadTransaction> {
-        let (db, _) = self.current();
+        let (db, _) = self.healthy()?;
         db.begin_read().map_err(storage("start a read"))
     }
 
@@ -232,7 +242,7 @@ impl Store {
         maintenance: bool,
         f: impl FnOnce(&WriteTransaction) -> Result<T>,
     ) -> Result<T> {
-        let (db, shared) = self.current();
+        let (db, shared) = self.healthy()?;
         let run = || -> Result<T> {
             let mut txn = db.begin_write().map_err(storage(op))?;
             txn.set_quick_repair(true);
@@ -254,12 +264,23 @@ impl Store {
                     reserve: self.inner.reserve,
                 })
             }
+            Err(e @ (Error::DiskFull { .. } | Error::DiskIo { .. })) => {
+                self.reopen(&db)?;
+                Err(e)
+            }
+            // Another request replaced the database while this one ran.
+            Err(_) if shared.retired.load(Ordering::Acquire) => Err(Error::Interrupted),
+            Err(e) if shared.io_failed.load(Ordering::Acquire) => {
+                self.reopen(&db)?;
+                Err(e)
+            }
             Err(e) => Err(e),
         }
     }
 
-    /// Replaces a database instance that failed a write for lack of room by a fresh one opened
-    /// from the last durable state (the same path as recovery after a power loss).
+    /// Replaces a database instance that failed a write for lack of room, or whose device
+    /// failed, by a fresh one opened from the last durable state (the same path as recovery
+    /// after a power loss).
     fn reopen(&self, failed: &Arc<Database>) -> Result<()> {
         let mut cur = self
             .inner
@@ -269,7 +290,10 @@ impl Store {
         if !Arc::ptr_eq(&cur.db, failed) {
             return Ok(());
         }
+        // The failed instance never touches the device again. Should the new one not open
+        // (the disk still full or failing), the next request tries again.
         cur.shared.retired.store(true, Ordering::Release);
+        cur.shared.io_failed.store(true, Ordering::Release);
         let shared = Arc::new(Shared::default());
         shared.reserve.store(self.inner.reserve, Ordering::Relaxed);
         let backend =
