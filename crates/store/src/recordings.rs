@@ -16,6 +16,8 @@ use std::io::{self, Read, Seek, SeekFrom};
 
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
+use atrest_volume::UnlockedBytes;
+
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::error::{Error, Result, storage};
 use crate::store::{META, Store, Timestamp};
@@ -219,7 +221,7 @@ impl Recordings<'_> {
             session: session.to_string(),
             blob,
             batch: chunks * CHUNK_LEN,
-            buf: Vec::new(),
+            buf: UnlockedBytes::new(),
             next_chunk: 0,
             size: 0,
             hasher: openssl::sha::Sha256::new(),
@@ -329,7 +331,9 @@ pub struct Upload {
     session: String,
     blob: u64,
     batch: usize,
-    buf: Vec<u8>,
+    /// Not locked in RAM even when the process locks all its memory: it holds no key, and
+    /// uploads must not pin locked memory.
+    buf: UnlockedBytes,
     next_chunk: u64,
     size: u64,
     hasher: openssl::sha::Sha256,
@@ -350,17 +354,12 @@ impl Upload {
     pub fn write(&mut self, mut data: &[u8]) -> Result<()> {
         while !data.is_empty() {
             let n = (self.batch - self.buf.len()).min(data.len());
-            let want = self.buf.len() + n;
-            if want > self.buf.capacity() {
-                // Grow geometrically as the data arrives, never past one batch: an upload that
-                // sent little holds little.
-                let cap = (self.buf.capacity() * 2)
-                    .max(want)
-                    .max(64 << 10)
-                    .min(self.batch);
-                self.buf.reserve_exact(cap - self.buf.len());
-            }
-            self.buf.extend_from_slice(&data[..n]);
+            // Grow geometrically as the data arrives, never past one batch: an upload that sent
+            // little holds little.
+            self.buf
+                .reserve(n, 64 << 10, self.batch)
+                .and_then(|()| self.buf.extend_from_slice(&data[..n]))
+                .map_err(|e| Error::Invalid(format!("cannot buffer the upload ({e}); retry it")))?;
             self.hasher.update(&data[..n]);
             self.size += n as u64;
             data = &data[n..];
@@ -382,7 +381,7 @@ impl Upload {
         let op = "store recording data";
         let blob = self.blob;
         let first = self.next_chunk;
-        let buf = &self.buf;
+        let buf = self.buf.as_slice();
         let written = self.store.write(op, false, |txn| {
             let mut chunks = txn.open_table(CHUNKS).map_err(storage(op))?;
             let mut sums = txn.open_table(SUMS).map_err(storage(op))?;

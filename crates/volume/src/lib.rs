@@ -70,7 +70,7 @@ pub use error::{Check, Error, HeaderAuthError, HeaderAuthFailure, HeaderError, K
 pub use key::{KeyMaterial, VolumeKey};
 pub use lock::{LockError, LockMode, VolumeLock};
 pub use luks2::{ConversionKind, KmipToken};
-pub use secret::{Hardening, MemoryLock, SecretBytes, harden_process};
+pub use secret::{Hardening, MemoryLock, SecretBytes, UnlockedBytes, harden_process};
 pub use volume::{
     ConvertOptions, EncryptOptions, FormatOptions, KeyInfo, KeyReference, Progress, State,
     UnlockedVolume, Volume, VolumeInfo,

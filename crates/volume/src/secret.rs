@@ -180,6 +180,171 @@ impl Hardening {
     }
 }
 
+/// A growable byte buffer in memory of its own that is *not* locked in RAM, even after
+/// [`harden_process`] locked all memory: for bulk data that holds no key (a recording being
+/// uploaded), so that many of them cannot pin locked memory. Lock what holds keys, not every
+/// buffer.
+///
+/// Backed by its own anonymous mapping (never shared with another allocation, so unlocking it
+/// can never unlock a key's page), unlocked with `munlock` as soon as it is mapped, grown
+/// geometrically as data arrives, unmapped on drop.
+pub struct UnlockedBytes {
+    ptr: *mut u8,
+    cap: usize,
+    len: usize,
+}
+
+// SAFETY: the buffer owns its mapping exclusively; access goes through &self / &mut self.
+unsafe impl Send for UnlockedBytes {}
+// SAFETY: as above; shared access is read-only.
+unsafe impl Sync for UnlockedBytes {}
+
+impl fmt::Debug for UnlockedBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UnlockedBytes({} of {} bytes)", self.len, self.cap)
+    }
+}
+
+impl Default for UnlockedBytes {
+    fn default() -> Self {
+        UnlockedBytes::new()
+    }
+}
+
+impl UnlockedBytes {
+    /// An empty buffer (nothing mapped yet).
+    pub fn new() -> UnlockedBytes {
+        UnlockedBytes {
+            ptr: std::ptr::null_mut(),
+            cap: 0,
+            len: 0,
+        }
+    }
+
+    fn map(cap: usize) -> std::io::Result<*mut u8> {
+        // SAFETY: a fresh private anonymous mapping; the kernel picks the address.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                cap,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the range is the mapping just made, owned by no one else. Under
+        // mlockall(MCL_FUTURE) the new mapping is locked; this lifts it for this range only.
+        unsafe {
+            libc::munlock(p, cap);
+        }
+        Ok(p.cast())
+    }
+
+    /// Makes room for `additional` more bytes, growing geometrically (at least `min_step`),
+    /// never past `limit` bytes of capacity unless the data needs it.
+    pub fn reserve(
+        &mut self,
+        additional: usize,
+        min_step: usize,
+        limit: usize,
+    ) -> std::io::Result<()> {
+        let want = self.len + additional;
+        if want <= self.cap {
+            return Ok(());
+        }
+        let page = 4096;
+        let cap = (self.cap * 2).max(min_step).max(want).min(limit.max(want));
+        let cap = cap.div_ceil(page) * page;
+        let p = UnlockedBytes::map(cap)?;
+        if self.len > 0 {
+            // SAFETY: both ranges are live mappings of at least `len` bytes and do not overlap.
+            unsafe { std::ptr::copy_nonoverlapping(self.ptr, p, self.len) };
+        }
+        self.release();
+        self.ptr = p;
+        self.cap = cap;
+        Ok(())
+    }
+
+    /// Appends `data` (growing as [`UnlockedBytes::reserve`] with no limit).
+    pub fn extend_from_slice(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.reserve(data.len(), 64 << 10, usize::MAX)?;
+        // SAFETY: `reserve` made room for `data.len()` bytes after `len`.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(self.len), data.len()) };
+        self.len += data.len();
+        Ok(())
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        if self.ptr.is_null() {
+            return &[];
+        }
+        // SAFETY: `len` bytes of the live mapping are initialised.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    /// Number of bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes of memory mapped.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Forgets the bytes, keeping the memory.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    fn release(&mut self) {
+        if !self.ptr.is_null() {
+            // SAFETY: the mapping made in `map`, of `cap` bytes, not used after this.
+            unsafe { libc::munmap(self.ptr.cast(), self.cap) };
+            self.ptr = std::ptr::null_mut();
+            self.cap = 0;
+        }
+    }
+}
+
+impl Drop for UnlockedBytes {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Whether the page holding `p` is locked in RAM (from /proc/self/smaps; for tests).
+#[doc(hidden)]
+pub fn page_is_locked(p: *const u8) -> Option<bool> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let addr = p as usize;
+    let mut inside = false;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ')
+            && let Some((a, b)) = range.split_once('-')
+            && let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+        {
+            inside = a <= addr && addr < b;
+            continue;
+        }
+        if inside && let Some(v) = line.strip_prefix("VmFlags:") {
+            return Some(v.split_whitespace().any(|f| f == "lo"));
+        }
+    }
+    None
+}
+
 static HARDENING: OnceLock<Hardening> = OnceLock::new();
 
 /// Process-wide hardening for every process that holds key material, applied once (later
@@ -260,6 +425,29 @@ fn has_cap_ipc_lock() -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn unlocked_bytes_stay_unlocked_when_everything_else_is_locked() {
+        let h = harden_process();
+        let mut b = UnlockedBytes::new();
+        b.extend_from_slice(&[1u8; 100_000]).unwrap();
+        b.extend_from_slice(&[2u8; 300_000]).unwrap();
+        assert_eq!(b.len(), 400_000);
+        assert!(b.as_slice()[..100_000].iter().all(|&x| x == 1));
+        assert!(b.as_slice()[100_000..].iter().all(|&x| x == 2));
+        assert_eq!(super::page_is_locked(b.as_slice().as_ptr()), Some(false));
+        let key = SecretBytes::random(32).unwrap();
+        if key.is_locked() {
+            assert_eq!(super::page_is_locked(key.expose().as_ptr()), Some(true));
+        }
+        if h.memory == MemoryLock::All {
+            // The rest of the memory is locked (mlockall), the buffer is not.
+            let other = vec![7u8; 1 << 20];
+            assert_eq!(super::page_is_locked(other.as_ptr()), Some(true));
+        }
+        b.clear();
+        assert!(b.is_empty() && b.capacity() >= 400_000);
+    }
+
     use super::*;
 
     #[test]
