@@ -357,12 +357,31 @@ struct PasswordChange {
     new_password: Zeroizing<String>,
 }
 
-async fn change_password(State(state): State<AppState>, body: Bytes) -> ApiResult<Json<Value>> {
+async fn change_password(
+    State(state): State<AppState>,
+    peer: ClientAddr,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
     let b: PasswordChange = serde_json::from_slice(&body).map_err(|_| {
         ApiError::bad_request(
             "send JSON {\"current_password\": \"...\", \"new_password\": \"...\"}",
         )
     })?;
+    // The current password goes through the login throttle like every other password check,
+    // so a session cannot be used to guess it at full speed.
+    state
+        .verify_admin_password(peer.0, b.current_password.clone())
+        .await
+        .map_err(|e| {
+            if e.status == StatusCode::FORBIDDEN {
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "the current password is wrong; nothing was changed",
+                )
+            } else {
+                e
+            }
+        })?;
     let s = state.clone();
     tokio::task::spawn_blocking(move || {
         s.admin()
@@ -381,7 +400,6 @@ async fn change_password(State(state): State<AppState>, body: Bytes) -> ApiResul
 
 // ---- encryption ----
 
-/// GET /api/encryption.
 /// GET /api/encryption's answer as JSON (the typed [`EncryptionStatus`], serialized).
 pub fn status_json(state: &AppState) -> Value {
     serde_json::to_value(EncryptionStatus::of(state)).unwrap_or(Value::Null)
