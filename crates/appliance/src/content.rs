@@ -80,6 +80,9 @@ pub struct VolumeOptions {
     pub store: StoreOptions,
     /// What the appliance knows about its volume, outside it ([`Known`]).
     pub known: PathBuf,
+    /// The appliance's name in the Names of the keys it creates
+    /// (`atrest/<appliance name>/<volume uuid>/<generation>`); the host name by default.
+    pub appliance_name: String,
 }
 
 impl VolumeOptions {
@@ -101,6 +104,7 @@ impl VolumeOptions {
                 ..StoreOptions::default()
             },
             known: data_dir.join(KNOWN_FILE),
+            appliance_name: keys::host_name(),
         }
     }
 }
@@ -262,6 +266,7 @@ impl DataVolume {
         if opts.key_bits != 256 && opts.key_bits != 512 {
             return Err("the key length must be 256 or 512 bits".into());
         }
+        keys::check_appliance_name(&opts.appliance_name)?;
         let lock_file = take_lock(&opts.path)?;
         let created = if opts.path.exists() {
             false
@@ -962,16 +967,25 @@ impl DataVolume {
                     state.audit_key(&server, op, None, &format!("failed ({}): {e}", e.class()));
                     format!("cannot reach the KMIP server to create the volume key: {e}")
                 })?;
-                let name = format!("atrest-volume-{}", uv.info().uuid);
-                let nk = keys::create_volume_key(&mut client, bits, Some(&name)).map_err(|e| {
-                    state.audit_key(
-                        &server,
-                        op,
-                        None,
-                        &format!("failed ({}): {e}", key_error_class(&e)),
-                    );
-                    format!("the volume key could not be created: {e}")
-                })?;
+                let info = uv.info();
+                let current = (req == Request::Rekey)
+                    .then_some(info.key_id.as_deref())
+                    .flatten();
+                let generation = keys::next_generation(&mut client, &info.uuid, current);
+                let appliance = &self.inner.opts.appliance_name;
+                let name = keys::volume_key_name(appliance, &info.uuid, generation);
+                let group = keys::volume_key_group(appliance);
+                let nk =
+                    keys::create_volume_key_in_group(&mut client, bits, Some(&name), Some(&group))
+                        .map_err(|e| {
+                            state.audit_key(
+                                &server,
+                                op,
+                                None,
+                                &format!("failed ({}): {e}", key_error_class(&e)),
+                            );
+                            format!("the volume key could not be created: {e}")
+                        })?;
                 let server = client
                     .connection_info()
                     .map(|c| c.server.to_string())

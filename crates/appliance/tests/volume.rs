@@ -12,7 +12,8 @@ use atrest_appliance::state::Content;
 use atrest_appliance::workflow::{Backoff, State as WfState};
 use atrest_appliance::{AppConfig, AppState, VolumeBackend, app};
 use atrest_kmip::client::{Client, Timeouts};
-use atrest_kmip::message::RevocationReasonCode;
+use atrest_kmip::message::{Attributes, RevocationReasonCode};
+use atrest_kmip::ttlv::Value as KmipValue;
 use atrest_store::{Query, Store, Value as CfgValue};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -228,6 +229,16 @@ fn key_client(data: &Path) -> Client {
     Client::new(s.kmip().unwrap().client_config(Timeouts::default())).unwrap()
 }
 
+/// The keys the appliance's KMIP server finds by Name.
+fn located(data: &Path, name: &str) -> Vec<String> {
+    key_client(data)
+        .locate(
+            Attributes::new().with("Name", Attributes::name_value(name)),
+            None,
+        )
+        .unwrap()
+}
+
 fn no_copy_of(needle: &[u8], dir: &Path) {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         for e in std::fs::read_dir(dir).unwrap() {
@@ -297,6 +308,26 @@ async fn encrypt_online_then_unlock_at_the_next_start() {
     );
     assert!(texts.iter().all(|t| !t.contains(&hex::encode(&material))));
 
+    // The key is named for a KMS administrator: atrest/<host name>/<volume uuid>/1, in the
+    // Object Group atrest/<host name>.
+    let status = atrest_appliance::api::status_json(&run.state);
+    let uuid = status["volume"]["volume"]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let host = atrest_appliance::keys::host_name();
+    assert_eq!(
+        located(&data, &format!("atrest/{host}/{uuid}/1")),
+        vec![key_id.clone()]
+    );
+    run.stop();
+    // Another appliance name from here on; the generation follows the current key's.
+    let run = start(&data, true, |o| o.appliance_name = "shelf-2".into());
+    wait_for("the volume is unlocked", || {
+        run.state.workflow().state == WfState::Encrypted
+    });
+    let store = run.store();
+
     // Rekey, then decrypt, online.
     let app = app(run.state.clone());
     let pw = std::fs::read_to_string(data.join("initial-admin-password")).unwrap();
@@ -308,6 +339,20 @@ async fn encrypt_online_then_unlock_at_the_next_start() {
     wait_for("the rekey finished", || {
         run.state.workflow().state == WfState::Encrypted
     });
+    assert_eq!(
+        located(&data, &format!("atrest/shelf-2/{uuid}/2")),
+        vec![new_id.clone()]
+    );
+    let group = key_client(&data)
+        .locate(
+            Attributes::new().with(
+                "Object Group",
+                KmipValue::TextString("atrest/shelf-2".into()),
+            ),
+            None,
+        )
+        .unwrap();
+    assert_eq!(group, vec![new_id.clone()]);
     let (s, v) = post_json(
         &app,
         &t,
