@@ -710,6 +710,24 @@ impl DataVolume {
                 stop: Some(me.inner.stop.clone()),
             };
             let kind = uv.state();
+            // The key(s) this conversion retires when it finishes: the old key of a Rekey,
+            // the key of a Decrypt.
+            let info = uv.info();
+            let retiring: Vec<(String, Vec<String>)> = info
+                .keys
+                .iter()
+                .filter(|k| match kind {
+                    VolState::Rekeying => k.role == "old",
+                    VolState::Decrypting => true,
+                    _ => false,
+                })
+                .map(|k| {
+                    (
+                        k.reference.unique_identifier.clone(),
+                        k.reference.servers.clone(),
+                    )
+                })
+                .collect();
             // A resumed conversion starts part-way: its rate counts this run's bytes only.
             let start_done = uv.info().progress.map_or(0, |p| p.done);
             let started = Instant::now();
@@ -764,6 +782,7 @@ impl DataVolume {
                     events(Event::Finished);
                     if let Some(st) = me.app() {
                         st.audit("volume", "appliance", done.text());
+                        crate::keylife::retire(&st, retiring);
                     }
                     tracing::info!("{} finished", kind.as_str());
                 }
@@ -787,6 +806,9 @@ impl DataVolume {
                     break;
                 }
                 me.check_key_state();
+                if let Some(st) = me.app() {
+                    crate::keylife::apply_policy(&st);
+                }
             }
         });
     }
