@@ -41,6 +41,40 @@ if (decryptGo) decryptGo.addEventListener('click', async () => {
   if (!r.ok) { say((r.body && r.body.error) || ('HTTP ' + r.status), 'error'); decryptGo.disabled = false; return; }
   location.reload();
 });
+for (const b of document.querySelectorAll('.old-key-revoke')) {
+  b.addEventListener('click', async () => {
+    b.disabled = true; say('Revoking the old key…');
+    const r = await call('POST', '/api/encryption/old-keys/' + encodeURIComponent(b.dataset.key) + '/revoke');
+    if (!r.ok) { say((r.body && r.body.error) || ('HTTP ' + r.status), 'error'); b.disabled = false; return; }
+    location.reload();
+  });
+}
+let destroyKey = null;
+for (const b of document.querySelectorAll('.old-key-destroy')) {
+  b.addEventListener('click', () => {
+    destroyKey = b.dataset.key;
+    document.getElementById('destroy-confirm').hidden = false;
+    document.getElementById('destroy-password').focus();
+  });
+}
+const destroyGo = document.getElementById('destroy-go');
+if (destroyGo) destroyGo.addEventListener('click', async () => {
+  if (!destroyKey) return;
+  destroyGo.disabled = true; say('Destroying the old key…');
+  const r = await call('POST', '/api/encryption/old-keys/' + encodeURIComponent(destroyKey) + '/destroy', {password: document.getElementById('destroy-password').value}, true);
+  if (!r.ok) { say((r.body && r.body.error) || ('HTTP ' + r.status), 'error'); destroyGo.disabled = false; return; }
+  location.reload();
+});
+const policyForm = document.getElementById('policy-form');
+if (policyForm) policyForm.addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const f = new FormData(e.target);
+  const days = parseInt(f.get('rotation_days') || '0', 10);
+  const body = {old_keys: f.get('old_keys'), destroy_after_days: parseInt(f.get('destroy_after_days') || '0', 10), rotation_interval_seconds: days > 0 ? days * 86400 : null};
+  const r = await call('PUT', '/api/encryption/policy', body, true);
+  if (!r.ok) { say((r.body && r.body.error) || ('HTTP ' + r.status), 'error'); return; }
+  location.reload();
+});
 document.getElementById('password-form').addEventListener('submit', async (e) => {
   e.preventDefault();
   const f = new FormData(e.target);

@@ -38,6 +38,12 @@ pub fn app(state: AppState) -> Router {
         .route("/api/encryption/rekey", post(rekey))
         .route("/api/encryption/decrypt", post(decrypt))
         .route("/api/encryption/resume", post(resume))
+        .route("/api/encryption/policy", axum::routing::put(policy_put))
+        .route("/api/encryption/old-keys/{id}/revoke", post(old_key_revoke))
+        .route(
+            "/api/encryption/old-keys/{id}/destroy",
+            post(old_key_destroy),
+        )
         .route("/api/openapi.json", get(openapi_doc))
         .route(
             "/api/audit",
@@ -676,10 +682,7 @@ async fn require_password(
     let b: PasswordBody = serde_json::from_slice(body).map_err(|_| {
         ApiError::new(
             StatusCode::FORBIDDEN,
-            format!(
-                "{what} writes the content volume back in plaintext, so it needs the admin \
-                 password again: send JSON {{\"password\": \"...\"}}"
-            ),
+            format!("{what} needs the admin password again: send JSON {{\"password\": \"...\"}}"),
         )
     })?;
     // Through the login throttle: 403 when wrong, 429 when the address is throttled.
@@ -700,7 +703,13 @@ async fn decrypt(
     peer: ClientAddr,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    require_password(&state, &peer, &body, "Decrypt").await?;
+    require_password(
+        &state,
+        &peer,
+        &body,
+        "Decrypt (it writes the content volume back in plaintext)",
+    )
+    .await?;
     start(&state, WfRequest::Decrypt).await
 }
 
@@ -736,6 +745,97 @@ async fn resume(
             s.as_str()
         ))),
     }
+}
+
+/// PUT /api/encryption/policy: what happens to retired keys, and the rotation interval.
+async fn policy_put(State(state): State<AppState>, body: Bytes) -> ApiResult<Json<Value>> {
+    let p: crate::keylife::Policy = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::invalid(format!(
+            "the policy is not understood ({e}); send JSON {{\"old_keys\": \"keep\"|\"revoke\"|\
+             \"destroy\", \"destroy_after_days\": N, \"rotation_interval_seconds\": N or null}}"
+        ))
+    })?;
+    p.check().map_err(ApiError::invalid)?;
+    let before = state.keylife().get().policy;
+    state
+        .keylife()
+        .update(|l| l.policy = p.clone())
+        .map_err(|e| ApiError::internal("saving the key policy", e))?;
+    state.audit(
+        "admin",
+        "admin",
+        format!(
+            "key policy changed: old_keys={:?} destroy_after_days={} rotation_interval_seconds={} \
+             (was old_keys={:?} destroy_after_days={} rotation_interval_seconds={})",
+            p.old_keys,
+            p.destroy_after_days,
+            p.rotation_interval_seconds
+                .map_or("off".to_string(), |s| s.to_string()),
+            before.old_keys,
+            before.destroy_after_days,
+            before
+                .rotation_interval_seconds
+                .map_or("off".to_string(), |s| s.to_string()),
+        )
+        .to_lowercase(),
+    );
+    // A policy that retires keys applies to the old keys at once.
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || crate::keylife::apply_policy(&st))
+        .await
+        .map_err(|e| ApiError::internal("applying the key policy", e))?;
+    Ok(Json(status_json(&state)))
+}
+
+fn old_key_error(e: crate::keylife::ActionError) -> ApiError {
+    use crate::keylife::ActionError;
+    match e {
+        ActionError::NotFound(m) => ApiError::not_found(m),
+        ActionError::Kmip(m) => ApiError::new(StatusCode::BAD_GATEWAY, m),
+        ActionError::Save(m) => ApiError::internal("saving the key life record", m),
+    }
+}
+
+/// POST /api/encryption/old-keys/{id}/revoke.
+async fn old_key_revoke(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> ApiResult<Json<Value>> {
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || crate::keylife::revoke(&st, &id, "admin"))
+        .await
+        .map_err(|e| ApiError::internal("revoking the old key", e))?
+        .map_err(old_key_error)?;
+    Ok(Json(status_json(&state)))
+}
+
+/// POST /api/encryption/old-keys/{id}/destroy: crypto-shredding, takes the admin password.
+async fn old_key_destroy(
+    State(state): State<AppState>,
+    peer: ClientAddr,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    // Unknown ids answer 404 before the password is checked.
+    if !state.keylife().get().old_keys.iter().any(|k| k.id == id) {
+        return Err(ApiError::not_found(format!(
+            "{id:?} is not an old key of this volume (see old_keys in GET /api/encryption); the \
+             key in use cannot be destroyed here"
+        )));
+    }
+    require_password(
+        &state,
+        &peer,
+        &body,
+        "Destroying an old key (data and backups made under it become unreadable)",
+    )
+    .await?;
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || crate::keylife::destroy(&st, &id, "admin"))
+        .await
+        .map_err(|e| ApiError::internal("destroying the old key", e))?
+        .map_err(old_key_error)?;
+    Ok(Json(status_json(&state)))
 }
 
 async fn openapi_doc() -> Json<Value> {

@@ -80,6 +80,9 @@ pub struct VolumeOptions {
     pub store: StoreOptions,
     /// What the appliance knows about its volume, outside it ([`Known`]).
     pub known: PathBuf,
+    /// The appliance's name in the Names of the keys it creates
+    /// (`atrest/<appliance name>/<volume uuid>/<generation>`); the host name by default.
+    pub appliance_name: String,
 }
 
 impl VolumeOptions {
@@ -101,6 +104,7 @@ impl VolumeOptions {
                 ..StoreOptions::default()
             },
             known: data_dir.join(KNOWN_FILE),
+            appliance_name: keys::host_name(),
         }
     }
 }
@@ -262,6 +266,7 @@ impl DataVolume {
         if opts.key_bits != 256 && opts.key_bits != 512 {
             return Err("the key length must be 256 or 512 bits".into());
         }
+        keys::check_appliance_name(&opts.appliance_name)?;
         let lock_file = take_lock(&opts.path)?;
         let created = if opts.path.exists() {
             false
@@ -705,6 +710,24 @@ impl DataVolume {
                 stop: Some(me.inner.stop.clone()),
             };
             let kind = uv.state();
+            // The key(s) this conversion retires when it finishes: the old key of a Rekey,
+            // the key of a Decrypt.
+            let info = uv.info();
+            let retiring: Vec<(String, Vec<String>)> = info
+                .keys
+                .iter()
+                .filter(|k| match kind {
+                    VolState::Rekeying => k.role == "old",
+                    VolState::Decrypting => true,
+                    _ => false,
+                })
+                .map(|k| {
+                    (
+                        k.reference.unique_identifier.clone(),
+                        k.reference.servers.clone(),
+                    )
+                })
+                .collect();
             // A resumed conversion starts part-way: its rate counts this run's bytes only.
             let start_done = uv.info().progress.map_or(0, |p| p.done);
             let started = Instant::now();
@@ -759,6 +782,7 @@ impl DataVolume {
                     events(Event::Finished);
                     if let Some(st) = me.app() {
                         st.audit("volume", "appliance", done.text());
+                        crate::keylife::retire(&st, retiring);
                     }
                     tracing::info!("{} finished", kind.as_str());
                 }
@@ -782,6 +806,9 @@ impl DataVolume {
                     break;
                 }
                 me.check_key_state();
+                if let Some(st) = me.app() {
+                    crate::keylife::apply_policy(&st);
+                }
             }
         });
     }
@@ -962,16 +989,25 @@ impl DataVolume {
                     state.audit_key(&server, op, None, &format!("failed ({}): {e}", e.class()));
                     format!("cannot reach the KMIP server to create the volume key: {e}")
                 })?;
-                let name = format!("atrest-volume-{}", uv.info().uuid);
-                let nk = keys::create_volume_key(&mut client, bits, Some(&name)).map_err(|e| {
-                    state.audit_key(
-                        &server,
-                        op,
-                        None,
-                        &format!("failed ({}): {e}", key_error_class(&e)),
-                    );
-                    format!("the volume key could not be created: {e}")
-                })?;
+                let info = uv.info();
+                let current = (req == Request::Rekey)
+                    .then_some(info.key_id.as_deref())
+                    .flatten();
+                let generation = keys::next_generation(&mut client, &info.uuid, current);
+                let appliance = &self.inner.opts.appliance_name;
+                let name = keys::volume_key_name(appliance, &info.uuid, generation);
+                let group = keys::volume_key_group(appliance);
+                let nk =
+                    keys::create_volume_key_in_group(&mut client, bits, Some(&name), Some(&group))
+                        .map_err(|e| {
+                            state.audit_key(
+                                &server,
+                                op,
+                                None,
+                                &format!("failed ({}): {e}", key_error_class(&e)),
+                            );
+                            format!("the volume key could not be created: {e}")
+                        })?;
                 let server = client
                     .connection_info()
                     .map(|c| c.server.to_string())

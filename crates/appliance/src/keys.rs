@@ -108,6 +108,79 @@ fn material(uid: &str, kb: &KeyBlock, bits: u32) -> Result<KeyMaterial, KeyError
     KeyMaterial::new(SecretBytes::from_slice_zeroizing(&mut copy)).map_err(|e| bad(e.to_string()))
 }
 
+/// The Name of a volume key atrest creates: `atrest/<appliance name>/<volume uuid>/<generation>`,
+/// so that a key manager's administrator sees whose key it is and which one in the volume's
+/// life (the first key is generation 1, every Rekey adds one).
+pub fn volume_key_name(appliance: &str, uuid: &str, generation: u64) -> String {
+    format!("atrest/{appliance}/{uuid}/{generation}")
+}
+
+/// The Object Group of the keys an appliance creates: `atrest/<appliance name>`.
+pub fn volume_key_group(appliance: &str) -> String {
+    format!("atrest/{appliance}")
+}
+
+/// The generation in a volume key's Name made by [`volume_key_name`] for the volume `uuid`
+/// (whichever appliance made it), or None.
+pub fn name_generation(name: &str, uuid: &str) -> Option<u64> {
+    let rest = name.strip_prefix("atrest/")?;
+    let (head, generation) = rest.rsplit_once('/')?;
+    let (_, u) = head.rsplit_once('/')?;
+    if u != uuid {
+        return None;
+    }
+    generation.parse().ok().filter(|g| *g > 0)
+}
+
+/// The generation of the key to create for the volume `uuid`: one more than the current key's
+/// (read from its Name on the server), 1 when there is no current key, 2 when the current key
+/// carries no such Name or cannot be read.
+pub fn next_generation(client: &mut Client, uuid: &str, current: Option<&str>) -> u64 {
+    let Some(uid) = current else { return 1 };
+    client
+        .get_attributes(uid, &["Name"])
+        .ok()
+        .and_then(|a| {
+            a.names()
+                .iter()
+                .filter_map(|n| name_generation(n, uuid))
+                .max()
+        })
+        .map_or(2, |g| g.saturating_add(1))
+}
+
+/// The host name, the default appliance name in key names; `atrest` when it cannot be read.
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let name = if rc == 0 {
+        let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).trim().to_owned()
+    } else {
+        String::new()
+    };
+    if name.is_empty() {
+        "atrest".to_owned()
+    } else {
+        name
+    }
+}
+
+/// Checks an appliance name for key names: 1 to 64 characters, no `/`, no control characters.
+pub fn check_appliance_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.chars().count() > 64 {
+        return Err("the appliance name must have 1 to 64 characters".into());
+    }
+    if name.contains('/') || name.chars().any(char::is_control) {
+        return Err(format!(
+            "the appliance name {name:?} may not contain '/' or control characters; choose \
+             another with --appliance-name"
+        ));
+    }
+    Ok(())
+}
+
 /// Creates, activates and fetches an AES key of `bits` (256 for XTS-AES-128, 512 for
 /// XTS-AES-256) named `name`. If anything after Create fails, the new key is revoked and
 /// destroyed again (best effort) so that no unused key is left Active on the server.
@@ -116,8 +189,18 @@ pub fn create_volume_key(
     bits: u32,
     name: Option<&str>,
 ) -> Result<NewKey, KeyError> {
+    create_volume_key_in_group(client, bits, name, None)
+}
+
+/// [`create_volume_key`] with an Object Group, where the server supports it.
+pub fn create_volume_key_in_group(
+    client: &mut Client,
+    bits: u32,
+    name: Option<&str>,
+    group: Option<&str>,
+) -> Result<NewKey, KeyError> {
     let uid = client
-        .create_aes_key(bits as i32, name)
+        .create_aes_key_in_group(bits as i32, name, group)
         .map_err(|source| KeyError::Kmip {
             uid: None,
             what: "create",

@@ -12,6 +12,7 @@ pub mod embedded;
 pub mod error;
 pub mod files;
 pub mod https;
+pub mod keylife;
 pub mod keys;
 pub mod kmip_config;
 pub mod kmip_test;

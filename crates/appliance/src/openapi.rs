@@ -94,7 +94,18 @@ pub fn document() -> Value {
                     "settings": {"oneOf": [r("KmipSettings"), {"type": "null"}]},
                     "warnings": {"type": "array", "items": {"type": "string"}},
                     "volume_attached": {"type": "boolean"},
-                    "volume": {"type": ["object", "null"], "description": "the content volume: volume (state, data_size, sector_size, key_bits, uuid), space, last_conversion, key_check, alerts, next_retry_at, unlock_attempts"}}},
+                    "volume": {"type": ["object", "null"], "description": "the content volume: volume (state, data_size, sector_size, key_bits, uuid), space, last_conversion, key_check, alerts, next_retry_at, unlock_attempts"},
+                    "policy": r("KeyPolicy"),
+                    "old_keys": {"type": "array", "items": r("OldKey")}}},
+                "KeyPolicy": {"type": "object", "required": ["old_keys"], "properties": {
+                    "old_keys": {"enum": ["keep", "revoke", "destroy"], "description": "what happens to a key when a Rekey or Decrypt retires it: left Active, revoked (Deactivated), or revoked and destroyed after destroy_after_days"},
+                    "destroy_after_days": {"type": "integer", "minimum": 0, "maximum": 36500, "default": 0},
+                    "rotation_interval_seconds": {"type": ["integer", "null"], "minimum": crate::keylife::MIN_ROTATION_SECONDS, "description": "scheduled Rekey; null: off"}}},
+                "OldKey": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "state": {"enum": ["Active", "Deactivated", "Destroyed"], "description": "last known state on the KMIP server"},
+                    "servers": {"type": "array", "items": {"type": "string"}}, "server": {"type": ["string", "null"]},
+                    "retired_at": {"type": "string", "format": "date-time"}, "retired_unix": {"type": "integer"},
+                    "last_error": {"type": ["string", "null"]}}},
                 "AuditEventInput": {"type": "object", "required": ["session", "kind", "text"], "properties": {
                     "session": {"type": "string", "maxLength": 256}, "kind": {"type": "string", "maxLength": 64},
                     "text": {"type": "string", "maxLength": 65536}, "actor": {"type": "string", "default": "api"},
@@ -147,6 +158,23 @@ pub fn document() -> Value {
                 "requestBody": {"required": true, "content": {"application/json": {"schema": r("PasswordReentry")}}},
                 "responses": {"202": ok_json("started", r("EncryptionStatus")), "401": err("not logged in"),
                     "403": err("password missing or wrong, or no CSRF token"), "409": err("not possible in this state")}}},
+            "/api/encryption/policy": {"put": {
+                "summary": "Set the key policy: what happens to retired keys, and the scheduled rotation interval (applied to the old keys at once; audited)",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": r("KeyPolicy")}}},
+                "responses": {"200": ok_json("saved; the body is the new status", r("EncryptionStatus")), "401": err("not logged in"),
+                    "403": err("no CSRF token"), "422": err("not a valid policy (e.g. a rotation interval under 60 s)")}}},
+            "/api/encryption/old-keys/{id}/revoke": {"post": {
+                "summary": "Revoke (Deactivate) an old key on the KMIP server; audited",
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": ok_json("revoked (or already); the body is the new status", r("EncryptionStatus")), "401": err("not logged in"),
+                    "403": err("no CSRF token"), "404": err("not an old key of this volume"), "502": err("the KMIP server refused or could not be reached")}}},
+            "/api/encryption/old-keys/{id}/destroy": {"post": {
+                "summary": "Destroy an old key on the KMIP server (revoked first): crypto-shredding, backups made under it become unreadable; takes the admin password again; audited",
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": r("PasswordReentry")}}},
+                "responses": {"200": ok_json("destroyed; the body is the new status", r("EncryptionStatus")), "401": err("not logged in"),
+                    "403": err("password missing or wrong, or no CSRF token"), "404": err("not an old key of this volume"),
+                    "429": err("too many wrong passwords from this address"), "502": err("the KMIP server refused or could not be reached")}}},
             "/api/audit/verify": {"get": {
                 "summary": "Check the whole audit history: its hash chain, and its seal under a key derived from the volume key when encrypted",
                 "responses": {"200": ok_json("the check (ok may be false)", json!({"type": "object", "properties": {

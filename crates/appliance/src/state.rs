@@ -105,6 +105,7 @@ pub(crate) struct Inner {
     pub content: Mutex<Content>,
     pub audit_queue: Mutex<Vec<atrest_store::NewEvent>>,
     pub uploads: crate::limits::Uploads,
+    pub keylife: crate::keylife::KeyLifeStore,
 }
 
 /// Shared by every request.
@@ -146,9 +147,11 @@ impl AppState {
         let last_test = load_last_test(dir);
         let login = LoginThrottle::new(config.login);
         let uploads = crate::limits::Uploads::new(config.limits.max_uploads);
+        let keylife = crate::keylife::KeyLifeStore::open(dir)?;
         let state = AppState {
             inner: Arc::new(Inner {
                 uploads,
+                keylife,
                 config,
                 login,
                 admin: admin.admin,
@@ -175,6 +178,11 @@ impl AppState {
     /// The recording upload slots.
     pub fn uploads(&self) -> &crate::limits::Uploads {
         &self.inner.uploads
+    }
+
+    /// The record of the keys' life: policy and old keys.
+    pub fn keylife(&self) -> &crate::keylife::KeyLifeStore {
+        &self.inner.keylife
     }
 
     pub fn data_dir(&self) -> &Path {

@@ -40,6 +40,11 @@ pub struct EncryptionStatus {
     pub embedded_kms: bool,
     pub volume_attached: bool,
     pub volume: Option<VolumeStatus>,
+    /// What happens to retired keys, and the rotation interval.
+    pub policy: crate::keylife::Policy,
+    /// Keys a Rekey or Decrypt retired that a KMIP server may still hold (id, last known state,
+    /// server).
+    pub old_keys: Vec<crate::keylife::OldKey>,
 }
 
 /// Whether Encrypt may start now, and why not.
@@ -242,6 +247,17 @@ impl EncryptionStatus {
         }
         let backend = state.backend();
         let volume = backend.map(|b| b.status());
+        let life = state.keylife().get();
+        for k in &life.old_keys {
+            if k.state == "Active" {
+                warnings.push(format!(
+                    "the old key {} is still Active on the KMIP server {}: revoke or destroy it \
+                     once no backup needs it (or set the key policy)",
+                    k.id,
+                    k.server.as_deref().unwrap_or("-")
+                ));
+            }
+        }
         if let Some(w) = volume
             .as_ref()
             .and_then(|v| v.audit.as_ref())
@@ -269,6 +285,8 @@ impl EncryptionStatus {
             embedded_kms,
             volume_attached: volume.is_some(),
             volume,
+            policy: life.policy,
+            old_keys: life.old_keys,
         }
     }
 }

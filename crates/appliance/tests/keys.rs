@@ -80,3 +80,65 @@ fn another_volumes_key_is_refused() {
     assert!(err.to_string().contains("not this volume's key"), "{err}");
     drop(dev_b);
 }
+
+/// Keys carry atrest/<appliance>/<volume uuid>/<generation> and the Object Group
+/// atrest/<appliance>: Locate by Name and by Object Group find them, and the next generation is
+/// read back from the current key's Name.
+#[test]
+fn named_keys_are_found_by_name_and_object_group() {
+    use atrest_appliance::keys::{
+        create_volume_key_in_group, next_generation, volume_key_group, volume_key_name,
+    };
+    use atrest_kmip::message::Attributes;
+    use atrest_kmip::ttlv::Value;
+    let Some(mut c) = client() else { return };
+    let appliance = format!("keys-test-{}", std::process::id());
+    let uuid = format!("{:032x}", rand_u128());
+    let group = volume_key_group(&appliance);
+    assert_eq!(next_generation(&mut c, &uuid, None), 1);
+    let first = volume_key_name(&appliance, &uuid, 1);
+    assert_eq!(first, format!("atrest/{appliance}/{uuid}/1"));
+    let k1 = create_volume_key_in_group(&mut c, 256, Some(&first), Some(&group)).unwrap();
+    let uid1 = k1.reference.unique_identifier.clone();
+    assert_eq!(next_generation(&mut c, &uuid, Some(&uid1)), 2);
+    let second = volume_key_name(&appliance, &uuid, 2);
+    let k2 = create_volume_key_in_group(&mut c, 256, Some(&second), Some(&group)).unwrap();
+    let uid2 = k2.reference.unique_identifier.clone();
+
+    let by_name = |c: &mut Client, n: &str| {
+        c.locate(
+            Attributes::new().with("Name", Attributes::name_value(n)),
+            None,
+        )
+        .unwrap()
+    };
+    assert_eq!(by_name(&mut c, &first), vec![uid1.clone()]);
+    assert_eq!(by_name(&mut c, &second), vec![uid2.clone()]);
+    let mut in_group = c
+        .locate(
+            Attributes::new().with("Object Group", Value::TextString(group.clone())),
+            None,
+        )
+        .unwrap();
+    in_group.sort();
+    let mut want = vec![uid1.clone(), uid2.clone()];
+    want.sort();
+    assert_eq!(in_group, want);
+    for uid in [uid1, uid2] {
+        c.revoke(&uid, RevocationReasonCode::CESSATION_OF_OPERATION, None)
+            .unwrap();
+        c.destroy(&uid).unwrap();
+    }
+}
+
+fn rand_u128() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    ((h.finish() as u128) << 64) | std::process::id() as u128
+}

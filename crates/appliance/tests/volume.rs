@@ -12,7 +12,8 @@ use atrest_appliance::state::Content;
 use atrest_appliance::workflow::{Backoff, State as WfState};
 use atrest_appliance::{AppConfig, AppState, VolumeBackend, app};
 use atrest_kmip::client::{Client, Timeouts};
-use atrest_kmip::message::RevocationReasonCode;
+use atrest_kmip::message::{Attributes, RevocationReasonCode};
+use atrest_kmip::ttlv::Value as KmipValue;
 use atrest_store::{Query, Store, Value as CfgValue};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -116,10 +117,22 @@ async fn token(app: &axum::Router, password: &str) -> String {
 }
 
 async fn post_json(app: &axum::Router, token: &str, uri: &str, body: Value) -> (StatusCode, Value) {
+    send_json(app, token, "POST", uri, body).await
+}
+
+async fn send_json(
+    app: &axum::Router,
+    token: &str,
+    method: &str,
+    uri: &str,
+    body: Value,
+) -> (StatusCode, Value) {
     let res = app
         .clone()
         .oneshot(
-            Request::post(uri)
+            Request::builder()
+                .method(method)
+                .uri(uri)
                 .header(header::AUTHORIZATION, format!("Bearer {token}"))
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(Body::from(body.to_string()))
@@ -228,6 +241,16 @@ fn key_client(data: &Path) -> Client {
     Client::new(s.kmip().unwrap().client_config(Timeouts::default())).unwrap()
 }
 
+/// The keys the appliance's KMIP server finds by Name.
+fn located(data: &Path, name: &str) -> Vec<String> {
+    key_client(data)
+        .locate(
+            Attributes::new().with("Name", Attributes::name_value(name)),
+            None,
+        )
+        .unwrap()
+}
+
 fn no_copy_of(needle: &[u8], dir: &Path) {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         for e in std::fs::read_dir(dir).unwrap() {
@@ -297,6 +320,26 @@ async fn encrypt_online_then_unlock_at_the_next_start() {
     );
     assert!(texts.iter().all(|t| !t.contains(&hex::encode(&material))));
 
+    // The key is named for a KMS administrator: atrest/<host name>/<volume uuid>/1, in the
+    // Object Group atrest/<host name>.
+    let status = atrest_appliance::api::status_json(&run.state);
+    let uuid = status["volume"]["volume"]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let host = atrest_appliance::keys::host_name();
+    assert_eq!(
+        located(&data, &format!("atrest/{host}/{uuid}/1")),
+        vec![key_id.clone()]
+    );
+    run.stop();
+    // Another appliance name from here on; the generation follows the current key's.
+    let run = start(&data, true, |o| o.appliance_name = "shelf-2".into());
+    wait_for("the volume is unlocked", || {
+        run.state.workflow().state == WfState::Encrypted
+    });
+    let store = run.store();
+
     // Rekey, then decrypt, online.
     let app = app(run.state.clone());
     let pw = std::fs::read_to_string(data.join("initial-admin-password")).unwrap();
@@ -308,6 +351,20 @@ async fn encrypt_online_then_unlock_at_the_next_start() {
     wait_for("the rekey finished", || {
         run.state.workflow().state == WfState::Encrypted
     });
+    assert_eq!(
+        located(&data, &format!("atrest/shelf-2/{uuid}/2")),
+        vec![new_id.clone()]
+    );
+    let group = key_client(&data)
+        .locate(
+            Attributes::new().with(
+                "Object Group",
+                KmipValue::TextString("atrest/shelf-2".into()),
+            ),
+            None,
+        )
+        .unwrap();
+    assert_eq!(group, vec![new_id.clone()]);
     let (s, v) = post_json(
         &app,
         &t,
@@ -723,4 +780,218 @@ async fn a_rewritten_audit_history_is_reported() {
         "{st}"
     );
     run.stop();
+}
+
+/// The state of `uid` on the KMIP server of `data`'s settings; None when the server no longer
+/// has it.
+fn key_state(data: &Path, uid: &str) -> Option<String> {
+    key_client(data)
+        .get_attributes(uid, &["State"])
+        .ok()
+        .and_then(|a| a.state())
+        .map(|s| s.to_string())
+}
+
+/// Retiring old keys against the PyKMIP peer: Rekey under policy `revoke` leaves the old key
+/// Deactivated and the volume unlocking with the new one; under `destroy` the old key is
+/// Destroyed; Destroy by hand takes the admin password and only old keys are accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_keys_are_retired_by_policy_on_pykmip() {
+    let Some(peer) = std::env::var_os("ATREST_PYKMIP_EC_ENV") else {
+        atrest_testkit::ec_peer();
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let run = start(&data, false, |_| {});
+    let u = atrest_appliance::kmip_config::update_from_env_file(Path::new(&peer)).unwrap();
+    let settings = atrest_appliance::kmip_config::KmipSettings::apply(None, u).unwrap();
+    run.state.set_kmip(settings).unwrap();
+    let app = app(run.state.clone());
+    let pw = run.password.clone().unwrap();
+    let t = token(&app, &pw).await;
+    let (s, v) = post(&app, &t, "/api/encryption/test").await;
+    assert_eq!(v["ok"], true, "{s} {v}");
+    let (s, v) = post(&app, &t, "/api/encryption/encrypt").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let k1 = v["key_id"].as_str().unwrap().to_owned();
+    wait_for("encrypted", || {
+        run.state.workflow().state == WfState::Encrypted
+    });
+
+    // Policy checks: a rotation under 60 s is refused.
+    let (s, v) = send_json(
+        &app,
+        &t,
+        "PUT",
+        "/api/encryption/policy",
+        json!({"old_keys": "revoke", "rotation_interval_seconds": 5}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("at least 60"), "{v}");
+    let (s, v) = send_json(
+        &app,
+        &t,
+        "PUT",
+        "/api/encryption/policy",
+        json!({"old_keys": "revoke", "destroy_after_days": 0, "rotation_interval_seconds": null}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["policy"]["old_keys"], "revoke");
+
+    let (s, v) = post(&app, &t, "/api/encryption/rekey").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let k2 = v["key_id"].as_str().unwrap().to_owned();
+    wait_for("the old key is retired", || {
+        let st = atrest_appliance::api::status_json(&run.state);
+        st["old_keys"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|k| k["id"] == k1.as_str() && k["state"] == "Deactivated")
+        })
+    });
+    assert_eq!(key_state(&data, &k1).as_deref(), Some("Deactivated"));
+    assert_eq!(key_state(&data, &k2).as_deref(), Some("Active"));
+    let texts = audit_texts(&run.store());
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("operation=retire") && t.contains(&k1)),
+        "{texts:?}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("operation=revoke") && t.contains(&k1) && t.contains("result=ok")),
+        "{texts:?}"
+    );
+    assert!(
+        texts.iter().any(|t| t.contains("key policy changed")),
+        "{texts:?}"
+    );
+
+    // The key in use, or any id that is not an old key, cannot be destroyed here; a wrong
+    // password is refused.
+    let (s, v) = post_json(
+        &app,
+        &t,
+        &format!("/api/encryption/old-keys/{k2}/destroy"),
+        json!({"password": pw}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let (s, v) = post_json(
+        &app,
+        &t,
+        &format!("/api/encryption/old-keys/{k1}/destroy"),
+        json!({"password": "not the password"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert_eq!(key_state(&data, &k1).as_deref(), Some("Deactivated"));
+    run.stop();
+
+    // The volume unlocks with the new key; the record survives the restart.
+    let run = start(&data, false, |_| {});
+    wait_for("unlocked with the new key", || {
+        run.state.workflow().state == WfState::Encrypted
+    });
+    let st = atrest_appliance::api::status_json(&run.state);
+    assert_eq!(st["key_id"], k2.as_str());
+    assert_eq!(st["policy"]["old_keys"], "revoke");
+    let app = atrest_appliance::app(run.state.clone());
+    let t = token(&app, &pw).await;
+
+    // Policy destroy: the next Rekey destroys the retired key (after revoking it).
+    let (s, v) = send_json(
+        &app,
+        &t,
+        "PUT",
+        "/api/encryption/policy",
+        json!({"old_keys": "keep", "destroy_after_days": 0, "rotation_interval_seconds": null}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = post(&app, &t, "/api/encryption/rekey").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let k3 = v["key_id"].as_str().unwrap().to_owned();
+    wait_for("k2 is retired", || {
+        let st = atrest_appliance::api::status_json(&run.state);
+        st["old_keys"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|k| k["id"] == k2.as_str()))
+            && st["state"] == "encrypted"
+    });
+    // keep: still Active, and the page warns.
+    assert_eq!(key_state(&data, &k2).as_deref(), Some("Active"));
+    let st = atrest_appliance::api::status_json(&run.state);
+    assert!(
+        st["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains(&k2)),
+        "{st}"
+    );
+    // Destroy by hand, with the password: revoked first, then destroyed.
+    let (s, v) = post_json(
+        &app,
+        &t,
+        &format!("/api/encryption/old-keys/{k2}/destroy"),
+        json!({"password": pw}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_ne!(key_state(&data, &k2).as_deref(), Some("Active"));
+    assert_ne!(key_state(&data, &k2).as_deref(), Some("Deactivated"));
+    // Policy destroy applies at once to the Deactivated k1.
+    let (s, v) = send_json(
+        &app,
+        &t,
+        "PUT",
+        "/api/encryption/policy",
+        json!({"old_keys": "destroy", "destroy_after_days": 0, "rotation_interval_seconds": null}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let states: Vec<(String, String)> = v["old_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["id"].as_str().unwrap().to_owned(),
+                k["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        states.contains(&(k1.clone(), "Destroyed".into())),
+        "{states:?}"
+    );
+    assert!(
+        states.contains(&(k2.clone(), "Destroyed".into())),
+        "{states:?}"
+    );
+    for k in [&k1, &k2] {
+        let s = key_state(&data, k);
+        assert!(
+            s.is_none() || s.as_deref() == Some("Destroyed"),
+            "{k}: {s:?}"
+        );
+    }
+    assert_eq!(key_state(&data, &k3).as_deref(), Some("Active"));
+    let texts = audit_texts(&run.store());
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("operation=destroy") && t.contains(&k1) && t.contains("result=ok")),
+        "{texts:?}"
+    );
+    run.stop();
+    // Leave nothing Active on the shared peer.
+    let mut c = key_client(&data);
+    let _ = c.revoke(&k3, RevocationReasonCode::CESSATION_OF_OPERATION, None);
+    let _ = c.destroy(&k3);
 }

@@ -93,9 +93,19 @@ pub struct ServeArgs {
     /// not published).
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     shutdown_grace: u64,
+    /// The appliance's name in the Names of the keys it creates
+    /// (atrest/<appliance name>/<volume uuid>/<generation>) and their Object Group
+    /// (atrest/<appliance name>); the host name by default.
+    #[arg(long, value_name = "NAME")]
+    appliance_name: Option<String>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let appliance_name = args
+        .appliance_name
+        .clone()
+        .unwrap_or_else(atrest_appliance::keys::host_name);
+    atrest_appliance::keys::check_appliance_name(&appliance_name).map_err(anyhow::Error::msg)?;
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -150,6 +160,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         v.max_rate = (args.convert_rate > 0).then_some(args.convert_rate);
         v.chunk_size = args.convert_chunk;
         v.timeouts = timeouts;
+        v.appliance_name = appliance_name;
         v.key_check_interval = Duration::from_secs(args.key_check_interval);
         v.key_policy = if args.key_check_policy == "lock" {
             KeyPolicy::Lock

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use atrest_appliance::keys::{create_volume_key, fetch_volume_keys};
+use atrest_appliance::keys::{self, create_volume_key_in_group, fetch_volume_keys};
 use atrest_kmip::client::Client;
 use atrest_volume::{
     ConvertOptions, EncryptOptions, State, UnlockedVolume, Volume, VolumeInfo, VolumeLock,
@@ -36,9 +36,14 @@ pub struct EncryptArgs {
     /// Sector size of the encrypted volume: 4096 or 512.
     #[arg(long, default_value_t = 4096)]
     sector_size: u32,
-    /// A Name for the key on the KMIP server (default: atrest volume <uuid>).
+    /// A Name for the key on the KMIP server (default:
+    /// atrest/<appliance name>/<volume uuid>/<generation>).
     #[arg(long)]
     name: Option<String>,
+    /// The appliance name in the default Name and in the key's Object Group
+    /// (atrest/<appliance name>); the host name by default.
+    #[arg(long, value_name = "NAME")]
+    appliance_name: Option<String>,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -49,9 +54,14 @@ pub struct RekeyArgs {
     image: PathBuf,
     #[command(flatten)]
     kmip: KmipSettings,
-    /// A Name for the new key on the KMIP server (default: atrest volume <uuid>).
+    /// A Name for the new key on the KMIP server (default:
+    /// atrest/<appliance name>/<volume uuid>/<generation>).
     #[arg(long)]
     name: Option<String>,
+    /// The appliance name in the default Name and in the key's Object Group
+    /// (atrest/<appliance name>); the host name by default.
+    #[arg(long, value_name = "NAME")]
+    appliance_name: Option<String>,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -227,6 +237,28 @@ fn in_progress_elsewhere(image: &Path, state: State) -> anyhow::Error {
     )
 }
 
+/// The Name and Object Group of a new volume key: `--name`, or
+/// atrest/<appliance name>/<volume uuid>/<generation>, the generation one more than the
+/// current key's.
+fn key_name(
+    client: &mut Client,
+    appliance: &Option<String>,
+    name: Option<&str>,
+    uuid: &str,
+    current: Option<&str>,
+) -> anyhow::Result<(String, String)> {
+    let appliance = appliance.clone().unwrap_or_else(keys::host_name);
+    keys::check_appliance_name(&appliance).map_err(anyhow::Error::msg)?;
+    let name = match name {
+        Some(n) => n.to_owned(),
+        None => {
+            let generation = keys::next_generation(client, uuid, current);
+            keys::volume_key_name(&appliance, uuid, generation)
+        }
+    };
+    Ok((name, keys::volume_key_group(&appliance)))
+}
+
 pub fn encrypt(a: EncryptArgs) -> anyhow::Result<()> {
     let (_lock, vol) = open(&a.image)?;
     let info = vol.info();
@@ -236,11 +268,15 @@ pub fn encrypt(a: EncryptArgs) -> anyhow::Result<()> {
             if a.key_length != 256 && a.key_length != 512 {
                 bail!("--key-length must be 256 or 512");
             }
-            let name = a
-                .name
-                .clone()
-                .unwrap_or_else(|| format!("atrest volume {}", info.uuid));
-            let key = create_volume_key(&mut client, a.key_length, Some(&name))?;
+            let (name, group) = key_name(
+                &mut client,
+                &a.appliance_name,
+                a.name.as_deref(),
+                &info.uuid,
+                None,
+            )?;
+            let key =
+                create_volume_key_in_group(&mut client, a.key_length, Some(&name), Some(&group))?;
             let uid = key.reference.unique_identifier.clone();
             let unlocked = vol.unlock(Vec::new())?;
             let opts = EncryptOptions {
@@ -285,11 +321,14 @@ pub fn rekey(a: RekeyArgs) -> anyhow::Result<()> {
                 .first()
                 .map(|k| k.reference.unique_identifier.clone());
             let bits = info.key_bits.unwrap_or(256);
-            let name = a
-                .name
-                .clone()
-                .unwrap_or_else(|| format!("atrest volume {}", info.uuid));
-            let key = create_volume_key(&mut client, bits, Some(&name))?;
+            let (name, group) = key_name(
+                &mut client,
+                &a.appliance_name,
+                a.name.as_deref(),
+                &info.uuid,
+                old.as_deref(),
+            )?;
+            let key = create_volume_key_in_group(&mut client, bits, Some(&name), Some(&group))?;
             let unlocked = vol.unlock(keys)?;
             unlocked
                 .begin_rekey(key.material, key.reference, &EncryptOptions::default())

@@ -517,6 +517,32 @@ impl Client {
     /// encryption and decryption, optionally named. Returns its Unique Identifier. The key is
     /// Pre-Active until [`Client::activate`].
     pub fn create_aes_key(&mut self, bits: i32, name: Option<&str>) -> Result<String, ClientError> {
+        self.create_aes_key_in_group(bits, name, None)
+    }
+
+    /// Create, as [`Client::create_aes_key`], with an Object Group as well when `group` is
+    /// given. A server that fails the Create with the group (it does not support the attribute)
+    /// is asked again without it, so the key is made either way.
+    pub fn create_aes_key_in_group(
+        &mut self,
+        bits: i32,
+        name: Option<&str>,
+        group: Option<&str>,
+    ) -> Result<String, ClientError> {
+        match self.create_aes_key_with(bits, name, group) {
+            Err(ClientError::Operation { .. }) if group.is_some() => {
+                self.create_aes_key_with(bits, name, None)
+            }
+            r => r,
+        }
+    }
+
+    fn create_aes_key_with(
+        &mut self,
+        bits: i32,
+        name: Option<&str>,
+        group: Option<&str>,
+    ) -> Result<String, ClientError> {
         let mut attributes = Attributes::new()
             .with("Cryptographic Algorithm", Value::Enumeration(3))
             .with("Cryptographic Length", Value::Integer(bits))
@@ -526,6 +552,9 @@ impl Client {
             );
         if let Some(n) = name {
             attributes.push("Name", Attributes::name_value(n));
+        }
+        if let Some(g) = group {
+            attributes.push("Object Group", Value::TextString(g.to_owned()));
         }
         match self.call(RequestPayload::Create {
             object_type: ObjectType::SYMMETRIC_KEY,
