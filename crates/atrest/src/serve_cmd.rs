@@ -13,10 +13,14 @@ use clap::Args;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// TOML file with any of these options, named with underscores (`data_dir = "…"`); paths in
+    /// it are relative to it; flags override it.
+    #[arg(long, value_name = "FILE", env = "ATREST_CONFIG")]
+    config: Option<PathBuf>,
     /// The appliance's data directory: admin account, HTTPS certificate, KMIP settings, the
     /// content volume (created if missing).
     #[arg(long, value_name = "DIR", env = "ATREST_DATA_DIR")]
-    data_dir: PathBuf,
+    data_dir: Option<PathBuf>,
     /// Address to serve HTTPS on; port 0 picks a free port (printed).
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8443")]
     listen: SocketAddr,
@@ -95,7 +99,19 @@ pub struct ServeArgs {
     shutdown_grace: u64,
 }
 
+impl ServeArgs {
+    /// The settings file given with `--config`.
+    pub fn config_file(&self) -> Option<PathBuf> {
+        self.config.clone()
+    }
+}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let Some(data_dir) = args.data_dir.clone() else {
+        anyhow::bail!(
+            "no data directory given; use --data-dir DIR or `data_dir` in the --config file"
+        );
+    };
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -144,7 +160,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let timeouts = Timeouts::uniform(Duration::from_secs_f64(args.kmip_timeout));
     let volume = (!args.no_volume).then(|| {
-        let mut v = VolumeOptions::new(&args.data_dir);
+        let mut v = VolumeOptions::new(&data_dir);
         v.size = args.volume_size;
         v.key_bits = args.key_bits;
         v.max_rate = (args.convert_rate > 0).then_some(args.convert_rate);
@@ -168,7 +184,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
              number of seconds"
         );
     }
-    let mut config = AppConfig::new(args.data_dir);
+    let mut config = AppConfig::new(data_dir);
     config.kmip_timeouts = timeouts;
     config.login.free_failures = args.login_free_failures;
     config.login.max_delay = Duration::from_secs(args.login_max_delay);
