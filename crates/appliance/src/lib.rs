@@ -18,6 +18,7 @@ pub mod kmip_test;
 pub mod known;
 pub mod limits;
 pub mod login;
+pub mod metrics;
 pub mod openapi;
 pub mod pages;
 pub mod server;

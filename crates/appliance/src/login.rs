@@ -186,6 +186,15 @@ impl LoginThrottle {
     }
 
     /// Lets `ip` try one password, or says how long it must wait.
+    /// Source addresses locked out now.
+    pub fn locked_out(&self) -> usize {
+        let now = Instant::now();
+        self.table()
+            .values()
+            .filter(|e| e.locked_until.is_some_and(|t| t > now))
+            .count()
+    }
+
     pub fn admit(&self, ip: IpAddr) -> Result<Ticket<'_>, Refused> {
         let key = source_key(ip);
         let now = Instant::now();
@@ -369,6 +378,7 @@ pub async fn check_password(
         Ok(t) => t,
         Err(Refused::Throttled(wait)) => {
             tracing::debug!(source = %peer, "{} refused: throttled", purpose.as_str());
+            state.metrics().login_throttled();
             return Err(throttled(wait));
         }
     };
@@ -410,6 +420,7 @@ fn record(state: &AppState, peer: IpAddr, key: IpAddr, ok: bool, purpose: Purpos
             tracing::info!(source = %peer, "{} accepted", purpose.as_str());
         }
         Some(f) => {
+            state.metrics().login_failed();
             tracing::warn!(
                 source = %peer,
                 failures = f.failures,

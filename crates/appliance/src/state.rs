@@ -105,6 +105,7 @@ pub(crate) struct Inner {
     pub content: Mutex<Content>,
     pub audit_queue: Mutex<Vec<atrest_store::NewEvent>>,
     pub uploads: crate::limits::Uploads,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Shared by every request.
@@ -149,6 +150,7 @@ impl AppState {
         let state = AppState {
             inner: Arc::new(Inner {
                 uploads,
+                metrics: crate::metrics::Metrics::default(),
                 config,
                 login,
                 admin: admin.admin,
@@ -262,6 +264,11 @@ impl AppState {
     }
 
     /// The throttle every admin password check goes through.
+    /// The counters `GET /metrics` shows.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
+    }
+
     pub fn login_throttle(&self) -> &LoginThrottle {
         &self.inner.login
     }

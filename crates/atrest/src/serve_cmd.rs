@@ -93,6 +93,10 @@ pub struct ServeArgs {
     /// Seconds an upload's body may stop arriving before the upload is dropped (408), unpublished.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     body_timeout: u64,
+    /// Serve GET /metrics (Prometheus), /healthz and /readyz over plain HTTP on this address,
+    /// without login (off unless given; keep it on loopback or a monitoring network).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<SocketAddr>,
     /// Seconds SIGTERM waits for requests under way before cutting them off (uploads cut off are
     /// not published).
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
@@ -197,6 +201,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
         embedded_kms: args.embedded_kms,
         volume,
+        metrics_listen: args.metrics_listen,
     };
     atrest_appliance::server::run(opts).map_err(anyhow::Error::msg)
 }
