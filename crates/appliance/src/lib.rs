@@ -24,6 +24,7 @@ pub mod pages;
 pub mod server;
 pub mod state;
 pub mod status;
+pub mod syslog;
 pub mod workflow;
 
 pub use api::app;

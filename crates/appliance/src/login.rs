@@ -418,9 +418,25 @@ fn record(state: &AppState, peer: IpAddr, key: IpAddr, ok: bool, purpose: Purpos
     match state.login_throttle().record(key, ok) {
         None => {
             tracing::info!(source = %peer, "{} accepted", purpose.as_str());
+            state.syslog().send(
+                crate::syslog::Severity::Info,
+                AUDIT_LOGIN_KIND,
+                "appliance",
+                &format!("{} from {peer}: accepted", purpose.as_str()),
+            );
         }
         Some(f) => {
             state.metrics().login_failed();
+            state.syslog().send(
+                crate::syslog::Severity::Warning,
+                AUDIT_LOGIN_KIND,
+                "appliance",
+                &format!(
+                    "{} from {peer}: refused, wrong username or password ({} in a row)",
+                    purpose.as_str(),
+                    f.failures
+                ),
+            );
             tracing::warn!(
                 source = %peer,
                 failures = f.failures,

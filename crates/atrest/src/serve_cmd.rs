@@ -97,6 +97,10 @@ pub struct ServeArgs {
     /// without login (off unless given; keep it on loopback or a monitoring network).
     #[arg(long, value_name = "HOST:PORT")]
     metrics_listen: Option<SocketAddr>,
+    /// Send key and admin events (key operations, Save and Test, conversions, alerts, admin
+    /// logins) to this syslog receiver as RFC 5424 over TCP; repeatable.
+    #[arg(long = "syslog", value_name = "tcp://HOST:PORT", value_parser = clap::builder::ValueParser::new(parse_syslog))]
+    syslog: Vec<atrest_appliance::syslog::Target>,
     /// Seconds SIGTERM waits for requests under way before cutting them off (uploads cut off are
     /// not published).
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
@@ -193,6 +197,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.login.free_failures = args.login_free_failures;
     config.login.max_delay = Duration::from_secs(args.login_max_delay);
     config.limits = limits;
+    config.syslog = args.syslog;
     let opts = ServeOptions {
         config,
         listen: Listen {
@@ -226,6 +231,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(mult))
         .ok_or_else(|| format!("`{s}` is not a size; give e.g. 64M or 1G"))
+}
+
+fn parse_syslog(s: &str) -> Result<atrest_appliance::syslog::Target, String> {
+    s.parse()
 }
 
 fn parse_bits(s: &str) -> Result<u32, String> {
