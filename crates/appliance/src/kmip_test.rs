@@ -221,6 +221,7 @@ pub fn test_server(
         StepStatus::Ok,
         format!("{}, cipher {}", info.tls_version, info.cipher),
     );
+    crate::metrics::note_server_certificate(&server.to_string(), info.server_days_left);
     let mut warn = false;
     let mut lines = vec![format!(
         "server certificate `{}` chains to the configured CA and matches the server's name",

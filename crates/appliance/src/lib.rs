@@ -19,11 +19,13 @@ pub mod kmip_test;
 pub mod known;
 pub mod limits;
 pub mod login;
+pub mod metrics;
 pub mod openapi;
 pub mod pages;
 pub mod server;
 pub mod state;
 pub mod status;
+pub mod syslog;
 pub mod workflow;
 
 pub use api::app;

@@ -186,6 +186,15 @@ impl LoginThrottle {
     }
 
     /// Lets `ip` try one password, or says how long it must wait.
+    /// Source addresses locked out now.
+    pub fn locked_out(&self) -> usize {
+        let now = Instant::now();
+        self.table()
+            .values()
+            .filter(|e| e.locked_until.is_some_and(|t| t > now))
+            .count()
+    }
+
     pub fn admit(&self, ip: IpAddr) -> Result<Ticket<'_>, Refused> {
         let key = source_key(ip);
         let now = Instant::now();
@@ -369,6 +378,7 @@ pub async fn check_password(
         Ok(t) => t,
         Err(Refused::Throttled(wait)) => {
             tracing::debug!(source = %peer, "{} refused: throttled", purpose.as_str());
+            state.metrics().login_throttled();
             return Err(throttled(wait));
         }
     };
@@ -408,8 +418,25 @@ fn record(state: &AppState, peer: IpAddr, key: IpAddr, ok: bool, purpose: Purpos
     match state.login_throttle().record(key, ok) {
         None => {
             tracing::info!(source = %peer, "{} accepted", purpose.as_str());
+            state.syslog().send(
+                crate::syslog::Severity::Info,
+                AUDIT_LOGIN_KIND,
+                "appliance",
+                &format!("{} from {peer}: accepted", purpose.as_str()),
+            );
         }
         Some(f) => {
+            state.metrics().login_failed();
+            state.syslog().send(
+                crate::syslog::Severity::Warning,
+                AUDIT_LOGIN_KIND,
+                "appliance",
+                &format!(
+                    "{} from {peer}: refused, wrong username or password ({} in a row)",
+                    purpose.as_str(),
+                    f.failures
+                ),
+            );
             tracing::warn!(
                 source = %peer,
                 failures = f.failures,

@@ -123,6 +123,8 @@ pub struct ServeOptions {
     pub embedded_kms: bool,
     /// The content volume; `None` serves without one (Encrypt and the content API answer 503).
     pub volume: Option<crate::content::VolumeOptions>,
+    /// Where to serve /metrics, /healthz and /readyz over plain HTTP (none: not served).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Runs the appliance until SIGINT or SIGTERM: opens the data directory (printing a generated
@@ -197,9 +199,32 @@ pub fn run(opts: ServeOptions) -> Result<(), String> {
                 bound.cert_path.display()
             );
         }
+        let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
+        let metrics = match opts.metrics_listen {
+            Some(addr) => {
+                crate::metrics::observe_kmip();
+                let l = crate::metrics::bind(addr)?;
+                let local = l
+                    .local_addr()
+                    .map_err(|e| format!("cannot read the metrics address: {e}"))?;
+                println!("metrics on http://{local}/metrics (and /healthz, /readyz)");
+                let mut stopped = metrics_stopped.clone();
+                let s = state.clone();
+                Some(tokio::spawn(crate::metrics::serve(s, l, async move {
+                    let _ = stopped.wait_for(|v| *v).await;
+                })))
+            }
+            None => None,
+        };
         println!("atrest appliance listening on https://{}/", bound.local_addr);
         tracing::info!(addr = %bound.local_addr, "listening");
         let result = serve(state, bound, shutdown_signal()).await;
+        let _ = stop_metrics.send(true);
+        if let Some(m) = metrics
+            && let Ok(Err(e)) = m.await
+        {
+            tracing::warn!("{e}");
+        }
         if let Some(v) = volume {
             use crate::state::VolumeBackend as _;
             tokio::task::spawn_blocking(move || v.shutdown()).await.ok();

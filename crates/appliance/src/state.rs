@@ -26,6 +26,8 @@ pub struct AppConfig {
     pub login: LoginLimits,
     /// Connection, upload and shutdown limits (docs/workflow.md, "Limits and timeouts").
     pub limits: crate::limits::Limits,
+    /// Syslog receivers of key and admin events (none: not sent).
+    pub syslog: Vec<crate::syslog::Target>,
 }
 
 impl AppConfig {
@@ -36,6 +38,7 @@ impl AppConfig {
             kmip_timeouts: Timeouts::default(),
             login: LoginLimits::default(),
             limits: crate::limits::Limits::default(),
+            syslog: Vec::new(),
         }
     }
 }
@@ -106,6 +109,8 @@ pub(crate) struct Inner {
     pub audit_queue: Mutex<Vec<atrest_store::NewEvent>>,
     pub uploads: crate::limits::Uploads,
     pub keylife: crate::keylife::KeyLifeStore,
+    pub metrics: crate::metrics::Metrics,
+    pub syslog: crate::syslog::Syslog,
 }
 
 /// Shared by every request.
@@ -152,6 +157,8 @@ impl AppState {
             inner: Arc::new(Inner {
                 uploads,
                 keylife,
+                metrics: crate::metrics::Metrics::default(),
+                syslog: crate::syslog::Syslog::start(&config.syslog),
                 config,
                 login,
                 admin: admin.admin,
@@ -220,6 +227,13 @@ impl AppState {
 
     /// Appends an event to the audit history, or queues it until the store is available.
     pub fn audit(&self, kind: &str, actor: &str, text: String) {
+        let severity =
+            if text.contains("failed") || text.contains("alert") || text.contains("refused") {
+                crate::syslog::Severity::Warning
+            } else {
+                crate::syslog::Severity::Notice
+            };
+        self.inner.syslog.send(severity, kind, actor, &text);
         let ev = atrest_store::NewEvent {
             time: atrest_store::Timestamp::now(),
             session: AUDIT_SESSION.into(),
@@ -270,6 +284,16 @@ impl AppState {
     }
 
     /// The throttle every admin password check goes through.
+    /// The syslog senders of key and admin events.
+    pub fn syslog(&self) -> &crate::syslog::Syslog {
+        &self.inner.syslog
+    }
+
+    /// The counters `GET /metrics` shows.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
+    }
+
     pub fn login_throttle(&self) -> &LoginThrottle {
         &self.inner.login
     }

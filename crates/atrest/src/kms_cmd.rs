@@ -21,6 +21,14 @@ impl KmsArgs {
     pub fn holds_keys(&self) -> bool {
         matches!(self.command, KmsCommand::Serve(_))
     }
+
+    /// The settings file `kms serve --config` gives.
+    pub fn config_file(&self) -> Option<PathBuf> {
+        match &self.command {
+            KmsCommand::Serve(a) => a.config.clone(),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,9 +49,13 @@ enum KmsCommand {
 
 #[derive(Debug, Args)]
 struct ServeArgs {
+    /// TOML file with any of these options, named with underscores (`data_dir = "…"`); paths in
+    /// it are relative to it; flags override it.
+    #[arg(long, value_name = "FILE", env = "ATREST_KMS_CONFIG")]
+    config: Option<PathBuf>,
     /// The server's data directory (created if missing).
     #[arg(long, value_name = "DIR", env = "ATREST_KMS_DATA_DIR")]
-    data_dir: PathBuf,
+    data_dir: Option<PathBuf>,
     /// Address to listen on; port 0 picks a free port (written to DIR/client.env).
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:5696")]
     listen: String,
@@ -109,14 +121,19 @@ fn host_of(listen: &str) -> &str {
 }
 
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
-    let dir = DataDir::new(&a.data_dir);
+    let Some(data_dir) = a.data_dir.clone() else {
+        anyhow::bail!(
+            "no data directory given; use --data-dir DIR or `data_dir` in the --config file"
+        );
+    };
+    let dir = DataDir::new(&data_dir);
     // Before anything is read or created: one server per data directory.
     let _lock = dir.lock()?;
     let mut names = vec![host_of(&a.listen).to_owned()];
     names.extend(a.server_names.iter().cloned());
     let opened = dir
         .open_or_init(&names)
-        .with_context(|| format!("preparing the data directory {}", a.data_dir.display()))?;
+        .with_context(|| format!("preparing the data directory {}", data_dir.display()))?;
     let engine = atrest_kms::open_engine(&dir)
         .context("opening the key store")?
         .with_max_objects_per_client(a.max_objects_per_client.max(1));
@@ -148,9 +165,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         None
     };
     if opened.created {
-        println!("Created a new key server in {}:", a.data_dir.display());
+        println!("Created a new key server in {}:", data_dir.display());
     } else {
-        println!("Using the key server in {}:", a.data_dir.display());
+        println!("Using the key server in {}:", data_dir.display());
     }
     for (what, path) in &opened.files {
         println!("  {what:<28} {}", path.display());

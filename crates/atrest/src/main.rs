@@ -1,5 +1,6 @@
 //! `atrest`: data-at-rest encryption for appliances, keyed by the customer's KMIP server.
 
+mod config_file;
 mod kmip_cmd;
 mod kmip_settings;
 mod kms_cmd;
@@ -7,7 +8,9 @@ mod serve_cmd;
 mod volume_cmd;
 mod volume_kmip;
 
-use clap::{Parser, Subcommand};
+use std::ffi::OsString;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -71,8 +74,57 @@ fn harden(command: &Command) {
     }
 }
 
+/// Parses the command line; for `serve` and `kms serve` with `--config FILE`, the options the
+/// file gives and the command line does not are added as flags and the whole is parsed again.
+fn parse() -> Cli {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let matches = Cli::command().get_matches_from(&argv);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let (path, names): (_, &[&str]) = match &cli.command {
+        Command::Serve(a) => (a.config_file(), &["serve"]),
+        Command::Kms(a) => (a.config_file(), &["kms", "serve"]),
+        _ => (None, &[]),
+    };
+    let Some(path) = path else {
+        return cli;
+    };
+    let mut cmd = Cli::command();
+    let mut sub_m = &matches;
+    for name in names {
+        cmd = cmd
+            .find_subcommand(name)
+            .expect("the subcommand parsed")
+            .clone();
+        sub_m = sub_m
+            .subcommand_matches(name)
+            .expect("the subcommand parsed");
+    }
+    let extra = match config_file::file_args(&cmd, sub_m, &path) {
+        Ok(e) => e,
+        Err(err) => {
+            eprintln!("atrest: {err:#}");
+            std::process::exit(2);
+        }
+    };
+    let mut all = argv;
+    all.extend(extra);
+    match Cli::try_parse_from(&all) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or_default();
+            eprintln!(
+                "atrest: in the settings file {} (or the flags): {}",
+                path.display(),
+                first.trim_start_matches("error: ")
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let cli = parse();
     harden(&cli.command);
     let result = match cli.command {
         Command::Serve(args) => serve_cmd::run(args),

@@ -13,10 +13,14 @@ use clap::Args;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// TOML file with any of these options, named with underscores (`data_dir = "…"`); paths in
+    /// it are relative to it; flags override it.
+    #[arg(long, value_name = "FILE", env = "ATREST_CONFIG")]
+    config: Option<PathBuf>,
     /// The appliance's data directory: admin account, HTTPS certificate, KMIP settings, the
     /// content volume (created if missing).
     #[arg(long, value_name = "DIR", env = "ATREST_DATA_DIR")]
-    data_dir: PathBuf,
+    data_dir: Option<PathBuf>,
     /// Address to serve HTTPS on; port 0 picks a free port (printed).
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8443")]
     listen: SocketAddr,
@@ -89,6 +93,14 @@ pub struct ServeArgs {
     /// Seconds an upload's body may stop arriving before the upload is dropped (408), unpublished.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     body_timeout: u64,
+    /// Serve GET /metrics (Prometheus), /healthz and /readyz over plain HTTP on this address,
+    /// without login (off unless given; keep it on loopback or a monitoring network).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<SocketAddr>,
+    /// Send key and admin events (key operations, Save and Test, conversions, alerts, admin
+    /// logins) to this syslog receiver as RFC 5424 over TCP; repeatable.
+    #[arg(long = "syslog", value_name = "tcp://HOST:PORT", value_parser = clap::builder::ValueParser::new(parse_syslog))]
+    syslog: Vec<atrest_appliance::syslog::Target>,
     /// Seconds SIGTERM waits for requests under way before cutting them off (uploads cut off are
     /// not published).
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
@@ -100,12 +112,24 @@ pub struct ServeArgs {
     appliance_name: Option<String>,
 }
 
+impl ServeArgs {
+    /// The settings file given with `--config`.
+    pub fn config_file(&self) -> Option<PathBuf> {
+        self.config.clone()
+    }
+}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let appliance_name = args
         .appliance_name
         .clone()
         .unwrap_or_else(atrest_appliance::keys::host_name);
     atrest_appliance::keys::check_appliance_name(&appliance_name).map_err(anyhow::Error::msg)?;
+    let Some(data_dir) = args.data_dir.clone() else {
+        anyhow::bail!(
+            "no data directory given; use --data-dir DIR or `data_dir` in the --config file"
+        );
+    };
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -154,7 +178,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let timeouts = Timeouts::uniform(Duration::from_secs_f64(args.kmip_timeout));
     let volume = (!args.no_volume).then(|| {
-        let mut v = VolumeOptions::new(&args.data_dir);
+        let mut v = VolumeOptions::new(&data_dir);
         v.size = args.volume_size;
         v.key_bits = args.key_bits;
         v.max_rate = (args.convert_rate > 0).then_some(args.convert_rate);
@@ -179,11 +203,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
              number of seconds"
         );
     }
-    let mut config = AppConfig::new(args.data_dir);
+    let mut config = AppConfig::new(data_dir);
     config.kmip_timeouts = timeouts;
     config.login.free_failures = args.login_free_failures;
     config.login.max_delay = Duration::from_secs(args.login_max_delay);
     config.limits = limits;
+    config.syslog = args.syslog;
     let opts = ServeOptions {
         config,
         listen: Listen {
@@ -192,6 +217,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
         embedded_kms: args.embedded_kms,
         volume,
+        metrics_listen: args.metrics_listen,
     };
     atrest_appliance::server::run(opts).map_err(anyhow::Error::msg)
 }
@@ -216,6 +242,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(mult))
         .ok_or_else(|| format!("`{s}` is not a size; give e.g. 64M or 1G"))
+}
+
+fn parse_syslog(s: &str) -> Result<atrest_appliance::syslog::Target, String> {
+    s.parse()
 }
 
 fn parse_bits(s: &str) -> Result<u32, String> {

@@ -6,6 +6,8 @@
 //! unless `ATREST_REQUIRE_PEERS=1` (CI sets it), where the missing piece fails the test: a CI
 //! run can never pass by skipping.
 
+pub mod exposition;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -233,6 +233,18 @@ impl fmt::Debug for Client {
     }
 }
 
+/// Told of every operation a [`Client`] completes: the server that answered (or the first one
+/// tried, when none did), the operation, how long it took (failover included) and whether it
+/// succeeded. For metrics; nothing of the request or the answer is passed.
+pub type Observer = dyn Fn(&ServerAddr, Operation, Duration, bool) + Send + Sync;
+
+static OBSERVER: std::sync::OnceLock<Box<Observer>> = std::sync::OnceLock::new();
+
+/// Installs the process's [`Observer`]; false when one is installed already (it stays).
+pub fn set_observer(observer: Box<Observer>) -> bool {
+    OBSERVER.set(observer).is_ok()
+}
+
 impl Client {
     /// Checks the settings and loads the identity; connects lazily, at the first operation.
     pub fn new(config: ClientConfig) -> Result<Self, ClientError> {
@@ -305,6 +317,19 @@ impl Client {
 
     /// Sends one operation and returns its Response Payload (failover included).
     pub fn call(&mut self, payload: RequestPayload) -> Result<ResponsePayload, ClientError> {
+        let Some(observer) = OBSERVER.get() else {
+            return self.call_inner(payload);
+        };
+        let operation = payload.operation();
+        let started = Instant::now();
+        let result = self.call_inner(payload);
+        if let (Some(op), Some(server)) = (operation, self.config.servers.get(self.preferred)) {
+            observer(server, op, started.elapsed(), result.is_ok());
+        }
+        result
+    }
+
+    fn call_inner(&mut self, payload: RequestPayload) -> Result<ResponsePayload, ClientError> {
         let operation = payload.operation().ok_or_else(|| {
             ClientError::Config("the client cannot send an operation it does not model".into())
         })?;

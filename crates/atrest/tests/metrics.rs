@@ -1,0 +1,319 @@
+//! `atrest serve --metrics-listen` as a process: /healthz, /readyz and a strictly checked
+//! /metrics through a plain start, an Encrypt with the bundled KMIP server (values match the
+//! API), a restart without the key server (/readyz 503 `locked`, the failure class per server)
+//! and the unlock once the key server is back (/readyz 200). `promtool check metrics` also
+//! reads every scrape when it is installed.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use atrest_testkit::exposition::{self, Exposition};
+use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+use serde_json::{Value, json};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Appliance {
+    _child: Proc,
+    port: u16,
+    metrics: String,
+    data: PathBuf,
+}
+
+/// Runs the child, returns it and its stdout lines up to the one starting with `until`.
+fn spawn_until(cmd: &mut Command, until: &str) -> (Proc, Vec<String>) {
+    let mut child = cmd
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let child = Proc(child);
+    let mut out = Vec::new();
+    loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("exited before `{until}`: {out:?}"))
+            .unwrap();
+        out.push(line.clone());
+        if line.starts_with(until) {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    (child, out)
+}
+
+fn start(data: &Path, extra: &[&str]) -> Appliance {
+    let (child, out) = spawn_until(
+        Command::new(env!("CARGO_BIN_EXE_atrest"))
+            .args(["serve", "--data-dir"])
+            .arg(data)
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(["--volume-size", "32M", "--convert-chunk", "1M"])
+            .args(["--unlock-retry-max", "1"])
+            .args(extra),
+        "atrest appliance listening on https://",
+    );
+    let metrics = out
+        .iter()
+        .find_map(|l| l.strip_prefix("metrics on http://"))
+        .and_then(|l| l.split_once('/'))
+        .map(|(a, _)| a.to_owned())
+        .unwrap_or_else(|| panic!("no metrics address printed: {out:?}"));
+    let port = out
+        .last()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    Appliance {
+        _child: child,
+        port,
+        metrics,
+        data: data.to_path_buf(),
+    }
+}
+
+/// One plain HTTP GET on the metrics address: status and body.
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = &after[n + 2..];
+        }
+        out
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+impl Appliance {
+    fn api(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Value {
+        let body = body.map(|v| v.to_string()).unwrap_or_default();
+        let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+        b.set_ca_file(self.data.join("tls/cert.pem")).unwrap();
+        b.set_verify(SslVerifyMode::PEER);
+        let tcp = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        let mut cfg = b.build().configure().unwrap();
+        cfg.set_verify_hostname(false);
+        cfg.param_mut()
+            .set_ip("127.0.0.1".parse().unwrap())
+            .unwrap();
+        let mut s = cfg.connect("127.0.0.1", tcp).unwrap();
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\nContent-Type: application/json\r\n",
+            body.len()
+        );
+        if let Some(t) = token {
+            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(&body);
+        s.write_all(req.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, rest) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(" 20"), "{method} {path}: {head}\n{rest}");
+        serde_json::from_str(rest).unwrap_or(Value::Null)
+    }
+
+    fn login(&self) -> String {
+        let pw = std::fs::read_to_string(self.data.join("initial-admin-password")).unwrap();
+        let v = self.api(
+            "POST",
+            "/api/session",
+            None,
+            Some(json!({"username": "admin", "password": pw.trim()})),
+        );
+        v["token"].as_str().unwrap().to_owned()
+    }
+
+    /// A scrape, checked strictly (and by promtool when installed).
+    fn scrape(&self) -> Exposition {
+        let (s, text) = get(&self.metrics, "/metrics");
+        assert_eq!(s, 200);
+        let e = exposition::parse(&text).unwrap_or_else(|err| panic!("{err}\n{text}"));
+        promtool(&text);
+        e
+    }
+}
+
+fn promtool(text: &str) {
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..1200 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("gave up waiting until {what}");
+}
+
+#[test]
+fn metrics_and_readiness_through_encrypt_restart_and_unlock() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("appliance");
+    let app = start(&data, &["--embedded-kms", "--convert-rate", "8M"]);
+    assert_eq!(get(&app.metrics, "/healthz"), (200, "ok\n".into()));
+    assert_eq!(get(&app.metrics, "/readyz"), (200, "ready\n".into()));
+    let e = app.scrape();
+    assert_eq!(
+        e.value("atrest_encryption_state", &[("state", "plain")]),
+        1.0
+    );
+    assert!(e.value("atrest_store_capacity_bytes", &[]) > 0.0);
+
+    let t = app.login();
+    let r = app.api("POST", "/api/encryption/test", Some(&t), None);
+    assert_eq!(r["ok"], true, "{r}");
+    app.api("POST", "/api/encryption/encrypt", Some(&t), None);
+    // During the conversion: the numbers are the API's.
+    wait_until("progress is reported", || {
+        let e = app.scrape();
+        e.value("atrest_conversion_done_bytes", &[]) > 0.0
+    });
+    let e = app.scrape();
+    let st = app.api("GET", "/api/encryption", Some(&t), None);
+    assert_eq!(
+        e.value("atrest_encryption_state", &[("state", "encrypting")]),
+        1.0
+    );
+    assert_eq!(
+        e.value("atrest_conversion_total_bytes", &[]),
+        st["progress"]["total_bytes"].as_u64().unwrap() as f64
+    );
+    assert!(
+        e.value("atrest_conversion_done_bytes", &[])
+            <= e.value("atrest_conversion_total_bytes", &[])
+    );
+    let server = st["servers"][0].as_str().unwrap().to_owned();
+    for op in ["Create", "Activate", "Get"] {
+        assert!(
+            e.value(
+                "atrest_kmip_operation_duration_seconds_count",
+                &[("server", &server), ("operation", op)]
+            ) >= 1.0,
+            "{op}"
+        );
+    }
+    assert!(
+        e.find("atrest_certificate_days_left", &[("certificate", "server")])
+            .len()
+            == 1
+    );
+    assert!(e.value("atrest_certificate_days_left", &[("certificate", "ca")]) > 0.0);
+    assert!(
+        e.value(
+            "atrest_http_requests_total",
+            &[("route", "/api/encryption/encrypt"), ("status", "202")]
+        ) == 1.0
+    );
+    assert_eq!(get(&app.metrics, "/readyz").0, 200);
+    wait_until("encrypted", || {
+        app.api("GET", "/api/encryption", Some(&t), None)["state"] == "encrypted"
+    });
+    drop(app);
+
+    // Without the key server: locked, not ready, and why per server.
+    let app = start(&data, &[]);
+    assert_eq!(get(&app.metrics, "/readyz"), (503, "locked\n".into()));
+    wait_until("an unlock attempt failed", || {
+        !app.scrape().find("atrest_unlock_failure", &[]).is_empty()
+    });
+    let e = app.scrape();
+    assert!(e.value("atrest_unlock_attempts_total", &[]) >= 1.0);
+    assert_eq!(
+        e.value("atrest_encryption_state", &[("state", "locked")]),
+        1.0
+    );
+    let failures = e.find("atrest_unlock_failure", &[]);
+    assert!(
+        failures
+            .iter()
+            .any(|s| s.label("server") == Some(&server) && s.label("class") == Some("tcp-refused")),
+        "{failures:?}"
+    );
+    assert_eq!(get(&app.metrics, "/readyz").0, 503);
+
+    // The key server comes back on its port: unlocked, ready.
+    let (_kms, _) = spawn_until(
+        Command::new(env!("CARGO_BIN_EXE_atrest"))
+            .args(["kms", "serve", "--data-dir"])
+            .arg(data.join("kms"))
+            .args(["--listen", &server]),
+        "listening on ",
+    );
+    wait_until("ready after the unlock", || {
+        get(&app.metrics, "/readyz") == (200, "ready\n".into())
+    });
+    let e = app.scrape();
+    assert_eq!(
+        e.value("atrest_encryption_state", &[("state", "encrypted")]),
+        1.0
+    );
+    assert!(e.find("atrest_unlock_failure", &[]).is_empty());
+    assert!(e.value("atrest_store_used_bytes", &[]) > 0.0);
+}
