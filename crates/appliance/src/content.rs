@@ -319,7 +319,14 @@ impl DataVolume {
         let info = vol.info();
         let known = Known::load(&dv.inner.opts.known).and_then(|k| match k {
             Some(k) => k.check(&info, &dv.inner.opts.known),
-            None if info.state == VolState::Plain => Known::of(&info).save(&dv.inner.opts.known),
+            None if info.state == VolState::Plain => {
+                // Not being able to write the record (a full disk) must not lock a plain
+                // volume: it is written again at the next change.
+                if let Err(e) = Known::of(&info).save(&dv.inner.opts.known) {
+                    tracing::warn!("{e}");
+                }
+                Ok(())
+            }
             // Recorded once the header is authenticated under its key.
             None => Ok(()),
         });
