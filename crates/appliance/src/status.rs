@@ -91,6 +91,24 @@ pub struct VolumeStatus {
     pub unlock_attempts: u64,
     /// The last check of the audit history (at start, and by GET /api/audit/verify).
     pub audit: Option<AuditCheck>,
+    /// The current key's age and the next scheduled rotation (while encrypted).
+    pub rotation: Option<RotationView>,
+}
+
+/// The current key's age and the scheduled rotation.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RotationView {
+    /// The policy's rotation interval (None: scheduled rotation is off).
+    pub interval_seconds: Option<u64>,
+    /// When the current key was created (RFC 3339, from the volume header).
+    pub key_created: Option<String>,
+    /// The current key's age in seconds.
+    pub key_age_seconds: Option<u64>,
+    /// When the scheduler starts the next Rekey (RFC 3339; None while rotation is off). In
+    /// the past: at the next look, once the volume is unlocked and no conversion runs.
+    pub next_rotation_at: Option<String>,
+    /// Why the last scheduled attempt failed (retried after a backoff).
+    pub last_error: Option<String>,
 }
 
 /// GET /api/audit/verify.
