@@ -610,13 +610,9 @@ impl DataVolume {
                 *slot = Slot::Locked(vol);
             }
         };
-        let key_ids: Vec<String> = vol
-            .required_keys()
-            .iter()
-            .map(|k| k.reference.unique_identifier.clone())
-            .collect();
-        let ids = key_ids.join(",");
-        let Some(settings) = state.kmip() else {
+        let settings = state.kmip();
+        let previous = state.previous_kmip();
+        if settings.is_none() && previous.is_none() {
             let reasons = vec![LockReason {
                 server: "-".into(),
                 class: "config".into(),
@@ -627,52 +623,63 @@ impl DataVolume {
             put_back(vol);
             self.unlock_failed(&state, reasons);
             return Attempt::Retry;
-        };
+        }
+        // Every key from the servers its header token names, then the configured ones (the
+        // saved settings, and the previous ones kept while a key of the volume needs them):
+        // in the middle of a move, the old key and the new one live on different servers.
         let mut reasons = Vec::new();
-        let mut fetched = None;
-        for server in &settings.servers {
-            let cfg = settings.client_config_for(server, self.inner.opts.timeouts);
-            let name = server.to_string();
-            let result = Client::new(cfg)
-                .map_err(|e| (e.class().to_owned(), e.to_string()))
-                .and_then(|mut c| {
-                    keys::fetch_volume_keys(&mut c, &vol)
-                        .map_err(|e| (key_error_class(&e).to_owned(), e.to_string()))
-                });
-            match result {
-                Ok(k) => {
-                    for id in &key_ids {
+        let mut keys = Vec::new();
+        for rk in vol.required_keys() {
+            let uid = &rk.reference.unique_identifier;
+            let mut got = None;
+            for (name, cfg) in key_sources(
+                settings.as_ref(),
+                previous.as_ref(),
+                &rk.reference.servers,
+                self.inner.opts.timeouts,
+            ) {
+                let result = Client::new(cfg)
+                    .map_err(|e| (e.class().to_owned(), e.to_string()))
+                    .and_then(|mut c| {
+                        keys::fetch_key(&mut c, &vol, uid, rk.reference.key_bits)
+                            .map_err(|e| (key_error_class(&e).to_owned(), e.to_string()))
+                    });
+                match result {
+                    Ok(k) => {
                         state.audit_key(
                             &name,
                             "get",
-                            Some(id),
+                            Some(uid),
                             "ok (verified against the header digest)",
                         );
+                        got = Some(k);
+                        break;
                     }
-                    fetched = Some(k);
-                    break;
+                    Err((class, reason)) => {
+                        tracing::warn!(server = %name, "cannot fetch the volume key: {reason}");
+                        state.audit_key(
+                            &name,
+                            "get",
+                            Some(uid),
+                            &format!("failed ({class}): {reason}"),
+                        );
+                        reasons.push(LockReason {
+                            server: name,
+                            class,
+                            reason,
+                        });
+                    }
                 }
-                Err((class, reason)) => {
-                    tracing::warn!(server = %name, "cannot fetch the volume key: {reason}");
-                    state.audit_key(
-                        &name,
-                        "get",
-                        Some(&ids),
-                        &format!("failed ({class}): {reason}"),
-                    );
-                    reasons.push(LockReason {
-                        server: name,
-                        class,
-                        reason,
-                    });
+            }
+            match got {
+                Some(k) => keys.push(k),
+                None => {
+                    put_back(vol);
+                    self.unlock_failed(&state, reasons);
+                    return Attempt::Retry;
                 }
             }
         }
-        let Some(keys) = fetched else {
-            put_back(vol);
-            self.unlock_failed(&state, reasons);
-            return Attempt::Retry;
-        };
         let mut slot = lock(&self.inner.slot);
         if !matches!(&*slot, Slot::Unlocking(_)) {
             return Attempt::Done; // stopping
@@ -862,6 +869,13 @@ impl DataVolume {
                     if let Some(st) = me.app() {
                         st.audit("volume", "appliance", done.text());
                         crate::keylife::retire(&st, retiring);
+                        let servers: Vec<String> = uv
+                            .info()
+                            .keys
+                            .iter()
+                            .flat_map(|k| k.reference.servers.clone())
+                            .collect();
+                        st.forget_previous_kmip(&servers);
                     }
                     tracing::info!("{} finished", kind.as_str());
                 }
@@ -1318,6 +1332,47 @@ fn rfc3339(t: time::OffsetDateTime) -> Option<String> {
         .ok()
 }
 
+/// Where to fetch a key from, in order: the servers of the current settings, then the servers
+/// its header token names (with the client settings of whichever saved settings name that
+/// server, else the current ones), then those of the previous settings. Each server once.
+fn key_sources(
+    settings: Option<&crate::kmip_config::KmipSettings>,
+    previous: Option<&crate::kmip_config::KmipSettings>,
+    token_servers: &[String],
+    timeouts: Timeouts,
+) -> Vec<(String, ClientConfig)> {
+    let mut out: Vec<(String, ClientConfig)> = Vec::new();
+    let mut add = |name: String, cfg: ClientConfig| {
+        if !out.iter().any(|(n, _)| *n == name) {
+            out.push((name, cfg));
+        }
+    };
+    let all = || [settings, previous].into_iter().flatten();
+    if let Some(k) = settings {
+        for a in &k.servers {
+            add(a.to_string(), k.client_config_for(a, timeouts));
+        }
+    }
+    for t in token_servers {
+        let Ok(addr) = t.parse::<atrest_kmip::client::ServerAddr>() else {
+            continue;
+        };
+        let from = all()
+            .find(|k| k.servers.contains(&addr))
+            .or(settings)
+            .or(previous);
+        if let Some(k) = from {
+            add(addr.to_string(), k.client_config_for(&addr, timeouts));
+        }
+    }
+    for k in all() {
+        for a in &k.servers {
+            add(a.to_string(), k.client_config_for(a, timeouts));
+        }
+    }
+    out
+}
+
 /// The volume state a request converts in.
 fn wf_vol(req: Request) -> VolState {
     match req {
@@ -1430,6 +1485,19 @@ impl VolumeBackend for DataVolume {
             tracing::error!("{w}");
         }
         lock(&self.inner.extra).audit = Some(check);
+    }
+
+    fn key_servers(&self) -> Vec<String> {
+        let info = match &*lock(&self.inner.slot) {
+            Slot::Open(uv) => uv.info(),
+            Slot::Locked(v) => v.info(),
+            Slot::Unlocking(i) => (**i).clone(),
+            Slot::Empty => return Vec::new(),
+        };
+        info.keys
+            .iter()
+            .flat_map(|k| k.reference.servers.clone())
+            .collect()
     }
 
     fn retry_now(&self) {

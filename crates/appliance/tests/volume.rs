@@ -1137,3 +1137,127 @@ async fn scheduled_rotation_fires_once_when_due_and_never_during_a_conversion() 
     );
     run.stop();
 }
+
+/// Move to these settings, from the EC PyKMIP peer to the RSA one, with a restart in the middle
+/// (the old key comes from the old server through the previous settings, the new one from the
+/// new server), the old key revoked on the old server by policy, then a restart that needs only
+/// the new server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_to_another_kmip_server_survives_a_restart_in_the_middle() {
+    let (Some(ec), Some(rsa)) = (
+        std::env::var_os("ATREST_PYKMIP_EC_ENV"),
+        std::env::var_os("ATREST_PYKMIP_RSA_ENV"),
+    ) else {
+        atrest_testkit::ec_peer();
+        return;
+    };
+    let settings_of = |env: &std::ffi::OsString| {
+        let u = atrest_appliance::kmip_config::update_from_env_file(Path::new(env)).unwrap();
+        atrest_appliance::kmip_config::KmipSettings::apply(None, u).unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let slow = |v: &mut VolumeOptions| v.max_rate = Some(8 << 20);
+    let run = start(&data, false, slow);
+    run.state.set_kmip(settings_of(&ec)).unwrap();
+    let app = app(run.state.clone());
+    let pw = run.password.clone().unwrap();
+    let t = token(&app, &pw).await;
+    let (s, v) = post(&app, &t, "/api/encryption/test").await;
+    assert_eq!(v["ok"], true, "{s} {v}");
+    // Nothing to move to yet: the settings hold nothing or the key already.
+    let (s, v) = post(&app, &t, "/api/encryption/move").await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let (s, v) = post(&app, &t, "/api/encryption/encrypt").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let k1 = v["key_id"].as_str().unwrap().to_owned();
+    wait_for("encrypted", || {
+        run.state.workflow().state == WfState::Encrypted
+    });
+    let (s, v) = post(&app, &t, "/api/encryption/move").await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("already"), "{v}");
+    let (s, v) = send_json(
+        &app,
+        &t,
+        "PUT",
+        "/api/encryption/policy",
+        json!({"old_keys": "revoke"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    // Save and Test the new server's settings: the old ones are kept for the old key.
+    run.state.set_kmip(settings_of(&rsa)).unwrap();
+    assert!(data.join("kmip-previous").exists());
+    let st = atrest_appliance::api::status_json(&run.state);
+    assert_eq!(st["move"]["allowed"], false, "{st}");
+    let (s, v) = post(&app, &t, "/api/encryption/test").await;
+    assert_eq!(v["ok"], true, "{s} {v}");
+    let st = atrest_appliance::api::status_json(&run.state);
+    assert_eq!(st["move"]["allowed"], true, "{st}");
+    let (s, v) = post(&app, &t, "/api/encryption/move").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    // (Ids are per server: PyKMIP's may be equal on both.)
+    let k2 = v["key_id"].as_str().unwrap().to_owned();
+    let ec_server = settings_of(&ec).servers[0].to_string();
+    wait_for("the move is under way", || {
+        run.state
+            .workflow()
+            .progress
+            .is_some_and(|p| p.done_bytes > 0)
+    });
+    assert_eq!(run.state.workflow().state, WfState::Rekeying);
+    run.stop();
+
+    // Restart in the middle: both keys, each from its own server; the move resumes.
+    let run = start(&data, false, |_| {});
+    wait_for("the move finished", || {
+        let w = run.state.workflow();
+        w.state == WfState::Encrypted && w.key_id.as_deref() == Some(k2.as_str())
+    });
+    let texts = audit_texts(&run.store());
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains(&format!("server={ec_server} operation=get"))
+                && t.contains(&format!("key_id={k1} "))
+                && t.contains("result=ok")),
+        "{texts:?}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("operation=move") && t.contains("result=started")),
+        "{texts:?}"
+    );
+    wait_for("the old key is revoked on the old server", || {
+        run.state
+            .keylife()
+            .get()
+            .old_keys
+            .iter()
+            .any(|k| k.id == k1 && k.state == "Deactivated")
+    });
+    wait_for("the previous settings are forgotten", || {
+        !data.join("kmip-previous").exists()
+    });
+    run.stop();
+
+    // The old server is out of the picture: its settings are gone and the header names only
+    // the new server; to be sure nothing reaches it, any previous settings point at a closed
+    // port.
+    let mut gone = settings_of(&ec);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    gone.servers = vec![format!("127.0.0.1:{port}").parse().unwrap()];
+    gone.save(&atrest_appliance::state::previous_dir(&data))
+        .unwrap();
+    let run = start(&data, false, |_| {});
+    wait_for("unlocked from the new server", || {
+        run.state.workflow().state == WfState::Encrypted
+    });
+    assert_eq!(run.state.workflow().key_id.as_deref(), Some(k2.as_str()));
+    run.stop();
+}
