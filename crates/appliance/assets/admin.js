@@ -22,7 +22,7 @@ document.getElementById('kmip-form').addEventListener('submit', async (e) => {
   location.reload();
 });
 const resume = document.getElementById('resume');
-for (const [id, url] of [['encrypt', '/api/encryption/encrypt'], ['rekey', '/api/encryption/rekey'], ['decrypt', '/api/encryption/decrypt'], ['resume', resume && resume.dataset.url]]) {
+for (const [id, url] of [['encrypt', '/api/encryption/encrypt'], ['rekey', '/api/encryption/rekey'], ['move', '/api/encryption/move'], ['decrypt', '/api/encryption/decrypt'], ['resume', resume && resume.dataset.url]]) {
   const b = document.getElementById(id);
   if (!b) continue;
   b.addEventListener('click', async () => {

@@ -36,6 +36,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/encryption/test", post(kmip_test_run))
         .route("/api/encryption/encrypt", post(encrypt))
         .route("/api/encryption/rekey", post(rekey))
+        .route("/api/encryption/move", post(move_volume))
         .route("/api/encryption/decrypt", post(decrypt))
         .route("/api/encryption/resume", post(resume))
         .route("/api/encryption/policy", axum::routing::put(policy_put))
@@ -668,6 +669,35 @@ async fn encrypt(State(state): State<AppState>) -> ApiResult<(StatusCode, Json<V
 
 async fn rekey(State(state): State<AppState>) -> ApiResult<(StatusCode, Json<Value>)> {
     start(&state, WfRequest::Rekey).await
+}
+
+/// Move to these settings: a Rekey onto the KMIP server(s) of the saved settings, once they
+/// passed Save and Test; the old key is retired on the old server (previous settings).
+async fn move_volume(State(state): State<AppState>) -> ApiResult<(StatusCode, Json<Value>)> {
+    crate::status::move_gate(&state).map_err(ApiError::conflict)?;
+    let from = state.workflow().servers.join(",");
+    let to = state
+        .kmip()
+        .map(|k| {
+            k.servers
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let key = state.workflow().key_id;
+    let r = start(&state, WfRequest::Rekey).await;
+    state.audit_key(
+        &to,
+        "move",
+        key.as_deref(),
+        &match &r {
+            Ok(_) => format!("started (from {from} to {to})"),
+            Err(e) => format!("failed (from {from} to {to}): {}", e.message),
+        },
+    );
+    r
 }
 
 #[derive(Deserialize)]

@@ -11,6 +11,11 @@
 //!   the store keeps serving on the same volume throughout.
 //! - While encrypted, the key's state on the KMIP server is checked at an interval; a key that
 //!   is no longer Active raises an alert, or locks the volume ([`KeyPolicy`]).
+//! - Scheduled rotation: with a rotation interval in the key policy, a Rekey starts by itself
+//!   once the current key is that old (its `created` in the header), at the same pace as any
+//!   conversion, never while locked or while another conversion runs; a failure (KMIP server
+//!   away) is retried with [`Backoff`]. The check runs every `rotation_check_interval` against
+//!   [`Clock`], both injectable for tests ([`DataVolume::rotation_tick`]).
 //!
 //! Every key operation goes into the audit history (server, operation, key id, result).
 
@@ -31,7 +36,8 @@ use crate::keys::{self, KeyError};
 use crate::known::{KNOWN_FILE, Known};
 use crate::state::{AppState, Content, EventSink, VolumeBackend, WeakAppState};
 use crate::status::{
-    AuditCheck, HoldView, KeyCheck, LastConversion, SpaceView, VolumeStatus, VolumeView,
+    AuditCheck, HoldView, KeyCheck, LastConversion, RotationView, SpaceView, VolumeStatus,
+    VolumeView,
 };
 use crate::workflow::{Backoff, Event, LockReason, Progress, Request, State as WfState};
 
@@ -50,6 +56,67 @@ pub enum KeyPolicy {
     /// Show the alert and lock the volume: content endpoints answer 503 until the key is
     /// usable again.
     Lock,
+}
+
+/// "Now" for the rotation scheduler: the system clock, or a clock a test moves.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> time::OffsetDateTime + Send + Sync>);
+
+impl Clock {
+    /// The system clock (UTC).
+    pub fn system() -> Clock {
+        Clock(Arc::new(time::OffsetDateTime::now_utc))
+    }
+
+    /// A clock that answers `f()`.
+    pub fn new(f: impl Fn() -> time::OffsetDateTime + Send + Sync + 'static) -> Clock {
+        Clock(Arc::new(f))
+    }
+
+    pub fn now(&self) -> time::OffsetDateTime {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::system()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
+/// What one look of the rotation scheduler did ([`DataVolume::rotation_tick`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotationTick {
+    /// No rotation interval is set, or the volume has no key to rotate.
+    Off,
+    /// The current key is younger than the interval.
+    NotDue,
+    /// Not now: the volume is locked or another conversion runs (why, for a person).
+    Busy(String),
+    /// A failed attempt is retried later (backoff).
+    Waiting,
+    /// The Rekey started.
+    Started,
+    /// The Rekey could not start (why); retried after the backoff.
+    Failed(String),
+}
+
+/// The scheduler's memory between looks.
+#[derive(Debug, Default, Clone)]
+struct Rotation {
+    /// Failed attempts in a row.
+    failures: u32,
+    /// No attempt before this (backoff after a failure).
+    retry_at: Option<time::OffsetDateTime>,
+    /// When the scheduler last started a Rekey: never another within one interval.
+    last_started: Option<time::OffsetDateTime>,
+    last_error: Option<String>,
 }
 
 /// Settings of the content volume.
@@ -83,6 +150,10 @@ pub struct VolumeOptions {
     /// The appliance's name in the Names of the keys it creates
     /// (`atrest/<appliance name>/<volume uuid>/<generation>`); the host name by default.
     pub appliance_name: String,
+    /// How often the rotation scheduler looks whether the key is due.
+    pub rotation_check_interval: Duration,
+    /// The scheduler's "now".
+    pub clock: Clock,
 }
 
 impl VolumeOptions {
@@ -105,6 +176,8 @@ impl VolumeOptions {
             },
             known: data_dir.join(KNOWN_FILE),
             appliance_name: keys::host_name(),
+            rotation_check_interval: Duration::from_secs(60),
+            clock: Clock::system(),
         }
     }
 }
@@ -132,6 +205,9 @@ struct Inner {
     extra: Mutex<Extra>,
     unlock_running: AtomicBool,
     attempts: AtomicU64,
+    /// Held while a conversion starts, so that two requests (the administrator's and the
+    /// scheduler's) never start two at once.
+    starting: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -144,6 +220,7 @@ struct Extra {
     hold: Option<Hold>,
     /// The last check of the audit history.
     audit: Option<AuditCheck>,
+    rotation: Rotation,
 }
 
 /// A lock that retrying cannot lift: the header failed its authentication, or does not match
@@ -310,6 +387,7 @@ impl DataVolume {
                 extra: Mutex::new(Extra::default()),
                 unlock_running: AtomicBool::new(false),
                 attempts: AtomicU64::new(0),
+                starting: Mutex::new(()),
             }),
         };
         if created {
@@ -362,6 +440,7 @@ impl DataVolume {
             dv.spawn_unlock_loop();
         }
         dv.spawn_key_checks();
+        dv.spawn_rotation();
         Ok(dv)
     }
 
@@ -538,13 +617,9 @@ impl DataVolume {
                 *slot = Slot::Locked(vol);
             }
         };
-        let key_ids: Vec<String> = vol
-            .required_keys()
-            .iter()
-            .map(|k| k.reference.unique_identifier.clone())
-            .collect();
-        let ids = key_ids.join(",");
-        let Some(settings) = state.kmip() else {
+        let settings = state.kmip();
+        let previous = state.previous_kmip();
+        if settings.is_none() && previous.is_none() {
             let reasons = vec![LockReason {
                 server: "-".into(),
                 class: "config".into(),
@@ -555,52 +630,63 @@ impl DataVolume {
             put_back(vol);
             self.unlock_failed(&state, reasons);
             return Attempt::Retry;
-        };
+        }
+        // Every key from the servers its header token names, then the configured ones (the
+        // saved settings, and the previous ones kept while a key of the volume needs them):
+        // in the middle of a move, the old key and the new one live on different servers.
         let mut reasons = Vec::new();
-        let mut fetched = None;
-        for server in &settings.servers {
-            let cfg = settings.client_config_for(server, self.inner.opts.timeouts);
-            let name = server.to_string();
-            let result = Client::new(cfg)
-                .map_err(|e| (e.class().to_owned(), e.to_string()))
-                .and_then(|mut c| {
-                    keys::fetch_volume_keys(&mut c, &vol)
-                        .map_err(|e| (key_error_class(&e).to_owned(), e.to_string()))
-                });
-            match result {
-                Ok(k) => {
-                    for id in &key_ids {
+        let mut keys = Vec::new();
+        for rk in vol.required_keys() {
+            let uid = &rk.reference.unique_identifier;
+            let mut got = None;
+            for (name, cfg) in key_sources(
+                settings.as_ref(),
+                previous.as_ref(),
+                &rk.reference.servers,
+                self.inner.opts.timeouts,
+            ) {
+                let result = Client::new(cfg)
+                    .map_err(|e| (e.class().to_owned(), e.to_string()))
+                    .and_then(|mut c| {
+                        keys::fetch_key(&mut c, &vol, uid, rk.reference.key_bits)
+                            .map_err(|e| (key_error_class(&e).to_owned(), e.to_string()))
+                    });
+                match result {
+                    Ok(k) => {
                         state.audit_key(
                             &name,
                             "get",
-                            Some(id),
+                            Some(uid),
                             "ok (verified against the header digest)",
                         );
+                        got = Some(k);
+                        break;
                     }
-                    fetched = Some(k);
-                    break;
+                    Err((class, reason)) => {
+                        tracing::warn!(server = %name, "cannot fetch the volume key: {reason}");
+                        state.audit_key(
+                            &name,
+                            "get",
+                            Some(uid),
+                            &format!("failed ({class}): {reason}"),
+                        );
+                        reasons.push(LockReason {
+                            server: name,
+                            class,
+                            reason,
+                        });
+                    }
                 }
-                Err((class, reason)) => {
-                    tracing::warn!(server = %name, "cannot fetch the volume key: {reason}");
-                    state.audit_key(
-                        &name,
-                        "get",
-                        Some(&ids),
-                        &format!("failed ({class}): {reason}"),
-                    );
-                    reasons.push(LockReason {
-                        server: name,
-                        class,
-                        reason,
-                    });
+            }
+            match got {
+                Some(k) => keys.push(k),
+                None => {
+                    put_back(vol);
+                    self.unlock_failed(&state, reasons);
+                    return Attempt::Retry;
                 }
             }
         }
-        let Some(keys) = fetched else {
-            put_back(vol);
-            self.unlock_failed(&state, reasons);
-            return Attempt::Retry;
-        };
         let mut slot = lock(&self.inner.slot);
         if !matches!(&*slot, Slot::Unlocking(_)) {
             return Attempt::Done; // stopping
@@ -790,6 +876,13 @@ impl DataVolume {
                     if let Some(st) = me.app() {
                         st.audit("volume", "appliance", done.text());
                         crate::keylife::retire(&st, retiring);
+                        let servers: Vec<String> = uv
+                            .info()
+                            .keys
+                            .iter()
+                            .flat_map(|k| k.reference.servers.clone())
+                            .collect();
+                        st.forget_previous_kmip(&servers);
                     }
                     tracing::info!("{} finished", kind.as_str());
                 }
@@ -803,6 +896,162 @@ impl DataVolume {
                 }
             }
         });
+    }
+
+    fn spawn_rotation(&self) {
+        self.spawn("atrest-rotation", |me| {
+            loop {
+                me.sleep(me.inner.opts.rotation_check_interval);
+                if me.inner.stop.load(Ordering::Acquire) {
+                    break;
+                }
+                let t = me.rotation_tick();
+                tracing::debug!("rotation check: {t:?}");
+            }
+        });
+    }
+
+    /// When the current key of `info` is due for rotation under `interval` seconds: its
+    /// `created` plus the interval, and never within one interval of the scheduler's last
+    /// start. None when the volume has no current key (plain, or converting).
+    fn rotation_due(
+        &self,
+        info: &atrest_volume::VolumeInfo,
+        rot: &Rotation,
+        interval: u64,
+    ) -> Option<(time::OffsetDateTime, time::OffsetDateTime)> {
+        if info.state != VolState::Encrypted {
+            return None;
+        }
+        let current = info.keys.iter().find(|k| k.role == "current")?;
+        let created = time::OffsetDateTime::parse(
+            &current.reference.created,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok()?;
+        let since = rot.last_started.map_or(created, |s| s.max(created));
+        let step = time::Duration::seconds(i64::try_from(interval).unwrap_or(i64::MAX / 2));
+        Some((created, since.saturating_add(step)))
+    }
+
+    fn rotation_view(
+        &self,
+        rot: &Rotation,
+        info: &atrest_volume::VolumeInfo,
+    ) -> Option<RotationView> {
+        let current = info.keys.iter().find(|k| k.role == "current")?;
+        let interval = self
+            .app()
+            .and_then(|s| s.keylife().get().policy.rotation_interval_seconds);
+        let now = self.inner.opts.clock.now();
+        let created = time::OffsetDateTime::parse(
+            &current.reference.created,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok();
+        let next = interval
+            .and_then(|i| self.rotation_due(info, rot, i))
+            .map(|(_, due)| rot.retry_at.map_or(due, |r| r.max(due)));
+        Some(RotationView {
+            interval_seconds: interval,
+            key_created: Some(current.reference.created.clone()).filter(|c| !c.is_empty()),
+            key_age_seconds: created.map(|c| (now - c).whole_seconds().max(0) as u64),
+            next_rotation_at: next.and_then(rfc3339),
+            last_error: rot.last_error.clone(),
+        })
+    }
+
+    /// One look of the rotation scheduler: starts a Rekey when the policy has a rotation
+    /// interval, the current key is at least that old, the volume is unlocked and no other
+    /// conversion runs, and no failed attempt waits for its backoff. Every start and failure
+    /// is audited (`operation=rotate`).
+    pub fn rotation_tick(&self) -> RotationTick {
+        let Some(state) = self.app() else {
+            return RotationTick::Off;
+        };
+        let Some(interval) = state.keylife().get().policy.rotation_interval_seconds else {
+            lock(&self.inner.extra).rotation = Rotation::default();
+            return RotationTick::Off;
+        };
+        let uv = match &*lock(&self.inner.slot) {
+            Slot::Open(uv) => uv.clone(),
+            _ => return RotationTick::Busy("the volume is locked".into()),
+        };
+        let wf = state.workflow().state;
+        if wf != WfState::Encrypted || uv.state() != VolState::Encrypted {
+            return if wf == WfState::Plain && uv.state() == VolState::Plain {
+                RotationTick::Off
+            } else {
+                RotationTick::Busy(format!("the volume is {}", wf.as_str()))
+            };
+        }
+        let now = self.inner.opts.clock.now();
+        let info = uv.info();
+        let rot = lock(&self.inner.extra).rotation.clone();
+        let Some((created, due)) = self.rotation_due(&info, &rot, interval) else {
+            return RotationTick::Off;
+        };
+        if now < due {
+            return RotationTick::NotDue;
+        }
+        if rot.retry_at.is_some_and(|r| now < r) {
+            return RotationTick::Waiting;
+        }
+        let old = info.key_id.clone();
+        let age = (now - created).whole_seconds();
+        let settings = state.kmip();
+        let server = settings
+            .as_ref()
+            .and_then(|k| k.servers.first().map(|s| s.to_string()))
+            .unwrap_or_else(|| "-".into());
+        let started = match settings {
+            None => Err("no KMIP settings are saved; fill in Storage > Encryption".to_string()),
+            Some(k) => self.start(
+                Request::Rekey,
+                k.client_config(state.config().kmip_timeouts),
+                state.event_sink(),
+            ),
+        };
+        match started {
+            Ok(()) => {
+                lock(&self.inner.extra).rotation = Rotation {
+                    last_started: Some(now),
+                    ..Rotation::default()
+                };
+                state.audit_key(
+                    &server,
+                    "rotate",
+                    old.as_deref(),
+                    &format!(
+                        "started (scheduled: the key is {age} s old, the rotation interval is                          {interval} s)"
+                    ),
+                );
+                RotationTick::Started
+            }
+            Err(e) => {
+                let failures = rot.failures.saturating_add(1);
+                let wait = self.inner.opts.backoff.delay(failures);
+                let retry = now + wait;
+                let msg = format!(
+                    "the scheduled rotation could not start: {e}; it is tried again at {} (or                      press Rekey)",
+                    rfc3339(retry).unwrap_or_default()
+                );
+                tracing::warn!("{msg}");
+                state.audit_key(
+                    &server,
+                    "rotate",
+                    old.as_deref(),
+                    &format!("failed: {e}; retried in {} s", wait.as_secs()),
+                );
+                lock(&self.inner.extra).rotation = Rotation {
+                    failures,
+                    retry_at: Some(retry),
+                    last_started: rot.last_started,
+                    last_error: Some(msg.clone()),
+                };
+                RotationTick::Failed(msg)
+            }
+        }
     }
 
     fn spawn_key_checks(&self) {
@@ -1085,6 +1334,52 @@ impl DataVolume {
     }
 }
 
+fn rfc3339(t: time::OffsetDateTime) -> Option<String> {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
+/// Where to fetch a key from, in order: the servers of the current settings, then the servers
+/// its header token names (with the client settings of whichever saved settings name that
+/// server, else the current ones), then those of the previous settings. Each server once.
+fn key_sources(
+    settings: Option<&crate::kmip_config::KmipSettings>,
+    previous: Option<&crate::kmip_config::KmipSettings>,
+    token_servers: &[String],
+    timeouts: Timeouts,
+) -> Vec<(String, ClientConfig)> {
+    let mut out: Vec<(String, ClientConfig)> = Vec::new();
+    let mut add = |name: String, cfg: ClientConfig| {
+        if !out.iter().any(|(n, _)| *n == name) {
+            out.push((name, cfg));
+        }
+    };
+    let all = || [settings, previous].into_iter().flatten();
+    if let Some(k) = settings {
+        for a in &k.servers {
+            add(a.to_string(), k.client_config_for(a, timeouts));
+        }
+    }
+    for t in token_servers {
+        let Ok(addr) = t.parse::<atrest_kmip::client::ServerAddr>() else {
+            continue;
+        };
+        let from = all()
+            .find(|k| k.servers.contains(&addr))
+            .or(settings)
+            .or(previous);
+        if let Some(k) = from {
+            add(addr.to_string(), k.client_config_for(&addr, timeouts));
+        }
+    }
+    for k in all() {
+        for a in &k.servers {
+            add(a.to_string(), k.client_config_for(a, timeouts));
+        }
+    }
+    out
+}
+
 /// The volume state a request converts in.
 fn wf_vol(req: Request) -> VolState {
     match req {
@@ -1105,6 +1400,11 @@ fn key_error_class(e: &KeyError) -> &'static str {
 
 impl VolumeBackend for DataVolume {
     fn start(&self, req: Request, kmip: ClientConfig, events: EventSink) -> Result<(), String> {
+        let _starting = lock(&self.inner.starting);
+        // Checked again under the lock: a conversion another request started meanwhile wins.
+        if let Some(state) = self.app() {
+            state.check(req)?;
+        }
         let uv = self.begin(req, kmip, &events)?;
         self.spawn_convert(uv, events);
         Ok(())
@@ -1136,6 +1436,9 @@ impl VolumeBackend for DataVolume {
             None
         };
         let x = lock(&self.inner.extra);
+        let rotation = vol
+            .as_ref()
+            .and_then(|i| self.rotation_view(&x.rotation, i));
         VolumeStatus {
             volume: vol.map(|i| VolumeView {
                 path: VOLUME_FILE.into(),
@@ -1157,6 +1460,7 @@ impl VolumeBackend for DataVolume {
             }),
             unlock_attempts: self.unlock_attempts(),
             audit: x.audit.clone(),
+            rotation,
         }
     }
 
@@ -1188,6 +1492,19 @@ impl VolumeBackend for DataVolume {
             tracing::error!("{w}");
         }
         lock(&self.inner.extra).audit = Some(check);
+    }
+
+    fn key_servers(&self) -> Vec<String> {
+        let info = match &*lock(&self.inner.slot) {
+            Slot::Open(uv) => uv.info(),
+            Slot::Locked(v) => v.info(),
+            Slot::Unlocking(i) => (**i).clone(),
+            Slot::Empty => return Vec::new(),
+        };
+        info.keys
+            .iter()
+            .flat_map(|k| k.reference.servers.clone())
+            .collect()
     }
 
     fn retry_now(&self) {

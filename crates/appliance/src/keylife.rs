@@ -193,8 +193,15 @@ impl std::fmt::Display for ActionError {
     }
 }
 
-fn client(state: &AppState) -> Result<(Client, String), ActionError> {
-    let k = state.kmip().ok_or_else(|| {
+/// A client for the old key `key`: the previous KMIP settings when they name a server that
+/// held it (a move to another KMIP server), the saved ones otherwise.
+fn client(state: &AppState, key: &OldKey) -> Result<(Client, String), ActionError> {
+    let previous = state.previous_kmip().filter(|p| {
+        p.servers
+            .iter()
+            .any(|a| key.servers.contains(&a.to_string()))
+    });
+    let k = previous.or_else(|| state.kmip()).ok_or_else(|| {
         ActionError::Kmip(
             "no KMIP settings are saved; fill in Storage > Encryption before retiring keys".into(),
         )
@@ -217,7 +224,7 @@ pub fn revoke(state: &AppState, id: &str, actor: &str) -> Result<OldKey, ActionE
     if key.state != "Active" {
         return Ok(key);
     }
-    let (mut c, fallback) = client(state)?;
+    let (mut c, fallback) = client(state, &key)?;
     let r = c.revoke(
         id,
         RevocationReasonCode::CESSATION_OF_OPERATION,
@@ -261,7 +268,7 @@ pub fn destroy(state: &AppState, id: &str, actor: &str) -> Result<OldKey, Action
     if key.state == "Active" {
         key = revoke(state, id, actor)?;
     }
-    let (mut c, fallback) = client(state)?;
+    let (mut c, fallback) = client(state, &key)?;
     let r = c.destroy(id);
     let server = server_of(&c, &fallback);
     c.disconnect();

@@ -153,6 +153,7 @@ pub fn document() -> Value {
             },
             "/api/encryption/encrypt": {"post": start("Encrypt the volume with a new key (needs a passing test of the current settings)")},
             "/api/encryption/rekey": {"post": start("Re-encrypt the volume under a new key")},
+            "/api/encryption/move": {"post": start("Move to these settings: Rekey onto the KMIP server of the saved settings (they must have passed Save and Test and name none of the servers that hold the volume key now); the old key is retired per the key policy on the old server, whose settings are kept until the move finished")},
             "/api/encryption/decrypt": {"post": {
                 "summary": "Decrypt the volume (turn encryption off); takes the admin password again",
                 "requestBody": {"required": true, "content": {"application/json": {"schema": r("PasswordReentry")}}},

@@ -115,6 +115,9 @@ struct EncryptionPage<'a> {
     alerts: Vec<&'a str>,
     space: Option<String>,
     next_retry: Option<&'a str>,
+    key_age: Option<String>,
+    next_rotation: String,
+    rotation_error: Option<&'a str>,
     other_warnings: Vec<&'a str>,
     hold_resumable: bool,
     resume_url: Option<&'static str>,
@@ -176,6 +179,7 @@ pub async fn encryption_page(
                 l.finished_at
             )
         });
+    let rotation = vol.and_then(|v| v.rotation.as_ref());
     let settings = st.settings.as_ref();
     let form = SettingsForm {
         hosts: settings
@@ -227,6 +231,24 @@ pub async fn encryption_page(
             .and_then(|v| v.space)
             .map(|sp| format!("{} used of {}", mib(sp.used), mib(sp.capacity))),
         next_retry: vol.and_then(|v| v.next_retry_at.as_deref()),
+        key_age: rotation.and_then(|r| r.key_age_seconds).map(|s| {
+            format!(
+                "{}{}",
+                age_text(s),
+                rotation
+                    .and_then(|r| r.key_created.as_deref())
+                    .map(|c| format!(" (created {c})"))
+                    .unwrap_or_default()
+            )
+        }),
+        next_rotation: match rotation {
+            Some(r) => match (&r.next_rotation_at, r.interval_seconds) {
+                (Some(n), Some(i)) => format!("{n} (every {})", age_text(i)),
+                _ => "never: scheduled rotation is off".into(),
+            },
+            None => "—".into(),
+        },
+        rotation_error: rotation.and_then(|r| r.last_error.as_deref()),
         other_warnings: st
             .warnings
             .iter()
@@ -242,4 +264,14 @@ pub async fn encryption_page(
         st: &st,
     };
     render(&page)
+}
+
+/// A duration for a person: days, hours, minutes or seconds.
+fn age_text(secs: u64) -> String {
+    match secs {
+        s if s >= 2 * 86_400 => format!("{} days", s / 86_400),
+        s if s >= 2 * 3600 => format!("{} hours", s / 3600),
+        s if s >= 120 => format!("{} minutes", s / 60),
+        s => format!("{s} s"),
+    }
 }

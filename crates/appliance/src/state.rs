@@ -67,6 +67,11 @@ pub trait VolumeBackend: Send + Sync + 'static {
         Err("this appliance has no data volume to resume".into())
     }
 
+    /// The KMIP servers every key in the volume header names.
+    fn key_servers(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Asks the next unlock attempt to run now (the KMIP settings changed).
     fn retry_now(&self) {}
 
@@ -317,11 +322,65 @@ impl AppState {
         lock(&self.inner.kmip).clone()
     }
 
-    /// Saves new KMIP settings (files first, then memory).
+    /// Saves new KMIP settings (files first, then memory). When the settings replaced point at
+    /// a server that holds a key of the volume's header and the new ones do not, they are kept
+    /// as the previous settings (DATA_DIR/kmip-previous/) until no key of the volume needs
+    /// them: a move to another KMIP server, or a restart in its middle, still fetches the old
+    /// key from the old server.
     pub fn set_kmip(&self, s: KmipSettings) -> std::io::Result<()> {
+        if let Some(old) = self.kmip() {
+            let held = self.volume_key_servers();
+            let names = |k: &KmipSettings| -> Vec<String> {
+                k.servers.iter().map(|a| a.to_string()).collect()
+            };
+            let (old_names, new_names) = (names(&old), names(&s));
+            if old_names
+                .iter()
+                .any(|n| held.contains(n) && !new_names.contains(n))
+            {
+                old.save(&previous_dir(self.data_dir()))?;
+                tracing::info!(servers = ?old_names, "kept the previous KMIP settings for the key they hold");
+            }
+        }
         s.save(self.data_dir())?;
         *lock(&self.inner.kmip) = Some(s);
         Ok(())
+    }
+
+    /// The previous KMIP settings kept for a key still held by the server they name (see
+    /// [`AppState::set_kmip`]).
+    pub fn previous_kmip(&self) -> Option<KmipSettings> {
+        KmipSettings::load(&previous_dir(self.data_dir())).unwrap_or_else(|e| {
+            tracing::warn!("{e}");
+            None
+        })
+    }
+
+    /// Forgets the previous KMIP settings once no key of the volume names their servers.
+    pub fn forget_previous_kmip(&self, key_servers: &[String]) {
+        let Some(prev) = self.previous_kmip() else {
+            return;
+        };
+        if prev
+            .servers
+            .iter()
+            .any(|a| key_servers.contains(&a.to_string()))
+        {
+            return;
+        }
+        match std::fs::remove_dir_all(previous_dir(self.data_dir())) {
+            Ok(()) => tracing::info!("removed the previous KMIP settings: no key needs them"),
+            Err(e) => tracing::warn!("cannot remove the previous KMIP settings: {e}"),
+        }
+    }
+
+    /// The servers the volume header names for its key(s), as the workflow knows them.
+    fn volume_key_servers(&self) -> Vec<String> {
+        let mut v = self.workflow().servers;
+        if let Some(b) = self.backend() {
+            v.extend(b.key_servers());
+        }
+        v
     }
 
     pub fn last_test(&self) -> Option<TestReport> {
@@ -389,6 +448,11 @@ impl WeakAppState {
     pub fn upgrade(&self) -> Option<AppState> {
         self.0.upgrade().map(|inner| AppState { inner })
     }
+}
+
+/// Where the previous KMIP settings are kept: DATA_DIR/kmip-previous/kmip/.
+pub fn previous_dir(dir: &Path) -> PathBuf {
+    dir.join("kmip-previous")
 }
 
 fn last_test_path(dir: &Path) -> PathBuf {

@@ -32,6 +32,9 @@ pub struct EncryptionStatus {
     /// The last test tested the settings saved now.
     pub last_test_current: bool,
     pub encrypt: EncryptGate,
+    /// Whether "Move to these settings" (POST /api/encryption/move) may start now, and why not.
+    #[serde(rename = "move")]
+    pub move_to: EncryptGate,
     pub settings: Option<SettingsView>,
     /// Things the administrator should act on (expiring certificates, the bundled KMIP
     /// server's weakness).
@@ -91,6 +94,24 @@ pub struct VolumeStatus {
     pub unlock_attempts: u64,
     /// The last check of the audit history (at start, and by GET /api/audit/verify).
     pub audit: Option<AuditCheck>,
+    /// The current key's age and the next scheduled rotation (while encrypted).
+    pub rotation: Option<RotationView>,
+}
+
+/// The current key's age and the scheduled rotation.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RotationView {
+    /// The policy's rotation interval (None: scheduled rotation is off).
+    pub interval_seconds: Option<u64>,
+    /// When the current key was created (RFC 3339, from the volume header).
+    pub key_created: Option<String>,
+    /// The current key's age in seconds.
+    pub key_age_seconds: Option<u64>,
+    /// When the scheduler starts the next Rekey (RFC 3339; None while rotation is off). In
+    /// the past: at the next look, once the volume is unlocked and no conversion runs.
+    pub next_rotation_at: Option<String>,
+    /// Why the last scheduled attempt failed (retried after a backoff).
+    pub last_error: Option<String>,
 }
 
 /// GET /api/audit/verify.
@@ -280,6 +301,13 @@ impl EncryptionStatus {
                 allowed: check.is_ok(),
                 reason: check.err(),
             },
+            move_to: {
+                let m = move_gate(state);
+                EncryptGate {
+                    allowed: m.is_ok(),
+                    reason: m.err(),
+                }
+            },
             settings: kmip.as_ref().map(|k| k.view()),
             warnings,
             embedded_kms,
@@ -289,4 +317,40 @@ impl EncryptionStatus {
             old_keys: life.old_keys,
         }
     }
+}
+
+/// Whether "Move to these settings" may start: the volume is encrypted and idle, the saved
+/// settings passed their last Save and Test, and they name none of the servers that hold the
+/// volume key now (that is a Rekey).
+pub fn move_gate(state: &AppState) -> Result<(), String> {
+    state.check(Request::Rekey)?;
+    let kmip = state
+        .kmip()
+        .ok_or("no KMIP settings are saved; enter the new server's and press Save and Test")?;
+    let test = state.last_test().ok_or(
+        "the KMIP settings have not been tested; press Save and Test Changes and fix what fails",
+    )?;
+    if test.fingerprint != kmip.fingerprint() {
+        return Err(
+            "the KMIP settings changed since the last test; press Save and Test \
+                    Changes again"
+                .into(),
+        );
+    }
+    if !test.ok {
+        return Err(format!(
+            "the last test of the KMIP settings failed ({}); fix it and press Save and Test \
+             Changes",
+            test.summary
+        ));
+    }
+    let held = state.workflow().servers;
+    if kmip.servers.iter().any(|s| held.contains(&s.to_string())) {
+        return Err(format!(
+            "the saved settings already point at a server that holds the volume key ({}); \
+             save and test the new KMIP server's settings first, or use Rekey",
+            held.join(", ")
+        ));
+    }
+    Ok(())
 }

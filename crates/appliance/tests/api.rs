@@ -939,6 +939,7 @@ async fn openapi_matches_the_routes() {
         ("post", "/api/encryption/test"),
         ("post", "/api/encryption/encrypt"),
         ("post", "/api/encryption/rekey"),
+        ("post", "/api/encryption/move"),
         ("post", "/api/encryption/decrypt"),
         ("post", "/api/encryption/resume"),
         ("put", "/api/encryption/policy"),
