@@ -6,6 +6,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A byte-addressed device: a regular file, a raw block device, an in-memory buffer, or the data
 /// segment of an unlocked volume (plain or encrypted, also during a conversion).
@@ -20,6 +21,11 @@ pub trait BlockDevice: Send + Sync {
     fn flush(&self) -> io::Result<()>;
     /// Size in bytes.
     fn len(&self) -> u64;
+    /// Reads the size from the medium again (a disk or image that grew since it was opened)
+    /// and returns it; [`BlockDevice::len`] returns it from then on. The default keeps the size.
+    fn refresh_len(&self) -> io::Result<u64> {
+        Ok(self.len())
+    }
     /// True when the size is 0.
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -61,7 +67,7 @@ pub(crate) fn check_range(offset: u64, len: usize, size: u64) -> io::Result<()> 
 #[derive(Debug)]
 pub struct FileDevice {
     file: File,
-    len: u64,
+    len: AtomicU64,
     path: PathBuf,
     writable: bool,
     block: bool,
@@ -132,6 +138,17 @@ fn check_not_in_use(path: &Path, rdev: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// The size of the block device open as `file` (`BLKGETSIZE64`).
+fn block_device_size(file: &File) -> io::Result<u64> {
+    let mut len: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 into `len`, which outlives the call.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64 as _, &mut len as *mut u64) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(len)
+}
+
 impl FileDevice {
     /// Opens `path` for reading and writing (a block device exclusively).
     pub fn open(path: &Path) -> io::Result<FileDevice> {
@@ -168,15 +185,10 @@ impl FileDevice {
                 e
             }
         })?;
-        let mut len: u64 = 0;
-        // SAFETY: BLKGETSIZE64 writes one u64 into `len`, which outlives the call.
-        let r = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64 as _, &mut len as *mut u64) };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let len = block_device_size(&file)?;
         Ok(FileDevice {
             file,
-            len,
+            len: AtomicU64::new(len),
             path: path.to_path_buf(),
             writable,
             block: true,
@@ -200,7 +212,7 @@ impl FileDevice {
         let len = file.seek(SeekFrom::End(0))?;
         Ok(FileDevice {
             file,
-            len,
+            len: AtomicU64::new(len),
             path: path.to_path_buf(),
             writable,
             block: false,
@@ -220,7 +232,7 @@ impl FileDevice {
 
 impl BlockDevice for FileDevice {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        check_range(offset, buf.len(), self.len)?;
+        check_range(offset, buf.len(), self.len())?;
         self.file.read_exact_at(buf, offset)
     }
 
@@ -231,7 +243,7 @@ impl BlockDevice for FileDevice {
                 "device opened read-only",
             ));
         }
-        check_range(offset, buf.len(), self.len)?;
+        check_range(offset, buf.len(), self.len())?;
         self.file.write_all_at(buf, offset)
     }
 
@@ -244,7 +256,17 @@ impl BlockDevice for FileDevice {
     }
 
     fn len(&self) -> u64 {
-        self.len
+        self.len.load(Ordering::Acquire)
+    }
+
+    fn refresh_len(&self) -> io::Result<u64> {
+        let len = if self.block {
+            block_device_size(&self.file)?
+        } else {
+            self.file.metadata()?.len()
+        };
+        self.len.store(len, Ordering::Release);
+        Ok(len)
     }
 
     fn start_writeback(&self, offset: u64, len: u64) {
@@ -325,6 +347,9 @@ impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
     }
     fn len(&self) -> u64 {
         (**self).len()
+    }
+    fn refresh_len(&self) -> io::Result<u64> {
+        (**self).refresh_len()
     }
     fn start_writeback(&self, offset: u64, len: u64) {
         (**self).start_writeback(offset, len)
