@@ -375,6 +375,7 @@ impl DataVolume {
             let uv = vol
                 .unlock(Vec::new())
                 .map_err(|e| format!("the plain content volume cannot be opened: {e}"))?;
+            dv.grow_at_start(&uv);
             dv.open_store(state, &uv)?;
             *lock(&dv.inner.slot) = Slot::Open(uv);
             state.apply(Event::OpenedPlain);
@@ -384,6 +385,42 @@ impl DataVolume {
         }
         dv.spawn_key_checks();
         Ok(dv)
+    }
+
+    /// Extends the data segment to the size of the device ([`UnlockedVolume::grow`]); the
+    /// store on it uses the new space at once. A growth is logged and audited.
+    fn grow_volume(&self, uv: &UnlockedVolume, when: &str) -> Result<(u64, u64), String> {
+        let (old, new) = uv.grow().map_err(|e| {
+            format!(
+                "the content volume {} cannot grow: {e}",
+                self.inner.opts.path.display()
+            )
+        })?;
+        if new > old {
+            tracing::info!(old, new, "content volume grown to the size of its device");
+            if let Some(state) = self.app() {
+                state.audit(
+                    "volume",
+                    "appliance",
+                    format!(
+                        "grew the content volume {when} from {old} to {new} bytes of data, the \
+                         size of its device"
+                    ),
+                );
+            }
+        }
+        Ok((old, new))
+    }
+
+    /// At start, once unlocked and with no conversion under way: grows the volume when its
+    /// device grew while the appliance was stopped.
+    fn grow_at_start(&self, uv: &UnlockedVolume) {
+        if is_converting(uv.state()) {
+            return;
+        }
+        if let Err(e) = self.grow_volume(uv, "at start") {
+            tracing::warn!("{e}");
+        }
     }
 
     /// The volume's path: an image file or a block device.
@@ -728,6 +765,7 @@ impl DataVolume {
         if let Err(e) = Known::of(&uv.info()).save(&self.inner.opts.known) {
             tracing::error!("{e}");
         }
+        self.grow_at_start(&uv);
         if let Err(e) = self.open_store(&state, &uv) {
             tracing::error!("{e}");
             state.set_content(Content::Locked(format!(
@@ -1159,6 +1197,20 @@ impl VolumeBackend for DataVolume {
         let uv = self.begin(req, kmip, &events)?;
         self.spawn_convert(uv, events);
         Ok(())
+    }
+
+    fn grow(&self) -> Result<(u64, u64), String> {
+        let uv = match &*lock(&self.inner.slot) {
+            Slot::Open(uv) => uv.clone(),
+            _ => {
+                return Err(
+                    "the content volume is locked; it can grow once it is unlocked (the \
+                            grown header is signed under its key)"
+                        .into(),
+                );
+            }
+        };
+        self.grow_volume(&uv, "on request")
     }
 
     fn status(&self) -> VolumeStatus {

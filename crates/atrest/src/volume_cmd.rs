@@ -46,6 +46,10 @@ enum VolumeCommand {
     Rekey(crate::volume_kmip::RekeyArgs),
     /// Turn encryption off: decrypt in place. Re-running resumes.
     Decrypt(crate::volume_kmip::KeyedArgs),
+    /// Extend the data segment to the size of the device, after the disk or image grew (plain
+    /// or encrypted; an encrypted volume's key is fetched to sign the new header). Not during
+    /// a conversion.
+    Grow(crate::volume_kmip::GrowArgs),
 }
 
 #[derive(Debug, Args)]
@@ -102,6 +106,7 @@ pub fn run(args: VolumeArgs) -> anyhow::Result<()> {
         VolumeCommand::Unlock(a) => crate::volume_kmip::unlock(a),
         VolumeCommand::Rekey(a) => crate::volume_kmip::rekey(a),
         VolumeCommand::Decrypt(a) => crate::volume_kmip::decrypt(a),
+        VolumeCommand::Grow(a) => crate::volume_kmip::grow(a),
     }
 }
 

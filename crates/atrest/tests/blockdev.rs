@@ -1,7 +1,8 @@
 //! The content volume on a block device (a loop device; root only, skipped with a note
 //! otherwise unless ATREST_REQUIRE_PEERS=1): `atrest volume format DEVICE`, `atrest serve
 //! --volume DEVICE`, Save and Test, Encrypt, restart, unlocked with the content intact; a device
-//! in use or without a LUKS2 header is refused with a sentence.
+//! in use or without a LUKS2 header is refused with a sentence. Growth of the volume, plain and
+//! encrypted: `atrest volume grow`, POST /api/volume/grow, and at start.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -42,6 +43,10 @@ impl Drop for Appliance {
 }
 
 fn start(data: &Path, volume: &Path) -> Appliance {
+    start_with(data, volume, &[])
+}
+
+fn start_with(data: &Path, volume: &Path, extra: &[&str]) -> Appliance {
     let mut child = Command::new(env!("CARGO_BIN_EXE_atrest"))
         .args(["serve", "--embedded-kms", "--listen", "127.0.0.1:0"])
         .arg("--data-dir")
@@ -49,6 +54,7 @@ fn start(data: &Path, volume: &Path) -> Appliance {
         .arg("--volume")
         .arg(volume)
         .args(["--convert-chunk", "1M", "--unlock-retry-max", "1"])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -276,6 +282,17 @@ fn format_serve_encrypt_restart_on_a_loop_device() {
     // The appliance holds the device: a command that writes it is refused.
     let o = atrest(&["volume", "format", d, "--force"]);
     assert!(!o.status.success());
+    // The disk grows (its backing file, then the loop device's capacity): Grow uses it.
+    extend(&dir.path().join("disk.raw"), 64 << 20);
+    let o = Command::new("losetup")
+        .arg("-c")
+        .arg(dev.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (s, v) = app.json("POST", "/api/volume/grow", Some(&t), None);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data_size"], 48 << 20, "{v}");
     drop(app);
     // The plaintext is nowhere on the device.
     let raw = std::fs::read(dir.path().join("disk.raw")).unwrap();
@@ -287,6 +304,136 @@ fn format_serve_encrypt_restart_on_a_loop_device() {
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
+}
+
+fn extend(file: &Path, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+}
+
+fn data_size(app: &Appliance, t: &str) -> u64 {
+    let (_, st) = app.json("GET", "/api/encryption", Some(t), None);
+    st["volume"]["volume"]["data_size"].as_u64().unwrap()
+}
+
+fn capacity(app: &Appliance, t: &str) -> u64 {
+    let (_, st) = app.json("GET", "/api/encryption", Some(t), None);
+    st["volume"]["space"]["capacity"].as_u64().unwrap()
+}
+
+#[test]
+fn the_volume_grows_plain_and_encrypted_by_api_at_start_and_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("appliance");
+    let img = data.join("volume.img");
+    let flags = ["--volume-size", "32M", "--convert-rate", "4M"];
+    let app = start_with(&data, &img, &flags);
+    let t = app.login();
+    assert_eq!(data_size(&app, &t), 16 << 20);
+    let before = capacity(&app, &t);
+    let recording = b"kept across growth ".repeat(1000);
+    let (s, v) = app.request(
+        "PUT",
+        "/api/recordings/r1?session=s",
+        Some(&t),
+        &recording,
+        "application/octet-stream",
+    );
+    assert_eq!(s, 201, "{v}");
+    // Plain, while serving: nothing to do, then the image grows and Grow uses it.
+    let (s, v) = app.json("POST", "/api/volume/grow", Some(&t), None);
+    assert_eq!((s, &v["grown"]), (200, &json!(false)), "{v}");
+    extend(&img, 48 << 20);
+    let (s, v) = app.json("POST", "/api/volume/grow", Some(&t), None);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v,
+        json!({"grown": true, "old_data_size": 16 << 20, "data_size": 32 << 20})
+    );
+    assert_eq!(data_size(&app, &t), 32 << 20);
+    assert_eq!(
+        capacity(&app, &t),
+        before + (16 << 20),
+        "the store sees the new space"
+    );
+    // During a conversion it is refused with the reason.
+    let (_, r) = app.json("POST", "/api/encryption/test", Some(&t), None);
+    assert_eq!(r["ok"], true, "{r}");
+    let (s, v) = app.json("POST", "/api/encryption/encrypt", Some(&t), None);
+    assert_eq!(s, 202, "{v}");
+    extend(&img, 56 << 20);
+    let (s, v) = app.json("POST", "/api/volume/grow", Some(&t), None);
+    assert_eq!(s, 409, "{v}");
+    assert!(v.to_string().contains("conversion"), "{v}");
+    wait_until("the encryption finished", || {
+        let (_, st) = app.json("GET", "/api/encryption", Some(&t), None);
+        st["state"] == "encrypted"
+    });
+    assert_eq!(data_size(&app, &t), 32 << 20);
+    let known = std::fs::read(data.join("volume-known.json")).unwrap();
+    drop(app);
+
+    // Encrypted, at start: the image grew while the appliance was stopped.
+    extend(&img, 64 << 20);
+    let app = start_with(&data, &img, &flags);
+    let t = app.login();
+    wait_until("the volume is unlocked", || {
+        app.json("GET", "/api/config", Some(&t), None).0 == 200
+    });
+    assert_eq!(data_size(&app, &t), 48 << 20);
+    let (s, v) = app.request("GET", "/api/recordings/r1", Some(&t), b"", "");
+    assert_eq!(s, 200);
+    assert!(
+        v.as_str()
+            .is_some_and(|b| b.as_bytes() == recording.as_slice())
+    );
+    let (_, v) = app.json("GET", "/api/audit?q=grew&order=oldest", Some(&t), None);
+    let texts = v["events"].to_string();
+    assert!(
+        texts.contains("on request") && texts.contains("at start"),
+        "{texts}"
+    );
+    drop(app);
+    assert_eq!(
+        std::fs::read(data.join("volume-known.json")).unwrap(),
+        known,
+        "growing changes no state or key"
+    );
+    // The header, grown twice and signed under the key, is still one cryptsetup reads.
+    if atrest_testkit::tool("cryptsetup", "cryptsetup") {
+        let o = Command::new("cryptsetup")
+            .arg("luksDump")
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            text.contains(&format!("length: {} [bytes]", 48 << 20)),
+            "{text}"
+        );
+    }
+
+    // From the command line, plain: `atrest volume grow IMAGE`.
+    let plain = dir.path().join("plain.img");
+    let p = plain.to_str().unwrap();
+    let o = atrest(&["volume", "format", p, "--size", "2M", "--header-area", "1M"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    extend(&plain, 5 << 20);
+    let o = atrest(&["volume", "grow", p, "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["data_size"], 4 << 20, "{v}");
+    let o = atrest(&["volume", "grow", p]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("already fills the device"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
 }
 
 #[test]
