@@ -40,6 +40,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/encryption/decrypt", post(decrypt))
         .route("/api/encryption/resume", post(resume))
         .route("/api/encryption/policy", axum::routing::put(policy_put))
+        .route("/api/volume/grow", post(volume_grow))
         .route("/api/encryption/old-keys/{id}/revoke", post(old_key_revoke))
         .route(
             "/api/encryption/old-keys/{id}/destroy",
@@ -779,6 +780,24 @@ async fn resume(
             s.as_str()
         ))),
     }
+}
+
+/// POST /api/volume/grow: extends the data segment to the size of its device, after the disk or
+/// image grew; the content store uses the new space at once. Refused (409) while locked or
+/// during a conversion.
+async fn volume_grow(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let backend = state
+        .backend()
+        .ok_or_else(|| ApiError::unavailable("no data volume is attached to this appliance"))?;
+    let (old, new) = tokio::task::spawn_blocking(move || backend.grow())
+        .await
+        .map_err(|e| ApiError::internal("growing the volume", e))?
+        .map_err(ApiError::conflict)?;
+    Ok(Json(json!({
+        "grown": new > old,
+        "old_data_size": old,
+        "data_size": new,
+    })))
 }
 
 /// PUT /api/encryption/policy: what happens to retired keys, and the rotation interval.

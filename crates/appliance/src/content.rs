@@ -28,8 +28,8 @@ use atrest_kmip::client::{Client, ClientConfig, Timeouts};
 use atrest_kmip::message::{RevocationReasonCode, State as KeyState};
 use atrest_store::{Store, StoreOptions};
 use atrest_volume::{
-    BlockDevice, ConvertOptions, EncryptOptions, FileDevice, FormatOptions, State as VolState,
-    UnlockedVolume, Volume, VolumeLock,
+    BlockDevice, Check, ConvertOptions, EncryptOptions, FileDevice, FormatOptions,
+    State as VolState, UnlockedVolume, Volume, VolumeLock,
 };
 
 use crate::keys::{self, KeyError};
@@ -328,6 +328,12 @@ fn create_volume(path: &Path, size: u64, store: &StoreOptions) -> Result<(), Str
     Ok(())
 }
 
+/// Whether the first `len` bytes of `dev` (or all of it, when smaller) read as zeros.
+fn starts_with_zeros(dev: &dyn BlockDevice, len: u64) -> bool {
+    let mut buf = vec![0u8; len.min(dev.len()) as usize];
+    dev.read_at(&mut buf, 0).is_ok() && buf.iter().all(|&b| b == 0)
+}
+
 /// Takes the exclusive lock beside the volume (`volume.img.lock`, [`VolumeLock`]), so that two
 /// appliances, or an appliance and an `atrest volume` command, never use one volume at once.
 fn take_lock(path: &Path) -> Result<std::fs::File, String> {
@@ -347,6 +353,12 @@ impl DataVolume {
         let lock_file = take_lock(&opts.path)?;
         let created = if opts.path.exists() {
             false
+        } else if opts.path.starts_with("/dev") {
+            return Err(format!(
+                "the content volume {} does not exist; give --volume a block device that \
+                 exists, or an image file outside /dev",
+                opts.path.display()
+            ));
         } else {
             if opts.size < MIN_VOLUME_SIZE {
                 return Err(format!(
@@ -359,17 +371,33 @@ impl DataVolume {
             create_volume(&opts.path, opts.size, &opts.store)?;
             true
         };
-        let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&opts.path).map_err(|e| {
-            format!(
-                "cannot open the content volume {} ({e}); check its permissions",
-                opts.path.display()
-            )
-        })?);
-        let vol = Volume::open(dev.clone()).map_err(|e| {
-            format!(
+        let file = FileDevice::open(&opts.path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::ResourceBusy {
+                // Already one sentence: which device, why, and what to do.
+                e.to_string()
+            } else {
+                format!(
+                    "cannot open the content volume {} ({e}); check its permissions",
+                    opts.path.display()
+                )
+            }
+        })?;
+        let block = file.is_block_device();
+        let dev: Arc<dyn BlockDevice> = Arc::new(file);
+        let vol = Volume::open(dev.clone()).map_err(|e| match e.header_check() {
+            // Never formatted by atrest: nothing is written to it, whatever it holds.
+            Some(Check::Magic | Check::DeviceSize) => format!(
+                "the content volume {} has no LUKS2 header, so the appliance leaves it \
+                 untouched; format it with `atrest volume format {}` (it refuses a {} that \
+                 holds data unless given --force), then start again",
+                opts.path.display(),
+                opts.path.display(),
+                if block { "device" } else { "file" }
+            ),
+            _ => format!(
                 "the content volume {} cannot be opened: {e}",
                 opts.path.display()
-            )
+            ),
         })?;
         if let Some(r) = vol.info().header_repair {
             tracing::warn!("content volume header: {r}");
@@ -432,6 +460,7 @@ impl DataVolume {
             let uv = vol
                 .unlock(Vec::new())
                 .map_err(|e| format!("the plain content volume cannot be opened: {e}"))?;
+            dv.grow_at_start(&uv);
             dv.open_store(state, &uv)?;
             *lock(&dv.inner.slot) = Slot::Open(uv);
             state.apply(Event::OpenedPlain);
@@ -444,12 +473,78 @@ impl DataVolume {
         Ok(dv)
     }
 
+    /// Extends the data segment to the size of the device ([`UnlockedVolume::grow`]); the
+    /// store on it uses the new space at once. A growth is logged and audited.
+    fn grow_volume(&self, uv: &UnlockedVolume, when: &str) -> Result<(u64, u64), String> {
+        let (old, new) = uv.grow().map_err(|e| {
+            format!(
+                "the content volume {} cannot grow: {e}",
+                self.inner.opts.path.display()
+            )
+        })?;
+        if new > old {
+            tracing::info!(old, new, "content volume grown to the size of its device");
+            if let Some(state) = self.app() {
+                state.audit(
+                    "volume",
+                    "appliance",
+                    format!(
+                        "grew the content volume {when} from {old} to {new} bytes of data, the \
+                         size of its device"
+                    ),
+                );
+            }
+        }
+        Ok((old, new))
+    }
+
+    /// At start, once unlocked and with no conversion under way: grows the volume when its
+    /// device grew while the appliance was stopped.
+    fn grow_at_start(&self, uv: &UnlockedVolume) {
+        if is_converting(uv.state()) {
+            return;
+        }
+        if let Err(e) = self.grow_volume(uv, "at start") {
+            tracing::warn!("{e}");
+        }
+    }
+
+    /// The volume's path: an image file or a block device.
+    pub fn path(&self) -> &Path {
+        &self.inner.opts.path
+    }
+
+    /// The path shown in the status: `volume.img` for the image in the data directory, the
+    /// whole path of anything else.
+    fn shown_path(&self) -> String {
+        let o = &self.inner.opts;
+        match o.known.parent() {
+            Some(dir) if o.path == dir.join(VOLUME_FILE) => VOLUME_FILE.into(),
+            _ => o.path.display().to_string(),
+        }
+    }
+
     fn app(&self) -> Option<AppState> {
         self.inner.app.upgrade()
     }
 
     fn open_store(&self, state: &AppState, uv: &UnlockedVolume) -> Result<(), String> {
-        let store = Store::open(Arc::new(uv.clone()), &self.inner.opts.store).map_err(|e| {
+        let dev: Arc<dyn BlockDevice> = Arc::new(uv.clone());
+        let store = match Store::open(dev.clone(), &self.inner.opts.store) {
+            // A plain volume just made by `atrest volume format` (a block device): no store,
+            // and nothing where the store keeps its superblocks and first pages.
+            Err(atrest_store::Error::NoStore { .. })
+                if uv.state() == VolState::Plain && starts_with_zeros(&*dev, 1 << 20) =>
+            {
+                tracing::info!(
+                    path = %self.inner.opts.path.display(),
+                    "made an empty content store on the freshly formatted volume"
+                );
+                Store::create(dev, &self.inner.opts.store)
+            }
+            r => r,
+        }
+        .map_err(|e| {
             format!(
                 "the content store on {} cannot be opened: {e}",
                 self.inner.opts.path.display()
@@ -763,6 +858,7 @@ impl DataVolume {
         if let Err(e) = Known::of(&uv.info()).save(&self.inner.opts.known) {
             tracing::error!("{e}");
         }
+        self.grow_at_start(&uv);
         if let Err(e) = self.open_store(&state, &uv) {
             tracing::error!("{e}");
             state.set_content(Content::Locked(format!(
@@ -1410,6 +1506,20 @@ impl VolumeBackend for DataVolume {
         Ok(())
     }
 
+    fn grow(&self) -> Result<(u64, u64), String> {
+        let uv = match &*lock(&self.inner.slot) {
+            Slot::Open(uv) => uv.clone(),
+            _ => {
+                return Err(
+                    "the content volume is locked; it can grow once it is unlocked (the \
+                            grown header is signed under its key)"
+                        .into(),
+                );
+            }
+        };
+        self.grow_volume(&uv, "on request")
+    }
+
     fn status(&self) -> VolumeStatus {
         let (vol, store_space) = match &*lock(&self.inner.slot) {
             Slot::Open(uv) => {
@@ -1441,7 +1551,7 @@ impl VolumeBackend for DataVolume {
             .and_then(|i| self.rotation_view(&x.rotation, i));
         VolumeStatus {
             volume: vol.map(|i| VolumeView {
-                path: VOLUME_FILE.into(),
+                path: self.shown_path(),
                 state: i.state.as_str().into(),
                 data_size: i.data_size,
                 sector_size: i.sector_size,

@@ -188,6 +188,13 @@ pub fn document() -> Value {
                 "requestBody": {"required": false, "content": {"application/json": {"schema": r("PasswordReentry")}}},
                 "responses": {"202": ok_json("resumed", r("EncryptionStatus")), "401": err("not logged in"),
                     "403": err("password missing or wrong (decryption), or no CSRF token"), "409": err("nothing to resume, or the key could not be fetched")}}},
+            "/api/volume/grow": {"post": {
+                "summary": "Grow: extend the content volume's data segment to the size of its device, after the disk or image grew (plain or encrypted; the header is signed under the volume key); the content store uses the new space at once. The appliance also does this at every start",
+                "responses": {"200": ok_json("grown, or already the size of the device", json!({"type": "object", "properties": {
+                        "grown": {"type": "boolean"}, "old_data_size": {"type": "integer"}, "data_size": {"type": "integer", "description": "bytes of data after"}}})),
+                    "401": err("not logged in"), "403": err("no CSRF token"),
+                    "409": err("the volume is locked, a conversion is under way, or the device is smaller than the volume"),
+                    "503": err("no data volume is attached")}}},
             "/api/audit": {
                 "post": {"summary": "Append one audit event, or an array of up to 1000, in order",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"oneOf": [r("AuditEventInput"), {"type": "array", "items": r("AuditEventInput")}]}}}},

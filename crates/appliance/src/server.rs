@@ -187,7 +187,7 @@ pub fn run(opts: ServeOptions) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("cannot open the content volume: {e}"))??;
                 let st = state.workflow().state;
-                println!("Content volume {}: {}", dir.join(crate::content::VOLUME_FILE).display(), st.as_str());
+                println!("Content volume {}: {}", dv.path().display(), st.as_str());
                 Some(dv)
             }
             None => None,

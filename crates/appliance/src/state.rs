@@ -72,6 +72,13 @@ pub trait VolumeBackend: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Extends the data segment to the size of the device (POST /api/volume/grow), after the
+    /// disk or image grew: the data sizes before and after (equal when it did not grow), or
+    /// why not, for a person.
+    fn grow(&self) -> Result<(u64, u64), String> {
+        Err("this appliance has no data volume to grow".into())
+    }
+
     /// Asks the next unlock attempt to run now (the KMIP settings changed).
     fn retry_now(&self) {}
 

@@ -943,6 +943,7 @@ async fn openapi_matches_the_routes() {
         ("post", "/api/encryption/decrypt"),
         ("post", "/api/encryption/resume"),
         ("put", "/api/encryption/policy"),
+        ("post", "/api/volume/grow"),
         ("post", "/api/encryption/old-keys/{id}/revoke"),
         ("post", "/api/encryption/old-keys/{id}/destroy"),
         ("get", "/api/openapi.json"),

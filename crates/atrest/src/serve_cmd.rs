@@ -33,7 +33,12 @@ pub struct ServeArgs {
     /// Also run the bundled KMIP server (data in DIR/kms) and fill in its settings.
     #[arg(long)]
     embedded_kms: bool,
-    /// Size of the content volume DIR/volume.img made on the first start (bytes, or with a
+    /// The content volume: an image file (made on the first start when missing) or a block
+    /// device (formatted beforehand with `atrest volume format DEVICE`; never formatted by the
+    /// appliance). Default: DIR/volume.img.
+    #[arg(long, value_name = "PATH", conflicts_with = "no_volume")]
+    volume: Option<PathBuf>,
+    /// Size of the content volume image made on the first start (bytes, or with a
     /// K, M, G suffix).
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
     volume_size: u64,
@@ -179,6 +184,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let timeouts = Timeouts::uniform(Duration::from_secs_f64(args.kmip_timeout));
     let volume = (!args.no_volume).then(|| {
         let mut v = VolumeOptions::new(&data_dir);
+        if let Some(p) = &args.volume {
+            v.path = p.clone();
+        }
         v.size = args.volume_size;
         v.key_bits = args.key_bits;
         v.max_rate = (args.convert_rate > 0).then_some(args.convert_rate);

@@ -46,6 +46,10 @@ enum VolumeCommand {
     Rekey(crate::volume_kmip::RekeyArgs),
     /// Turn encryption off: decrypt in place. Re-running resumes.
     Decrypt(crate::volume_kmip::KeyedArgs),
+    /// Extend the data segment to the size of the device, after the disk or image grew (plain
+    /// or encrypted; an encrypted volume's key is fetched to sign the new header). Not during
+    /// a conversion.
+    Grow(crate::volume_kmip::GrowArgs),
 }
 
 #[derive(Debug, Args)]
@@ -62,7 +66,8 @@ struct FormatArgs {
     /// LUKS2 label.
     #[arg(long, default_value = "")]
     label: String,
-    /// Format IMAGE even though it exists (its header area is overwritten).
+    /// Format IMAGE even though it exists (its header area is overwritten). Not needed for a
+    /// block device whose header area reads as zeros.
     #[arg(long)]
     force: bool,
 }
@@ -101,6 +106,7 @@ pub fn run(args: VolumeArgs) -> anyhow::Result<()> {
         VolumeCommand::Unlock(a) => crate::volume_kmip::unlock(a),
         VolumeCommand::Rekey(a) => crate::volume_kmip::rekey(a),
         VolumeCommand::Decrypt(a) => crate::volume_kmip::decrypt(a),
+        VolumeCommand::Grow(a) => crate::volume_kmip::grow(a),
     }
 }
 
@@ -129,15 +135,22 @@ fn format(a: FormatArgs) -> anyhow::Result<()> {
     let _lock = lock_exclusive(&a.image)?;
     let exists = a.image.exists();
     let dev = if exists {
-        if !a.force {
+        let dev =
+            FileDevice::open(&a.image).with_context(|| format!("opening {}", a.image.display()))?;
+        // A block device whose header area reads as zeros holds nothing format could destroy.
+        let empty = dev.is_block_device() && reads_as_zeros(&dev, header.min(dev.len()))?;
+        if !a.force && !empty {
             bail!(
-                "{} exists; nothing was changed. Pass --force to format it (its first {} bytes are overwritten)",
+                "{} {}; nothing was changed. Pass --force to format it (its first {} bytes are overwritten)",
                 a.image.display(),
+                if dev.is_block_device() {
+                    "is a block device that holds data"
+                } else {
+                    "exists"
+                },
                 header
             );
         }
-        let dev =
-            FileDevice::open(&a.image).with_context(|| format!("opening {}", a.image.display()))?;
         if let Some(size) = &a.size {
             let want = header + parse_size(size)?;
             if dev.len() != want {
@@ -149,6 +162,11 @@ fn format(a: FormatArgs) -> anyhow::Result<()> {
             }
         }
         dev
+    } else if a.image.starts_with("/dev") {
+        bail!(
+            "{} does not exist; give a block device that exists, or an image file outside /dev",
+            a.image.display()
+        );
     } else {
         let Some(size) = &a.size else {
             bail!(
@@ -186,6 +204,22 @@ fn format(a: FormatArgs) -> anyhow::Result<()> {
         info.data_offset
     );
     Ok(())
+}
+
+/// Whether the first `len` bytes of `dev` are all zero.
+fn reads_as_zeros(dev: &FileDevice, len: u64) -> anyhow::Result<bool> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0;
+    while off < len {
+        let n = (len - off).min(buf.len() as u64) as usize;
+        dev.read_at(&mut buf[..n], off)
+            .with_context(|| format!("reading {}", dev.path().display()))?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        off += n as u64;
+    }
+    Ok(true)
 }
 
 /// Takes the exclusive lock of the volume at `image`: for commands that write.

@@ -1,5 +1,5 @@
-//! `atrest volume encrypt | unlock | rekey | decrypt`, and `export` of an encrypted volume: the
-//! volume with its keys on a KMIP server.
+//! `atrest volume encrypt | unlock | rekey | decrypt | grow`, and `export` of an encrypted
+//! volume: the volume with its keys on a KMIP server.
 //!
 //! Every conversion resumes where it stopped: running the same command again after a crash,
 //! a kill or Ctrl-C fetches the key(s) named in the header (never a new one) and carries on.
@@ -79,6 +79,18 @@ pub struct KeyedArgs {
     /// header authentication, or changed by you). The keys are still checked against it.
     #[arg(long)]
     accept_header: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GrowArgs {
+    /// Image file or block device holding an atrest volume (plain, or encrypted: its key is
+    /// fetched, as the grown header is signed under it).
+    image: PathBuf,
+    #[command(flatten)]
+    kmip: KmipSettings,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
 }
 
 /// How a conversion runs.
@@ -442,4 +454,48 @@ pub fn unlock_for_export(vol: Volume, settings: &KmipSettings) -> anyhow::Result
     let mut client = client(settings, &info)?;
     let keys = fetch_volume_keys(&mut client, &vol)?;
     Ok(vol.unlock(keys)?)
+}
+
+/// `atrest volume grow`: extends the data segment to the device's size, after the disk or image
+/// grew. An encrypted volume is unlocked first (its key fetched and verified), as the new header
+/// is signed under it. Refused during a conversion.
+pub fn grow(a: GrowArgs) -> anyhow::Result<()> {
+    let (_lock, vol) = open(&a.image)?;
+    let state = vol.state();
+    if matches!(
+        state,
+        State::Encrypting | State::Rekeying | State::Decrypting
+    ) {
+        return Err(in_progress_elsewhere(&a.image, state)
+            .context("a volume grows only when no conversion is under way"));
+    }
+    let unlocked = if state == State::Plain {
+        vol.unlock(Vec::new())?
+    } else {
+        let info = vol.info();
+        let mut client = client(&a.kmip, &info)?;
+        let keys = fetch_volume_keys(&mut client, &vol)?;
+        vol.unlock(keys)?
+    };
+    let (old, new) = unlocked
+        .grow()
+        .with_context(|| format!("growing {}", a.image.display()))?;
+    if a.json {
+        println!(
+            "{}",
+            json!({"image": a.image, "state": state.as_str(), "old_data_size": old, "data_size": new})
+        );
+    } else if new == old {
+        println!(
+            "{}: the data segment already fills the device ({new} bytes); nothing was changed",
+            a.image.display()
+        );
+    } else {
+        println!(
+            "{}: data segment grown from {old} to {new} bytes ({})",
+            a.image.display(),
+            state.as_str()
+        );
+    }
+    Ok(())
 }

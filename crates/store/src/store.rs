@@ -84,8 +84,16 @@ pub(crate) struct Inner {
     /// The key that seals the audit history (see [`crate::audit::Audit::set_seal_key`]).
     seal_key: std::sync::Mutex<Option<zeroize::Zeroizing<[u8; 32]>>>,
     current: RwLock<Current>,
-    capacity: u64,
     reserve: u64,
+}
+
+impl Inner {
+    /// Bytes the store can use: read from the device each time, so a volume grown while the
+    /// store is open ([`atrest_volume::UnlockedVolume::grow`]) is used at once (every write
+    /// checks the device's size too).
+    fn capacity(&self) -> u64 {
+        VolumeBackend::capacity(self.dev.len())
+    }
 }
 
 /// The appliance's content store on a volume. Cheap to clone; all clones share one database.
@@ -99,7 +107,7 @@ pub struct Store {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("capacity", &self.inner.capacity)
+            .field("capacity", &self.inner.capacity())
             .finish_non_exhaustive()
     }
 }
@@ -162,7 +170,6 @@ impl Store {
                     db: Arc::new(db),
                     shared,
                 }),
-                capacity,
                 reserve,
                 seal_key: std::sync::Mutex::new(None),
             }),
@@ -260,7 +267,7 @@ impl Store {
                 drop(e);
                 self.reopen(&db)?;
                 Err(Error::Full {
-                    capacity: self.inner.capacity,
+                    capacity: self.inner.capacity(),
                     reserve: self.inner.reserve,
                 })
             }
@@ -315,7 +322,7 @@ impl Store {
     pub fn space(&self) -> Space {
         let (_, shared) = self.current();
         Space {
-            capacity: self.inner.capacity,
+            capacity: self.inner.capacity(),
             reserve: self.inner.reserve,
             high_water: shared
                 .written_to

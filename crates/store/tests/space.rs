@@ -243,3 +243,59 @@ fn a_failing_disk_gives_errors_never_wrong_data_and_recovers() {
     s.recordings().put("q", "s", &data[..100]).unwrap();
     assert_eq!(s.recordings().list().unwrap().len(), 2);
 }
+
+#[test]
+fn a_grown_volume_is_used_at_once_by_the_open_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("vol.img");
+    let dev = Arc::new(atrest_volume::FileDevice::create(&img, (1 << 20) + (8 << 20)).unwrap());
+    let u = atrest_volume::Volume::format(
+        dev,
+        &atrest_volume::FormatOptions {
+            data_offset: 1 << 20,
+            label: String::new(),
+        },
+    )
+    .unwrap()
+    .unlock(vec![])
+    .unwrap();
+    let opts = StoreOptions {
+        upload_batch_bytes: 1 << 20,
+        ..StoreOptions::default()
+    };
+    let s = Store::create(Arc::new(u.clone()), &opts).unwrap();
+    let before = s.space().capacity;
+    let data = Rng(4).bytes(1 << 20);
+    let mut n = 0;
+    let err = loop {
+        match s.recordings().put(&format!("r{n}"), "s", &data) {
+            Ok(_) => n += 1,
+            Err(e) => break e,
+        }
+        assert!(n < 20, "an 8 MiB volume took 20 MiB");
+    };
+    assert!(matches!(err, Error::Full { .. }), "{err}");
+    // The image grows by 16 MiB and the volume with it: the same store writes there.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len((1 << 20) + (24 << 20))
+        .unwrap();
+    assert_eq!(u.grow().unwrap(), (8 << 20, 24 << 20));
+    assert_eq!(s.space().capacity, before + (16 << 20));
+    let mut more = 0;
+    for i in 0..8 {
+        s.recordings().put(&format!("g{i}"), "s", &data).unwrap();
+        more += 1;
+    }
+    assert!(more > 0);
+    drop(s);
+    // Reopened, everything is there.
+    let s = Store::open(Arc::new(u), &opts).unwrap();
+    assert_eq!(s.recordings().list().unwrap().len(), n + more);
+    assert_eq!(
+        s.recordings().read_range("g7", 0, 100).unwrap(),
+        data[..100]
+    );
+}

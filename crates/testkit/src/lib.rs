@@ -122,3 +122,58 @@ impl Peer {
         }
     }
 }
+
+/// A loop device attached to a file for one test, detached when dropped (also when the test
+/// fails or panics).
+#[derive(Debug)]
+pub struct LoopDevice {
+    path: PathBuf,
+}
+
+impl LoopDevice {
+    /// Attaches `file` (`losetup -f --show FILE`). `None` with a note when not root or loop
+    /// devices are unavailable here; a failure under ATREST_REQUIRE_PEERS=1 (see [`available`]).
+    pub fn attach(file: &Path) -> Option<LoopDevice> {
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+        if !available(root, "root", "loop devices need root: run the test as root") {
+            return None;
+        }
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(file)
+            .output();
+        let attached = out.as_ref().is_ok_and(|o| o.status.success());
+        let how = match &out {
+            Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_owned(),
+            Err(e) => format!("{e}; apt-get install mount"),
+        };
+        if !available(attached, "a loop device (losetup -f --show)", &how) {
+            return None;
+        }
+        let path = String::from_utf8_lossy(&out.ok()?.stdout).trim().to_owned();
+        Some(LoopDevice {
+            path: PathBuf::from(path),
+        })
+    }
+
+    /// The device node (`/dev/loopN`).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let ok = std::process::Command::new("losetup")
+            .arg("-d")
+            .arg(&self.path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("cannot detach the loop device {}", self.path.display());
+        }
+    }
+}

@@ -536,7 +536,7 @@ impl Volume {
                 seal_keys: Mutex::new(seal_keys_of(&keys)?),
                 report: self.report,
                 data_offset,
-                data_size,
+                data_size: AtomicU64::new(data_size),
                 layout: RwLock::new(Layout {
                     old,
                     new,
@@ -827,7 +827,8 @@ struct Inner {
     /// Opened read-only: the header is never written.
     read_only: bool,
     data_offset: u64,
-    data_size: u64,
+    /// Grows with [`UnlockedVolume::grow`], never shrinks.
+    data_size: AtomicU64,
     layout: RwLock<Layout>,
     /// Segment offsets below this are in the new form.
     boundary: AtomicU64,
@@ -847,7 +848,7 @@ impl std::fmt::Debug for UnlockedVolume {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UnlockedVolume")
             .field("state", &self.state())
-            .field("data_size", &self.inner.data_size)
+            .field("data_size", &self.inner.data_size.load(Ordering::Acquire))
             .finish()
     }
 }
@@ -973,7 +974,8 @@ impl UnlockedVolume {
         out: Option<&mut [u8]>,
     ) -> Result<()> {
         let inner = &*self.inner;
-        check_range(offset, len, inner.data_size).map_err(Error::io("data segment access"))?;
+        check_range(offset, len, inner.data_size.load(Ordering::Acquire))
+            .map_err(Error::io("data segment access"))?;
         if len == 0 {
             return Ok(());
         }
@@ -1026,6 +1028,66 @@ impl UnlockedVolume {
             }
             (None, None) => Ok(()),
         }
+    }
+
+    /// Extends the data segment to the end of the device, after the disk or image grew (a VM
+    /// disk extended, an image file made longer), in the plain and the encrypted state: the new
+    /// size goes into the header through [`UnlockedVolume::commit`], signed under the volume key
+    /// like every commit. The new space is usable at once by whatever uses this volume. Refused
+    /// during a conversion, and when the device is now smaller than the data segment. Returns
+    /// the data size before and after (equal when the device did not grow).
+    pub fn grow(&self) -> Result<(u64, u64)> {
+        let inner = &*self.inner;
+        // A conversion holds this for its whole run, and beginning one takes it too.
+        let _busy = match inner.converting.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                return Err(Error::State(
+                    "a conversion is running on this volume; grow it once the conversion has \
+                     finished"
+                        .into(),
+                ));
+            }
+        };
+        let state = self.state();
+        if matches!(
+            state,
+            State::Encrypting | State::Rekeying | State::Decrypting
+        ) {
+            return Err(Error::State(format!(
+                "the volume is {} (a conversion is under way); finish the conversion (run it \
+                 again to resume), then grow the volume",
+                state.as_str()
+            )));
+        }
+        let dev_len = inner
+            .dev
+            .refresh_len()
+            .map_err(Error::io("reading the size of the device"))?;
+        let (fixed, sector) = {
+            let m = self.meta();
+            (m.segment.size.is_some(), sector_of(&m) as u64)
+        };
+        let old = inner.data_size.load(Ordering::Acquire);
+        let new = dev_len.saturating_sub(inner.data_offset) / sector * sector;
+        if new < old {
+            return Err(Error::State(format!(
+                "the device ({dev_len} bytes) is now smaller than the end of the data segment \
+                 ({} bytes); a volume never shrinks: give the device its size back",
+                inner.data_offset + old
+            )));
+        }
+        if new == old {
+            return Ok((old, old));
+        }
+        // A `dynamic` segment (cryptsetup's choice) already runs to the end of the device.
+        if fixed {
+            self.commit(|m| m.segment.size = Some(new))?;
+        }
+        inner.data_size.store(new, Ordering::Release);
+        inner.boundary.store(new, Ordering::Release);
+        Ok((old, new))
     }
 
     /// Commits the header changed by `f`, signed under its authenticating key, so that a
@@ -1104,7 +1166,12 @@ impl UnlockedVolume {
                 self.state().as_str()
             )));
         }
-        if !self.inner.data_size.is_multiple_of(opts.sector_size as u64) {
+        if !self
+            .inner
+            .data_size
+            .load(Ordering::Acquire)
+            .is_multiple_of(opts.sector_size as u64)
+        {
             return Err(Error::State(
                 "the data size is not a multiple of the sector size".into(),
             ));
@@ -1303,7 +1370,7 @@ impl UnlockedVolume {
             ));
         }
         let table_len = chunk / HOTZONE_UNIT * HOTZONE_ENTRY;
-        let total = inner.data_size;
+        let total = inner.data_size.load(Ordering::Acquire);
         let started = Instant::now();
         let first = inner.boundary.load(Ordering::Acquire);
         let mut slot = 0u64;
@@ -1439,7 +1506,7 @@ impl BlockDevice for UnlockedVolume {
     }
 
     fn len(&self) -> u64 {
-        self.inner.data_size
+        self.inner.data_size.load(Ordering::Acquire)
     }
 
     fn start_writeback(&self, offset: u64, len: u64) {
