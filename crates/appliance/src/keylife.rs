@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use atrest_kmip::client::Client;
+use atrest_kmip::client::{Client, ClientError};
 use atrest_kmip::message::RevocationReasonCode;
 use serde::{Deserialize, Serialize};
 
@@ -224,32 +224,50 @@ pub fn revoke(state: &AppState, id: &str, actor: &str) -> Result<OldKey, ActionE
     if key.state != "Active" {
         return Ok(key);
     }
-    let (mut c, fallback) = client(state, &key)?;
-    let r = c.revoke(
-        id,
-        RevocationReasonCode::CESSATION_OF_OPERATION,
-        Some("retired by atrest"),
-    );
+    run_on_server(
+        state,
+        &key,
+        "revoke",
+        "Deactivated",
+        &format!("ok (old key, {actor})"),
+        |c| {
+            c.revoke(
+                id,
+                RevocationReasonCode::CESSATION_OF_OPERATION,
+                Some("retired by atrest"),
+            )
+        },
+    )
+}
+
+/// Runs `op` on the old key's KMIP server: audits the outcome, records the key's new state
+/// (or, on failure, the error beside its old state) and says what to do next.
+fn run_on_server(
+    state: &AppState,
+    key: &OldKey,
+    what: &str,
+    new_state: &str,
+    ok_text: &str,
+    op: impl FnOnce(&mut Client) -> Result<(), ClientError>,
+) -> Result<OldKey, ActionError> {
+    let id = key.id.as_str();
+    let (mut c, fallback) = client(state, key)?;
+    let r = op(&mut c);
     let server = server_of(&c, &fallback);
     c.disconnect();
     match r {
         Ok(()) => {
-            state.audit_key(
-                &server,
-                "revoke",
-                Some(id),
-                &format!("ok (old key, {actor})"),
-            );
-            set_state(state, id, "Deactivated", &server, None)
+            state.audit_key(&server, what, Some(id), ok_text);
+            set_state(state, id, new_state, &server, None)
         }
         Err(e) => {
             let msg = format!(
-                "cannot revoke the old key {id} on the KMIP server: {e}; check that the KMIP \
+                "cannot {what} the old key {id} on the KMIP server: {e}; check that the KMIP \
                  settings point at the server that holds it, then try again"
             );
             state.audit_key(
                 &server,
-                "revoke",
+                what,
                 Some(id),
                 &format!("failed ({}): {e}", e.class()),
             );
@@ -268,35 +286,14 @@ pub fn destroy(state: &AppState, id: &str, actor: &str) -> Result<OldKey, Action
     if key.state == "Active" {
         key = revoke(state, id, actor)?;
     }
-    let (mut c, fallback) = client(state, &key)?;
-    let r = c.destroy(id);
-    let server = server_of(&c, &fallback);
-    c.disconnect();
-    match r {
-        Ok(()) => {
-            state.audit_key(
-                &server,
-                "destroy",
-                Some(id),
-                &format!("ok (old key, {actor}; data and backups under it are unreadable)"),
-            );
-            set_state(state, id, "Destroyed", &server, None)
-        }
-        Err(e) => {
-            let msg = format!(
-                "cannot destroy the old key {id} on the KMIP server: {e}; check that the KMIP \
-                 settings point at the server that holds it, then try again"
-            );
-            state.audit_key(
-                &server,
-                "destroy",
-                Some(id),
-                &format!("failed ({}): {e}", e.class()),
-            );
-            let _ = set_state(state, id, &key.state, &server, Some(msg.clone()));
-            Err(ActionError::Kmip(msg))
-        }
-    }
+    run_on_server(
+        state,
+        &key,
+        "destroy",
+        "Destroyed",
+        &format!("ok (old key, {actor}; data and backups under it are unreadable)"),
+        |c| c.destroy(id),
+    )
 }
 
 fn find(state: &AppState, id: &str) -> Result<OldKey, ActionError> {
