@@ -855,9 +855,7 @@ impl DataVolume {
             );
         }
         // Authenticated: this is now what the appliance knows about its volume.
-        if let Err(e) = Known::of(&uv.info()).save(&self.inner.opts.known) {
-            tracing::error!("{e}");
-        }
+        self.record_known(&uv);
         self.grow_at_start(&uv);
         if let Err(e) = self.open_store(&state, &uv) {
             tracing::error!("{e}");
@@ -943,9 +941,7 @@ impl DataVolume {
                 last = Some(prog);
                 events(Event::Progress(prog));
             });
-            if let Err(e) = Known::of(&uv.info()).save(&me.inner.opts.known) {
-                tracing::error!("{e}");
-            }
+            me.record_known(&uv);
             me.reseal_audit(&uv);
             match r {
                 Ok(s) if !is_converting(s) => {

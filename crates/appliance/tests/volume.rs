@@ -117,7 +117,7 @@ async fn token(app: &axum::Router, password: &str) -> String {
 }
 
 async fn post_json(app: &axum::Router, token: &str, uri: &str, body: Value) -> (StatusCode, Value) {
-    send_json(app, token, "POST", uri, body).await
+    call(app, token, Request::post(uri), Some(body)).await
 }
 
 async fn send_json(
@@ -146,16 +146,24 @@ async fn send_json(
 }
 
 async fn post(app: &axum::Router, token: &str, uri: &str) -> (StatusCode, Value) {
-    let res = app
-        .clone()
-        .oneshot(
-            Request::post(uri)
-                .header(header::AUTHORIZATION, format!("Bearer {token}"))
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    call(app, token, Request::post(uri), None).await
+}
+
+/// One authenticated API request with an optional JSON body: status and JSON answer.
+async fn call(
+    app: &axum::Router,
+    token: &str,
+    req: axum::http::request::Builder,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    let req = match body {
+        Some(b) => req
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(b.to_string())),
+        None => req.body(Body::empty()),
+    };
+    let res = app.clone().oneshot(req.unwrap()).await.unwrap();
     let s = res.status();
     let b = res.into_body().collect().await.unwrap().to_bytes();
     (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
@@ -719,19 +727,7 @@ async fn a_header_without_authentication_waits_for_the_admins_resume() {
 }
 
 async fn get(app: &axum::Router, token: &str, uri: &str) -> (StatusCode, Value) {
-    let res = app
-        .clone()
-        .oneshot(
-            Request::get(uri)
-                .header(header::AUTHORIZATION, format!("Bearer {token}"))
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let s = res.status();
-    let b = res.into_body().collect().await.unwrap().to_bytes();
-    (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
+    call(app, token, Request::get(uri), None).await
 }
 
 /// The audit history is checked at start and by GET /api/audit/verify; on an encrypted volume

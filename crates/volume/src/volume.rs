@@ -449,8 +449,7 @@ impl Volume {
     /// Checks the header's MAC with the given verified keys, without unlocking. `Ok(())` for a
     /// plain volume (no key, no MAC).
     pub fn authenticate(&self, keys: &[VolumeKey]) -> Result<()> {
-        let mac_keys = mac_keys_of(keys)?;
-        check_mac(&self.meta, &mac_keys).map(|_| ())
+        check_mac(&self.meta, &derived_keys_of(keys)?)
     }
 
     fn unlock_with(self, keys: Vec<VolumeKey>, accept: bool) -> Result<UnlockedVolume> {
@@ -462,9 +461,9 @@ impl Volume {
             }
         }
         // The MAC first: nothing the header says is acted upon before it is authenticated.
-        let mac_keys = mac_keys_of(&keys)?;
+        let derived = derived_keys_of(&keys)?;
         // Accepted: signed anew, unless opened read-only (then only read, never written).
-        let resign = match check_mac(&self.meta, &mac_keys) {
+        let resign = match check_mac(&self.meta, &derived) {
             Ok(()) => false,
             Err(Error::HeaderAuth(_)) if accept => self.may_repair,
             Err(e) => return Err(e),
@@ -532,8 +531,7 @@ impl Volume {
             inner: Arc::new(Inner {
                 dev: self.dev,
                 meta: Mutex::new(*self.meta),
-                mac_keys: Mutex::new(mac_keys),
-                seal_keys: Mutex::new(seal_keys_of(&keys)?),
+                derived: Mutex::new(derived),
                 report: self.report,
                 data_offset,
                 data_size: AtomicU64::new(data_size),
@@ -574,31 +572,39 @@ impl Volume {
 /// HKDF `info` of the key [`UnlockedVolume::seal_key`] gives.
 pub const SEAL_KEY_INFO: &[u8] = b"atrest content seal key v1";
 
-fn seal_key_of(key: &[u8]) -> Result<SecretBytes> {
-    let mut k = SecretBytes::zeroed(32);
-    luks2::mac::hkdf_sha256(key, SEAL_KEY_INFO, k.expose_mut())?;
-    Ok(k)
+/// What is derived from one verified volume key (one-way, with HKDF): the key that signs the
+/// header, and the key the volume's content seals itself with.
+struct DerivedKeys {
+    mac: MacKey,
+    seal: SecretBytes,
 }
 
-fn seal_keys_of(keys: &[VolumeKey]) -> Result<std::collections::BTreeMap<u32, SecretBytes>> {
+impl DerivedKeys {
+    fn of(key: &[u8]) -> Result<DerivedKeys> {
+        let mut seal = SecretBytes::zeroed(32);
+        luks2::mac::hkdf_sha256(key, SEAL_KEY_INFO, seal.expose_mut())?;
+        Ok(DerivedKeys {
+            mac: MacKey::derive(key)?,
+            seal,
+        })
+    }
+}
+
+/// By digest id.
+type DerivedMap = std::collections::BTreeMap<u32, DerivedKeys>;
+
+fn derived_keys_of(keys: &[VolumeKey]) -> Result<DerivedMap> {
     keys.iter()
-        .map(|k| Ok((k.digest_id, seal_key_of(k.expose())?)))
+        .map(|k| Ok((k.digest_id, DerivedKeys::of(k.expose())?)))
         .collect()
 }
 
-/// The MAC keys of verified volume keys, by digest id.
-fn mac_keys_of(keys: &[VolumeKey]) -> Result<std::collections::BTreeMap<u32, MacKey>> {
-    keys.iter()
-        .map(|k| Ok((k.digest_id, MacKey::derive(k.expose())?)))
-        .collect()
-}
-
-/// Checks the MAC of `m` under its authenticating key (which must be among `mac_keys`).
-fn check_mac(m: &Metadata, mac_keys: &std::collections::BTreeMap<u32, MacKey>) -> Result<()> {
+/// Checks the MAC of `m` under its authenticating key (which must be among `derived`).
+fn check_mac(m: &Metadata, derived: &DerivedMap) -> Result<()> {
     let Some(d) = m.authenticating_digest() else {
         return Ok(());
     };
-    let key = mac_keys.get(&d).ok_or_else(|| {
+    let key = derived.get(&d).map(|k| &k.mac).ok_or_else(|| {
         let what = m
             .kmip_token_for(d)
             .map(|t| format!("the key with KMIP id {:?}", t.unique_identifier))
@@ -817,12 +823,10 @@ impl Layout {
 struct Inner {
     dev: Arc<dyn BlockDevice>,
     meta: Mutex<Metadata>,
-    /// MAC keys of the verified volume keys, by digest id: every commit signs the new header
-    /// under its authenticating key.
-    mac_keys: Mutex<std::collections::BTreeMap<u32, MacKey>>,
-    /// Keys for what is stored on the volume to seal itself with ([`UnlockedVolume::seal_key`]),
-    /// by digest id.
-    seal_keys: Mutex<std::collections::BTreeMap<u32, SecretBytes>>,
+    /// The keys derived from each verified volume key, by digest id: every commit signs the new
+    /// header under its authenticating key's MAC key; [`UnlockedVolume::seal_key`] gives the
+    /// current seal key.
+    derived: Mutex<DerivedMap>,
     report: ReadReport,
     /// Opened read-only: the header is never written.
     read_only: bool,
@@ -946,11 +950,11 @@ impl UnlockedVolume {
     pub fn seal_key(&self) -> Option<SecretBytes> {
         let d = self.meta().authenticating_digest()?;
         self.inner
-            .seal_keys
+            .derived
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&d)
-            .cloned()
+            .map(|k| k.seal.clone())
     }
 
     /// A copy of the header metadata.
@@ -1104,12 +1108,8 @@ impl UnlockedVolume {
         let mac = match next.authenticating_digest() {
             None => None,
             Some(d) => {
-                let keys = self
-                    .inner
-                    .mac_keys
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                let key = keys.get(&d).ok_or_else(|| {
+                let keys = self.inner.derived.lock().unwrap_or_else(|e| e.into_inner());
+                let key = keys.get(&d).map(|k| &k.mac).ok_or_else(|| {
                     Error::State(format!(
                         "no verified key for digest {d} to sign the header with; unlock with \
                          every key the volume names"
@@ -1124,21 +1124,15 @@ impl UnlockedVolume {
         Ok(())
     }
 
-    /// Keeps the MAC key of a new key (whose digest will get id `digest`) for the commits that
-    /// follow.
-    fn add_mac_key(&self, digest: u32, key: &KeyMaterial) -> Result<()> {
-        let mk = MacKey::derive(key.expose())?;
-        let sk = seal_key_of(key.expose())?;
+    /// Keeps the keys derived from a new key (whose digest will get id `digest`) for the
+    /// commits that follow.
+    fn add_derived_keys(&self, digest: u32, key: &KeyMaterial) -> Result<()> {
+        let k = DerivedKeys::of(key.expose())?;
         self.inner
-            .seal_keys
+            .derived
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(digest, sk);
-        self.inner
-            .mac_keys
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(digest, mk);
+            .insert(digest, k);
         Ok(())
     }
 
@@ -1180,7 +1174,7 @@ impl UnlockedVolume {
         let digest = make_digest(&key, opts.pbkdf2_iterations, vec![0])?;
         let cipher = Arc::new(XtsCipher::new(key.secret())?);
         let did = self.meta().free_digest_id();
-        self.add_mac_key(did, &key)?;
+        self.add_derived_keys(did, &key)?;
         let token = token_of(&reference, key.size());
         self.commit(|m| {
             m.add_new_key(digest, token, ConversionKind::Encrypt, None);
@@ -1233,7 +1227,7 @@ impl UnlockedVolume {
         let digest = make_digest(&key, opts.pbkdf2_iterations, Vec::new())?;
         let cipher = Arc::new(XtsCipher::new(key.secret())?);
         let did = self.meta().free_digest_id();
-        self.add_mac_key(did, &key)?;
+        self.add_derived_keys(did, &key)?;
         let token = token_of(&reference, key.size());
         self.commit(|m| {
             m.add_new_key(digest, token, ConversionKind::Rekey, Some(old_id));
