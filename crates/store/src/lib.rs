@@ -16,6 +16,7 @@ mod backend;
 pub mod codec;
 pub mod config;
 pub mod error;
+mod extents;
 pub mod recordings;
 mod store;
 pub mod superblock;
