@@ -297,6 +297,39 @@ fn write_blocks(
     Ok(())
 }
 
+/// Stores `data` as recording `id` the way format 1 did (chunks inside the database) and marks
+/// the store as format 1, so the tests can check that such a store is taken over.
+pub(crate) fn put_format_1(store: &Store, id: &str, session: &str, data: &[u8]) -> Result<()> {
+    let op = "store a format-1 recording";
+    store.write(op, false, |txn| {
+        let mut meta = txn.open_table(META).map_err(storage(op))?;
+        let blob = u64::MAX / 2 + data.len() as u64;
+        meta.insert("store.format", &1u32.to_le_bytes()[..])
+            .map_err(storage(op))?;
+        let mut chunks = txn.open_table(CHUNKS).map_err(storage(op))?;
+        let mut sums = txn.open_table(SUMS).map_err(storage(op))?;
+        for (i, c) in data.chunks(V1_CHUNK_LEN).enumerate() {
+            chunks.insert((blob, i as u64), c).map_err(storage(op))?;
+            sums.insert((blob, i as u64), &openssl::sha::sha256(c)[..])
+                .map_err(storage(op))?;
+        }
+        let info = RecordingInfo {
+            id: id.into(),
+            session: session.into(),
+            size: data.len() as u64,
+            sha256: openssl::sha::sha256(data),
+            created: Timestamp::now(),
+            blob,
+            version: RECORD_VERSION_1,
+        };
+        txn.open_table(RECS)
+            .map_err(storage(op))?
+            .insert(id, &encode_info(&info)[..])
+            .map_err(storage(op))?;
+        Ok(())
+    })
+}
+
 /// The recordings of a [`Store`].
 #[derive(Debug, Clone, Copy)]
 pub struct Recordings<'a> {

@@ -22,6 +22,17 @@ const FORMAT_KEY: &str = "store.format";
 /// they are (inside the database) until they are replaced or deleted.
 pub const STORE_FORMAT: u32 = 2;
 
+pub(crate) fn recorded_format(store: &Store) -> Result<u32> {
+    let txn = store.read()?;
+    let meta = txn.open_table(META).map_err(storage("open its tables"))?;
+    let v = meta.get(FORMAT_KEY).map_err(storage("read its format"))?;
+    v.and_then(|v| <[u8; 4]>::try_from(v.value()).ok())
+        .map(u32::from_le_bytes)
+        .ok_or_else(|| Error::Corrupt {
+            what: "the store format number".into(),
+        })
+}
+
 /// A point in time: microseconds since 1970-01-01T00:00:00Z.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(pub i64);

@@ -319,3 +319,199 @@ fn the_map_covers_the_database_and_the_blocks_and_is_rebuilt_at_open() {
     assert!(used.in_use((64 << 20) - 1, 1));
     assert!(!used.in_use(60 << 20, 3 << 20));
 }
+
+/// A store of format 1 (recordings inside the database) is taken over at open: its
+/// recordings read back, deleting them frees their space, new ones go to blocks.
+#[test]
+fn a_format_1_store_is_taken_over_at_open() {
+    let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(48 << 20));
+    let s = Store::create(dev.clone(), &StoreOptions::default()).unwrap();
+    let old = recording(7, (2 << 20) + 99);
+    atrest_store::testing::put_format_1_recording(&s, "old", "s", &old).unwrap();
+    assert_eq!(atrest_store::testing::recorded_format(&s).unwrap(), 1);
+    drop(s);
+    let s = Store::open(dev.clone(), &StoreOptions::default()).unwrap();
+    assert_eq!(
+        atrest_store::testing::recorded_format(&s).unwrap(),
+        STORE_FORMAT
+    );
+    assert_eq!(read_all(&s, "old"), old);
+    assert_eq!(
+        s.recordings().read_range("old", 1044480 - 3, 6).unwrap(),
+        old[1044480 - 3..][..6]
+    );
+    let new = recording(8, 3 << 20);
+    s.recordings().put("new", "s", &new).unwrap();
+    assert!(s.used_ranges().in_use((48 << 20) - 1, 1));
+    let before = s.space().high_water;
+    assert!(before >= 2 << 20, "the old chunks are in the database");
+    // Replacing the old recording retires its chunks inside the database.
+    s.recordings().put("old", "s", &new).unwrap();
+    assert_eq!(read_all(&s, "old"), new);
+    assert_eq!(read_all(&s, "new"), new);
+    drop(s);
+    let s = Store::open(dev, &StoreOptions::default()).unwrap();
+    assert_eq!(s.recordings().list().unwrap().len(), 2);
+    assert_eq!(read_all(&s, "old"), new);
+}
+
+/// The child of [`kill_9_during_uploads_loses_nothing_acknowledged`]: uploads and deletes on
+/// the store in the file `path` until it is killed, saying on stdout what it begins and what
+/// was acknowledged.
+fn kill_child(path: &str, round: u64) -> ! {
+    use std::io::Write;
+    let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(std::path::Path::new(path)).unwrap());
+    let opts = StoreOptions {
+        upload_batch_bytes: 1 << 20,
+        ..StoreOptions::default()
+    };
+    let s = if round == 0 {
+        Store::create(dev, &opts).unwrap()
+    } else {
+        Store::open(dev, &opts).unwrap()
+    };
+    let mut out = std::io::stdout();
+    let mut rng = Rng(round + 1000);
+    for i in (round << 32).. {
+        let k = rng.below(6);
+        if rng.below(5) == 0 {
+            writeln!(out, "\n@op begin del r{k}").unwrap();
+            out.flush().unwrap();
+            s.recordings().delete(&format!("r{k}")).unwrap();
+        } else {
+            let size = (rng.below(3 << 20) + 1) as usize;
+            writeln!(out, "\n@op begin put r{k} {i} {size}").unwrap();
+            out.flush().unwrap();
+            match s
+                .recordings()
+                .put(&format!("r{k}"), "s", &recording(i, size))
+            {
+                Ok(_) => {}
+                Err(Error::Full { .. }) => {
+                    writeln!(out, "\n@op full").unwrap();
+                    continue;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        writeln!(out, "\n@op done").unwrap();
+        out.flush().unwrap();
+    }
+    unreachable!()
+}
+
+/// Killed with SIGKILL in the middle of uploads (several times over, on the same store): every
+/// acknowledged upload and deletion is there after a restart, the one under way is there whole
+/// or not at all, and no space leaks.
+#[test]
+fn kill_9_during_uploads_loses_nothing_acknowledged() {
+    use std::io::BufRead;
+    if let (Ok(path), Ok(round)) = (
+        std::env::var("ATREST_STORE_KILL_CHILD"),
+        std::env::var("ATREST_STORE_KILL_ROUND"),
+    ) {
+        kill_child(&path, round.parse().unwrap());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.img");
+    drop(FileDevice::create(&path, 40 << 20).unwrap());
+    let mut model: BTreeMap<String, (u64, usize)> = BTreeMap::new();
+    let mut rng = Rng(3);
+    for round in 0..4u64 {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "kill_9_during_uploads_loses_nothing_acknowledged",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("ATREST_STORE_KILL_CHILD", &path)
+            .env("ATREST_STORE_KILL_ROUND", round.to_string())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let kill_after = 5 + rng.below(25);
+        let mut done = 0;
+        let mut in_flight: Option<Vec<String>> = None;
+        for line in lines {
+            let line = line.unwrap();
+            let Some(line) = line.strip_prefix("@op ") else {
+                continue;
+            };
+            let w: Vec<String> = std::iter::once("op")
+                .chain(line.split(' '))
+                .map(String::from)
+                .collect();
+            match w[1].as_str() {
+                "begin" => in_flight = Some(w[2..].to_vec()),
+                "full" => in_flight = None,
+                "done" => {
+                    let op = in_flight.take().unwrap();
+                    match op[0].as_str() {
+                        "del" => {
+                            model.remove(&op[1]);
+                        }
+                        _ => {
+                            model.insert(
+                                op[1].clone(),
+                                (op[2].parse().unwrap(), op[3].parse().unwrap()),
+                            );
+                        }
+                    }
+                    done += 1;
+                    if done == kill_after {
+                        // Let the next operation get under way, then kill.
+                        std::thread::sleep(std::time::Duration::from_millis(rng.below(40)));
+                        child.kill().unwrap();
+                    }
+                }
+                _ => panic!("{line}"),
+            }
+        }
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "the child ended by itself: {status}");
+        let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&path).unwrap());
+        let s = Store::open(dev, &StoreOptions::default()).unwrap();
+        let mut got: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        for info in s.recordings().list().unwrap() {
+            got.insert(info.id.clone(), read_all(&s, &info.id));
+        }
+        // The interrupted operation may have completed.
+        let mut after = model.clone();
+        if let Some(op) = &in_flight {
+            if op[0] == "del" {
+                after.remove(&op[1]);
+            } else {
+                after.insert(
+                    op[1].clone(),
+                    (op[2].parse().unwrap(), op[3].parse().unwrap()),
+                );
+            }
+        }
+        let expect = |m: &BTreeMap<String, (u64, usize)>| -> BTreeMap<String, Vec<u8>> {
+            m.iter()
+                .map(|(id, (i, n))| (id.clone(), recording(*i, *n)))
+                .collect()
+        };
+        if got != expect(&model) {
+            assert!(
+                got == expect(&after),
+                "round {round}: neither the acknowledged state nor that plus {in_flight:?}"
+            );
+            model = after;
+        }
+        // Nothing but the database and the live recordings' blocks is in use.
+        let live: u64 = model
+            .values()
+            .map(|(_, n)| (*n as u64).div_ceil(1 << 20) << 20)
+            .sum();
+        let sp = s.space();
+        assert!(
+            sp.used <= live + sp.high_water + (64 << 10),
+            "round {round}: {} bytes in use for {live} bytes of recordings",
+            sp.used
+        );
+    }
+}
