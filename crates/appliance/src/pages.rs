@@ -229,7 +229,15 @@ pub async fn encryption_page(
             .unwrap_or_default(),
         space: vol
             .and_then(|v| v.space)
-            .map(|sp| format!("{} used of {}", mib(sp.used), mib(sp.capacity))),
+            .map(|sp| match sp.filesystem_free {
+                Some(free) => format!(
+                    "{} used of {}; {} free on the file system under it",
+                    mib(sp.used),
+                    mib(sp.capacity),
+                    mib(free)
+                ),
+                None => format!("{} used of {}", mib(sp.used), mib(sp.capacity)),
+            }),
         next_retry: vol.and_then(|v| v.next_retry_at.as_deref()),
         key_age: rotation.and_then(|r| r.key_age_seconds).map(|s| {
             format!(
