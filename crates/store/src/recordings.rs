@@ -737,7 +737,9 @@ impl RecordingReader {
                             self.info.id
                         ),
                     })?;
-                let mut data = vec![0u8; padded];
+                // The previous chunk's buffer is reused (no new zeroed 1 MiB per chunk).
+                let mut data = self.cur.take().map(|(_, d)| d).unwrap_or_default();
+                data.resize(padded, 0);
                 self.dev
                     .read_at(&mut data, at)
                     .map_err(|e| crate::error::classify(op, redb::Error::Io(e)))?;
