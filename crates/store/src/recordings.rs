@@ -7,8 +7,9 @@
 //!   ([`CHUNK_LEN`] bytes each, the last one shorter) and the chunk's SHA-256;
 //! - `rec.pending`: blob → id of an upload under way (a blob left there by a crash is garbage);
 //! - `rec.garbage`: blobs whose chunks are being deleted;
-//! - `rec.chunks`, `rec.sums`: (blob, index) → chunk bytes / SHA-256, for recordings stored by
-//!   format 1 (inside the database, chunks of 1020 KiB), read until they are deleted.
+//! - `rec.chunks`, `rec.sums`: (blob, index) → chunk bytes / SHA-256 of chunks inside the
+//!   database: a recording's last chunk when it is at most [`INLINE_MAX`] bytes, and every chunk
+//!   of recordings stored by format 1 (chunks of 1020 KiB), read until they are deleted.
 //!
 //! An upload writes each batch's chunks into free blocks ([`crate::extents`]: marked in use
 //! before they are written), then commits their entries under a new blob number (the commit's
@@ -36,6 +37,9 @@ const NEXT_BLOB_KEY: &str = "rec.next_blob";
 
 /// Bytes per chunk: one block on the device.
 pub const CHUNK_LEN: usize = BLOCK as usize;
+/// A last chunk of at most this many bytes is kept inside the database instead of taking a
+/// whole block (a recording of 100 KiB takes 128 KiB of database pages, not 1 MiB).
+pub const INLINE_MAX: usize = 128 << 10;
 /// Bytes per chunk of recordings stored by format 1 (1 MiB less a page header).
 const V1_CHUNK_LEN: usize = 1020 << 10;
 /// Length of a `rec.extents` value: block number and SHA-256.
@@ -541,7 +545,13 @@ impl Upload {
         let blob = self.blob;
         let first = self.next_chunk;
         let store = &self.store;
-        let buf = self.buf.as_slice();
+        let all = self.buf.as_slice();
+        // Only the publishing commit can end with a short chunk: when it is small, it goes
+        // inside the database.
+        let tail_len = all.len() % CHUNK_LEN;
+        let inline = (publish.is_some() && tail_len > 0 && tail_len <= INLINE_MAX)
+            .then(|| &all[all.len() - tail_len..]);
+        let buf = &all[..all.len() - inline.map_or(0, <[u8]>::len)];
         let n = buf.len().div_ceil(CHUNK_LEN);
         let extents = &store.inner.extents;
         let dev = store.device();
@@ -564,6 +574,17 @@ impl Upload {
             for (i, (b, sum)) in blocks.iter().zip(&sums).enumerate() {
                 table
                     .insert((blob, first + i as u64), &entry(*b, sum)[..])
+                    .map_err(storage(op))?;
+            }
+            if let Some(tail) = inline {
+                let key = (blob, first + n as u64);
+                txn.open_table(CHUNKS)
+                    .map_err(storage(op))?
+                    .insert(key, tail)
+                    .map_err(storage(op))?;
+                txn.open_table(SUMS)
+                    .map_err(storage(op))?
+                    .insert(key, &openssl::sha::sha256(tail)[..])
                     .map_err(storage(op))?;
             }
             if let Some(info) = publish {
@@ -594,7 +615,7 @@ impl Upload {
             }
             return Err(e);
         }
-        self.next_chunk += n as u64;
+        self.next_chunk += (n + usize::from(inline.is_some())) as u64;
         self.buf.clear();
         Ok(())
     }
@@ -704,29 +725,17 @@ impl RecordingReader {
             let missing = || Error::Corrupt {
                 what: format!("chunk {idx} of recording {:?} is missing", self.info.id),
             };
-            let (data, sum) = if self.info.version == RECORD_VERSION_1 {
-                let data = self
-                    .chunks
-                    .get(key)
-                    .map_err(storage(op))?
-                    .ok_or_else(missing)?
-                    .value()
-                    .to_vec();
-                let sum = self
-                    .sums
-                    .get(key)
-                    .map_err(storage(op))?
-                    .ok_or_else(missing)?
-                    .value()
-                    .to_vec();
-                (data, sum)
+            let entry = if self.info.version == RECORD_VERSION_1 {
+                None
             } else {
-                let v = self
-                    .extents
+                self.extents
                     .get(key)
                     .map_err(storage(op))?
-                    .ok_or_else(missing)?;
-                let (block, sum) = decode_entry(v.value())?;
+                    .map(|v| decode_entry(v.value()))
+                    .transpose()?
+            };
+            // Chunks of format 1, and a short last chunk, are inside the database.
+            let (data, sum) = if let Some((block, sum)) = entry {
                 let padded = expected.next_multiple_of(4096);
                 let at = block
                     .checked_mul(BLOCK)
@@ -745,6 +754,22 @@ impl RecordingReader {
                     .map_err(|e| crate::error::classify(op, redb::Error::Io(e)))?;
                 data.truncate(expected);
                 (data, sum.to_vec())
+            } else {
+                let data = self
+                    .chunks
+                    .get(key)
+                    .map_err(storage(op))?
+                    .ok_or_else(missing)?
+                    .value()
+                    .to_vec();
+                let sum = self
+                    .sums
+                    .get(key)
+                    .map_err(storage(op))?
+                    .ok_or_else(missing)?
+                    .value()
+                    .to_vec();
+                (data, sum)
             };
             if data.len() != expected || openssl::sha::sha256(&data)[..] != sum[..] {
                 return Err(Error::Corrupt {

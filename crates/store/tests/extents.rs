@@ -296,7 +296,7 @@ fn the_map_covers_the_database_and_the_blocks_and_is_rebuilt_at_open() {
     assert!(used.in_use(0, 1), "the superblock");
     assert!(!used.in_use(40 << 20, 8 << 20));
     s.recordings()
-        .put("a", "s", &recording(1, (3 << 20) + 5))
+        .put("a", "s", &recording(1, (3 << 20) + 200_000))
         .unwrap();
     // Four blocks at the top of the device.
     assert!(used.in_use(60 << 20, 4 << 20));
@@ -313,11 +313,23 @@ fn the_map_covers_the_database_and_the_blocks_and_is_rebuilt_at_open() {
     assert!(used.in_use(60 << 20, 4 << 20));
     let mut d = Vec::new();
     r.read_to_end(&mut d).unwrap();
-    assert_eq!(d, recording(1, (3 << 20) + 5));
+    assert_eq!(d, recording(1, (3 << 20) + 200_000));
     drop(r);
-    s.recordings().put("b", "s", &[1, 2, 3]).unwrap();
+    s.recordings().put("b", "s", &[1u8; 300_000]).unwrap();
     assert!(used.in_use((64 << 20) - 1, 1));
     assert!(!used.in_use(60 << 20, 3 << 20));
+    // A short recording (or last chunk) stays inside the database: no block.
+    let before = s.space();
+    s.recordings()
+        .put("small", "s", &recording(3, 100_000))
+        .unwrap();
+    assert!(!used.in_use(60 << 20, 3 << 20));
+    assert!(s.space().used < before.used + (1 << 20), "{before:?}");
+    assert_eq!(read_all(&s, "small"), recording(3, 100_000));
+    drop(s);
+    let s = Store::open(dev, &StoreOptions::default()).unwrap();
+    assert_eq!(read_all(&s, "small"), recording(3, 100_000));
+    assert_eq!(read_all(&s, "b"), vec![1u8; 300_000]);
 }
 
 /// A store of format 1 (recordings inside the database) is taken over at open: its

@@ -301,7 +301,13 @@ fn power_loss(kind: Kind) {
             let blocks: u64 = model
                 .recs
                 .values()
-                .map(|(_, d)| (d.len() as u64).div_ceil(recordings::CHUNK_LEN as u64))
+                .map(|(_, d)| {
+                    let (full, tail) = (
+                        d.len() / recordings::CHUNK_LEN,
+                        d.len() % recordings::CHUNK_LEN,
+                    );
+                    (full + usize::from(tail > recordings::INLINE_MAX)) as u64
+                })
                 .sum();
             let sp = store.space();
             assert_eq!(
