@@ -81,5 +81,8 @@ pub mod fuzzing {
         if let Ok(i) = crate::recordings::decode_info(data) {
             assert_eq!(crate::recordings::encode_info(&i), data);
         }
+        if let Ok((block, sum)) = crate::recordings::decode_entry(data) {
+            assert_eq!(crate::recordings::entry(block, &sum)[..], data[..]);
+        }
     }
 }

@@ -169,7 +169,7 @@ pub(crate) fn init_tables(txn: &WriteTransaction) -> Result<()> {
     Ok(())
 }
 
-fn entry(block: u64, sum: &[u8; 32]) -> [u8; EXTENT_ENTRY] {
+pub(crate) fn entry(block: u64, sum: &[u8; 32]) -> [u8; EXTENT_ENTRY] {
     let mut e = [0u8; EXTENT_ENTRY];
     e[..8].copy_from_slice(&block.to_le_bytes());
     e[8..].copy_from_slice(sum);
@@ -177,7 +177,7 @@ fn entry(block: u64, sum: &[u8; 32]) -> [u8; EXTENT_ENTRY] {
 }
 
 /// Decodes a `rec.extents` value. Never panics.
-fn decode_entry(v: &[u8]) -> Result<(u64, [u8; 32])> {
+pub(crate) fn decode_entry(v: &[u8]) -> Result<(u64, [u8; 32])> {
     let (b, sum) = <[u8; EXTENT_ENTRY]>::try_from(v)
         .map(|e| {
             let mut b = [0u8; 8];
@@ -887,6 +887,11 @@ mod tests {
             blob: 9,
             version: RECORD_VERSION,
         };
+        let e = entry(77, &[5; 32]);
+        assert_eq!(decode_entry(&e).unwrap(), (77, [5; 32]));
+        assert!(decode_entry(&e[..39]).is_err());
+        assert!(decode_entry(&[e.to_vec(), vec![0]].concat()).is_err());
+        crate::fuzzing::records(&e);
         let mut v1 = i.clone();
         v1.version = RECORD_VERSION_1;
         assert_eq!(decode_info(&encode_info(&v1)).unwrap(), v1);
