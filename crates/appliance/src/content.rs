@@ -1530,10 +1530,16 @@ impl VolumeBackend for DataVolume {
             self.app().and_then(|s| match s.content() {
                 Content::Ready(st) => {
                     let sp = st.space();
+                    let path = &self.inner.opts.path;
                     Some(SpaceView {
                         capacity: sp.capacity,
-                        used: sp.high_water,
+                        used: sp.used,
                         reserve: sp.reserve,
+                        filesystem_free: path
+                            .metadata()
+                            .is_ok_and(|m| m.is_file())
+                            .then(|| crate::hostspace::free_bytes(path))
+                            .flatten(),
                     })
                 }
                 _ => None,

@@ -11,6 +11,7 @@ pub mod content_api;
 pub mod embedded;
 pub mod error;
 pub mod files;
+pub mod hostspace;
 pub mod https;
 pub mod keylife;
 pub mod keys;

@@ -94,7 +94,7 @@ pub fn document() -> Value {
                     "settings": {"oneOf": [r("KmipSettings"), {"type": "null"}]},
                     "warnings": {"type": "array", "items": {"type": "string"}},
                     "volume_attached": {"type": "boolean"},
-                    "volume": {"type": ["object", "null"], "description": "the content volume: volume (state, data_size, sector_size, key_bits, uuid), space, last_conversion, key_check, alerts, next_retry_at, unlock_attempts"},
+                    "volume": {"type": ["object", "null"], "description": "the content volume: volume (state, data_size, sector_size, key_bits, uuid), space (capacity, used, reserve: bytes; filesystem_free: free bytes of the file system under an image file, null for a block device), last_conversion, key_check, alerts, next_retry_at, unlock_attempts"},
                     "policy": r("KeyPolicy"),
                     "old_keys": {"type": "array", "items": r("OldKey")}}},
                 "KeyPolicy": {"type": "object", "required": ["old_keys"], "properties": {

@@ -88,6 +88,20 @@ fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
 }
 
+/// The content volume's space on the page: the store's, and the free space of the file system
+/// under an image file (a sparse image can run out of it first).
+fn space_text(sp: crate::status::SpaceView) -> String {
+    match sp.filesystem_free {
+        Some(free) => format!(
+            "{} used of {}; {} free on the file system under it",
+            mib(sp.used),
+            mib(sp.capacity),
+            mib(free)
+        ),
+        None => format!("{} used of {}", mib(sp.used), mib(sp.capacity)),
+    }
+}
+
 /// The settings form's values.
 struct SettingsForm {
     hosts: String,
@@ -227,9 +241,7 @@ pub async fn encryption_page(
         alerts: vol
             .map(|v| v.alerts.iter().map(String::as_str).collect())
             .unwrap_or_default(),
-        space: vol
-            .and_then(|v| v.space)
-            .map(|sp| format!("{} used of {}", mib(sp.used), mib(sp.capacity))),
+        space: vol.and_then(|v| v.space).map(space_text),
         next_retry: vol.and_then(|v| v.next_retry_at.as_deref()),
         key_age: rotation.and_then(|r| r.key_age_seconds).map(|s| {
             format!(
@@ -273,5 +285,30 @@ fn age_text(secs: u64) -> String {
         s if s >= 2 * 3600 => format!("{} hours", s / 3600),
         s if s >= 120 => format!("{} minutes", s / 60),
         s => format!("{s} s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::SpaceView;
+
+    #[test]
+    fn the_space_line_shows_the_file_system_free_space_of_an_image() {
+        let sp = SpaceView {
+            capacity: 1 << 30,
+            used: 3 << 20,
+            reserve: 16 << 20,
+            filesystem_free: Some(48 << 20),
+        };
+        assert_eq!(
+            space_text(sp),
+            "3.0 MiB used of 1024.0 MiB; 48.0 MiB free on the file system under it"
+        );
+        let dev = SpaceView {
+            filesystem_free: None,
+            ..sp
+        };
+        assert_eq!(space_text(dev), "3.0 MiB used of 1024.0 MiB");
     }
 }

@@ -180,6 +180,9 @@ pub struct SpaceView {
     pub capacity: u64,
     pub used: u64,
     pub reserve: u64,
+    /// Free bytes of the file system holding the volume's image file (`null` for a block
+    /// device): a sparse image can run out of these before its own capacity.
+    pub filesystem_free: Option<u64>,
 }
 
 /// The last finished conversion.

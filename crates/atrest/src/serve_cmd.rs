@@ -39,9 +39,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PATH", conflicts_with = "no_volume")]
     volume: Option<PathBuf>,
     /// Size of the content volume image made on the first start (bytes, or with a
-    /// K, M, G suffix).
-    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
-    volume_size: u64,
+    /// K, M, G suffix). Default: the free space of the file system that will hold it, less a
+    /// margin (1/20, 64 MiB to 8 GiB); the image is sparse.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    volume_size: Option<u64>,
     /// Serve without the content volume (Encrypt and the content API answer 503).
     #[arg(long)]
     no_volume: bool,
@@ -187,7 +188,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(p) = &args.volume {
             v.path = p.clone();
         }
-        v.size = args.volume_size;
+        v.size = match args.volume_size {
+            Some(n) => n,
+            None => atrest_appliance::hostspace::default_volume_size(
+                v.path.parent().unwrap_or(&data_dir),
+            ),
+        };
         v.key_bits = args.key_bits;
         v.max_rate = (args.convert_rate > 0).then_some(args.convert_rate);
         v.chunk_size = args.convert_chunk;

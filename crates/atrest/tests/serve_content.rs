@@ -459,6 +459,109 @@ fn a_full_disk_answers_507_recovers_in_place_and_the_appliance_starts_on_it() {
     std::fs::remove_file(&filler).unwrap();
 }
 
+/// The first start sizes a sparse image from the free space of the data directory's file
+/// system; a sparse image bigger than its file system fills it up to 507 with nothing lost,
+/// GET /api/encryption and the page show the file system's free space beside the volume's, and
+/// space freed by a deletion is written again.
+#[test]
+fn a_sparse_volume_over_a_small_file_system_answers_507_and_shows_its_free_space() {
+    if !curl_present() {
+        eprintln!("note: curl is not installed; skipping");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(&tmp.path().join("mnt"), "400m") else {
+        assert!(
+            !require_peers(),
+            "cannot mount a tmpfs (the test needs root)"
+        );
+        eprintln!("note: cannot mount a tmpfs (the test needs root); skipping");
+        return;
+    };
+    use std::os::unix::fs::MetadataExt;
+    // The default size: the free space less the margin (64 MiB here), sparse.
+    let data = fs.0.join("auto");
+    let a = start(&data, &["--embedded-kms"]);
+    let img = std::fs::metadata(data.join("volume.img")).unwrap();
+    assert!(
+        img.len() > (300 << 20) && img.len() <= (400 << 20) - (64 << 20),
+        "a {} byte image on a 400 MiB file system",
+        img.len()
+    );
+    assert!(
+        img.blocks() * 512 < (16 << 20),
+        "the image is not sparse: {} bytes allocated",
+        img.blocks() * 512
+    );
+    a.terminate();
+    std::fs::remove_dir_all(&data).unwrap();
+
+    // A 1 GiB image over the 400 MiB file system, which a filler leaves 48 MiB of.
+    let data = fs.0.join("data");
+    let a = start(&data, &["--embedded-kms", "--volume-size", "1G"]);
+    let filler = fs.0.join("filler");
+    let free = |a: &Appliance| -> Value {
+        let r = a.curl("--http1.1", &[&a.url("/api/encryption")]);
+        assert_eq!(r.status, 200, "{r:?}");
+        r.json()["volume"]["space"].clone()
+    };
+    let before = free(&a);
+    let fs_free = before["filesystem_free"].as_u64().unwrap();
+    std::fs::write(&filler, vec![7u8; (fs_free - (48 << 20)) as usize]).unwrap();
+    let sp = free(&a);
+    assert!(sp["capacity"].as_u64().unwrap() > 1000 << 20, "{sp}");
+    let fs_free = sp["filesystem_free"].as_u64().unwrap();
+    assert!(
+        fs_free <= 48 << 20 && fs_free > 40 << 20,
+        "the file system's free space is shown: {sp}"
+    );
+    let mut kept = Vec::new();
+    let status = loop {
+        let (f, sha) = random_file(tmp.path(), "rec", 4 << 20, kept.len() as u8 + 1);
+        let id = format!("r{}", kept.len());
+        let r = a.put_file("--http1.1", &id, &f);
+        if r.status != 201 {
+            assert!(
+                r.error().contains("the disk under the volume is full"),
+                "{r:?}"
+            );
+            break r.status;
+        }
+        kept.push((id, sha));
+        assert!(kept.len() < 20, "48 MiB took 80 MiB");
+    };
+    assert_eq!(status, 507);
+    assert!(
+        kept.len() >= 6,
+        "only {} recordings of 4 MiB fit",
+        kept.len()
+    );
+    let sp = free(&a);
+    assert!(sp["filesystem_free"].as_u64().unwrap() < 4 << 20, "{sp}");
+    assert!(
+        sp["used"].as_u64().unwrap() >= (kept.len() as u64) * (4 << 20),
+        "{sp}"
+    );
+    for (id, sha) in &kept {
+        let g = a.get_recording(id);
+        assert_eq!(g.status, 200, "{g:?}");
+        assert_eq!(&sha256_hex(&g.body), sha, "{id}");
+    }
+    // A deletion frees blocks the image already holds: the same space is written again.
+    let (id, _) = kept.remove(0);
+    let r = a.curl(
+        "--http1.1",
+        &["-X", "DELETE", &a.url(&format!("/api/recordings/{id}"))],
+    );
+    assert!(r.status == 200 || r.status == 204, "{r:?}");
+    let (f, sha) = random_file(tmp.path(), "again", 4 << 20, 99);
+    let r = a.put_file("--http1.1", "again", &f);
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(sha256_hex(&a.get_recording("again").body), sha);
+    a.terminate();
+    std::fs::remove_file(&filler).unwrap();
+}
+
 /// Opens a connection and sends the head of an upload and a few body bytes, then stalls.
 fn stalled_upload(a: &Appliance, i: usize) -> SslStream<TcpStream> {
     let mut s = a.tls(b"\x08http/1.1");

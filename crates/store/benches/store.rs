@@ -160,8 +160,9 @@ fn recordings(dir: &std::path::Path, mb: u64) {
     for (name, s) in &stores {
         let sp = s.space();
         println!(
-            "{name} volume: 2 recordings of {mb} MiB stored, high-water mark {} MiB of {} MiB",
-            sp.high_water >> 20,
+            "{name} volume: 2 recordings of {mb} MiB stored, {} MiB in use (database region {} KiB) of {} MiB",
+            sp.used >> 20,
+            sp.high_water >> 10,
             sp.capacity >> 20
         );
     }

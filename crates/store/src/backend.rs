@@ -18,8 +18,10 @@
 //!   device; a write above the mark first fills the gap with zeros. So new space reads as zeros
 //!   on any medium, and the mark is persisted with the state it belongs to.
 //! - The file may be longer than the device (the database grows its file by doubling); only
-//!   writes need room. A write that would go past the device, or into the reserve kept for
-//!   deletions, fails and is reported as "full".
+//!   writes need room. Recording blocks are handed out from the top of the device down
+//!   ([`crate::extents`]); a write that raises the mark claims the device bytes below it first,
+//!   and fails — reported as "full" — when they reach a block in use, the room kept above the
+//!   database for deletions, or the end of the device.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,7 +29,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use atrest_volume::BlockDevice;
 
-use crate::superblock::{MAX_LOGICAL_LEN, SHADOW_LEN, SLOT_SIZE, Superblock};
+use crate::extents::Extents;
+use crate::superblock::{MAX_LOGICAL_LEN, NO_EXTENT, SHADOW_LEN, SLOT_SIZE, Superblock};
 
 /// File offset `x` (≥ [`SHADOW_LEN`]) lives at device offset `x + PHYS_SHIFT`.
 pub(crate) const PHYS_SHIFT: u64 = 2 * SLOT_SIZE as u64 - SHADOW_LEN as u64;
@@ -55,6 +58,18 @@ pub(crate) struct Shared {
     pub(crate) commits: AtomicU64,
     /// Highest file offset ever written (mirror of the written-up-to mark).
     pub(crate) written_to: AtomicU64,
+    /// The map of the device shared with the store (recording blocks, the database's region).
+    pub(crate) extents: Arc<Extents>,
+}
+
+impl Shared {
+    pub(crate) fn new(extents: Arc<Extents>, reserve: u64) -> Shared {
+        Shared {
+            extents,
+            reserve: AtomicU64::new(reserve),
+            ..Shared::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +149,7 @@ impl VolumeBackend {
             seq: 0,
             len: 0,
             written_to: SHADOW_LEN as u64,
+            extent_floor: NO_EXTENT,
             shadow: vec![0; SHADOW_LEN],
         };
         // Slot 1 first loses any older store, so a crash part-way leaves at most slot 0 valid.
@@ -203,6 +219,9 @@ impl VolumeBackend {
             written_to: sb.written_to.max(SHADOW_LEN as u64),
         };
         shared.written_to.store(state.written_to, Ordering::Relaxed);
+        shared
+            .extents
+            .set_db_end(state.written_to + PHYS_SHIFT, sb.extent_floor);
         VolumeBackend {
             dev,
             store_id: sb.store_id,
@@ -236,13 +255,13 @@ impl VolumeBackend {
         Ok(())
     }
 
-    /// Device end offset a write may reach.
-    fn write_limit(&self) -> u64 {
-        let len = self.dev.len();
+    /// Room that must stay free above the database after a write: the reserve, except in
+    /// deleting transactions.
+    fn keep(&self) -> u64 {
         if self.shared.maintenance.load(Ordering::Acquire) {
-            len
+            0
         } else {
-            len.saturating_sub(self.shared.reserve.load(Ordering::Relaxed))
+            self.shared.reserve.load(Ordering::Relaxed)
         }
     }
 
@@ -318,10 +337,12 @@ impl redb::StorageBackend for VolumeBackend {
             lock(&self.shadow)[len as usize..].fill(0);
         }
         st.len = len;
-        st.written_to = st.written_to.min(len).max(SHADOW_LEN as u64);
-        self.shared
-            .written_to
-            .store(st.written_to, Ordering::Relaxed);
+        let mark = st.written_to.min(len).max(SHADOW_LEN as u64);
+        if mark < st.written_to {
+            st.written_to = mark;
+            self.shared.extents.lower_db_end(mark + PHYS_SHIFT);
+        }
+        self.shared.written_to.store(mark, Ordering::Relaxed);
         Ok(())
     }
 
@@ -335,9 +356,12 @@ impl redb::StorageBackend for VolumeBackend {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let shadow = lock(&self.shadow).clone();
-        if self.unflushed.swap(false, Ordering::AcqRel) {
+        // Recording blocks written for this commit are covered by the same flush.
+        let blocks = self.shared.extents.unflushed.swap(false, Ordering::AcqRel);
+        if self.unflushed.swap(false, Ordering::AcqRel) | blocks {
             self.dev.flush().map_err(|e| self.failed(e))?;
         }
+        let extent_floor = self.shared.extents.floor();
         // The length and the mark only matter to a state whose header references bytes they
         // cover; until the header changes they are persisted with the next one that does.
         if shadow == p.shadow {
@@ -348,6 +372,7 @@ impl redb::StorageBackend for VolumeBackend {
             seq: p.seq + 1,
             len: state.len,
             written_to: state.written_to,
+            extent_floor,
             shadow,
         };
         let slot = (sb.seq % 2) * SLOT_SIZE as u64;
@@ -395,7 +420,7 @@ impl redb::StorageBackend for VolumeBackend {
         if !pos.is_multiple_of(PAGE) || !(data.len() as u64).is_multiple_of(PAGE) {
             self.shared.unaligned_writes.fetch_add(1, Ordering::Relaxed);
         }
-        if end + PHYS_SHIFT > self.write_limit() {
+        if end + PHYS_SHIFT > self.dev.len() {
             self.shared.full_hit.store(true, Ordering::Release);
             return Err(full_error());
         }
@@ -410,6 +435,16 @@ impl redb::StorageBackend for VolumeBackend {
             }
         }
         let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+        // Claim the bytes up to the end of this write before anything is written there.
+        if end > st.written_to
+            && !self
+                .shared
+                .extents
+                .claim_db(end + PHYS_SHIFT, self.keep(), self.dev.len())
+        {
+            self.shared.full_hit.store(true, Ordering::Release);
+            return Err(full_error());
+        }
         if pos > st.written_to {
             self.write_zeros(st.written_to, pos)?;
         }

@@ -1,11 +1,15 @@
 //! The appliance's content on an atrest volume: configuration, session audit history and
-//! session recordings, in one embedded database (redb) on the volume's block-device interface —
-//! the same code on a plain volume, an encrypted one and one being converted.
+//! session recordings, on the volume's block-device interface — an embedded database (redb)
+//! for everything but the recordings' bytes, which are in 1 MiB blocks beside it; the same code
+//! on a plain volume, an encrypted one and one being converted.
 //!
 //! - [`Store`]: create/open on any [`atrest_volume::BlockDevice`], space, recovery;
 //! - [`config`]: typed key → value settings with a schema version, atomic multi-key changes;
 //! - [`audit`]: append-only events with a hash chain, queries by session, time and words;
-//! - [`recordings`]: streamed chunked uploads, ranged downloads, hashes checked on read;
+//! - [`recordings`]: streamed chunked uploads into 1 MiB blocks beside the database, ranged
+//!   downloads, hashes checked on read;
+//! - [`Store::used_ranges`]: which bytes of the volume hold content, for a conversion of the
+//!   space in use;
 //! - [`testing`]: a power-loss simulating device for tests.
 //!
 //! How the store survives power loss on XTS media (torn sectors, unwritten sectors that read
@@ -16,6 +20,7 @@ mod backend;
 pub mod codec;
 pub mod config;
 pub mod error;
+mod extents;
 pub mod recordings;
 mod store;
 pub mod superblock;
@@ -34,8 +39,8 @@ pub mod fuzzing {
     use crate::superblock::{SLOT_SIZE, Superblock};
 
     /// Decodes `data` as a superblock slot as it is; then as the fields of a slot (from byte 8
-    /// on) with the magic and checksum made right, and — as the first byte asks — the version,
-    /// the header-copy length and the reserved field made right, so that every field check is
+    /// on) with the magic and checksum made right, and — as the first byte asks — the version
+    /// (2 or 1), the header-copy length and the reserved field made right, so that every field check is
     /// reached.
     pub fn superblock(data: &[u8]) {
         let _ = Superblock::decode(data);
@@ -47,7 +52,9 @@ pub mod fuzzing {
         let n = fields.len().min(SLOT_SIZE - 32 - 8);
         slot[8..8 + n].copy_from_slice(&fields[..n]);
         if fix & 1 != 0 {
-            slot[8..12].copy_from_slice(&1u32.to_le_bytes());
+            // Version 2, or 1 (read too, with its reserved field).
+            let v: u32 = if fix & 8 != 0 { 1 } else { 2 };
+            slot[8..12].copy_from_slice(&v.to_le_bytes());
         }
         if fix & 2 != 0 {
             slot[12..16].copy_from_slice(&4096u32.to_le_bytes());
@@ -73,6 +80,9 @@ pub mod fuzzing {
         }
         if let Ok(i) = crate::recordings::decode_info(data) {
             assert_eq!(crate::recordings::encode_info(&i), data);
+        }
+        if let Ok((block, sum)) = crate::recordings::decode_entry(data) {
+            assert_eq!(crate::recordings::entry(block, &sum)[..], data[..]);
         }
     }
 }

@@ -9,15 +9,29 @@ use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
 };
 
-use crate::backend::{OpenError, Shared, VolumeBackend};
+use crate::backend::{OpenError, PHYS_SHIFT, Shared, VolumeBackend};
 use crate::error::{Error, Result, storage};
+use crate::extents::{BLOCK, Extents};
 use crate::superblock::SHADOW_LEN;
 
 /// Store-wide values: format version, configuration schema version, audit head, counters.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const FORMAT_KEY: &str = "store.format";
-/// Version of the store's table layout.
-pub const STORE_FORMAT: u32 = 1;
+/// Version of the store's table layout: 2 keeps recording data in blocks beside the database
+/// (docs/store.md). A format-1 store is taken over at open: its recordings stay readable where
+/// they are (inside the database) until they are replaced or deleted.
+pub const STORE_FORMAT: u32 = 2;
+
+pub(crate) fn recorded_format(store: &Store) -> Result<u32> {
+    let txn = store.read()?;
+    let meta = txn.open_table(META).map_err(storage("open its tables"))?;
+    let v = meta.get(FORMAT_KEY).map_err(storage("read its format"))?;
+    v.and_then(|v| <[u8; 4]>::try_from(v.value()).ok())
+        .map(u32::from_le_bytes)
+        .ok_or_else(|| Error::Corrupt {
+            what: "the store format number".into(),
+        })
+}
 
 /// A point in time: microseconds since 1970-01-01T00:00:00Z.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -43,7 +57,7 @@ impl Timestamp {
 pub struct StoreOptions {
     /// Memory for the database's page cache (and its write buffer).
     pub cache_bytes: usize,
-    /// Bytes at the end of the volume kept free for deletions, so that a full store can always
+    /// Bytes kept free above the database for deletions, so that a full store can always
     /// be emptied. `None`: 1/64 of the volume, at least 256 KiB and at most 64 MiB.
     pub reserve_bytes: Option<u64>,
     /// Recording bytes buffered by an upload before they are committed (memory bound of one
@@ -68,9 +82,12 @@ pub struct Space {
     pub capacity: u64,
     /// Bytes kept back for deletions.
     pub reserve: u64,
-    /// Bytes of the volume the store has written so far; space freed below it is reused
-    /// before the mark moves up.
+    /// Bytes of the database's region (from the start of the volume's data area up to the
+    /// highest byte the database wrote).
     pub high_water: u64,
+    /// Bytes in use: the database's region and every recording block in use (published,
+    /// being uploaded, or freed but still visible to a reader).
+    pub used: u64,
 }
 
 struct Current {
@@ -84,7 +101,9 @@ pub(crate) struct Inner {
     /// The key that seals the audit history (see [`crate::audit::Audit::set_seal_key`]).
     seal_key: std::sync::Mutex<Option<zeroize::Zeroizing<[u8; 32]>>>,
     current: RwLock<Current>,
-    reserve: u64,
+    pub(crate) reserve: u64,
+    /// Which bytes of the device hold content (recording blocks, the database's region).
+    pub(crate) extents: Arc<Extents>,
 }
 
 impl Inner {
@@ -136,15 +155,29 @@ impl Store {
     /// Creates an empty store on `dev` (the data segment of an unlocked volume, or any block
     /// device), replacing whatever the device held.
     pub fn create(dev: Arc<dyn BlockDevice>, opts: &StoreOptions) -> Result<Store> {
-        let shared = Arc::new(Shared::default());
+        let shared = Store::shared(&dev, opts);
         let backend = VolumeBackend::create(dev.clone(), shared.clone()).map_err(open_error)?;
         Store::start(dev, opts, backend, shared)
+    }
+
+    fn reserve(dev: &Arc<dyn BlockDevice>, opts: &StoreOptions) -> u64 {
+        let capacity = VolumeBackend::capacity(dev.len());
+        opts.reserve_bytes
+            .unwrap_or_else(|| (capacity / 64).clamp(256 << 10, 64 << 20))
+            .min(capacity / 4)
+    }
+
+    fn shared(dev: &Arc<dyn BlockDevice>, opts: &StoreOptions) -> Arc<Shared> {
+        Arc::new(Shared::new(
+            Arc::new(Extents::default()),
+            Store::reserve(dev, opts),
+        ))
     }
 
     /// Opens the store on `dev`, recovering the last committed state after a crash or power
     /// loss, and reclaiming the space of uploads that were not finished.
     pub fn open(dev: Arc<dyn BlockDevice>, opts: &StoreOptions) -> Result<Store> {
-        let shared = Arc::new(Shared::default());
+        let shared = Store::shared(&dev, opts);
         let backend = VolumeBackend::open(dev.clone(), shared.clone()).map_err(open_error)?;
         Store::start(dev, opts, backend, shared)
     }
@@ -155,12 +188,8 @@ impl Store {
         backend: VolumeBackend,
         shared: Arc<Shared>,
     ) -> Result<Store> {
-        let capacity = VolumeBackend::capacity(dev.len());
-        let reserve = opts
-            .reserve_bytes
-            .unwrap_or_else(|| (capacity / 64).clamp(256 << 10, 64 << 20))
-            .min(capacity / 4);
-        shared.reserve.store(reserve, Ordering::Relaxed);
+        let reserve = shared.reserve.load(Ordering::Relaxed);
+        let extents = shared.extents.clone();
         let db = Store::database(backend, opts)?;
         let store = Store {
             inner: Arc::new(Inner {
@@ -172,6 +201,7 @@ impl Store {
                 }),
                 reserve,
                 seal_key: std::sync::Mutex::new(None),
+                extents,
             }),
         };
         store.init()?;
@@ -208,6 +238,12 @@ impl Store {
                             "this content store has format {f}, newer than this program's {STORE_FORMAT}: run a newer atrest"
                         )));
                     }
+                    if f < STORE_FORMAT {
+                        // Format 1 keeps recording data inside the database; those recordings
+                        // stay readable there, new ones go to blocks beside it.
+                        meta.insert(FORMAT_KEY, &STORE_FORMAT.to_le_bytes()[..])
+                            .map_err(storage("write its format"))?;
+                    }
                 }
             }
             drop(meta);
@@ -216,6 +252,10 @@ impl Store {
             crate::recordings::init_tables(txn)?;
             Ok(())
         })?;
+        // Only now are the blocks of the committed state known: until here the database could
+        // not grow past the extent floor persisted with that state.
+        let blocks = crate::recordings::referenced_blocks(self)?;
+        self.inner.extents.load(blocks);
         crate::recordings::collect_garbage(self)
     }
 
@@ -301,8 +341,7 @@ impl Store {
         // (the disk still full or failing), the next request tries again.
         cur.shared.retired.store(true, Ordering::Release);
         cur.shared.io_failed.store(true, Ordering::Release);
-        let shared = Arc::new(Shared::default());
-        shared.reserve.store(self.inner.reserve, Ordering::Relaxed);
+        let shared = Arc::new(Shared::new(self.inner.extents.clone(), self.inner.reserve));
         let backend =
             VolumeBackend::open(self.inner.dev.clone(), shared.clone()).map_err(open_error)?;
         let db = Store::database(backend, &self.inner.opts)?;
@@ -320,15 +359,34 @@ impl Store {
 
     /// Space on the volume.
     pub fn space(&self) -> Space {
-        let (_, shared) = self.current();
+        let (db_end, blocks) = self.inner.extents.usage();
+        let capacity = self.inner.capacity();
         Space {
+            capacity,
+            reserve: self.inner.reserve,
+            high_water: db_end.saturating_sub(PHYS_SHIFT + SHADOW_LEN as u64),
+            used: (db_end.saturating_sub(PHYS_SHIFT) + blocks * BLOCK).min(capacity),
+        }
+    }
+
+    /// Which bytes of the device hold content, for an online conversion that converts only
+    /// the space in use. The answer is conservative and right under concurrency: a recording
+    /// block is marked in use before anything is written to it, the database's region before
+    /// the database writes there, and a freed block stays marked while a reader may still
+    /// see it.
+    pub fn used_ranges(&self) -> Arc<dyn atrest_volume::UsedRanges> {
+        self.inner.extents.clone()
+    }
+
+    pub(crate) fn full(&self) -> Error {
+        Error::Full {
             capacity: self.inner.capacity(),
             reserve: self.inner.reserve,
-            high_water: shared
-                .written_to
-                .load(Ordering::Relaxed)
-                .saturating_sub(SHADOW_LEN as u64),
         }
+    }
+
+    pub(crate) fn device(&self) -> &Arc<dyn BlockDevice> {
+        &self.inner.dev
     }
 
     /// The configuration.

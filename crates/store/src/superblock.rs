@@ -4,13 +4,14 @@
 //! ```text
 //! offset  size  field
 //!      0     8  magic "ATRSTORE"
-//!      8     4  format version (1)
+//!      8     4  format version (2; 1 is read too: its field at 56 is zero and means "no extent")
 //!     12     4  length of the header copy (4096)
 //!     16    16  store id (random, the same in both slots)
 //!     32     8  sequence number (the newest valid slot wins)
 //!     40     8  logical length of the database file
 //!     48     8  written-up-to mark: bytes of the file at or above it read as zeros
-//!     56     8  reserved (zero)
+//!     56     8  extent floor: no recording block of this state lies below this device offset
+//!                   (all ones: none)
 //!     64  4096  copy of the database's first page (its header and commit slots)
 //!   4160  4000  zero
 //!   8160    32  SHA-256 of bytes 0..8160
@@ -25,7 +26,11 @@ pub const SHADOW_LEN: usize = 4096;
 /// Largest logical file length accepted (far above any device; keeps arithmetic in range).
 pub const MAX_LOGICAL_LEN: u64 = 1 << 56;
 const MAGIC: &[u8; 8] = b"ATRSTORE";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// Version 1 slots (stores made before recordings moved beside the database) are read too.
+const VERSION_1: u32 = 1;
+/// The extent floor of a state without recording blocks.
+pub const NO_EXTENT: u64 = u64::MAX;
 const SUM_OFFSET: usize = SLOT_SIZE - 32;
 const RECORD: &str = "superblock";
 
@@ -40,6 +45,10 @@ pub struct Superblock {
     pub len: u64,
     /// File bytes at or above this offset read as zeros (never written since they were added).
     pub written_to: u64,
+    /// No recording block referenced by this state lies below this device offset
+    /// ([`NO_EXTENT`]: none); it bounds the database's growth at open, before the blocks
+    /// are known.
+    pub extent_floor: u64,
     /// The database file's first page.
     pub shadow: Vec<u8>,
 }
@@ -65,7 +74,7 @@ impl Superblock {
             .u64(self.seq)
             .u64(self.len)
             .u64(self.written_to)
-            .u64(0);
+            .u64(self.extent_floor);
         let mut shadow = self.shadow.clone();
         shadow.resize(SHADOW_LEN, 0);
         w.raw(&shadow);
@@ -99,8 +108,12 @@ impl Superblock {
         }
         let mut r = Reader::new(RECORD, &b[..SUM_OFFSET]);
         r.array::<8>("magic")?;
-        if r.u32("version")? != VERSION {
-            return Err(r.err("version", "unknown superblock version"));
+        let version = r.u32("version")?;
+        if version != VERSION && version != VERSION_1 {
+            return Err(r.err(
+                "version",
+                "unknown superblock version (a newer atrest wrote it: run a newer atrest)",
+            ));
         }
         if r.u32("header copy length")? as usize != SHADOW_LEN {
             return Err(r.err("header copy length", "not 4096"));
@@ -115,15 +128,21 @@ impl Superblock {
         if written_to > len.max(SHADOW_LEN as u64) {
             return Err(r.err("written-up-to mark", "beyond the file length"));
         }
-        if r.u64("reserved")? != 0 {
-            return Err(r.err("reserved", "not zero"));
-        }
+        let extent_floor = if version == VERSION_1 {
+            if r.u64("reserved")? != 0 {
+                return Err(r.err("reserved", "not zero"));
+            }
+            NO_EXTENT
+        } else {
+            r.u64("extent floor")?
+        };
         let shadow = r.array::<SHADOW_LEN>("header copy")?.to_vec();
         Ok(Superblock {
             store_id,
             seq,
             len,
             written_to,
+            extent_floor,
             shadow,
         })
     }
@@ -139,6 +158,7 @@ mod tests {
             seq: 42,
             len: 1 << 20,
             written_to: 8192,
+            extent_floor: 5 << 20,
             shadow: (0..SHADOW_LEN).map(|i| i as u8).collect(),
         }
     }
@@ -172,5 +192,21 @@ mod tests {
         let mut s = sample();
         s.len = MAX_LOGICAL_LEN + 1;
         assert!(Superblock::decode(&s.encode()).is_err());
+    }
+
+    #[test]
+    fn a_version_1_slot_is_read_with_no_extent() {
+        let mut b = sample().encode();
+        b[8..12].copy_from_slice(&1u32.to_le_bytes());
+        b[56..64].fill(0);
+        let sum = openssl::sha::sha256(&b[..SUM_OFFSET]);
+        b[SUM_OFFSET..].copy_from_slice(&sum);
+        let s = Superblock::decode(&b).unwrap();
+        assert_eq!(s.extent_floor, NO_EXTENT);
+        assert_eq!(s.written_to, 8192);
+        b[60] = 1;
+        let sum = openssl::sha::sha256(&b[..SUM_OFFSET]);
+        b[SUM_OFFSET..].copy_from_slice(&sum);
+        assert_eq!(Superblock::decode(&b).unwrap_err().field, "reserved");
     }
 }

@@ -244,6 +244,22 @@ pub fn rewrite_audit_history(store: &crate::Store, seq: u64, text: &str) -> crat
     crate::audit::rewrite_history(store, seq, text)
 }
 
+/// Stores `data` as recording `id` the way a format-1 store kept it (chunks of 1020 KiB inside
+/// the database) and marks the store as format 1: what an appliance made before format 2 has.
+pub fn put_format_1_recording(
+    store: &crate::Store,
+    id: &str,
+    session: &str,
+    data: &[u8],
+) -> crate::Result<()> {
+    crate::recordings::put_format_1(store, id, session, data)
+}
+
+/// The store format number recorded in the store.
+pub fn recorded_format(store: &crate::Store) -> crate::Result<u32> {
+    crate::store::recorded_format(store)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
