@@ -60,6 +60,7 @@ pub mod lock;
 pub mod luks2;
 mod rangelock;
 pub mod secret;
+mod used;
 #[cfg(target_arch = "x86_64")]
 mod vaes;
 pub mod volume;
@@ -71,6 +72,7 @@ pub use key::{KeyMaterial, VolumeKey};
 pub use lock::{LockError, LockMode, VolumeLock};
 pub use luks2::{ConversionKind, KmipToken};
 pub use secret::{Hardening, MemoryLock, SecretBytes, UnlockedBytes, harden_process};
+pub use used::UsedRanges;
 pub use volume::{
     ConvertOptions, EncryptOptions, FormatOptions, KeyInfo, KeyReference, Progress, State,
     UnlockedVolume, Volume, VolumeInfo,
