@@ -117,6 +117,17 @@ fn copy_with_fsync(from: &Path, to: &Path) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
+/// CPU seconds (user + system) used so far by this process (`who` = RUSAGE_SELF) or by its
+/// waited-for children (RUSAGE_CHILDREN): on a shared machine, the part of a measurement that
+/// other load does not change.
+fn cpu_s(who: libc::c_int) -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(who, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 /// `dd if=F of=F bs=4M conv=notrunc,fdatasync`: every byte read and written back where it is.
 fn rewrite_in_place(path: &Path) -> Option<f64> {
     let t = Instant::now();
@@ -199,9 +210,13 @@ fn main() {
         conv.chunk_size = c.parse::<u64>().expect("ATREST_BENCH_CHUNK_MIB") << 20;
     }
     let setup_s = t.elapsed().as_secs_f64();
+    let cpu0 = cpu_s(libc::RUSAGE_SELF);
     u.convert(&conv, &mut |_| {}).unwrap();
+    let atrest_cpu = cpu_s(libc::RUSAGE_SELF) - cpu0;
     let atrest_s = t.elapsed().as_secs_f64();
-    println!("  (open, unlock and begin_encrypt: {setup_s:.2} s of it)");
+    println!(
+        "  (open, unlock and begin_encrypt: {setup_s:.2} s of it; convert: {atrest_cpu:.2} CPU s)"
+    );
     drop(u);
     std::fs::remove_file(&img).unwrap();
     println!(
@@ -214,10 +229,12 @@ fn main() {
     File::create(&plain).unwrap().set_len(size).unwrap();
     fill(&plain, 0, size);
     // The same payload rewritten in place, as `dd` does it: the floor of any in-place conversion.
+    let cpu0 = cpu_s(libc::RUSAGE_CHILDREN);
     let dd_s = rewrite_in_place(&plain);
+    let dd_cpu = cpu_s(libc::RUSAGE_CHILDREN) - cpu0;
     if let Some(s) = dd_s {
         println!(
-            "dd in-place rewrite + fdatasync: {s:.2} s, {:.0} MB/s",
+            "dd in-place rewrite + fdatasync: {s:.2} s, {:.0} MB/s ({dd_cpu:.2} CPU s)",
             mb_s(size, s)
         );
     }
@@ -252,6 +269,7 @@ fn main() {
         .unwrap();
         let pass = dir.join("pass");
         std::fs::write(&pass, b"bench-passphrase").unwrap();
+        let cpu0 = cpu_s(libc::RUSAGE_CHILDREN);
         let t = Instant::now();
         let st = Command::new("cryptsetup")
             .args([
@@ -279,10 +297,11 @@ fn main() {
             .status()
             .unwrap();
         let s = t.elapsed().as_secs_f64();
+        let cs_cpu = cpu_s(libc::RUSAGE_CHILDREN) - cpu0;
         if st.success() {
-            cs_s = Some(s);
+            cs_s = Some((s, cs_cpu));
             println!(
-                "cryptsetup reencrypt --encrypt: {s:.2} s, {:.0} MB/s",
+                "cryptsetup reencrypt --encrypt: {s:.2} s, {:.0} MB/s ({cs_cpu:.2} CPU s)",
                 mb_s(size, s)
             );
         } else {
@@ -299,18 +318,20 @@ fn main() {
     println!("## Ratios");
     if let Some(d) = dd_s {
         println!(
-            "atrest vs dd in-place rewrite: {:.2}x (goal >= 0.8 on disk)",
-            d / atrest_s
+            "atrest vs dd in-place rewrite: {:.2}x (goal >= 0.8 on disk); CPU time: {:.2}x",
+            d / atrest_s,
+            dd_cpu / atrest_cpu
         );
     }
     println!(
         "atrest vs copy+fsync: {:.2}x (goal >= 0.7)",
         copy_s / atrest_s
     );
-    if let Some(c) = cs_s {
+    if let Some((c, c_cpu)) = cs_s {
         println!(
-            "atrest vs cryptsetup reencrypt: {:.2}x faster (goal >= 1.5 on tmpfs)",
-            c / atrest_s
+            "atrest vs cryptsetup reencrypt: {:.2}x faster (goal >= 1.5 on tmpfs); CPU time: {:.2}x less",
+            c / atrest_s,
+            c_cpu / atrest_cpu
         );
     }
     if let Some(t) = theirs {

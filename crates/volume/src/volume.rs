@@ -987,6 +987,15 @@ where
     })
 }
 
+/// A chunk whose checksums are computed, still locked, not yet committed or written.
+struct Prepared<'a> {
+    b: u64,
+    len: u64,
+    guard: crate::rangelock::RangeGuard<'a>,
+    skip: u64,
+    table: Vec<u8>,
+}
+
 /// Whether granule `g` is marked in a skip mask.
 fn is_skipped(skip: u64, g: u64) -> bool {
     g < 64 && skip & (1 << g) != 0
@@ -1513,41 +1522,25 @@ impl UnlockedVolume {
         let first = inner.boundary.load(Ordering::Acquire);
         let mut slot = 0u64;
         let mut prev_guard = None;
-        let mut tbuf = vec![0u8; table_len as usize];
         let threads = opts.threads.max(1);
-        loop {
-            let b = inner.boundary.load(Ordering::Acquire);
-            let stopping = opts
-                .stop
+        // With two threads or more, the checksums of the next chunk (pass 1) run while this
+        // chunk is converted and written (pass 2), each stage on half of the threads.
+        let pipelined = threads >= 2;
+        let stage_threads = if pipelined { threads / 2 } else { threads };
+        let stopping = || {
+            opts.stop
                 .as_ref()
-                .is_some_and(|s| s.load(Ordering::Relaxed));
-            if b >= total || stopping {
-                inner
-                    .dev
-                    .flush()
-                    .map_err(Error::io("flushing the data segment"))?;
-                if stopping && b < total {
-                    self.commit(|m| m.set_boundary(b, None, version))?;
-                    return Ok(self.state());
-                }
-                // The last chunk stays locked until the commit that retires its hotzone.
-                self.commit(Metadata::finish)?;
-                drop(prev_guard);
-                let _all = inner.locks.acquire(0, u64::MAX, true);
-                let mut layout = inner.layout.write().unwrap_or_else(|e| e.into_inner());
-                layout.old = layout.new.clone();
-                return Ok(self.state());
-            }
+                .is_some_and(|s| s.load(Ordering::Relaxed))
+        };
+        let prepare = |b: u64, threads: usize| -> Result<Prepared<'_>> {
             let len = chunk.min(total - b);
             let guard = inner.locks.acquire(b, b + len, true);
             // Decided under the chunk's lock: no write to it can start or be under way.
             let skip = skip_mask(used.as_deref(), b, len);
-            let table = &mut tbuf[..version.table_len(len) as usize];
-            table.fill(0);
-            // Pass 1, before the flush (so it overlaps the write-back of the previous chunk):
-            // the checksums of the old form, piece by piece on every worker.
+            let mut table = vec![0u8; version.table_len(len) as usize];
+            // The checksums of the old form, piece by piece.
             let per_piece = PIECE / HOTZONE_UNIT as usize * entry as usize;
-            per_granule(threads, len, skip, table, entry, |g, t, piece| {
+            per_granule(threads, len, skip, &mut table, entry, |g, t, piece| {
                 let g_off = b + g * SKIP_GRANULE;
                 let g_end = (g_off + SKIP_GRANULE).min(b + len);
                 for (p, t) in t.chunks_mut(per_piece).enumerate() {
@@ -1561,10 +1554,46 @@ impl UnlockedVolume {
                 }
                 Ok(())
             })?;
+            Ok(Prepared {
+                b,
+                len,
+                guard,
+                skip,
+                table,
+            })
+        };
+        let mut next: Option<Prepared<'_>> = None;
+        loop {
+            let b = inner.boundary.load(Ordering::Acquire);
+            let stop = stopping();
+            if b >= total || stop {
+                // A chunk prepared ahead is released untouched.
+                drop(next.take());
+                inner
+                    .dev
+                    .flush()
+                    .map_err(Error::io("flushing the data segment"))?;
+                if stop && b < total {
+                    self.commit(|m| m.set_boundary(b, None, version))?;
+                    return Ok(self.state());
+                }
+                // The last chunk stays locked until the commit that retires its hotzone.
+                self.commit(Metadata::finish)?;
+                drop(prev_guard);
+                let _all = inner.locks.acquire(0, u64::MAX, true);
+                let mut layout = inner.layout.write().unwrap_or_else(|e| e.into_inner());
+                layout.old = layout.new.clone();
+                return Ok(self.state());
+            }
+            let cur = match next.take() {
+                Some(p) if p.b == b => p,
+                _ => prepare(b, threads)?,
+            };
+            let len = cur.len;
             let table_offset = ks_off + slot * table_len;
             inner
                 .dev
-                .write_at(table, table_offset)
+                .write_at(&cur.table, table_offset)
                 .map_err(Error::io("writing the conversion checksum table"))?;
             // Makes durable: the previous chunk, online writes before the lock, the table.
             inner
@@ -1575,17 +1604,18 @@ impl UnlockedVolume {
                 offset: b,
                 size: len,
                 table_offset,
-                table_sha256: (version == RecordVersion::V2).then(|| openssl::sha::sha256(table)),
-                skip,
+                table_sha256: (version == RecordVersion::V2)
+                    .then(|| openssl::sha::sha256(&cur.table)),
+                skip: cur.skip,
             };
             self.commit(|m| m.set_boundary(b, Some(hz), version))?;
             drop(prev_guard.take());
             // Pass 2: read again (the chunk is locked, so these are the same bytes, now from
             // the cache), convert and write back piece by piece, and start each granule's
             // write-back at once. Granules that hold no content are not touched.
-            {
+            let convert = |threads: usize| -> Result<()> {
                 let layout = inner.layout.read().unwrap_or_else(|e| e.into_inner());
-                per_granule(threads, len, skip, &mut [], entry, |g, _, piece| {
+                per_granule(threads, len, cur.skip, &mut [], entry, |g, _, piece| {
                     let g_off = b + g * SKIP_GRANULE;
                     let g_end = (g_off + SKIP_GRANULE).min(b + len);
                     let mut off = g_off;
@@ -1607,8 +1637,24 @@ impl UnlockedVolume {
                         .dev
                         .start_writeback(inner.data_offset + g_off, g_end - g_off);
                     Ok(())
-                })?;
+                })
+            };
+            let nb = b + len;
+            if pipelined && nb < total && !stopping() {
+                let (written, ahead) = std::thread::scope(|s| {
+                    let ahead = s.spawn(|| prepare(nb, stage_threads));
+                    let written = convert(stage_threads);
+                    let ahead = ahead.join().unwrap_or_else(|_| {
+                        Err(Error::Usage("a conversion worker panicked".into()))
+                    });
+                    (written, ahead)
+                });
+                written?;
+                next = Some(ahead?);
+            } else {
+                convert(threads)?;
             }
+            let guard = cur.guard;
             inner.boundary.store(b + len, Ordering::Release);
             prev_guard = Some(guard);
             slot ^= 1;

@@ -11,8 +11,7 @@ use super::model::{
     Token,
 };
 use super::{
-    HOTZONE_UNIT, MAX_HOTZONE_SIZE, REQUIREMENT_CONVERSION, REQUIREMENT_CONVERSION_V1,
-    SKIP_GRANULE,
+    HOTZONE_UNIT, MAX_HOTZONE_SIZE, REQUIREMENT_CONVERSION, REQUIREMENT_CONVERSION_V1, SKIP_GRANULE,
 };
 use crate::error::{Check, Result};
 
@@ -170,9 +169,12 @@ pub(super) fn conversion_from_json(
             let (table_sha256, skip) = match version {
                 RecordVersion::V1 => (None, 0),
                 RecordVersion::V2 => {
-                    let d: [u8; 32] = b64(h, "table_sha256", "hotzone", c)?
-                        .try_into()
-                        .map_err(|_| bad(c, format!("{what}.hotzone.table_sha256 is not 32 bytes")))?;
+                    let d: [u8; 32] =
+                        b64(h, "table_sha256", "hotzone", c)?
+                            .try_into()
+                            .map_err(|_| {
+                                bad(c, format!("{what}.hotzone.table_sha256 is not 32 bytes"))
+                            })?;
                     (Some(d), u64_str(h, "skip", "hotzone", c)?)
                 }
             };

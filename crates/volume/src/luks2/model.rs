@@ -346,7 +346,12 @@ impl Metadata {
     /// Moves the conversion boundary and sets (or clears) the hotzone, whose table is of
     /// `version` (the record and its requirement flag take that version: a resumed record of
     /// version 1 becomes version 2 with its first commit).
-    pub fn set_boundary(&mut self, boundary: u64, hotzone: Option<Hotzone>, version: RecordVersion) {
+    pub fn set_boundary(
+        &mut self,
+        boundary: u64,
+        hotzone: Option<Hotzone>,
+        version: RecordVersion,
+    ) {
         if let Some((id, _)) = self.conversion()
             && let Some(Token::Conversion(c)) = self.tokens.get_mut(&id)
         {
