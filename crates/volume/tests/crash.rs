@@ -22,17 +22,9 @@ enum Kind {
 const K1: [u8; 32] = *b"0123456789abcdef0123456789ABCDEF";
 const K2: [u8; 64] = *b"fedcba9876543210FEDCBA9876543210fedcba9876543210FEDCBA987654321x";
 
-/// Opens, unlocks, starts the conversion if it has not started, and runs it to the end.
-fn run(dev: Arc<dyn BlockDevice>, kind: Kind, chunk: u64) -> Result<State> {
-    run_with(dev, kind, chunk, 4096)
-}
-
-fn run_with(dev: Arc<dyn BlockDevice>, kind: Kind, chunk: u64, sector: u32) -> Result<State> {
-    run_full(dev, kind, chunk, sector, None, false)
-}
-
-/// `run_with`, converting only what `used` says holds content (all when `None`), and writing
-/// conversion records of version 1 (as earlier atrest did) when `legacy`.
+/// Opens, unlocks, starts the conversion if it has not started, and runs it to the end,
+/// converting only what `used` says holds content (all when `None`), and writing conversion
+/// records of version 1 (as earlier atrest did) when `legacy`.
 fn run_full(
     dev: Arc<dyn BlockDevice>,
     kind: Kind,
