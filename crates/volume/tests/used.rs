@@ -268,7 +268,7 @@ fn writes_during_a_used_space_only_conversion_are_never_skipped() {
                 .map(|t| {
                     let (u, used, running, models) = (&u, &used, &running, &models);
                     s.spawn(move || {
-                        let mut rng = Rng(0xabc ^ (t + 1) * 7 ^ (step as u64) << 20);
+                        let mut rng = Rng(0xabc ^ ((t + 1) * 7) ^ ((step as u64) << 20));
                         let mut m = models[t as usize].lock().unwrap();
                         let mut n = 0u64;
                         while running.load(Ordering::Acquire) || n < 20 {
