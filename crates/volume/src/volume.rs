@@ -546,6 +546,7 @@ impl Volume {
                 boundary: AtomicU64::new(boundary),
                 locks: RangeLock::default(),
                 converting: Mutex::new(()),
+                header_flush_owed: AtomicBool::new(false),
                 read_only: !self.may_repair,
                 #[cfg(feature = "testing")]
                 legacy_record: AtomicBool::new(false),
@@ -849,6 +850,8 @@ struct Inner {
     boundary: AtomicU64,
     locks: RangeLock,
     converting: Mutex<()>,
+    /// A header commit left its secondary copy unflushed (see `commit_with`).
+    header_flush_owed: AtomicBool,
     /// Tests only: write conversion records of version 1.
     #[cfg(feature = "testing")]
     legacy_record: std::sync::atomic::AtomicBool,
@@ -1182,6 +1185,13 @@ impl UnlockedVolume {
     /// Commits the header changed by `f`, signed under its authenticating key, so that a
     /// crash between two commits always leaves a header whose MAC verifies.
     fn commit(&self, f: impl FnOnce(&mut Metadata)) -> Result<()> {
+        self.commit_with(f, false)
+    }
+
+    /// [`UnlockedVolume::commit`]; with `defer`, the secondary copy's flush is left to the next
+    /// flush of the device (a conversion's next chunk makes one before it commits again), and
+    /// any commit flushes first while one is owed, so at most one header copy is ever in flight.
+    fn commit_with(&self, f: impl FnOnce(&mut Metadata), defer: bool) -> Result<()> {
         if self.inner.read_only {
             return Err(Error::State(
                 "the volume was opened read-only; its header is not written".into(),
@@ -1204,8 +1214,30 @@ impl UnlockedVolume {
             }
         };
         next.set_mac(mac);
-        luks2::write_header(&*self.inner.dev, &mut next)?;
+        if self.inner.header_flush_owed.swap(false, Ordering::AcqRel) {
+            self.inner
+                .dev
+                .flush()
+                .map_err(Error::io("flushing the secondary LUKS2 header"))?;
+        }
+        if defer {
+            luks2::write_header_deferred(&*self.inner.dev, &mut next)?;
+            self.inner.header_flush_owed.store(true, Ordering::Release);
+        } else {
+            luks2::write_header(&*self.inner.dev, &mut next)?;
+        }
         *m = next;
+        Ok(())
+    }
+
+    /// Flushes the device from the conversion's thread, after its own writes: this also makes
+    /// durable a secondary header copy whose flush a commit left owed.
+    fn flush_data(&self) -> Result<()> {
+        self.inner
+            .dev
+            .flush()
+            .map_err(Error::io("flushing the data segment"))?;
+        self.inner.header_flush_owed.store(false, Ordering::Release);
         Ok(())
     }
 
@@ -1569,10 +1601,7 @@ impl UnlockedVolume {
             if b >= total || stop {
                 // A chunk prepared ahead is released untouched.
                 drop(next.take());
-                inner
-                    .dev
-                    .flush()
-                    .map_err(Error::io("flushing the data segment"))?;
+                self.flush_data()?;
                 if stop && b < total {
                     self.commit(|m| m.set_boundary(b, None, version))?;
                     return Ok(self.state());
@@ -1595,11 +1624,9 @@ impl UnlockedVolume {
                 .dev
                 .write_at(&cur.table, table_offset)
                 .map_err(Error::io("writing the conversion checksum table"))?;
-            // Makes durable: the previous chunk, online writes before the lock, the table.
-            inner
-                .dev
-                .flush()
-                .map_err(Error::io("flushing the data segment"))?;
+            // Makes durable: the previous chunk, online writes before the lock, the table, and
+            // the previous commit's secondary header copy.
+            self.flush_data()?;
             let hz = Hotzone {
                 offset: b,
                 size: len,
@@ -1608,7 +1635,8 @@ impl UnlockedVolume {
                     .then(|| openssl::sha::sha256(&cur.table)),
                 skip: cur.skip,
             };
-            self.commit(|m| m.set_boundary(b, Some(hz), version))?;
+            // The secondary copy's flush is the next chunk's flush (step 5).
+            self.commit_with(|m| m.set_boundary(b, Some(hz), version), true)?;
             drop(prev_guard.take());
             // Pass 2: read again (the chunk is locked, so these are the same bytes, now from
             // the cache), convert and write back piece by piece, and start each granule's

@@ -26,7 +26,7 @@ pub mod segment;
 pub mod token;
 
 pub use binary::{BINARY_HEADER_SIZE, encode_copy, fix_checksum, parse_copy};
-pub use io::{ReadReport, new_uuid, read_header, write_header};
+pub use io::{ReadReport, new_uuid, read_header, write_header, write_header_deferred};
 pub use json::to_json;
 pub use mac::{HeaderMac, MacKey};
 pub use model::{
