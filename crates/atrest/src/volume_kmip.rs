@@ -4,6 +4,7 @@
 //! Every conversion resumes where it stopped: running the same command again after a crash,
 //! a kill or Ctrl-C fetches the key(s) named in the header (never a new one) and carries on.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -169,6 +170,13 @@ fn run_conversion(
         },
         None => None,
     };
+    if std::io::stderr().is_terminal() {
+        // Offline, no content store is open to say which space holds content.
+        eprintln!(
+            "{what}: every byte of the data segment is converted (free space too); only the \
+             appliance, which has its content store open, can convert used space only"
+        );
+    }
     let start = Instant::now();
     let mut printer = progress_printer();
     let mut first_done = None;

@@ -10,13 +10,15 @@ use crate::device::{BlockDevice, check_range};
 use crate::error::{Error, HeaderAuthError, HeaderAuthFailure, Result};
 use crate::key::{KeyMaterial, VolumeKey, digest_matches, expected_bits, make_digest};
 use crate::luks2::{
-    self, ConversionKind, DEFAULT_HDR_SIZE, DEFAULT_PBKDF2_ITERATIONS, HOTZONE_ENTRY, HOTZONE_UNIT,
-    Hotzone, KmipToken, MAX_HOTZONE_SIZE, MacKey, Metadata, ReadReport, Segment, SegmentKind,
-    Token,
+    self, ConversionKind, DEFAULT_HDR_SIZE, DEFAULT_PBKDF2_ITERATIONS, HOTZONE_UNIT, Hotzone,
+    KmipToken, MAX_HOTZONE_SIZE, MacKey, Metadata, ReadReport, RecordVersion, SKIP_GRANULE,
+    Segment, SegmentKind, Token,
 };
 use crate::rangelock::RangeLock;
 use crate::secret::SecretBytes;
+use crate::used::UsedRanges;
 use crate::xts::{KeySize, TWEAK_UNIT, XtsCipher};
+use xxhash_rust::xxh3::xxh3_128;
 
 /// The only cipher atrest reads and writes.
 pub const CIPHER: &str = "aes-xts-plain64";
@@ -544,7 +546,10 @@ impl Volume {
                 boundary: AtomicU64::new(boundary),
                 locks: RangeLock::default(),
                 converting: Mutex::new(()),
+                header_flush_owed: AtomicBool::new(false),
                 read_only: !self.may_repair,
+                #[cfg(feature = "testing")]
+                legacy_record: AtomicBool::new(false),
             }),
         };
         if resign || (v.inner.report.damaged.is_some() && self.may_repair) {
@@ -804,6 +809,13 @@ impl Layout {
         }
     }
 
+    /// Whether `[start, end)` of the segment is stored as it is (plain on both sides of the
+    /// boundary that it touches).
+    fn stores_plain(&self, boundary: u64, start: u64, end: u64) -> bool {
+        (start >= boundary || matches!(self.new, Form::Plain))
+            && (end <= boundary || matches!(self.old, Form::Plain))
+    }
+
     /// Decodes (encode = false) or encodes a sector-aligned buffer at segment offset `seg_off`,
     /// choosing the form of each sector by the boundary.
     fn code_split(&self, boundary: u64, encode: bool, seg_off: u64, buf: &mut [u8]) -> Result<()> {
@@ -838,6 +850,11 @@ struct Inner {
     boundary: AtomicU64,
     locks: RangeLock,
     converting: Mutex<()>,
+    /// A header commit left its secondary copy unflushed (see `commit_with`).
+    header_flush_owed: AtomicBool,
+    /// Tests only: write conversion records of version 1.
+    #[cfg(feature = "testing")]
+    legacy_record: std::sync::atomic::AtomicBool,
 }
 
 /// An unlocked volume. Its data segment is a [`BlockDevice`], also while a conversion runs in
@@ -864,67 +881,127 @@ fn io_err(e: Error) -> io::Error {
     }
 }
 
-fn worker_split<F>(threads: usize, unit: usize, buf: &mut [u8], f: F) -> Result<()>
-where
-    F: Fn(usize, &mut [u8]) -> Result<()> + Sync,
-{
-    let units = buf.len() / unit;
-    if threads <= 1 || units < 2 || buf.len() < (256 << 10) {
-        return f(0, buf);
+/// SHA-256 of one conversion unit (record version 1). The one-shot `openssl::sha::sha256`
+/// fetches the digest from the provider on every call under OpenSSL 3 (a lock and string
+/// compares per 512-byte unit); the low-level context does not.
+fn sha256_unit(unit: &[u8]) -> [u8; 32] {
+    let mut h = openssl::sha::Sha256::new();
+    h.update(unit);
+    h.finish()
+}
+
+/// Writes the checksum of each 512-byte unit of `data` into `table` (one entry per unit).
+/// Version 2: xxh3-128, its canonical form (the 128-bit value big-endian); version 1: SHA-256.
+fn unit_checksums(version: RecordVersion, data: &[u8], table: &mut [u8]) {
+    let e = version.entry_bytes() as usize;
+    for (unit, entry) in data
+        .chunks_exact(HOTZONE_UNIT as usize)
+        .zip(table.chunks_exact_mut(e))
+    {
+        match version {
+            RecordVersion::V1 => entry.copy_from_slice(&sha256_unit(unit)),
+            RecordVersion::V2 => entry.copy_from_slice(&xxh3_128(unit).to_be_bytes()),
+        }
     }
-    let per = units.div_ceil(threads) * unit;
+}
+
+/// Whether `unit` still holds the old contents its table entry describes.
+fn unit_matches(version: RecordVersion, unit: &[u8], entry: &[u8]) -> bool {
+    match version {
+        RecordVersion::V1 => sha256_unit(unit)[..] == *entry,
+        RecordVersion::V2 => xxh3_128(unit).to_be_bytes()[..] == *entry,
+    }
+}
+
+/// Bit `i` of a hotzone's skip mask: the i-th [`SKIP_GRANULE`] of the chunk at `b` of `len`
+/// bytes holds no content according to `used` (asked while the chunk's lock is held).
+fn skip_mask(used: Option<&dyn UsedRanges>, b: u64, len: u64) -> u64 {
+    let Some(used) = used else { return 0 };
+    let mut mask = 0u64;
+    for i in 0..len.div_ceil(SKIP_GRANULE).min(64) {
+        let off = b + i * SKIP_GRANULE;
+        let n = SKIP_GRANULE.min(b + len - off);
+        if !used.in_use(off, n) {
+            mask |= 1 << i;
+        }
+    }
+    mask
+}
+
+/// Bytes a conversion worker reads, checksums or converts at a time: small enough that the
+/// read, the checksum or cipher and the write all stay in the CPU cache (a chunk-sized buffer
+/// would go through memory several times).
+const PIECE: usize = 256 << 10;
+
+/// Runs `f(g, table_part, piece)` for each granule `g` of a chunk of `len` bytes that `skip`
+/// does not exclude, spread over `threads` threads (the calling one included), each taking a
+/// contiguous run of granules and its own `PIECE`-byte buffer. `table_part` is the granule's
+/// part of `table` (empty when `table` is).
+fn per_granule<F>(
+    threads: usize,
+    len: u64,
+    skip: u64,
+    table: &mut [u8],
+    entry: u64,
+    f: F,
+) -> Result<()>
+where
+    F: Fn(u64, &mut [u8], &mut [u8]) -> Result<()> + Sync,
+{
+    let granules = len.div_ceil(SKIP_GRANULE) as usize;
+    let t_per = (SKIP_GRANULE / HOTZONE_UNIT * entry) as usize;
+    let tparts: Vec<&mut [u8]> = if table.is_empty() {
+        (0..granules).map(|_| &mut [][..]).collect()
+    } else {
+        table.chunks_mut(t_per).collect()
+    };
+    let mut parts: Vec<(u64, &mut [u8])> = tparts
+        .into_iter()
+        .enumerate()
+        .map(|(g, t)| (g as u64, t))
+        .filter(|(g, _)| !is_skipped(skip, *g))
+        .collect();
+    let threads = threads.clamp(1, parts.len().max(1));
+    let per = parts.len().div_ceil(threads).max(1);
+    let run = |group: &mut [(u64, &mut [u8])]| -> Result<()> {
+        let mut piece = vec![0u8; PIECE.min(len as usize)];
+        for (g, t) in group.iter_mut() {
+            f(*g, t, &mut piece)?;
+        }
+        Ok(())
+    };
+    if threads == 1 {
+        return run(&mut parts);
+    }
     std::thread::scope(|s| {
-        let handles: Vec<_> = buf
-            .chunks_mut(per)
-            .enumerate()
-            .map(|(i, part)| {
-                let f = &f;
-                s.spawn(move || f(i * per, part))
-            })
-            .collect();
-        let mut result = Ok(());
+        let mut groups = parts.chunks_mut(per);
+        let mine = groups.next();
+        let handles: Vec<_> = groups.map(|g| s.spawn(|| run(g))).collect();
+        let mut result = mine.map_or(Ok(()), run);
         for h in handles {
-            match h.join() {
-                Ok(r) => {
-                    if result.is_ok() {
-                        result = r;
-                    }
-                }
-                Err(_) => result = Err(Error::Usage("a conversion worker panicked".into())),
+            let r = h
+                .join()
+                .unwrap_or_else(|_| Err(Error::Usage("a conversion worker panicked".into())));
+            if result.is_ok() {
+                result = r;
             }
         }
         result
     })
 }
 
-/// SHA-256 of one conversion unit. The one-shot `openssl::sha::sha256` fetches the digest from
-/// the provider on every call under OpenSSL 3 (a lock and string compares per 512-byte unit,
-/// measured at 40 % of a conversion's time); the low-level context does not.
-fn unit_hash(unit: &[u8]) -> [u8; 32] {
-    let mut h = openssl::sha::Sha256::new();
-    h.update(unit);
-    h.finish()
+/// A chunk whose checksums are computed, still locked, not yet committed or written.
+struct Prepared<'a> {
+    b: u64,
+    len: u64,
+    guard: crate::rangelock::RangeGuard<'a>,
+    skip: u64,
+    table: Vec<u8>,
 }
 
-fn unit_hashes(buf: &[u8], threads: usize) -> Vec<u8> {
-    let n = buf.len() / HOTZONE_UNIT as usize;
-    let mut table = vec![0u8; n * HOTZONE_ENTRY as usize];
-    let per_units = n.div_ceil(threads.max(1)).max(1);
-    std::thread::scope(|s| {
-        for (i, t) in table
-            .chunks_mut(per_units * HOTZONE_ENTRY as usize)
-            .enumerate()
-        {
-            let src = &buf[i * per_units * HOTZONE_UNIT as usize..];
-            s.spawn(move || {
-                for (j, e) in t.chunks_mut(HOTZONE_ENTRY as usize).enumerate() {
-                    let u = &src[j * HOTZONE_UNIT as usize..(j + 1) * HOTZONE_UNIT as usize];
-                    e.copy_from_slice(&unit_hash(u));
-                }
-            });
-        }
-    });
-    table
+/// Whether granule `g` is marked in a skip mask.
+fn is_skipped(skip: u64, g: u64) -> bool {
+    g < 64 && skip & (1 << g) != 0
 }
 
 impl UnlockedVolume {
@@ -994,9 +1071,20 @@ impl UnlockedVolume {
         let start = offset / s * s;
         let end = (offset + len as u64).div_ceil(s) * s;
         let boundary = inner.boundary.load(Ordering::Acquire);
-        let mut buf = vec![0u8; (end - start) as usize];
         let head = (offset - start) as usize;
         let aligned = head == 0 && end - start == len as u64;
+        if let (Some(data), true) = (write, aligned) {
+            // Aligned: no read, and no copy at all where the bytes are stored as they are.
+            let dev_off = inner.data_offset + start;
+            let what = Error::io("writing the data segment");
+            if layout.stores_plain(boundary, start, end) {
+                return inner.dev.write_at(data, dev_off).map_err(what);
+            }
+            let mut buf = data.to_vec();
+            layout.code_split(boundary, true, start, &mut buf)?;
+            return inner.dev.write_at(&buf, dev_off).map_err(what);
+        }
+        let mut buf = vec![0u8; (end - start) as usize];
         let read_dev = |buf: &mut [u8]| {
             inner
                 .dev
@@ -1097,6 +1185,13 @@ impl UnlockedVolume {
     /// Commits the header changed by `f`, signed under its authenticating key, so that a
     /// crash between two commits always leaves a header whose MAC verifies.
     fn commit(&self, f: impl FnOnce(&mut Metadata)) -> Result<()> {
+        self.commit_with(f, false)
+    }
+
+    /// [`UnlockedVolume::commit`]; with `defer`, the secondary copy's flush is left to the next
+    /// flush of the device (a conversion's next chunk makes one before it commits again), and
+    /// any commit flushes first while one is owed, so at most one header copy is ever in flight.
+    fn commit_with(&self, f: impl FnOnce(&mut Metadata), defer: bool) -> Result<()> {
         if self.inner.read_only {
             return Err(Error::State(
                 "the volume was opened read-only; its header is not written".into(),
@@ -1119,8 +1214,30 @@ impl UnlockedVolume {
             }
         };
         next.set_mac(mac);
-        luks2::write_header(&*self.inner.dev, &mut next)?;
+        if self.inner.header_flush_owed.swap(false, Ordering::AcqRel) {
+            self.inner
+                .dev
+                .flush()
+                .map_err(Error::io("flushing the secondary LUKS2 header"))?;
+        }
+        if defer {
+            luks2::write_header_deferred(&*self.inner.dev, &mut next)?;
+            self.inner.header_flush_owed.store(true, Ordering::Release);
+        } else {
+            luks2::write_header(&*self.inner.dev, &mut next)?;
+        }
         *m = next;
+        Ok(())
+    }
+
+    /// Flushes the device from the conversion's thread, after its own writes: this also makes
+    /// durable a secondary header copy whose flush a commit left owed.
+    fn flush_data(&self) -> Result<()> {
+        self.inner
+            .dev
+            .flush()
+            .map_err(Error::io("flushing the data segment"))?;
+        self.inner.header_flush_owed.store(false, Ordering::Release);
         Ok(())
     }
 
@@ -1278,18 +1395,29 @@ impl UnlockedVolume {
 
     /// Finishes the hotzone a crash left behind (called by unlock).
     fn recover_hotzone(&self) -> Result<()> {
-        let hz = match self.meta().conversion() {
-            Some((_, c)) => c.hotzone,
-            None => None,
+        let (hz, version) = match self.meta().conversion() {
+            Some((_, c)) => (c.hotzone, c.version),
+            None => (None, RecordVersion::V2),
         };
         let Some(hz) = hz else { return Ok(()) };
         let inner = &*self.inner;
         let _g = inner.locks.acquire(hz.offset, hz.offset + hz.size, true);
-        let mut table = vec![0u8; (hz.size / HOTZONE_UNIT * HOTZONE_ENTRY) as usize];
+        let mut table = vec![0u8; version.table_len(hz.size) as usize];
         inner
             .dev
             .read_at(&mut table, hz.table_offset)
             .map_err(Error::io("reading the conversion checksum table"))?;
+        if let Some(want) = hz.table_sha256
+            && !openssl::memcmp::eq(&openssl::sha::sha256(&table), &want)
+        {
+            return Err(Error::State(format!(
+                "the checksum table of the interrupted conversion chunk (device byte {}) is not \
+                 the one the authenticated header records: the keyslots area was changed outside \
+                 atrest, so the chunk at byte {} of the data segment cannot be finished safely; \
+                 nothing was written. Restore the volume from a backup",
+                hz.table_offset, hz.offset
+            )));
+        }
         let mut raw = vec![0u8; hz.size as usize];
         inner
             .dev
@@ -1298,9 +1426,18 @@ impl UnlockedVolume {
         let layout = inner.layout.read().unwrap_or_else(|e| e.into_inner());
         let s = layout.sector as usize;
         let upu = s / HOTZONE_UNIT as usize;
+        let e = version.entry_bytes() as usize;
+        let skipped = |i: usize| {
+            let g = (i * s) as u64 / SKIP_GRANULE;
+            g < 64 && hz.skip & (1 << g) != 0
+        };
         let mut plain = vec![0u8; s];
         let mut old_dec = vec![0u8; s];
         for (i, sector) in raw.chunks_exact_mut(s).enumerate() {
+            if skipped(i) {
+                // Holds no content: the conversion left it as it was, and so does recovery.
+                continue;
+            }
             let seg_off = hz.offset + (i * s) as u64;
             old_dec.copy_from_slice(sector);
             layout.code(&layout.old, false, seg_off, &mut old_dec)?;
@@ -1309,8 +1446,7 @@ impl UnlockedVolume {
             for u in 0..upu {
                 let idx = i * upu + u;
                 let r = u * HOTZONE_UNIT as usize..(u + 1) * HOTZONE_UNIT as usize;
-                let expect = &table[idx * 32..idx * 32 + 32];
-                if unit_hash(&sector[r.clone()])[..] == *expect {
+                if unit_matches(version, &sector[r.clone()], &table[idx * e..idx * e + e]) {
                     // Still the old form.
                     plain[r.clone()].copy_from_slice(&old_dec[r]);
                 }
@@ -1318,27 +1454,72 @@ impl UnlockedVolume {
             layout.code(&layout.new, true, seg_off, &mut plain)?;
             sector.copy_from_slice(&plain);
         }
-        inner
-            .dev
-            .write_at(&raw, inner.data_offset + hz.offset)
-            .map_err(Error::io("rewriting the interrupted conversion chunk"))?;
+        // Written back granule by granule: a skipped one is not touched (a hole stays a hole).
+        for (g, part) in raw.chunks(SKIP_GRANULE as usize).enumerate() {
+            if g < 64 && hz.skip & (1 << g) != 0 {
+                continue;
+            }
+            inner
+                .dev
+                .write_at(
+                    part,
+                    inner.data_offset + hz.offset + g as u64 * SKIP_GRANULE,
+                )
+                .map_err(Error::io("rewriting the interrupted conversion chunk"))?;
+        }
         inner
             .dev
             .flush()
             .map_err(Error::io("flushing the data segment"))?;
         drop(layout);
         let end = hz.offset + hz.size;
-        self.commit(|m| m.set_boundary(end, None))?;
+        let v = self.record_version();
+        self.commit(|m| m.set_boundary(end, None, v))?;
         inner.boundary.store(end, Ordering::Release);
         Ok(())
+    }
+
+    /// The version of the conversion record this process writes: 2 (a record of version 1
+    /// is recovered and resumed, and becomes version 2 with the next commit).
+    fn record_version(&self) -> RecordVersion {
+        #[cfg(feature = "testing")]
+        if self.inner.legacy_record.load(Ordering::Relaxed) {
+            return RecordVersion::V1;
+        }
+        RecordVersion::V2
+    }
+
+    /// Makes this volume's conversion write records of version 1 (SHA-256 table), as earlier
+    /// atrest versions did, so that tests can check that such a record is still recovered and
+    /// resumed. Only with the `testing` feature.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn write_version_1_records(&self, on: bool) {
+        self.inner.legacy_record.store(on, Ordering::Relaxed);
+    }
+
+    /// Runs (or resumes) the conversion under way until it is finished or `opts.stop` is set,
+    /// converting the whole data segment. See [`UnlockedVolume::convert_with`].
+    pub fn convert(
+        &self,
+        opts: &ConvertOptions,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<State> {
+        self.convert_with(opts, None, progress)
     }
 
     /// Runs (or resumes) the conversion under way until it is finished or `opts.stop` is set.
     /// Each chunk is committed in the header; a crash at any point loses nothing (see
     /// docs/volume-format.md). `progress` is called after each chunk. Returns the final state.
-    pub fn convert(
+    ///
+    /// With `used` (used-space-only conversion), each [`SKIP_GRANULE`] of a chunk is asked
+    /// about while the chunk's lock is held; one that holds no content is not read or written
+    /// (it keeps what it held: a hole stays a hole) and counts as converted. `None` converts
+    /// every byte (the full conversion, which also overwrites free space).
+    pub fn convert_with(
         &self,
         opts: &ConvertOptions,
+        used: Option<Arc<dyn UsedRanges>>,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<State> {
         let _busy = self
@@ -1354,36 +1535,75 @@ impl UnlockedVolume {
                 Some((_, c)) => (c.kind, m.keyslots_offset(), m.keyslots_size),
             }
         };
+        let version = self.record_version();
+        // A version 1 record has no skip mask: it converts every byte.
+        let used = used.filter(|_| version == RecordVersion::V2);
         let sector = self.sector();
+        let entry = version.entry_bytes();
         let max_chunk =
-            (ks_size / 2 / HOTZONE_ENTRY * HOTZONE_UNIT).min(MAX_HOTZONE_SIZE) / sector * sector;
+            (ks_size / 2 / entry * HOTZONE_UNIT).min(MAX_HOTZONE_SIZE) / sector * sector;
         let chunk = (opts.chunk_size / sector * sector).clamp(sector, max_chunk.max(sector));
         if max_chunk < sector {
             return Err(Error::State(
                 "the keyslots area is too small for a conversion table".into(),
             ));
         }
-        let table_len = chunk / HOTZONE_UNIT * HOTZONE_ENTRY;
+        let table_len = version.table_len(chunk);
         let total = inner.data_size.load(Ordering::Acquire);
         let started = Instant::now();
         let first = inner.boundary.load(Ordering::Acquire);
         let mut slot = 0u64;
         let mut prev_guard = None;
-        let mut buf = vec![0u8; chunk as usize];
         let threads = opts.threads.max(1);
+        // With two threads or more, the checksums of the next chunk (pass 1) run while this
+        // chunk is converted and written (pass 2), each stage on half of the threads.
+        let pipelined = threads >= 2;
+        let stage_threads = if pipelined { threads / 2 } else { threads };
+        let stopping = || {
+            opts.stop
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::Relaxed))
+        };
+        let prepare = |b: u64, threads: usize| -> Result<Prepared<'_>> {
+            let len = chunk.min(total - b);
+            let guard = inner.locks.acquire(b, b + len, true);
+            // Decided under the chunk's lock: no write to it can start or be under way.
+            let skip = skip_mask(used.as_deref(), b, len);
+            let mut table = vec![0u8; version.table_len(len) as usize];
+            // The checksums of the old form, piece by piece.
+            let per_piece = PIECE / HOTZONE_UNIT as usize * entry as usize;
+            per_granule(threads, len, skip, &mut table, entry, |g, t, piece| {
+                let g_off = b + g * SKIP_GRANULE;
+                let g_end = (g_off + SKIP_GRANULE).min(b + len);
+                for (p, t) in t.chunks_mut(per_piece).enumerate() {
+                    let off = g_off + (p * PIECE) as u64;
+                    let d = &mut piece[..(g_end - off).min(PIECE as u64) as usize];
+                    inner
+                        .dev
+                        .read_at(d, inner.data_offset + off)
+                        .map_err(Error::io("reading the data segment"))?;
+                    unit_checksums(version, d, t);
+                }
+                Ok(())
+            })?;
+            Ok(Prepared {
+                b,
+                len,
+                guard,
+                skip,
+                table,
+            })
+        };
+        let mut next: Option<Prepared<'_>> = None;
         loop {
             let b = inner.boundary.load(Ordering::Acquire);
-            let stopping = opts
-                .stop
-                .as_ref()
-                .is_some_and(|s| s.load(Ordering::Relaxed));
-            if b >= total || stopping {
-                inner
-                    .dev
-                    .flush()
-                    .map_err(Error::io("flushing the data segment"))?;
-                if stopping && b < total {
-                    self.commit(|m| m.set_boundary(b, None))?;
+            let stop = stopping();
+            if b >= total || stop {
+                // A chunk prepared ahead is released untouched.
+                drop(next.take());
+                self.flush_data()?;
+                if stop && b < total {
+                    self.commit(|m| m.set_boundary(b, None, version))?;
                     return Ok(self.state());
                 }
                 // The last chunk stays locked until the commit that retires its hotzone.
@@ -1394,45 +1614,75 @@ impl UnlockedVolume {
                 layout.old = layout.new.clone();
                 return Ok(self.state());
             }
-            let len = chunk.min(total - b);
-            let guard = inner.locks.acquire(b, b + len, true);
-            let data = &mut buf[..len as usize];
-            inner
-                .dev
-                .read_at(data, inner.data_offset + b)
-                .map_err(Error::io("reading the data segment"))?;
-            let table = unit_hashes(data, threads);
+            let cur = match next.take() {
+                Some(p) if p.b == b => p,
+                _ => prepare(b, threads)?,
+            };
+            let len = cur.len;
             let table_offset = ks_off + slot * table_len;
             inner
                 .dev
-                .write_at(&table, table_offset)
+                .write_at(&cur.table, table_offset)
                 .map_err(Error::io("writing the conversion checksum table"))?;
-            // Makes durable: the previous chunk, online writes before the lock, the table.
-            inner
-                .dev
-                .flush()
-                .map_err(Error::io("flushing the data segment"))?;
+            // Makes durable: the previous chunk, online writes before the lock, the table, and
+            // the previous commit's secondary header copy.
+            self.flush_data()?;
             let hz = Hotzone {
                 offset: b,
                 size: len,
                 table_offset,
+                table_sha256: (version == RecordVersion::V2)
+                    .then(|| openssl::sha::sha256(&cur.table)),
+                skip: cur.skip,
             };
-            self.commit(|m| m.set_boundary(b, Some(hz)))?;
+            // The secondary copy's flush is the next chunk's flush (step 5).
+            self.commit_with(|m| m.set_boundary(b, Some(hz), version), true)?;
             drop(prev_guard.take());
-            {
+            // Pass 2: read again (the chunk is locked, so these are the same bytes, now from
+            // the cache), convert and write back piece by piece, and start each granule's
+            // write-back at once. Granules that hold no content are not touched.
+            let convert = |threads: usize| -> Result<()> {
                 let layout = inner.layout.read().unwrap_or_else(|e| e.into_inner());
-                let s = layout.sector as usize;
-                worker_split(threads, s, data, |off, part| {
-                    let seg = b + off as u64;
-                    layout.code(&layout.old, false, seg, part)?;
-                    layout.code(&layout.new, true, seg, part)
-                })?;
+                per_granule(threads, len, cur.skip, &mut [], entry, |g, _, piece| {
+                    let g_off = b + g * SKIP_GRANULE;
+                    let g_end = (g_off + SKIP_GRANULE).min(b + len);
+                    let mut off = g_off;
+                    while off < g_end {
+                        let d = &mut piece[..(g_end - off).min(PIECE as u64) as usize];
+                        inner
+                            .dev
+                            .read_at(d, inner.data_offset + off)
+                            .map_err(Error::io("reading the data segment"))?;
+                        layout.code(&layout.old, false, off, d)?;
+                        layout.code(&layout.new, true, off, d)?;
+                        inner
+                            .dev
+                            .write_at(d, inner.data_offset + off)
+                            .map_err(Error::io("writing the data segment"))?;
+                        off += d.len() as u64;
+                    }
+                    inner
+                        .dev
+                        .start_writeback(inner.data_offset + g_off, g_end - g_off);
+                    Ok(())
+                })
+            };
+            let nb = b + len;
+            if pipelined && nb < total && !stopping() {
+                let (written, ahead) = std::thread::scope(|s| {
+                    let ahead = s.spawn(|| prepare(nb, stage_threads));
+                    let written = convert(stage_threads);
+                    let ahead = ahead.join().unwrap_or_else(|_| {
+                        Err(Error::Usage("a conversion worker panicked".into()))
+                    });
+                    (written, ahead)
+                });
+                written?;
+                next = Some(ahead?);
+            } else {
+                convert(threads)?;
             }
-            inner
-                .dev
-                .write_at(data, inner.data_offset + b)
-                .map_err(Error::io("writing the data segment"))?;
-            inner.dev.start_writeback(inner.data_offset + b, len);
+            let guard = cur.guard;
             inner.boundary.store(b + len, Ordering::Release);
             prev_guard = Some(guard);
             slot ^= 1;

@@ -136,7 +136,7 @@ fn cryptsetup_accepts_every_steady_state() {
         // Mid-conversion: luksDump shows the requirement; header-changing commands refuse.
         let (rc, text) = cryptsetup(&["luksDump", img.to_str().unwrap()]);
         assert_eq!(rc, 0, "{text}");
-        assert!(text.contains("atrest-conversion-v1"), "{text}");
+        assert!(text.contains("atrest-conversion-v2"), "{text}");
         u.convert(&chunked(128 << 10), &mut |_| {}).unwrap();
         assert_eq!(u.state(), State::Encrypted);
         drop(u);
@@ -339,7 +339,8 @@ if not conv:
     out += b"\0"
 else:
     i, c = conv[0]
-    out += b"\1" + u32(int(i)) + bytes([{"encrypt": 1, "rekey": 2, "decrypt": 3}[c["kind"]]])
+    version = c.get("version", 1)
+    out += bytes([version]) + u32(int(i)) + bytes([{"encrypt": 1, "rekey": 2, "decrypt": 3}[c["kind"]]])
     for d in (c["old_digest"], c["new_digest"]):
         out += (b"\1" + u32(int(d))) if d is not None else (b"\0" + u32(0))
     out += u64(int(c["boundary"]))
@@ -348,6 +349,9 @@ else:
         out += b"\0" + u64(0) * 3
     else:
         out += b"\1" + u64(int(h["offset"])) + u64(int(h["size"])) + u64(int(h["table_offset"]))
+    if version == 2:
+        out += base64.b64decode(h["table_sha256"]) if h else b"\0" * 32
+        out += u64(int(h["skip"]) if h else 0)
 # HKDF-SHA256 (RFC 5869), no salt, one block.
 prk = hmac.new(b"\0" * 32, key, hashlib.sha256).digest()
 mac_key = hmac.new(prk, b"atrest LUKS2 header MAC key v1" + b"\1", hashlib.sha256).digest()
@@ -411,5 +415,39 @@ fn header_mac_matches_the_documented_layout() {
     assert_eq!(mac_per_docs(&img, &bb), "ok", "encrypted with B");
     u.begin_decrypt().unwrap();
     assert_eq!(mac_per_docs(&img, &bb), "ok", "decrypting");
+    // A record of version 1 (as earlier atrest wrote it), with a hotzone.
+    u.write_version_1_records(true);
+    let stop_at_first = |u: &UnlockedVolume, used: Option<Arc<dyn UsedRanges>>, what: &str| {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let opts = ConvertOptions {
+            stop: Some(stop.clone()),
+            ..chunked(128 << 10)
+        };
+        let mut seen = false;
+        u.convert_with(&opts, used, &mut |_| {
+            if !seen {
+                seen = true;
+                let text = std::fs::read(&img).unwrap();
+                let text = String::from_utf8_lossy(&text[4096..16384]).to_string();
+                assert!(text.contains(what), "{what}: {text}");
+                assert_eq!(mac_per_docs(&img, &bb), "ok", "decrypting, {what}");
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+        .unwrap();
+    };
+    stop_at_first(&u, None, "\"sha256\"");
+    // Version 2, with a skipped sub-range in the hotzone (nothing in use).
+    u.write_version_1_records(false);
+    stop_at_first(&u, Some(Arc::new(Nothing)), "\"skip\":\"1\"");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Says no byte holds content.
+struct Nothing;
+
+impl UsedRanges for Nothing {
+    fn in_use(&self, _offset: u64, _len: u64) -> bool {
+        false
+    }
 }

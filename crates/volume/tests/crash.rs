@@ -22,12 +22,17 @@ enum Kind {
 const K1: [u8; 32] = *b"0123456789abcdef0123456789ABCDEF";
 const K2: [u8; 64] = *b"fedcba9876543210FEDCBA9876543210fedcba9876543210FEDCBA987654321x";
 
-/// Opens, unlocks, starts the conversion if it has not started, and runs it to the end.
-fn run(dev: Arc<dyn BlockDevice>, kind: Kind, chunk: u64) -> Result<State> {
-    run_with(dev, kind, chunk, 4096)
-}
-
-fn run_with(dev: Arc<dyn BlockDevice>, kind: Kind, chunk: u64, sector: u32) -> Result<State> {
+/// Opens, unlocks, starts the conversion if it has not started, and runs it to the end,
+/// converting only what `used` says holds content (all when `None`), and writing conversion
+/// records of version 1 (as earlier atrest did) when `legacy`.
+fn run_full(
+    dev: Arc<dyn BlockDevice>,
+    kind: Kind,
+    chunk: u64,
+    sector: u32,
+    used: Option<Arc<dyn UsedRanges>>,
+    legacy: bool,
+) -> Result<State> {
     let v = Volume::open(dev)?;
     let state = v.state();
     let mut keys = Vec::new();
@@ -38,6 +43,7 @@ fn run_with(dev: Arc<dyn BlockDevice>, kind: Kind, chunk: u64, sector: u32) -> R
     }
     let has_k2 = keys.iter().any(|k| k.size() == KeySize::Bits512);
     let u = v.unlock(keys)?;
+    u.write_version_1_records(legacy);
     match (kind, state) {
         (Kind::Encrypt, State::Plain) => {
             let opts = EncryptOptions {
@@ -52,11 +58,25 @@ fn run_with(dev: Arc<dyn BlockDevice>, kind: Kind, chunk: u64, sector: u32) -> R
         (Kind::Decrypt, State::Encrypted) => u.begin_decrypt()?,
         _ => {}
     }
-    u.convert(&chunked(chunk), &mut |_| {
+    u.convert_with(&chunked(chunk), used, &mut |_| {
         if std::env::var_os("ATREST_CRASH_CHILD").is_some() {
             println!("CHUNK");
         }
     })
+}
+
+/// Content in some [`GRANULE`]-sized sub-ranges of the data segment only.
+struct Granules(Vec<u64>);
+
+/// The unit in which the tests say what holds content (the conversion's sub-range).
+const GRANULE: u64 = 1 << 20;
+
+impl UsedRanges for Granules {
+    fn in_use(&self, offset: u64, len: u64) -> bool {
+        self.0
+            .iter()
+            .any(|g| g * GRANULE < offset + len && offset < (g + 1) * GRANULE)
+    }
 }
 
 fn expected_final(kind: Kind) -> State {
@@ -93,6 +113,103 @@ fn check_payload(img: Vec<u8>, kind: Kind, data: &[u8]) {
     );
 }
 
+/// What one power-loss run varies.
+struct Suite {
+    kind: Kind,
+    sector: u32,
+    data_len: usize,
+    chunk: u64,
+    used: Option<Vec<u64>>,
+    /// The first run (before the first power loss) writes version 1 records.
+    legacy: bool,
+}
+
+/// Simulated power loss at each write point of a conversion (three crash images per point, up
+/// to three successive losses), then resume; the payload must be intact, and with `used`, the
+/// granules without content must hold exactly the bytes they held before (never written).
+/// Returns how many crash images held a conversion record of version 1 with a hotzone.
+fn power_loss_suite(t: &Suite) -> usize {
+    let (base, data) = base_image(t.kind, t.data_len);
+    let used = || -> Option<Arc<dyn UsedRanges>> {
+        t.used
+            .clone()
+            .map(|g| Arc::new(Granules(g)) as Arc<dyn UsedRanges>)
+    };
+    let mut v1_hotzones = 0;
+    let mut n = 0u64;
+    loop {
+        let mut first_completed = false;
+        // Three different crash images (which unflushed writes survive, torn how) per point.
+        for seed in 0..3u64 {
+            let mut rng = Rng(0x5eed ^ ((n + 1) * 7919) ^ (seed << 40));
+            let mut img = base.clone();
+            let mut crash_at = n;
+            let mut crashes = 0;
+            // Up to three successive power losses, then a clean run.
+            loop {
+                let dev = PowerLoss::new(img.clone(), crash_at);
+                let legacy = t.legacy && crashes == 0;
+                let r = run_full(dev.clone(), t.kind, t.chunk, t.sector, used(), legacy);
+                if !dev.crashed() {
+                    let state = r.unwrap_or_else(|e| panic!("{:?} n={n}: {e}", t.kind));
+                    assert_eq!(state, expected_final(t.kind));
+                    img = dev.crash_image(&mut rng); // nothing pending after the last flush
+                    if crashes == 0 {
+                        first_completed = true;
+                    }
+                    break;
+                }
+                img = dev.crash_image(&mut rng);
+                let text = String::from_utf8_lossy(&img[4096..16384]).to_string();
+                if text.contains("atrest-conversion-v1") && text.contains("\"hash\":\"sha256\"") {
+                    v1_hotzones += 1;
+                }
+                crashes += 1;
+                crash_at = if crashes < 3 { rng.below(12) } else { u64::MAX };
+            }
+            match &t.used {
+                None => check_payload(img, t.kind, &data),
+                Some(g) => check_used(img, &base, t.kind, &data, g),
+            }
+        }
+        if first_completed {
+            eprintln!(
+                "{:?} ({}-byte sectors, used: {:?}, version 1 first: {}): survived power loss at \
+                 each of {n} write points",
+                t.kind, t.sector, t.used, t.legacy
+            );
+            return v1_hotzones;
+        }
+        n += 1;
+        assert!(n < 500, "conversion never completes");
+    }
+}
+
+/// The granules in `used` read back as `data`; every other granule holds the raw bytes it held
+/// in `base` (the conversion never wrote it, nor did recovery).
+fn check_used(img: Vec<u8>, base: &[u8], kind: Kind, data: &[u8], used: &[u64]) {
+    let v = Volume::open(Arc::new(MemDevice::from_vec(img.clone()))).unwrap();
+    assert_eq!(v.state(), expected_final(kind));
+    let data_offset = v.info().data_offset as usize;
+    let u = unlock_with(v, &[&K1, &K2]);
+    let all = read_all(&u);
+    for g in 0..(data.len() as u64).div_ceil(GRANULE) {
+        let r = (g * GRANULE) as usize..(((g + 1) * GRANULE) as usize).min(data.len());
+        if used.contains(&g) {
+            assert!(
+                all[r.clone()] == data[r],
+                "{kind:?}: granule {g} differs after crashes"
+            );
+        } else {
+            let raw = data_offset + r.start..data_offset + r.end;
+            assert!(
+                img[raw.clone()] == base[raw],
+                "{kind:?}: granule {g}, which holds no content, was written"
+            );
+        }
+    }
+}
+
 #[test]
 fn power_loss_at_every_write() {
     for (kind, sector) in [
@@ -101,44 +218,47 @@ fn power_loss_at_every_write() {
         (Kind::Rekey, 4096),
         (Kind::Decrypt, 4096),
     ] {
-        let (base, data) = base_image(kind, 256 << 10);
-        let mut n = 0u64;
-        loop {
-            let mut first_completed = false;
-            // Three different crash images (which unflushed writes survive, torn how) per point.
-            for seed in 0..3u64 {
-                let mut rng = Rng(0x5eed ^ ((n + 1) * 7919) ^ (seed << 40));
-                let mut img = base.clone();
-                let mut crash_at = n;
-                let mut crashes = 0;
-                // Up to three successive power losses, then a clean run.
-                loop {
-                    let dev = PowerLoss::new(img.clone(), crash_at);
-                    let r = run_with(dev.clone(), kind, 64 << 10, sector);
-                    if !dev.crashed() {
-                        let state = r.unwrap_or_else(|e| panic!("{kind:?} n={n}: {e}"));
-                        assert_eq!(state, expected_final(kind));
-                        img = dev.crash_image(&mut rng); // nothing pending after the last flush
-                        if crashes == 0 {
-                            first_completed = true;
-                        }
-                        break;
-                    }
-                    img = dev.crash_image(&mut rng);
-                    crashes += 1;
-                    crash_at = if crashes < 3 { rng.below(12) } else { u64::MAX };
-                }
-                check_payload(img, kind, &data);
-            }
-            if first_completed {
-                eprintln!(
-                    "{kind:?} ({sector}-byte sectors): survived power loss at each of {n} write points"
-                );
-                break;
-            }
-            n += 1;
-            assert!(n < 500, "conversion never completes");
-        }
+        power_loss_suite(&Suite {
+            kind,
+            sector,
+            data_len: 256 << 10,
+            chunk: 64 << 10,
+            used: None,
+            legacy: false,
+        });
+    }
+}
+
+/// Used-space-only conversion: a chunk of two granules, one holding content, then a chunk of
+/// one granule that holds content.
+#[test]
+fn power_loss_during_a_used_space_only_conversion() {
+    for kind in [Kind::Encrypt, Kind::Rekey, Kind::Decrypt] {
+        power_loss_suite(&Suite {
+            kind,
+            sector: 4096,
+            data_len: 3 << 20,
+            chunk: 2 << 20,
+            used: Some(vec![0, 2]),
+            legacy: false,
+        });
+    }
+}
+
+/// A conversion record of version 1 (SHA-256 table, as earlier atrest wrote it), interrupted
+/// by power loss at every write point, is recovered and finished by the current code.
+#[test]
+fn power_loss_during_a_version_1_conversion() {
+    for kind in [Kind::Encrypt, Kind::Rekey, Kind::Decrypt] {
+        let v1 = power_loss_suite(&Suite {
+            kind,
+            sector: 4096,
+            data_len: 256 << 10,
+            chunk: 64 << 10,
+            used: None,
+            legacy: true,
+        });
+        assert!(v1 > 0, "{kind:?}: no crash image held a version 1 hotzone");
     }
 }
 
@@ -150,15 +270,22 @@ fn crash_child() {
     };
     let spec = spec.to_string_lossy().to_string();
     let (kind, path) = spec.split_once(':').unwrap();
+    let (kind, used) = match kind.split_once('+') {
+        Some((k, "used")) => (k, Some(Arc::new(Granules(KILL9_USED.to_vec())) as _)),
+        _ => (kind, None),
+    };
     let kind = match kind {
         "encrypt" => Kind::Encrypt,
         "rekey" => Kind::Rekey,
         _ => Kind::Decrypt,
     };
     let dev = Arc::new(FileDevice::open(Path::new(path)).unwrap());
-    run(dev, kind, 64 << 10).unwrap();
+    run_full(dev, kind, 64 << 10, 4096, used, false).unwrap();
     println!("DONE");
 }
+
+/// The granules that hold content in the used-space-only kill -9 runs.
+const KILL9_USED: [u64; 2] = [0, 2];
 
 #[test]
 fn kill9_during_conversion() {
@@ -167,7 +294,11 @@ fn kill9_during_conversion() {
         (Kind::Encrypt, "encrypt"),
         (Kind::Rekey, "rekey"),
         (Kind::Decrypt, "decrypt"),
+        (Kind::Encrypt, "encrypt+used"),
+        (Kind::Rekey, "rekey+used"),
+        (Kind::Decrypt, "decrypt+used"),
     ] {
+        let used = name.ends_with("+used").then_some(&KILL9_USED[..]);
         let dir = temp_dir("kill9");
         let img = dir.join("vol.img");
         let (base, data) = base_image(kind, 4 << 20);
@@ -219,8 +350,13 @@ fn kill9_during_conversion() {
         }
         // Finish in-process whatever is left, then compare.
         let dev = Arc::new(FileDevice::open(&img).unwrap());
-        assert_eq!(run(dev, kind, 64 << 10).unwrap(), expected_final(kind));
-        check_payload(std::fs::read(&img).unwrap(), kind, &data);
+        let granules = used.map(|g| Arc::new(Granules(g.to_vec())) as Arc<dyn UsedRanges>);
+        let state = run_full(dev, kind, 64 << 10, 4096, granules, false).unwrap();
+        assert_eq!(state, expected_final(kind));
+        match used {
+            None => check_payload(std::fs::read(&img).unwrap(), kind, &data),
+            Some(g) => check_used(std::fs::read(&img).unwrap(), &base, kind, &data, g),
+        }
         eprintln!("{name}: {kills} kill -9, child finished by itself: {finished}");
         assert!(kills >= 5, "too few interruptions landed");
         std::fs::remove_dir_all(&dir).unwrap();

@@ -303,6 +303,38 @@ fn hotzone_table_moved() {
 }
 
 #[test]
+fn hotzone_skip_mask_changed() {
+    let (dev, a, b) = mid_rekey(true);
+    forge(&dev, |v| {
+        let t = token_id(v, "atrest-conversion");
+        v["tokens"][t.as_str()]["hotzone"]["skip"] = json!("1");
+    });
+    let msg = refused(&dev, &[&a, &b]);
+    assert_auth(&msg, "hotzone of 65536 bytes");
+}
+
+/// The table itself (in the keyslots area, outside the header) changed: its SHA-256 no longer
+/// matches the record the MAC covers, so recovery refuses before it writes anything.
+#[test]
+fn hotzone_table_contents_changed() {
+    let (dev, a, b) = mid_rekey(true);
+    let v = json_of(&dev.to_vec()[..HDR]);
+    let t = token_id(&v, "atrest-conversion");
+    let hz = &v["tokens"][t.as_str()]["hotzone"];
+    assert_eq!(hz["hash"], "xxh3-128", "{v}");
+    let off: u64 = hz["table_offset"].as_str().unwrap().parse().unwrap();
+    let mut entry = [0u8; 16];
+    dev.read_at(&mut entry, off + 16).unwrap();
+    entry[0] ^= 1;
+    dev.write_at(&entry, off + 16).unwrap();
+    let msg = refused(&dev, &[&a, &b]);
+    assert!(
+        msg.contains("checksum table") && msg.contains("nothing was written"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn conversion_record_removed_mid_rekey() {
     let (dev, a, b) = mid_rekey(false);
     forge(&dev, |v| {

@@ -3,7 +3,10 @@
 use serde_json::Value;
 
 use super::json::{bad, obj, u64_str};
-use super::{BINARY_HEADER_SIZE, MAX_KEYSLOTS_SIZE, MAX_OBJECTS, REQUIREMENT_CONVERSION};
+use super::{
+    BINARY_HEADER_SIZE, MAX_KEYSLOTS_SIZE, MAX_OBJECTS, REQUIREMENT_CONVERSION,
+    REQUIREMENT_CONVERSION_V1,
+};
 use crate::error::{Check, Result};
 
 /// What the `config` section says.
@@ -49,7 +52,7 @@ pub(super) fn check_config(v: &Value, hdr_size: u64) -> Result<Config> {
         }
     };
     for r in &requirements {
-        if r != REQUIREMENT_CONVERSION {
+        if r != REQUIREMENT_CONVERSION && r != REQUIREMENT_CONVERSION_V1 {
             return Err(bad(
                 Check::Requirements,
                 format!(

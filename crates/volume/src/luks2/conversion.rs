@@ -5,15 +5,19 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use super::json::{bad, id_key, obj, str_field, u64_str};
+use super::json::{b64, bad, id_key, obj, str_field, u64_num, u64_str};
 use super::model::{
-    Conversion, ConversionKind, Digest, Hotzone, Metadata, Segment, SegmentKind, Token,
+    Conversion, ConversionKind, Digest, Hotzone, Metadata, RecordVersion, Segment, SegmentKind,
+    Token,
 };
-use super::{HOTZONE_ENTRY, HOTZONE_UNIT, MAX_HOTZONE_SIZE, REQUIREMENT_CONVERSION};
+use super::{
+    HOTZONE_UNIT, MAX_HOTZONE_SIZE, REQUIREMENT_CONVERSION, REQUIREMENT_CONVERSION_V1, SKIP_GRANULE,
+};
 use crate::error::{Check, Result};
 
 /// `conversion`, across sections: at most one record, present if and only if the requirement
-/// flag is; its hotzone table lies inside the keyslots area (computed without overflow).
+/// flag of its version is (and no other conversion flag); its hotzone table lies inside the
+/// keyslots area (computed without overflow).
 pub(super) fn check_conversion(meta: &Metadata) -> Result<()> {
     let c = Check::Conversion;
     let n_conv = meta
@@ -21,16 +25,29 @@ pub(super) fn check_conversion(meta: &Metadata) -> Result<()> {
         .values()
         .filter(|t| matches!(t, Token::Conversion(_)))
         .count();
-    let flagged = meta
+    let flags: Vec<&str> = meta
         .requirements
         .iter()
-        .any(|r| r == REQUIREMENT_CONVERSION);
-    if n_conv > 1 || (n_conv == 1) != flagged {
+        .map(String::as_str)
+        .filter(|r| *r == REQUIREMENT_CONVERSION || *r == REQUIREMENT_CONVERSION_V1)
+        .collect();
+    let want: Vec<&str> = meta
+        .conversion()
+        .map(|(_, c)| c.version.requirement())
+        .into_iter()
+        .collect();
+    if n_conv > 1 || flags != want {
         return Err(bad(
             c,
             format!(
-                "{n_conv} conversion records but the requirement flag is {}",
-                if flagged { "set" } else { "not set" }
+                "{n_conv} conversion record(s) but the requirement flag is {} (a record of \
+                 version 1 needs `{REQUIREMENT_CONVERSION_V1}`, of version 2 \
+                 `{REQUIREMENT_CONVERSION}`)",
+                if flags.is_empty() {
+                    "not set".to_string()
+                } else {
+                    format!("{flags:?}")
+                }
             ),
         ));
     }
@@ -38,7 +55,7 @@ pub(super) fn check_conversion(meta: &Metadata) -> Result<()> {
     if let Some((_, conv)) = meta.conversion()
         && let Some(h) = conv.hotzone
     {
-        let tlen = h.size / HOTZONE_UNIT * HOTZONE_ENTRY;
+        let tlen = conv.version.table_len(h.size);
         let ks_start = meta.hdr_size.checked_mul(2);
         let ks_end = ks_start.and_then(|s| s.checked_add(meta.keyslots_size));
         let inside = match (ks_start, ks_end, h.table_offset.checked_add(tlen)) {
@@ -109,6 +126,18 @@ pub(super) fn conversion_from_json(
             return Err(bad(c, "a conversion needs a crypt segment"));
         }
     };
+    let version = match to.get("version") {
+        None => RecordVersion::V1,
+        Some(_) => match u64_num(to, "version", what, c)? {
+            2 => RecordVersion::V2,
+            v => {
+                return Err(bad(
+                    c,
+                    format!("{what}.version {v} unknown; atrest reads versions 1 and 2"),
+                ));
+            }
+        },
+    };
     let boundary = u64_str(to, "boundary", what, c)?;
     if !boundary.is_multiple_of(sector) || segment.size.is_some_and(|s| boundary > s) {
         return Err(bad(
@@ -120,11 +149,49 @@ pub(super) fn conversion_from_json(
         None | Some(Value::Null) => None,
         Some(h) => {
             let h = obj(h, "hotzone", c)?;
+            match h.get("hash") {
+                None if version == RecordVersion::V1 => {}
+                Some(Value::String(s)) if s == version.hash_name() => {}
+                _ => {
+                    return Err(bad(
+                        c,
+                        format!(
+                            "{what}.hotzone.hash is not `{}`, the checksum of a version {} record",
+                            version.hash_name(),
+                            version.number()
+                        ),
+                    ));
+                }
+            }
+            if h.get("unit").is_some() && u64_num(h, "unit", "hotzone", c)? != HOTZONE_UNIT {
+                return Err(bad(c, format!("{what}.hotzone.unit is not {HOTZONE_UNIT}")));
+            }
+            let (table_sha256, skip) = match version {
+                RecordVersion::V1 => (None, 0),
+                RecordVersion::V2 => {
+                    let d: [u8; 32] =
+                        b64(h, "table_sha256", "hotzone", c)?
+                            .try_into()
+                            .map_err(|_| {
+                                bad(c, format!("{what}.hotzone.table_sha256 is not 32 bytes"))
+                            })?;
+                    (Some(d), u64_str(h, "skip", "hotzone", c)?)
+                }
+            };
             let hz = Hotzone {
                 offset: u64_str(h, "offset", "hotzone", c)?,
                 size: u64_str(h, "size", "hotzone", c)?,
                 table_offset: u64_str(h, "table_offset", "hotzone", c)?,
+                table_sha256,
+                skip,
             };
+            let granules = hz.size.div_ceil(SKIP_GRANULE);
+            if granules < 64 && hz.skip >> granules != 0 {
+                return Err(bad(
+                    c,
+                    format!("{what}.hotzone.skip names sub-ranges past the hotzone's end"),
+                ));
+            }
             if hz.offset != boundary
                 || hz.size == 0
                 || !hz.size.is_multiple_of(sector)
@@ -151,6 +218,7 @@ pub(super) fn conversion_from_json(
         new_digest,
         boundary,
         hotzone,
+        version,
     })
 }
 

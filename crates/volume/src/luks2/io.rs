@@ -131,6 +131,18 @@ fn copy_damage(e: &Error) -> String {
 /// Commits `m` with the next seqid: primary copy, flush, secondary copy, flush. A crash leaves
 /// at least one valid copy, of the old or the new state.
 pub fn write_header(dev: &dyn BlockDevice, m: &mut Metadata) -> Result<()> {
+    write_header_deferred(dev, m)?;
+    dev.flush()
+        .map_err(Error::io("flushing the secondary LUKS2 header"))?;
+    Ok(())
+}
+
+/// [`write_header`] without the last flush: the primary copy is durable when this returns, the
+/// secondary copy only written. The caller must flush before it writes either copy again (so
+/// that at most one copy is ever in flight); a crash before that leaves the durable primary,
+/// which readers take (the newest valid copy). A conversion uses this for its per-chunk commit,
+/// whose following data flush makes the secondary durable too.
+pub fn write_header_deferred(dev: &dyn BlockDevice, m: &mut Metadata) -> Result<()> {
     m.seqid += 1;
     let p = encode_copy(m, true)?;
     let s = encode_copy(m, false)?;
@@ -140,8 +152,6 @@ pub fn write_header(dev: &dyn BlockDevice, m: &mut Metadata) -> Result<()> {
         .map_err(Error::io("flushing the primary LUKS2 header"))?;
     dev.write_at(&s, m.hdr_size)
         .map_err(Error::io("writing the secondary LUKS2 header"))?;
-    dev.flush()
-        .map_err(Error::io("flushing the secondary LUKS2 header"))?;
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::model::{Metadata, SegmentKind, Token};
+use super::model::{Metadata, RecordVersion, SegmentKind, Token};
 use super::{
     BINARY_HEADER_SIZE, HOTZONE_UNIT, MAX_OBJECTS, MAX_TOKEN_TEXT, TOKEN_CONVERSION, TOKEN_KMIP,
     config, conversion, digest, keyslots, segment, token,
@@ -241,21 +241,37 @@ pub fn to_json(m: &Metadata) -> Value {
                 "created": k.created,
                 "digest": k.digest.to_string(),
             }),
-            Token::Conversion(c) => json!({
-                "type": TOKEN_CONVERSION,
-                "keyslots": [],
-                "kind": c.kind.as_str(),
-                "old_digest": c.old_digest.map(|d| d.to_string()),
-                "new_digest": c.new_digest.map(|d| d.to_string()),
-                "boundary": c.boundary.to_string(),
-                "hotzone": c.hotzone.map(|h| json!({
-                    "offset": h.offset.to_string(),
-                    "size": h.size.to_string(),
-                    "table_offset": h.table_offset.to_string(),
-                    "unit": HOTZONE_UNIT,
-                    "hash": "sha256",
-                })),
-            }),
+            Token::Conversion(c) => {
+                let mut v = json!({
+                    "type": TOKEN_CONVERSION,
+                    "keyslots": [],
+                    "kind": c.kind.as_str(),
+                    "old_digest": c.old_digest.map(|d| d.to_string()),
+                    "new_digest": c.new_digest.map(|d| d.to_string()),
+                    "boundary": c.boundary.to_string(),
+                    "hotzone": c.hotzone.map(|h| {
+                        let mut hz = json!({
+                            "offset": h.offset.to_string(),
+                            "size": h.size.to_string(),
+                            "table_offset": h.table_offset.to_string(),
+                            "unit": HOTZONE_UNIT,
+                            "hash": c.version.hash_name(),
+                        });
+                        if c.version == RecordVersion::V2 {
+                            hz["table_sha256"] = json!(openssl::base64::encode_block(
+                                &h.table_sha256.unwrap_or_default()
+                            ));
+                            hz["skip"] = json!(h.skip.to_string());
+                        }
+                        hz
+                    }),
+                });
+                // Version 1 records carry no version field (as earlier atrest wrote them).
+                if c.version == RecordVersion::V2 {
+                    v["version"] = json!(2);
+                }
+                v
+            }
             Token::Mac(mac) => mac.to_json(),
             Token::Other(v) => v.clone(),
         };

@@ -21,7 +21,7 @@ use serde_json::{Map, Value, json};
 
 use super::TOKEN_MAC;
 use super::json::{b64, bad, str_field};
-use super::model::{ConversionKind, Metadata, SegmentKind, Token};
+use super::model::{ConversionKind, Metadata, RecordVersion, SegmentKind, Token};
 use crate::error::{Check, Error, Result};
 use crate::secret::SecretBytes;
 
@@ -237,7 +237,9 @@ pub fn mac_input(m: &Metadata) -> Vec<u8> {
     match m.conversion() {
         None => e.u8(0),
         Some((id, c)) => {
-            e.u8(1);
+            // The record's version (1 or 2); version 1 keeps its original layout, so a header
+            // an earlier atrest signed still verifies.
+            e.u8(c.version.number());
             e.u32(id);
             e.u8(match c.kind {
                 ConversionKind::Encrypt => 1,
@@ -260,6 +262,11 @@ pub fn mac_input(m: &Metadata) -> Vec<u8> {
                     e.u64(h.size);
                     e.u64(h.table_offset);
                 }
+            }
+            if c.version == RecordVersion::V2 {
+                let h = c.hotzone;
+                e.0.extend_from_slice(&h.and_then(|h| h.table_sha256).unwrap_or_default());
+                e.u64(h.map_or(0, |h| h.skip));
             }
         }
     }

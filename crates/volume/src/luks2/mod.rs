@@ -26,11 +26,12 @@ pub mod segment;
 pub mod token;
 
 pub use binary::{BINARY_HEADER_SIZE, encode_copy, fix_checksum, parse_copy};
-pub use io::{ReadReport, new_uuid, read_header, write_header};
+pub use io::{ReadReport, new_uuid, read_header, write_header, write_header_deferred};
 pub use json::to_json;
 pub use mac::{HeaderMac, MacKey};
 pub use model::{
-    Conversion, ConversionKind, Digest, Hotzone, KmipToken, Metadata, Segment, SegmentKind, Token,
+    Conversion, ConversionKind, Digest, Hotzone, KmipToken, Metadata, RecordVersion, Segment,
+    SegmentKind, Token,
 };
 
 /// Header copy size (binary header + JSON area) atrest writes.
@@ -64,12 +65,17 @@ pub const MAX_TOKEN_TEXT: usize = 256;
 pub const TOKEN_KMIP: &str = "atrest-kmip";
 /// Token type of the conversion record.
 pub const TOKEN_CONVERSION: &str = "atrest-conversion";
-/// Requirement flag present while a conversion is under way.
-pub const REQUIREMENT_CONVERSION: &str = "atrest-conversion-v1";
+/// Requirement flag present while a conversion is under way (conversion record version 2:
+/// xxh3-128 table, table digest, skipped sub-ranges).
+pub const REQUIREMENT_CONVERSION: &str = "atrest-conversion-v2";
+/// Requirement flag of a conversion record of version 1 (SHA-256 table), written by earlier
+/// atrest versions: still read, recovered and resumed (the next commit writes version 2).
+pub const REQUIREMENT_CONVERSION_V1: &str = "atrest-conversion-v1";
 /// Bytes per checksum unit in the conversion hotzone table.
 pub const HOTZONE_UNIT: u64 = 512;
-/// Bytes per hotzone table entry (SHA-256).
-pub const HOTZONE_ENTRY: u64 = 32;
+/// Bytes of a hotzone's sub-range whose use the layer above is asked about, and which a
+/// record of version 2 may mark as skipped (one bit each in `hotzone.skip`).
+pub const SKIP_GRANULE: u64 = 1 << 20;
 /// Largest hotzone (conversion chunk) a header may name: recovery at unlock reads the whole
 /// hotzone and its table into memory, so a hostile header must not make that large.
 pub const MAX_HOTZONE_SIZE: u64 = 64 << 20;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use super::REQUIREMENT_CONVERSION;
+use super::{REQUIREMENT_CONVERSION, REQUIREMENT_CONVERSION_V1};
 
 /// Data segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +92,57 @@ impl ConversionKind {
     }
 }
 
+/// Version of the conversion record: what its hotzone table holds. docs/volume-format.md,
+/// "Token atrest-conversion".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RecordVersion {
+    /// Written by earlier atrest versions: one SHA-256 (32 bytes) per 512-byte unit; read,
+    /// recovered and resumed, never started.
+    V1,
+    /// One xxh3-128 (16 bytes) per 512-byte unit, the SHA-256 of the whole table in the
+    /// (MAC-covered) record, and the sub-ranges skipped because they hold no content.
+    V2,
+}
+
+impl RecordVersion {
+    /// The `config.requirements.mandatory` flag of a record of this version.
+    pub fn requirement(self) -> &'static str {
+        match self {
+            RecordVersion::V1 => REQUIREMENT_CONVERSION_V1,
+            RecordVersion::V2 => REQUIREMENT_CONVERSION,
+        }
+    }
+
+    /// 1 or 2.
+    pub fn number(self) -> u8 {
+        match self {
+            RecordVersion::V1 => 1,
+            RecordVersion::V2 => 2,
+        }
+    }
+
+    /// `hotzone.hash`.
+    pub fn hash_name(self) -> &'static str {
+        match self {
+            RecordVersion::V1 => "sha256",
+            RecordVersion::V2 => "xxh3-128",
+        }
+    }
+
+    /// Bytes per table entry.
+    pub fn entry_bytes(self) -> u64 {
+        match self {
+            RecordVersion::V1 => 32,
+            RecordVersion::V2 => 16,
+        }
+    }
+
+    /// Table length of a hotzone of `size` bytes.
+    pub fn table_len(self, size: u64) -> u64 {
+        size / super::HOTZONE_UNIT * self.entry_bytes()
+    }
+}
+
 /// The region being converted and the checksums of its old contents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hotzone {
@@ -99,8 +150,13 @@ pub struct Hotzone {
     pub offset: u64,
     /// Length in bytes.
     pub size: u64,
-    /// Device byte offset of the table: one SHA-256 per 512-byte unit of the old contents.
+    /// Device byte offset of the table: one checksum per 512-byte unit of the old contents.
     pub table_offset: u64,
+    /// Version 2: SHA-256 of the whole table as written (`None` in a version 1 record).
+    pub table_sha256: Option<[u8; 32]>,
+    /// Version 2: bit i set = the i-th [`super::SKIP_GRANULE`] of the hotzone holds no content
+    /// and was not written (its table entries are zeros); recovery leaves it as it is.
+    pub skip: u64,
 }
 
 /// The `atrest-conversion` token: state of an in-place conversion.
@@ -116,6 +172,8 @@ pub struct Conversion {
     pub boundary: u64,
     /// Region that may be part old, part new after a crash.
     pub hotzone: Option<Hotzone>,
+    /// Record version (which checksum the hotzone table holds).
+    pub version: RecordVersion,
 }
 
 /// A token.
@@ -279,19 +337,39 @@ impl Metadata {
                 new_digest,
                 boundary: 0,
                 hotzone: None,
+                version: RecordVersion::V2,
             }),
         );
         self.requirements.push(REQUIREMENT_CONVERSION.into());
     }
 
-    /// Moves the conversion boundary and sets (or clears) the hotzone.
-    pub fn set_boundary(&mut self, boundary: u64, hotzone: Option<Hotzone>) {
+    /// Moves the conversion boundary and sets (or clears) the hotzone, whose table is of
+    /// `version` (the record and its requirement flag take that version: a resumed record of
+    /// version 1 becomes version 2 with its first commit).
+    pub fn set_boundary(
+        &mut self,
+        boundary: u64,
+        hotzone: Option<Hotzone>,
+        version: RecordVersion,
+    ) {
         if let Some((id, _)) = self.conversion()
             && let Some(Token::Conversion(c)) = self.tokens.get_mut(&id)
         {
+            let was = c.version;
             c.boundary = boundary;
             c.hotzone = hotzone;
+            c.version = version;
+            for r in self.requirements.iter_mut() {
+                if r == was.requirement() {
+                    *r = version.requirement().into();
+                }
+            }
         }
+    }
+
+    /// The version of the conversion record under way, if any.
+    pub fn record_version(&self) -> Option<RecordVersion> {
+        self.conversion().map(|(_, c)| c.version)
     }
 
     /// Ends the conversion under way: removes its record and the requirement flag; after a
@@ -302,7 +380,8 @@ impl Metadata {
             return;
         };
         self.tokens.remove(&cid);
-        self.requirements.retain(|r| r != REQUIREMENT_CONVERSION);
+        self.requirements
+            .retain(|r| r != REQUIREMENT_CONVERSION && r != REQUIREMENT_CONVERSION_V1);
         let drop_key = |m: &mut Metadata, digest: u32| {
             m.digests.remove(&digest);
             m.tokens
