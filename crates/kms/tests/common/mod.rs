@@ -154,11 +154,3 @@ pub fn python() -> Option<PathBuf> {
         }
     }
 }
-
-/// The shared kit folder (test vectors).
-pub fn shared_dir() -> PathBuf {
-    match std::env::var_os("ATREST_SHARED") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
-    }
-}

@@ -9,14 +9,6 @@ use std::sync::{Arc, Mutex};
 
 use atrest_volume::*;
 
-/// The shared kit folder: `ATREST_SHARED`, else `../shared` beside the checkout.
-pub fn shared_dir() -> PathBuf {
-    match std::env::var_os("ATREST_SHARED") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
-    }
-}
-
 /// A fresh empty directory for one test.
 pub fn temp_dir(name: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);

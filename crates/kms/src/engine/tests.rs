@@ -1,5 +1,6 @@
 //! The dispatcher without sockets.
 
+use super::attributes::tag;
 use super::*;
 use crate::clients::{Client, PasswordHash};
 use crate::crypto::MasterKey;
