@@ -431,9 +431,12 @@ struct Ran {
     operations: Vec<String>,
 }
 
+/// The cases that passed, and those that did not with the first difference.
+type Outcome = (Vec<Ran>, Vec<(String, String)>);
+
 /// Runs every indexed case whose operations the server offers and that `pick(set, case)`
 /// selects (minus [`NOT_APPLICABLE`]); `None` when the vectors are missing outside CI.
-fn run_cases(pick: impl Fn(&str, &str) -> bool) -> Option<(Vec<Ran>, Vec<(String, String)>)> {
+fn run_cases(pick: impl Fn(&str, &str) -> bool) -> Option<Outcome> {
     let xml = atrest_testkit::shared_kit().join("kmip-vectors/xml");
     let index = match std::fs::read(xml.join("INDEX.json")) {
         Ok(b) => b,
