@@ -2,8 +2,6 @@
 //! KMIP specification (§9.1.2), the KMIP 1.0 Use Cases and 1.1 Test Cases, and PyKMIP's unit
 //! test vectors (see testdata/README.md for every source).
 
-use std::path::PathBuf;
-
 use atrest_kmip::ttlv::{self, DecodeErrorKind, Item, Limits, Value};
 use serde_json::Value as Json;
 
