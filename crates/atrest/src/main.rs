@@ -135,6 +135,16 @@ fn main() {
     if let Err(err) = result {
         // One line on stderr: the whole chain of causes, joined.
         eprintln!("atrest: {err:#}");
+        // What to change is the front end's to say: the KMIP client's errors name the problem.
+        let kmip = err
+            .chain()
+            .find_map(|c| c.downcast_ref::<atrest_kmip::client::ClientError>());
+        if kmip.is_some_and(|e| e.is_version_mismatch()) {
+            eprintln!(
+                "atrest: pin a version the server speaks with --kmip-version (or kmip_version in \
+                 the settings file)"
+            );
+        }
         std::process::exit(1);
     }
 }

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Hashing Algorithm SHA-256 (KMIP 1.4, Table 304).
+const HASHING_SHA_256: u32 = 0x06;
+
 impl Engine {
     pub(super) fn get_attributes(
         &self,
@@ -127,8 +130,10 @@ pub fn attributes_of(r: &Record, v: ProtocolVersion) -> Attributes {
     a.push("Last Change Date", Value::DateTime(r.last_change_date));
     if let Some(d) = r.digest.as_ref().and_then(|d| hex::decode(d).ok()) {
         let mut c = vec![
-            // Hashing Algorithm SHA-256.
-            Item::new(tag("Hashing Algorithm"), Value::Enumeration(6)),
+            Item::new(
+                tag("Hashing Algorithm"),
+                Value::Enumeration(HASHING_SHA_256),
+            ),
             Item::new(tag("Digest Value"), Value::ByteString(d)),
         ];
         if v >= ProtocolVersion::V1_1 {

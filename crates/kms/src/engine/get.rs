@@ -82,7 +82,7 @@ pub(super) fn unsupported_feature(op: Operation, raw: Option<&Item>) -> Option<F
     }
     if op == Operation::GET && raw.child(tags::KEY_COMPRESSION_TYPE).is_some() {
         return Some(fail(
-            ResultReason(0x11),
+            ResultReason::KEY_COMPRESSION_TYPE_NOT_SUPPORTED,
             "Key Compression Type is not supported; send Get without it",
         ));
     }

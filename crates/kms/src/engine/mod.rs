@@ -55,9 +55,6 @@ const MAX_EXTRA_ATTRIBUTES: usize = 32;
 /// which has no reason for a quota).
 pub const MAX_OBJECTS_PER_CLIENT: usize = 10_000;
 
-/// Result Reason Server Limit Exceeded (KMIP 2.0 and later).
-const SERVER_LIMIT_EXCEEDED: ResultReason = ResultReason(0x3A);
-
 /// The Operation Policy Name every object reports in KMIP 1.x: the server's only policy — the
 /// owner may run every operation the server offers on it, and no other client sees it.
 pub const OPERATION_POLICY: &str = "default";
@@ -477,7 +474,7 @@ impl Engine {
         let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
         if store.count_owned(&rec.owner) >= self.max_objects_per_client {
             let reason = if v.is_2x() {
-                SERVER_LIMIT_EXCEEDED
+                ResultReason::SERVER_LIMIT_EXCEEDED
             } else {
                 ResultReason::PERMISSION_DENIED
             };
