@@ -5,6 +5,7 @@ mod kmip_cmd;
 mod kmip_settings;
 mod kms_cmd;
 mod serve_cmd;
+mod size;
 mod volume_cmd;
 mod volume_kmip;
 
