@@ -310,7 +310,7 @@ impl DataDir {
         clients.add(Client {
             name: name.to_owned(),
             username: name.to_owned(),
-            password: PasswordHash::new(&issued.password)?,
+            password: PasswordHash::new(&issued.password, crate::crypto::PBKDF2_ITERATIONS)?,
             certificates: vec![pki::fingerprint(&cert)?],
         })?;
         Ok(issued)

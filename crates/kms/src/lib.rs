@@ -46,6 +46,7 @@ pub mod crypto;
 pub mod datadir;
 pub mod engine;
 pub mod error;
+pub mod password;
 pub mod pki;
 pub mod server;
 pub mod store;

@@ -21,7 +21,7 @@ fn fixture() -> Fixture {
             .add(Client {
                 name: name.into(),
                 username: name.into(),
-                password: PasswordHash::new(&format!("{name}-pw")).unwrap(),
+                password: PasswordHash::new(&format!("{name}-pw"), 1000).unwrap(),
                 certificates: vec![fp.into()],
             })
             .unwrap();
