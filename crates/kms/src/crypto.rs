@@ -30,20 +30,15 @@ pub fn random_secret() -> Result<Zeroizing<String>> {
     Ok(Zeroizing::new(hex::encode(&*b)))
 }
 
-/// A random version-4 UUID, as text.
+/// A random version-4 UUID, as text, from OpenSSL's random generator.
 pub fn random_uuid() -> Result<String> {
-    let mut b = random_bytes(16)?;
-    b[6] = (b[6] & 0x0F) | 0x40;
-    b[8] = (b[8] & 0x3F) | 0x80;
-    let h = hex::encode(&*b);
-    Ok(format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    ))
+    let b = random_bytes(16)?;
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&b);
+    Ok(uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .to_string())
 }
 
 /// The key that wraps every object record at rest. Zeroed on drop; never printed.

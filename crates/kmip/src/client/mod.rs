@@ -39,7 +39,7 @@ pub use config::{
 pub use error::{ClientError, TlsProblem};
 pub use exchange::{classify_response, request_bytes};
 pub use tls::{Identity, TLS12_CIPHERS};
-pub use transport::{ConnectionInfo, tcp_connect};
+pub use transport::{ConnectionInfo, days_left, tcp_connect};
 
 use crate::message::{Operation, ProtocolVersion, RequestPayload, ResponsePayload};
 use crate::ttlv::Limits;

@@ -127,7 +127,8 @@ pub(super) fn is_eof(e: &openssl::ssl::Error) -> bool {
         || tls::ssl_detail(e).contains("unexpected eof")
 }
 
-fn days_left(t: &openssl::asn1::Asn1TimeRef) -> Option<i32> {
+/// Whole days from now until `t` (negative once past), for certificate expiry.
+pub fn days_left(t: &openssl::asn1::Asn1TimeRef) -> Option<i32> {
     let now = openssl::asn1::Asn1Time::days_from_now(0).ok()?;
     now.diff(t).ok().map(|d| d.days)
 }
