@@ -40,6 +40,10 @@ pub const MAX_SESSIONS: usize = 256;
 pub const COOKIE: &str = "__Host-atrest_session";
 
 /// Random bytes as lowercase hex.
+#[allow(
+    clippy::expect_used,
+    reason = "without a working random generator no session or password can be made safely"
+)]
 pub fn random_hex(n: usize) -> String {
     let mut b = vec![0u8; n];
     openssl::rand::rand_bytes(&mut b).expect("the system random generator failed");
@@ -47,6 +51,10 @@ pub fn random_hex(n: usize) -> String {
 }
 
 /// A generated password: 20 characters from an unambiguous alphabet (about 100 bits).
+#[allow(
+    clippy::expect_used,
+    reason = "without a working random generator no password can be made safely"
+)]
 pub fn generate_password() -> Zeroizing<String> {
     const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzACDEFGHJKLMNPQRTUVWXY34679";
     let mut out = Zeroizing::new(String::with_capacity(20));
@@ -281,7 +289,7 @@ impl Sessions {
     /// Opens a session; returns its token.
     pub fn open(&self, kind: SessionKind) -> String {
         let token = random_hex(32);
-        let mut map = self.map.lock().expect("sessions lock");
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         map.retain(|_, s| !s.expired(now));
         while map.len() >= MAX_SESSIONS {
@@ -308,7 +316,7 @@ impl Sessions {
 
     /// Looks a token up (and refreshes it).
     pub fn get(&self, token: &str) -> Option<Authenticated> {
-        let mut map = self.map.lock().expect("sessions lock");
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let k = key_of(token);
         let now = Instant::now();
         let s = map.get_mut(&k)?;
@@ -326,13 +334,13 @@ impl Sessions {
     pub fn close(&self, token: &str) {
         self.map
             .lock()
-            .expect("sessions lock")
+            .unwrap_or_else(|e| e.into_inner())
             .remove(&key_of(token));
     }
 
     /// Closes every session (after a password change).
     pub fn close_all(&self) {
-        self.map.lock().expect("sessions lock").clear();
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
 

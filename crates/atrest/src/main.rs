@@ -1,5 +1,7 @@
 //! `atrest`: data-at-rest encryption for appliances, keyed by the customer's KMIP server.
 
+#![forbid(unsafe_code)]
+
 mod config_file;
 mod kmip_cmd;
 mod kmip_settings;
@@ -92,13 +94,12 @@ fn parse() -> Cli {
     let mut cmd = Cli::command();
     let mut sub_m = &matches;
     for name in names {
-        cmd = cmd
-            .find_subcommand(name)
-            .expect("the subcommand parsed")
-            .clone();
-        sub_m = sub_m
-            .subcommand_matches(name)
-            .expect("the subcommand parsed");
+        // The names are those of the command just parsed: both lookups find them.
+        let (Some(c), Some(m)) = (cmd.find_subcommand(name), sub_m.subcommand_matches(name)) else {
+            return cli;
+        };
+        cmd = c.clone();
+        sub_m = m;
     }
     let extra = match config_file::file_args(&cmd, sub_m, &path) {
         Ok(e) => e,

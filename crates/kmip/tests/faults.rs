@@ -1,6 +1,8 @@
 //! The client against servers that fail on purpose: each failure must end quickly, with its own
 //! classified message, and bounded memory.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::Read;

@@ -2,6 +2,8 @@
 //! KMIP specification (§9.1.2), the KMIP 1.0 Use Cases and 1.1 Test Cases, and PyKMIP's unit
 //! test vectors (see testdata/README.md for every source).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use atrest_kmip::ttlv::{self, DecodeErrorKind, Item, Limits, Value};
 use serde_json::Value as Json;
 

@@ -9,6 +9,8 @@
 //! ../shared beside the checkout) on a free port, stopped afterwards.
 //! ATREST_BENCH_SECONDS sets the length of each measurement (default 5).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;

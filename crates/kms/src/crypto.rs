@@ -58,7 +58,9 @@ impl MasterKey {
 
     pub fn generate() -> Result<Self> {
         let b = random_bytes(MASTER_KEY_LEN)?;
-        Ok(MasterKey::from_bytes(&b).expect("length is MASTER_KEY_LEN"))
+        let mut key = Zeroizing::new([0u8; MASTER_KEY_LEN]);
+        key.copy_from_slice(&b);
+        Ok(MasterKey(key))
     }
 
     pub(crate) fn expose(&self) -> &[u8] {

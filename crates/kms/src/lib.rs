@@ -41,6 +41,8 @@
 //! material of an XTS-AES-256 key in one object, as PyKMIP does. 512 is not an AES key length
 //! in the specification, so a client that must work with any server uses two 256-bit keys.
 
+#![deny(unsafe_code)]
+
 pub mod clients;
 pub mod crypto;
 pub mod datadir;

@@ -5,6 +5,8 @@
 //! server correlation values, result message texts, and the digests and key bytes of keys the
 //! server generated at random.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -6,6 +6,10 @@
 //! unless `ATREST_REQUIRE_PEERS=1` (CI sets it), where the missing piece fails the test: a CI
 //! run can never pass by skipping.
 
+#![forbid(unsafe_code)]
+// Test support: a broken test setup panics with a message, as tests do.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod exposition;
 
 use std::collections::HashMap;

@@ -9,6 +9,8 @@
 //! quicker run, ATREST_BENCH_DIR for where the images go (default: the target's tmp dir),
 //! ATREST_BENCH_CHUNK_MIB for the conversion chunk (default 32).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
