@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use openssl::hash::MessageDigest;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -28,7 +27,8 @@ pub const PBKDF2_ITERATIONS: u32 = 600_000;
 /// Shortest admin password accepted when changing it.
 pub const MIN_PASSWORD_LEN: usize = 12;
 /// Longest password considered (longer ones are refused before hashing).
-pub const MAX_PASSWORD_LEN: usize = 1024;
+pub use atrest_kms::password::MAX_PASSWORD_LEN;
+pub use atrest_kms::password::PasswordHash;
 /// A session unused this long ends (OWASP ASVS level 2: at most 30 minutes idle).
 pub const SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
 /// A session ends this long after its login, however busy (ASVS level 2: at most 12 hours).
@@ -40,6 +40,10 @@ pub const MAX_SESSIONS: usize = 256;
 pub const COOKIE: &str = "__Host-atrest_session";
 
 /// Random bytes as lowercase hex.
+#[allow(
+    clippy::expect_used,
+    reason = "without a working random generator no session or password can be made safely"
+)]
 pub fn random_hex(n: usize) -> String {
     let mut b = vec![0u8; n];
     openssl::rand::rand_bytes(&mut b).expect("the system random generator failed");
@@ -47,6 +51,10 @@ pub fn random_hex(n: usize) -> String {
 }
 
 /// A generated password: 20 characters from an unambiguous alphabet (about 100 bits).
+#[allow(
+    clippy::expect_used,
+    reason = "without a working random generator no password can be made safely"
+)]
 pub fn generate_password() -> Zeroizing<String> {
     const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzACDEFGHJKLMNPQRTUVWXY34679";
     let mut out = Zeroizing::new(String::with_capacity(20));
@@ -62,58 +70,6 @@ pub fn generate_password() -> Zeroizing<String> {
         }
     }
     out
-}
-
-/// A PBKDF2-HMAC-SHA256 password hash.
-#[derive(Clone, Serialize, Deserialize)]
-pub struct PasswordHash {
-    pub algorithm: String,
-    pub iterations: u32,
-    pub salt: String,
-    pub hash: String,
-}
-
-impl std::fmt::Debug for PasswordHash {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PasswordHash(<redacted>)")
-    }
-}
-
-fn pbkdf2(password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    openssl::pkcs5::pbkdf2_hmac(
-        password.as_bytes(),
-        salt,
-        iterations as usize,
-        MessageDigest::sha256(),
-        &mut out,
-    )
-    .expect("PBKDF2 failed");
-    out
-}
-
-impl PasswordHash {
-    pub fn new(password: &str, iterations: u32) -> Self {
-        let salt = random_hex(16);
-        let h = pbkdf2(password, salt.as_bytes(), iterations);
-        PasswordHash {
-            algorithm: "pbkdf2-hmac-sha256".into(),
-            iterations,
-            salt,
-            hash: hex::encode(h),
-        }
-    }
-
-    pub fn verify(&self, password: &str) -> bool {
-        if password.len() > MAX_PASSWORD_LEN || self.algorithm != "pbkdf2-hmac-sha256" {
-            return false;
-        }
-        let Ok(want) = hex::decode(&self.hash) else {
-            return false;
-        };
-        let got = pbkdf2(password, self.salt.as_bytes(), self.iterations);
-        want.len() == got.len() && openssl::memcmp::eq(&want, &got)
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -194,7 +150,7 @@ impl Admin {
         let password = generate_password();
         let file = AdminFile {
             username: ADMIN_USER.into(),
-            password: PasswordHash::new(&password, iterations),
+            password: PasswordHash::new(&password, iterations).map_err(std::io::Error::other)?,
             initial: true,
         };
         let mut text = Zeroizing::new(password.to_string());
@@ -265,8 +221,10 @@ impl Admin {
                 "the new password is the same as the current one; choose another",
             ));
         }
+        let hash = PasswordHash::new(new, self.iterations)
+            .map_err(|e| ApiError::internal("hashing the new admin password", e))?;
         let updated = AdminFile {
-            password: PasswordHash::new(new, self.iterations),
+            password: hash,
             initial: false,
             ..old
         };
@@ -331,7 +289,7 @@ impl Sessions {
     /// Opens a session; returns its token.
     pub fn open(&self, kind: SessionKind) -> String {
         let token = random_hex(32);
-        let mut map = self.map.lock().expect("sessions lock");
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         map.retain(|_, s| !s.expired(now));
         while map.len() >= MAX_SESSIONS {
@@ -358,7 +316,7 @@ impl Sessions {
 
     /// Looks a token up (and refreshes it).
     pub fn get(&self, token: &str) -> Option<Authenticated> {
-        let mut map = self.map.lock().expect("sessions lock");
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let k = key_of(token);
         let now = Instant::now();
         let s = map.get_mut(&k)?;
@@ -376,13 +334,13 @@ impl Sessions {
     pub fn close(&self, token: &str) {
         self.map
             .lock()
-            .expect("sessions lock")
+            .unwrap_or_else(|e| e.into_inner())
             .remove(&key_of(token));
     }
 
     /// Closes every session (after a password change).
     pub fn close_all(&self) {
-        self.map.lock().expect("sessions lock").clear();
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
 
@@ -413,15 +371,6 @@ pub fn same_token(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn password_hash_verifies_only_the_password() {
-        let h = PasswordHash::new("correct horse", 1000);
-        assert!(h.verify("correct horse"));
-        assert!(!h.verify("correct hors"));
-        assert!(!h.verify(""));
-        assert!(!format!("{h:?}").contains(&h.hash));
-    }
 
     #[test]
     fn generated_passwords_are_long_and_differ() {

@@ -2,9 +2,9 @@
 //! directories (0700), bounded reads.
 
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
 
 /// Creates `dir` (and parents) with mode 0700 if missing.
 pub fn private_dir(dir: &Path) -> io::Result<()> {
@@ -17,33 +17,13 @@ pub fn private_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes `bytes` to `path` with mode 0600: a temporary file beside it, fsync, rename, fsync
-/// of the directory. A crash leaves the old or the new file, never a mix.
+/// Writes `bytes` to `path` with mode 0600, atomically and durably (the project's one atomic
+/// writer, `atrest_kms::crypto::write_atomic`): a crash leaves the old or the new file, never a
+/// mix. Creates the directory (0700) when missing.
 pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     private_dir(dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp: PathBuf = dir.join(format!(".{name}.tmp"));
-    let _ = fs::remove_file(&tmp);
-    {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    // The mode of an existing file is not changed by rename of a new one, but be explicit.
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    atrest_kms::crypto::write_atomic(path, bytes, 0o600).map_err(io::Error::other)
 }
 
 /// Reads a file of at most `limit` bytes.
@@ -80,6 +60,7 @@ pub fn sync_dir(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn private_files_are_0600_and_replaced_whole() {

@@ -7,6 +7,7 @@ use crate::content::MIN_VOLUME_SIZE;
 
 /// Bytes an unprivileged writer may still allocate on the file system holding `path`
 /// (`statvfs`: available blocks × fragment size); `None` when it cannot be asked.
+#[allow(unsafe_code)]
 pub fn free_bytes(path: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;

@@ -1,19 +1,7 @@
 //! The appliance's own HTTPS certificate: the one given, or a self-signed one made on the
 //! first start and kept in DIR/tls/.
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-
-use openssl::asn1::Asn1Time;
-use openssl::bn::{BigNum, MsbOption};
-use openssl::ec::{EcGroup, EcKey};
-use openssl::hash::MessageDigest;
-use openssl::nid::Nid;
-use openssl::pkey::PKey;
-use openssl::x509::extension::{
-    BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
-};
-use openssl::x509::{X509, X509NameBuilder};
 
 use crate::files;
 
@@ -54,62 +42,31 @@ pub fn ensure_self_signed(dir: &Path, names: &[String]) -> Result<CertPaths, Str
     })
 }
 
-/// A self-signed P-256 certificate for `names`: (certificate PEM, private key PEM).
-pub fn self_signed(
-    names: &[String],
-) -> Result<(Vec<u8>, zeroize::Zeroizing<Vec<u8>>), openssl::error::ErrorStack> {
-    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
-    let key = PKey::from_ec_key(EcKey::generate(&group)?)?;
-    let mut name = X509NameBuilder::new()?;
-    name.append_entry_by_nid(Nid::COMMONNAME, "atrest appliance")?;
-    let name = name.build();
-    let mut b = X509::builder()?;
-    b.set_version(2)?;
-    let mut serial = BigNum::new()?;
-    serial.rand(127, MsbOption::MAYBE_ZERO, false)?;
-    let serial = serial.to_asn1_integer()?;
-    b.set_serial_number(&serial)?;
-    b.set_subject_name(&name)?;
-    b.set_issuer_name(&name)?;
-    b.set_pubkey(&key)?;
-    let not_before = Asn1Time::days_from_now(0)?;
-    let not_after = Asn1Time::days_from_now(SELF_SIGNED_DAYS)?;
-    b.set_not_before(&not_before)?;
-    b.set_not_after(&not_after)?;
-    b.append_extension(BasicConstraints::new().critical().build()?)?;
-    b.append_extension(
-        KeyUsage::new()
-            .critical()
-            .digital_signature()
-            .key_agreement()
-            .build()?,
-    )?;
-    b.append_extension(ExtendedKeyUsage::new().server_auth().build()?)?;
+/// A self-signed P-256 certificate for `names` and localhost: (certificate PEM, private key
+/// PEM). Made by the KMS's PKI, like every certificate atrest makes.
+pub fn self_signed(names: &[String]) -> Result<(Vec<u8>, zeroize::Zeroizing<Vec<u8>>), String> {
     let mut all: Vec<String> = vec!["localhost".into(), "127.0.0.1".into()];
     for n in names {
         if !n.is_empty() && !all.contains(n) && n != "0.0.0.0" && n != "::" {
             all.push(n.clone());
         }
     }
-    let mut san = SubjectAlternativeName::new();
-    for n in &all {
-        if n.parse::<IpAddr>().is_ok() {
-            san.ip(n);
-        } else {
-            san.dns(n);
-        }
-    }
-    let san = san.build(&b.x509v3_context(None, None))?;
-    b.append_extension(san)?;
-    b.sign(&key, MessageDigest::sha256())?;
-    let cert = b.build().to_pem()?;
-    let key = zeroize::Zeroizing::new(key.private_key_to_pem_pkcs8()?);
-    Ok((cert, key))
+    let (key, cert) = atrest_kms::pki::self_signed_server(
+        "atrest appliance",
+        "atrest appliance",
+        SELF_SIGNED_DAYS,
+        &all,
+    )
+    .map_err(|e| e.to_string())?;
+    let pem = |r: Result<Vec<u8>, openssl::error::ErrorStack>| r.map_err(|e| e.to_string());
+    let key = zeroize::Zeroizing::new(pem(key.private_key_to_pem_pkcs8())?);
+    Ok((pem(cert.to_pem())?, key))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use openssl::x509::X509;
 
     #[test]
     fn made_once_then_reused() {

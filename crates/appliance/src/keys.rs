@@ -153,6 +153,7 @@ pub fn next_generation(client: &mut Client, uuid: &str, current: Option<&str>) -
 pub fn host_name() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
+    #[allow(unsafe_code)]
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
     let name = if rc == 0 {
         let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());

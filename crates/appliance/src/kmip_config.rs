@@ -13,7 +13,6 @@ use atrest_kmip::client::{
     Client, ClientConfig, DEFAULT_MAX_RESPONSE_LEN, DEFAULT_PORT, Identity, ServerAddr, Timeouts,
 };
 use atrest_kmip::message::Password;
-use openssl::asn1::Asn1Time;
 use openssl::pkcs12::Pkcs12;
 use openssl::x509::{X509, X509NameRef};
 use serde::{Deserialize, Serialize};
@@ -171,11 +170,6 @@ pub fn parse_server(s: &str, default_port: u16) -> Result<ServerAddr, String> {
     Ok(addr)
 }
 
-fn days_left(t: &openssl::asn1::Asn1TimeRef) -> Option<i32> {
-    let now = Asn1Time::days_from_now(0).ok()?;
-    now.diff(t).ok().map(|d| d.days)
-}
-
 fn name_text(n: &X509NameRef) -> String {
     n.entries()
         .map(|e| {
@@ -189,7 +183,7 @@ fn name_text(n: &X509NameRef) -> String {
 
 /// Summarises a certificate.
 pub fn summarize(c: &X509) -> CertSummary {
-    let days = days_left(c.not_after());
+    let days = atrest_kmip::client::days_left(c.not_after());
     CertSummary {
         subject: name_text(c.subject_name()),
         issuer: name_text(c.issuer_name()),

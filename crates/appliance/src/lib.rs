@@ -4,6 +4,8 @@
 //! [`app`] builds the whole router from an [`AppState`]; [`server::serve`] runs it over HTTPS.
 //! The workflow itself is the I/O-free state machine in [`workflow`]; see docs/workflow.md.
 
+#![deny(unsafe_code)]
+
 pub mod api;
 pub mod auth;
 pub mod content;

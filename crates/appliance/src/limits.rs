@@ -516,6 +516,7 @@ pub fn configure_http(
 
 /// Raises the soft limit on open files to the hard limit, so that many connections do not
 /// starve the volume and the KMIP client of descriptors. Returns the limit in force.
+#[allow(unsafe_code)]
 pub fn raise_open_files() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

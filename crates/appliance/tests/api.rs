@@ -2,6 +2,8 @@
 //! KMIP settings (good and bad uploads), the step-by-step test against an in-process bundled
 //! KMIP server and an unreachable host, the Encrypt gate, limits and the OpenAPI document.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 

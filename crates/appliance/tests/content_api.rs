@@ -2,6 +2,8 @@
 //! recordings on a plain content volume, with their negative cases, and 503 with the reason
 //! when the volume is locked or missing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use atrest_appliance::content::{DataVolume, VolumeOptions};

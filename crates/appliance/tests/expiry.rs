@@ -1,6 +1,8 @@
 //! The page and GET /api/encryption warn when the client certificate or the CA expires within
 //! 30 days, and not before.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use atrest_appliance::{AppConfig, AppState, app};
 use axum::Router;
 use axum::body::Body;

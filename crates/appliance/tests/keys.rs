@@ -1,6 +1,8 @@
 //! Volume keys on a real KMIP server (the PyKMIP peer): create for a volume, fetch and verify
 //! by the header's identifier, refuse a revoked key and another volume's key.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 
 use atrest_appliance::keys::{KeyError, create_volume_key, fetch_volume_keys};

@@ -1,6 +1,8 @@
 //! GET /metrics, /healthz and /readyz through `metrics::router`, no socket: the exposition is
 //! read strictly and counts the HTTPS requests and refused logins made through `app(state)`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use atrest_appliance::{AppConfig, AppState, app, metrics};
 use atrest_testkit::exposition;
 use axum::Router;

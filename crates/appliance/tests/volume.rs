@@ -3,6 +3,8 @@
 //! itself when one is back, a conversion stopped half-way resumed, a revoked key refused at
 //! start and raising an alert (or locking) while unlocked, and the audit trail of it all.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -1,10 +1,13 @@
 //! `atrest`: data-at-rest encryption for appliances, keyed by the customer's KMIP server.
 
+#![forbid(unsafe_code)]
+
 mod config_file;
 mod kmip_cmd;
 mod kmip_settings;
 mod kms_cmd;
 mod serve_cmd;
+mod size;
 mod volume_cmd;
 mod volume_kmip;
 
@@ -91,13 +94,12 @@ fn parse() -> Cli {
     let mut cmd = Cli::command();
     let mut sub_m = &matches;
     for name in names {
-        cmd = cmd
-            .find_subcommand(name)
-            .expect("the subcommand parsed")
-            .clone();
-        sub_m = sub_m
-            .subcommand_matches(name)
-            .expect("the subcommand parsed");
+        // The names are those of the command just parsed: both lookups find them.
+        let (Some(c), Some(m)) = (cmd.find_subcommand(name), sub_m.subcommand_matches(name)) else {
+            return cli;
+        };
+        cmd = c.clone();
+        sub_m = m;
     }
     let extra = match config_file::file_args(&cmd, sub_m, &path) {
         Ok(e) => e,
@@ -135,6 +137,16 @@ fn main() {
     if let Err(err) = result {
         // One line on stderr: the whole chain of causes, joined.
         eprintln!("atrest: {err:#}");
+        // What to change is the front end's to say: the KMIP client's errors name the problem.
+        let kmip = err
+            .chain()
+            .find_map(|c| c.downcast_ref::<atrest_kmip::client::ClientError>());
+        if kmip.is_some_and(|e| e.is_version_mismatch()) {
+            eprintln!(
+                "atrest: pin a version the server speaks with --kmip-version (or kmip_version in \
+                 the settings file)"
+            );
+        }
         std::process::exit(1);
     }
 }

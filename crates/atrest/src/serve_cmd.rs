@@ -1,5 +1,6 @@
 //! `atrest serve`: the appliance (web admin and REST API over HTTPS).
 
+use crate::size::parse_size;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -38,9 +39,9 @@ pub struct ServeArgs {
     /// appliance). Default: DIR/volume.img.
     #[arg(long, value_name = "PATH", conflicts_with = "no_volume")]
     volume: Option<PathBuf>,
-    /// Size of the content volume image made on the first start (bytes, or with a
-    /// K, M, G suffix). Default: the free space of the file system that will hold it, less a
-    /// margin (1/20, 64 MiB to 8 GiB); the image is sparse.
+    /// Size of the content volume image made on the first start (bytes, or with K, M, G or
+    /// T: powers of 1024). Default: the free space of the file system that will hold it, less
+    /// a margin (1/20, 64 MiB to 8 GiB); the image is sparse.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     volume_size: Option<u64>,
     /// Serve without the content volume (Encrypt and the content API answer 503).
@@ -50,11 +51,12 @@ pub struct ServeArgs {
     /// (XTS-AES-256; not every KMIP server makes 512-bit AES keys).
     #[arg(long, value_name = "BITS", default_value_t = 256, value_parser = clap::builder::ValueParser::new(parse_bits))]
     key_bits: u32,
-    /// Most bytes per second Encrypt, Rekey and Decrypt convert (K, M, G suffixes), to leave
-    /// disk bandwidth to the appliance; 0 for no limit.
+    /// Most bytes per second Encrypt, Rekey and Decrypt convert (SIZE: bytes, or with K, M, G
+    /// or T), to leave disk bandwidth to the appliance; 0 for no limit.
     #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_size)]
     convert_rate: u64,
-    /// Bytes converted (and committed in the volume header) per step.
+    /// Bytes converted (and committed in the volume header) per step (SIZE: bytes, or with
+    /// K, M, G or T).
     #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = parse_size)]
     convert_chunk: u64,
     /// Seconds between checks that the volume key is still Active on the KMIP server.
@@ -234,28 +236,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         metrics_listen: args.metrics_listen,
     };
     atrest_appliance::server::run(opts).map_err(anyhow::Error::msg)
-}
-
-/// `123`, `64K`, `64M`, `1G` (powers of 1024).
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m: u64 = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => return Err(format!("`{s}`: use a number of bytes with K, M, G or T")),
-            };
-            (&t[..i], m)
-        }
-        _ => (t, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| format!("`{s}` is not a size; give e.g. 64M or 1G"))
 }
 
 fn parse_syslog(s: &str) -> Result<atrest_appliance::syslog::Target, String> {

@@ -10,6 +10,8 @@ use atrest_volume::{
 };
 use clap::{Args, Subcommand};
 
+use crate::size::parse_size;
+
 #[derive(Debug, Args)]
 pub struct VolumeArgs {
     #[command(subcommand)]
@@ -56,13 +58,13 @@ enum VolumeCommand {
 struct FormatArgs {
     /// Image file (created if missing) or block device.
     image: PathBuf,
-    /// Payload size (bytes, or with a K/M/G/T suffix, powers of 1024); the image is this plus
+    /// Payload size (bytes, or with K, M, G or T: powers of 1024); the image is this plus
     /// the header area. Required when IMAGE does not exist.
-    #[arg(long)]
-    size: Option<String>,
-    /// Reserved header area in front of the data (multiple of 1 MiB).
-    #[arg(long, default_value = "16M")]
-    header_area: String,
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    size: Option<u64>,
+    /// Reserved header area in front of the data (multiple of 1 MiB; SIZE as for --size).
+    #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = parse_size)]
+    header_area: u64,
     /// LUKS2 label.
     #[arg(long, default_value = "")]
     label: String,
@@ -110,28 +112,8 @@ pub fn run(args: VolumeArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Parses `4096`, `64K`, `16M`, `2G`, `1T` (also `MiB`/`GiB` spellings).
-pub fn parse_size(s: &str) -> anyhow::Result<u64> {
-    let t = s.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(digits);
-    let n: u64 = num
-        .parse()
-        .with_context(|| format!("size {s:?} is not a number with an optional K/M/G/T suffix"))?;
-    let shift = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
-        _ => bail!("size {s:?}: unknown unit {unit:?} (use K, M, G or T)"),
-    };
-    n.checked_mul(1 << shift)
-        .with_context(|| format!("size {s:?} is too large"))
-}
-
 fn format(a: FormatArgs) -> anyhow::Result<()> {
-    let header = parse_size(&a.header_area)?;
+    let header = a.header_area;
     let _lock = lock_exclusive(&a.image)?;
     let exists = a.image.exists();
     let dev = if exists {
@@ -152,7 +134,7 @@ fn format(a: FormatArgs) -> anyhow::Result<()> {
             );
         }
         if let Some(size) = &a.size {
-            let want = header + parse_size(size)?;
+            let want = header + size;
             if dev.len() != want {
                 bail!(
                     "{} is {} bytes, not header area + --size = {want}; nothing was changed. Omit --size to use its whole size",
@@ -174,7 +156,7 @@ fn format(a: FormatArgs) -> anyhow::Result<()> {
                 a.image.display()
             );
         };
-        let size = parse_size(size)?;
+        let size = *size;
         if size == 0 || !size.is_multiple_of(4096) {
             bail!("--size must be a positive multiple of 4096 bytes (got {size})");
         }
@@ -415,18 +397,4 @@ fn export(a: ExportArgs) -> anyhow::Result<()> {
     }
     out.flush().context("writing the export")?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert_eq!(parse_size("16M").unwrap(), 16 << 20);
-        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
-        assert!(parse_size("2X").is_err());
-        assert!(parse_size("").is_err());
-    }
 }

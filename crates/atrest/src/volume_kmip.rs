@@ -20,9 +20,8 @@ use clap::Args;
 use serde_json::json;
 
 use crate::kmip_settings::KmipSettings;
-use crate::volume_cmd::{
-    lock_exclusive, open_to_read_data, open_writable, parse_size, progress_printer,
-};
+use crate::size::parse_size;
+use crate::volume_cmd::{lock_exclusive, open_to_read_data, open_writable, progress_printer};
 
 #[derive(Debug, Args)]
 pub struct EncryptArgs {
@@ -97,15 +96,16 @@ pub struct GrowArgs {
 /// How a conversion runs.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Bytes converted per committed step (e.g. 4M); smaller steps commit more often.
-    #[arg(long, value_name = "SIZE")]
-    chunk_size: Option<String>,
+    /// Bytes converted per committed step (SIZE: bytes, or with K, M, G or T, e.g. 4M);
+    /// smaller steps commit more often.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    chunk_size: Option<u64>,
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
     /// Limit the conversion to SIZE bytes per second (e.g. 50M), to spare a busy disk.
-    #[arg(long, value_name = "SIZE")]
-    max_rate: Option<String>,
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_rate: Option<u64>,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
@@ -114,8 +114,8 @@ pub struct RunArgs {
 impl RunArgs {
     fn options(&self, stop: Arc<AtomicBool>) -> anyhow::Result<ConvertOptions> {
         let mut o = ConvertOptions::default();
-        if let Some(c) = &self.chunk_size {
-            o.chunk_size = parse_size(c)?;
+        if let Some(c) = self.chunk_size {
+            o.chunk_size = c;
         }
         if let Some(t) = self.threads {
             if t == 0 {
@@ -163,12 +163,9 @@ fn run_conversion(
 ) -> anyhow::Result<()> {
     let stop = stop_flag();
     let opts = run.options(stop.clone())?;
-    let max_rate = match &run.max_rate {
-        Some(r) => match parse_size(r)? {
-            0 => bail!("--max-rate must be more than 0 bytes per second"),
-            n => Some(n),
-        },
-        None => None,
+    let max_rate = match run.max_rate {
+        Some(0) => bail!("--max-rate must be more than 0 bytes per second"),
+        r => r,
     };
     if std::io::stderr().is_terminal() {
         // Offline, no content store is open to say which space holds content.

@@ -4,6 +4,8 @@
 //! in use or without a LUKS2 header is refused with a sentence. Growth of the volume, plain and
 //! encrypted: `atrest volume grow`, POST /api/volume/grow, and at start.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

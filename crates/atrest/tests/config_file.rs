@@ -1,6 +1,8 @@
 //! `atrest serve --config` and `atrest kms serve --config`: options from the TOML file, paths in
 //! it relative to it, flags overriding it, and a one-line refusal of a wrong file.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

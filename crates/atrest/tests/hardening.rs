@@ -4,6 +4,8 @@
 //!
 //! Latencies are printed (`--nocapture` or nextest's output), never asserted.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

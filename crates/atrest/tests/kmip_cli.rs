@@ -1,6 +1,8 @@
 //! `atrest kmip …` as an administrator runs it, against the PyKMIP peer: output, exit status,
 //! and a one-line reason on stderr when it fails.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 

@@ -2,6 +2,8 @@
 //! directory, the files it prints, client.env with the bound port, a client added while the
 //! server runs, reuse on the second start, and a clean stop on SIGTERM.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -8,6 +8,8 @@
 //! Needs the PyKMIP peer's env file (ATREST_PYKMIP_EC_ENV, for PYKMIP_PYTHON_BIN) and PyPI the
 //! first time; skipped with a note when the peer is missing, unless ATREST_REQUIRE_PEERS=1.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -4,6 +4,8 @@
 //! and the unlock once the key server is back (/readyz 200). `promtool check metrics` also
 //! reads every scrape when it is installed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

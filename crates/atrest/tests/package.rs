@@ -4,6 +4,8 @@
 //! package, and their `systemd-analyze security` exposure stays as low as docs/operations.md
 //! reports. Needs cargo-deb, dpkg-deb and systemd-analyze (scripts/test installs cargo-deb).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

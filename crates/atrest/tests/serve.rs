@@ -3,6 +3,8 @@
 //! (`--embedded-kms`) and against the PyKMIP peer (its env file in ATREST_PYKMIP_EC_ENV; the
 //! peer tests are skipped with a note when it is unset, unless ATREST_REQUIRE_PEERS=1).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

@@ -12,6 +12,8 @@
 //! runs so that its Python environment is made once) or a temporary folder. Without them the
 //! test is skipped with a note, unless ATREST_REQUIRE_PEERS=1.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

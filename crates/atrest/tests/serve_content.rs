@@ -8,6 +8,8 @@
 //!
 //! HTTP/2 is spoken by curl (`curl --http2`), which must be installed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

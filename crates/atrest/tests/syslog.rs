@@ -2,6 +2,8 @@
 //! Encrypt reach a receiver the test runs, as RFC 5424 messages in octet-counted frames, in
 //! order, including those sent while the receiver was not yet listening.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;

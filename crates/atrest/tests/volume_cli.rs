@@ -1,5 +1,7 @@
 //! `atrest volume format|dump|export` from the command line.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

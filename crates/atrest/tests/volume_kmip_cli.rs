@@ -1,6 +1,8 @@
 //! `atrest volume encrypt | unlock | rekey | decrypt | export` against the PyKMIP peer, checked by
 //! Debian's cryptsetup, PyKMIP's own client, and kill -9 in the middle of conversions.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};

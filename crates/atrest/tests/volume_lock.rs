@@ -2,6 +2,8 @@
 //! read, exclusive to write) before it opens the image, and is refused with one sentence while
 //! `atrest serve` or another process holds it; `dump` writes nothing unless `--repair`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

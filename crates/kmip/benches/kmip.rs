@@ -10,6 +10,8 @@
 //! (scripts/bench starts the peer and does this). Without the env file only the in-process
 //! figures are printed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::hint::black_box;
 use std::process::Command;
 use std::time::{Duration, Instant};

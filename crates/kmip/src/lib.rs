@@ -5,6 +5,8 @@
 //!   in both the 1.x (Template-Attribute) and 2.x (Attributes) encodings — no I/O.
 //! - [`client`]: a KMIP client over mutual TLS with version negotiation, timeouts and failover.
 
+#![forbid(unsafe_code)]
+
 pub mod client;
 pub mod message;
 pub mod ttlv;

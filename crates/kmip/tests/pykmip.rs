@@ -2,6 +2,8 @@
 //! with an EC server key (ATREST_PYKMIP_EC_ENV) and with an RSA server key that offers only the
 //! KMIP profiles' CBC suites (ATREST_PYKMIP_RSA_ENV).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::process::Command;

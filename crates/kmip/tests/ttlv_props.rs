@@ -1,6 +1,8 @@
 //! Property tests of the TTLV codec: any item encodes to bytes that decode to the same item and
 //! re-encode to the same bytes; any byte string decodes without panicking.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use atrest_kmip::ttlv::{self, Item, Limits, Tag, Value, big_integer_from_bytes};
 use proptest::prelude::*;
 

@@ -1,24 +1,14 @@
-//! The published TTLV and KMIP encodings of the shared kit's kmip-vectors: the examples of the
+//! The published TTLV and KMIP encodings in `testdata/kmip`: the examples of the
 //! KMIP specification (§9.1.2), the KMIP 1.0 Use Cases and 1.1 Test Cases, and PyKMIP's unit
-//! test vectors (see kmip-vectors/README.md for every source).
+//! test vectors (see testdata/README.md for every source).
 
-use std::path::PathBuf;
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use atrest_kmip::ttlv::{self, DecodeErrorKind, Item, Limits, Value};
 use serde_json::Value as Json;
 
-fn vectors_dir() -> PathBuf {
-    let shared = std::env::var_os("ATREST_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    shared.join("kmip-vectors")
-}
-
 fn load(name: &str) -> Json {
-    let path = vectors_dir().join(name);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e} (set ATREST_SHARED)", path.display()));
-    serde_json::from_str(&text).unwrap()
+    atrest_testkit::testdata_json(&format!("kmip/{name}"))
 }
 
 fn bytes(hex: &str) -> Vec<u8> {

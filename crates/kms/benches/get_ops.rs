@@ -9,6 +9,8 @@
 //! ../shared beside the checkout) on a free port, stopped afterwards.
 //! ATREST_BENCH_SECONDS sets the length of each measurement (default 5).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -77,13 +79,6 @@ fn measure(env: &HashMap<String, String>, uid: &str, clients: usize, secs: f64) 
     total as f64 / secs
 }
 
-fn shared_dir() -> PathBuf {
-    match std::env::var_os("ATREST_SHARED") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
-    }
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -124,7 +119,7 @@ fn main() {
         Some(p) if !p.is_empty() => env_file(Path::new(&p)),
         _ => {
             let state = tmp.path().join("pykmip");
-            let kit = shared_dir().join("peers/pykmip");
+            let kit = atrest_testkit::shared_kit().join("peers/pykmip");
             eprintln!(
                 "starting a PyKMIP server with {} (may take a minute)",
                 kit.display()
@@ -175,7 +170,7 @@ fn main() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     handle.join().unwrap();
     if let Some(state) = started {
-        let _ = Command::new(shared_dir().join("peers/pykmip/stop"))
+        let _ = Command::new(atrest_testkit::shared_kit().join("peers/pykmip/stop"))
             .arg(&state)
             .status();
     }

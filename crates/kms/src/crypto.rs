@@ -1,9 +1,9 @@
 //! Small cryptographic building blocks over OpenSSL: random bytes, AES-256-GCM sealing of
 //! records under the master key, password hashing (PBKDF2-HMAC-SHA256) and atomic file writes.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use openssl::hash::MessageDigest;
@@ -30,20 +30,15 @@ pub fn random_secret() -> Result<Zeroizing<String>> {
     Ok(Zeroizing::new(hex::encode(&*b)))
 }
 
-/// A random version-4 UUID, as text.
+/// A random version-4 UUID, as text, from OpenSSL's random generator.
 pub fn random_uuid() -> Result<String> {
-    let mut b = random_bytes(16)?;
-    b[6] = (b[6] & 0x0F) | 0x40;
-    b[8] = (b[8] & 0x3F) | 0x80;
-    let h = hex::encode(&*b);
-    Ok(format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    ))
+    let b = random_bytes(16)?;
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&b);
+    Ok(uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .to_string())
 }
 
 /// The key that wraps every object record at rest. Zeroed on drop; never printed.
@@ -63,7 +58,9 @@ impl MasterKey {
 
     pub fn generate() -> Result<Self> {
         let b = random_bytes(MASTER_KEY_LEN)?;
-        Ok(MasterKey::from_bytes(&b).expect("length is MASTER_KEY_LEN"))
+        let mut key = Zeroizing::new([0u8; MASTER_KEY_LEN]);
+        key.copy_from_slice(&b);
+        Ok(MasterKey(key))
     }
 
     pub(crate) fn expose(&self) -> &[u8] {
@@ -139,32 +136,33 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 }
 
 /// Writes `contents` to `path` atomically and durably: a temporary file in the same directory
-/// (mode `mode`), fsync, rename over `path`, fsync of the directory. After a crash `path` holds
-/// either the old or the new contents, never a mix.
+/// (`tempfile`, a random name, created 0600 and then given `mode`), fsync, rename over `path`,
+/// fsync of the directory. After a crash `path` holds either the old or the new contents,
+/// never a mix; a leftover temporary file is never mistaken for it. The one atomic writer of
+/// the project (the appliance's private files use it too).
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| KmsError::Config(format!("{} has no parent directory", path.display())))?;
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| KmsError::Config(format!("{} has no file name", path.display())))?;
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(KmsError::io("creating", &tmp))?;
-    // The mode of an existing temporary file is not changed by `mode()`.
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
-        .map_err(KmsError::io("setting the mode of", &tmp))?;
-    f.write_all(contents)
-        .map_err(KmsError::io("writing", &tmp))?;
-    f.sync_all().map_err(KmsError::io("syncing", &tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(KmsError::io("renaming into place", path))?;
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".atrest-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(KmsError::io("creating a temporary file in", dir))?;
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(mode))
+        .map_err(KmsError::io("setting the mode of", tmp.path()))?;
+    tmp.write_all(contents)
+        .map_err(KmsError::io("writing", tmp.path()))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(KmsError::io("syncing", tmp.path()))?;
+    tmp.persist(path)
+        .map_err(|e| KmsError::io("renaming into place", path)(e.error))?;
     sync_dir(dir)
 }
 

@@ -310,7 +310,7 @@ impl DataDir {
         clients.add(Client {
             name: name.to_owned(),
             username: name.to_owned(),
-            password: PasswordHash::new(&issued.password)?,
+            password: PasswordHash::new(&issued.password, crate::crypto::PBKDF2_ITERATIONS)?,
             certificates: vec![pki::fingerprint(&cert)?],
         })?;
         Ok(issued)
@@ -405,7 +405,9 @@ impl DataDir {
             .map_err(KmsError::io("opening the lock file", &path))?;
         use std::os::fd::AsRawFd;
         // SAFETY: flock on a descriptor owned by `file`, which outlives the call.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        #[allow(unsafe_code)]
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        if !locked {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
                 let holder = fs::read_to_string(&path).unwrap_or_default();

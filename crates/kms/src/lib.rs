@@ -41,11 +41,14 @@
 //! material of an XTS-AES-256 key in one object, as PyKMIP does. 512 is not an AES key length
 //! in the specification, so a client that must work with any server uses two 256-bit keys.
 
+#![deny(unsafe_code)]
+
 pub mod clients;
 pub mod crypto;
 pub mod datadir;
 pub mod engine;
 pub mod error;
+pub mod password;
 pub mod pki;
 pub mod server;
 pub mod store;

@@ -41,9 +41,12 @@ pub fn rsa_key() -> Result<PKey<Private>> {
     PKey::from_rsa(rsa).map_err(err("generating an RSA key"))
 }
 
-fn builder(cn: &str, days: u32, key: &PKey<Private>) -> Result<X509Builder> {
+/// The organisation of the KMS's certificates.
+const KMS_ORG: &str = "atrest KMS";
+
+fn builder(org: &str, cn: &str, days: u32, key: &PKey<Private>) -> Result<X509Builder> {
     let mut name = X509NameBuilder::new().map_err(err("building a certificate"))?;
-    name.append_entry_by_nid(Nid::ORGANIZATIONNAME, "atrest KMS")
+    name.append_entry_by_nid(Nid::ORGANIZATIONNAME, org)
         .map_err(err("building a certificate"))?;
     name.append_entry_by_nid(Nid::COMMONNAME, cn)
         .map_err(err("certificate common name"))?;
@@ -78,10 +81,10 @@ fn now_unix() -> i64 {
 pub fn make_ca(cn: &str) -> Result<(PKey<Private>, X509)> {
     let key = ec_key()?;
     let e = || err("building the CA certificate");
-    let mut b = builder(cn, CA_DAYS, &key)?;
+    let mut b = builder(KMS_ORG, cn, CA_DAYS, &key)?;
     let subject = {
         let mut n = X509NameBuilder::new().map_err(e())?;
-        n.append_entry_by_nid(Nid::ORGANIZATIONNAME, "atrest KMS")
+        n.append_entry_by_nid(Nid::ORGANIZATIONNAME, KMS_ORG)
             .map_err(e())?;
         n.append_entry_by_nid(Nid::COMMONNAME, cn).map_err(e())?;
         n.build()
@@ -131,7 +134,7 @@ pub fn issue(
     names: &[String],
 ) -> Result<X509> {
     let e = || err("issuing a certificate");
-    let mut b = builder(cn, LEAF_DAYS, key)?;
+    let mut b = builder(KMS_ORG, cn, LEAF_DAYS, key)?;
     b.set_issuer_name(ca.subject_name()).map_err(e())?;
     b.append_extension(BasicConstraints::new().critical().build().map_err(e())?)
         .map_err(e())?;
@@ -150,16 +153,7 @@ pub fn issue(
     };
     b.append_extension(eku.build().map_err(e())?).map_err(e())?;
     if role == Role::Server && !names.is_empty() {
-        let mut san = SubjectAlternativeName::new();
-        for n in names {
-            if n.parse::<std::net::IpAddr>().is_ok() {
-                san.ip(n);
-            } else {
-                san.dns(n);
-            }
-        }
-        let ext = san.build(&b.x509v3_context(Some(ca), None)).map_err(e())?;
-        b.append_extension(ext).map_err(e())?;
+        add_names(&mut b, Some(ca), names)?;
     }
     let ski = SubjectKeyIdentifier::new()
         .build(&b.x509v3_context(Some(ca), None))
@@ -172,6 +166,62 @@ pub fn issue(
     b.append_extension(aki).map_err(e())?;
     b.sign(ca_key, MessageDigest::sha256()).map_err(e())?;
     Ok(b.build())
+}
+
+/// Adds `names` as Subject Alternative Names: IP addresses as IP entries, the rest as DNS
+/// names.
+fn add_names(b: &mut X509Builder, issuer: Option<&X509>, names: &[String]) -> Result<()> {
+    let e = || err("adding the certificate's names");
+    let mut san = SubjectAlternativeName::new();
+    for n in names {
+        if n.parse::<std::net::IpAddr>().is_ok() {
+            san.ip(n);
+        } else {
+            san.dns(n);
+        }
+    }
+    let ext = san
+        .build(&b.x509v3_context(issuer.map(|c| &**c), None))
+        .map_err(e())?;
+    b.append_extension(ext).map_err(e())
+}
+
+/// A self-signed server certificate (EC P-256 key) for `names` (see [`issue`] for how names
+/// become SANs), valid `days`: what a server presents until it is given a certificate of its
+/// own (the appliance's HTTPS).
+pub fn self_signed_server(
+    org: &str,
+    cn: &str,
+    days: u32,
+    names: &[String],
+) -> Result<(PKey<Private>, X509)> {
+    let key = ec_key()?;
+    let e = || err("building a self-signed certificate");
+    let mut b = builder(org, cn, days, &key)?;
+    let name = {
+        let mut n = X509NameBuilder::new().map_err(e())?;
+        n.append_entry_by_nid(Nid::ORGANIZATIONNAME, org)
+            .map_err(e())?;
+        n.append_entry_by_nid(Nid::COMMONNAME, cn).map_err(e())?;
+        n.build()
+    };
+    b.set_issuer_name(&name).map_err(e())?;
+    b.append_extension(BasicConstraints::new().critical().build().map_err(e())?)
+        .map_err(e())?;
+    b.append_extension(
+        KeyUsage::new()
+            .critical()
+            .digital_signature()
+            .key_agreement()
+            .build()
+            .map_err(e())?,
+    )
+    .map_err(e())?;
+    b.append_extension(ExtendedKeyUsage::new().server_auth().build().map_err(e())?)
+        .map_err(e())?;
+    add_names(&mut b, None, names)?;
+    b.sign(&key, MessageDigest::sha256()).map_err(e())?;
+    Ok((key, b.build()))
 }
 
 /// A PKCS#12 file holding `key`, `cert` and the CA, protected by `passphrase` (OpenSSL 3

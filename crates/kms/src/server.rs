@@ -542,6 +542,7 @@ fn wait_readable(l: &TcpListener, ms: i32) -> bool {
         revents: 0,
     };
     // SAFETY: `fds` is one valid pollfd for the duration of the call.
+    #[allow(unsafe_code)]
     let n = unsafe { libc::poll(&mut fds, 1, ms) };
     n > 0
 }

@@ -2,6 +2,8 @@
 //! credentials and certificates, malformed and oversized messages, bounded connections,
 //! durability across restarts.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::{Read, Write};

@@ -2,6 +2,8 @@
 //! 1.4 and 2.0, with the identity the server printed, plus isolation between clients and
 //! refused credentials. Needs ATREST_PYTHON (a Python with PyKMIP).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::process::Command;

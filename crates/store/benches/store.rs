@@ -9,6 +9,8 @@
 //! 256), `ATREST_BENCH_EVENTS` (default 1000000), `ATREST_BENCH_DIR` (where the volume files
 //! go, default the system temporary directory), `ATREST_BENCH_ONLY` (`recordings` or `audit`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -15,6 +15,8 @@
 //! How the store survives power loss on XTS media (torn sectors, unwritten sectors that read
 //! as noise) is explained in docs/store.md.
 
+#![deny(unsafe_code)]
+
 pub mod audit;
 mod backend;
 pub mod codec;
@@ -35,6 +37,11 @@ pub use store::{STORE_FORMAT, Space, Store, StoreOptions, Timestamp};
 /// Entry points for the fuzz targets: each decodes untrusted bytes and must never panic, and
 /// whatever it accepts must encode back to the same value.
 #[doc(hidden)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "fuzz checks: a failed check is the finding"
+)]
 pub mod fuzzing {
     use crate::superblock::{SLOT_SIZE, Superblock};
 

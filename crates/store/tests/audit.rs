@@ -1,5 +1,7 @@
 //! Audit history queries checked against a brute-force filter of the same events.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::sync::Arc;

@@ -1,5 +1,7 @@
 //! The three stores' behaviour on each kind of volume.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::{Read, Seek, SeekFrom};

@@ -1,6 +1,8 @@
 //! Readers running during writes always see a committed state, on every kind of volume; on
 //! the half-converted one the volume's conversion runs at the same time.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::Read;

@@ -2,6 +2,8 @@
 //! written again, and the store's answer to "which bytes hold content" (for a conversion that
 //! converts only the space in use) is right under concurrency.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -9,6 +9,8 @@
 //!
 //! `ATREST_STORE_CRASH_CYCLES` sets the crash points per volume kind (default 500).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,8 @@
 //! A full volume is reported clearly, keeps working for reads and deletions, and space freed
 //! by deletions is reused.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::sync::Arc;

@@ -6,6 +6,10 @@
 //! unless `ATREST_REQUIRE_PEERS=1` (CI sets it), where the missing piece fails the test: a CI
 //! run can never pass by skipping.
 
+#![forbid(unsafe_code)]
+// Test support: a broken test setup panics with a message, as tests do.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod exposition;
 
 use std::collections::HashMap;
@@ -15,6 +19,32 @@ use std::time::Duration;
 use atrest_kmip::client::{ClientConfig, DEFAULT_MAX_RESPONSE_LEN, Identity, ServerAddr, Timeouts};
 use atrest_kmip::message::Password;
 use zeroize::Zeroizing;
+
+/// The repository's `testdata/` folder (published vectors, see its README) joined with `rel`.
+pub fn testdata(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata")
+        .join(rel)
+}
+
+/// The shared test kit (PyKMIP peer scripts, the OASIS XML test cases): `ATREST_SHARED`, else
+/// `../shared` beside the checkout. The one place tests and benches look for it.
+pub fn shared_kit() -> PathBuf {
+    match std::env::var_os("ATREST_SHARED") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
+    }
+}
+
+/// Reads and parses a JSON file of `testdata/`, panicking with the path on failure (a test
+/// helper: the files are part of the repository).
+pub fn testdata_json<T: serde::de::DeserializeOwned>(rel: &str) -> T {
+    let path = testdata(rel);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", path.display()))
+}
 
 /// Whether missing peers and tools fail tests instead of skipping them.
 pub fn require_peers() -> bool {

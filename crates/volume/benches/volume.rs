@@ -12,6 +12,8 @@
 //! ATREST_BENCH_CHUNK_MIB for the conversion chunk (default 32), ATREST_BENCH_ONLY=conversion
 //! to skip the XTS measurement.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -123,6 +125,7 @@ fn copy_with_fsync(from: &Path, to: &Path) -> f64 {
 fn cpu_s(who: libc::c_int) -> f64 {
     // SAFETY: getrusage fills the struct it is given.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid rusage the call fills in.
     unsafe { libc::getrusage(who, &mut ru) };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(ru.ru_utime) + tv(ru.ru_stime)

@@ -2,6 +2,8 @@
 //! key as the volume key; Python's `cryptography` (an independent XTS) decrypts the data
 //! segment; atrest reads volumes whose header and data cryptsetup wrote.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::Path;

@@ -2,6 +2,8 @@
 //! dropped, kept or torn at 512-byte units), and kill -9 of a child process converting a file.
 //! After resuming, the payload must equal the original.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::{BufRead, BufReader};

@@ -2,6 +2,8 @@
 //! the device, plain and encrypted (the header stays authentic and cryptsetup accepts it), keeps
 //! the data, and is refused during a conversion.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::Path;

@@ -1,6 +1,8 @@
 //! Header validation: one malformed-header fixture per check (generated here from a valid
 //! header), damaged-copy repair, and key checks.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::sync::Arc;

@@ -1,6 +1,8 @@
 //! Online conversion: reads and writes through the data segment while a conversion runs in
 //! another thread see consistent data, and what was written survives the conversion.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::sync::Arc;

@@ -5,6 +5,8 @@
 //! cryptsetup's CVE-2021-4122 (a forged reencryption record makes the tool decrypt the volume
 //! in place); docs/threat-model.md names these tests.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::sync::Arc;

@@ -3,6 +3,8 @@
 //! written (a hole in a sparse image stays a hole), and nothing written during the conversion
 //! is lost or left under the wrong key.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::os::unix::fs::MetadataExt;

@@ -82,6 +82,16 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// Whether the failure (or, for [`ClientError::AllServersFailed`], one of them) is a
+    /// protocol version the server would not speak: the front end may offer a way to pin one.
+    pub fn is_version_mismatch(&self) -> bool {
+        match self {
+            ClientError::Version { .. } => true,
+            ClientError::AllServersFailed(all) => all.iter().any(ClientError::is_version_mismatch),
+            _ => false,
+        }
+    }
+
     /// Whether another server might do better (transport-level failures), as opposed to an
     /// answer from a working server or a local configuration problem.
     pub fn is_transport(&self) -> bool {
@@ -238,7 +248,7 @@ impl fmt::Display for ClientError {
             ClientError::Version { server, detail } => write!(
                 f,
                 "{server}: no KMIP protocol version in common ({detail}); atrest speaks KMIP \
-                 1.0-1.4 and 2.0-2.1: pin one the server supports with --kmip-version"
+                 1.0-1.4 and 2.0-2.1"
             ),
             ClientError::Operation {
                 server,

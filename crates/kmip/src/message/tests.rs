@@ -2,13 +2,7 @@ use super::*;
 use crate::ttlv::{self, Limits};
 
 fn vectors(name: &str) -> serde_json::Value {
-    let shared = std::env::var_os("ATREST_SHARED")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
-        });
-    let text = std::fs::read_to_string(shared.join("kmip-vectors").join(name)).unwrap();
-    serde_json::from_str(&text).unwrap()
+    atrest_testkit::testdata_json(&format!("kmip/{name}"))
 }
 
 /// Every published message decodes into the typed model; the typed model re-encodes it

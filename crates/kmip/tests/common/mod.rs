@@ -1,6 +1,7 @@
 //! Shared test support: the PyKMIP peers' env files, client configurations built from them, a
 //! throw-away PKI, and small TLS servers that misbehave on purpose.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
 use std::io::{Read, Write};

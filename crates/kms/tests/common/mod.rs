@@ -1,6 +1,7 @@
 //! Shared test helpers: an in-process key server on an ephemeral loopback port, its client
 //! settings, and the peers' Python.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -152,13 +153,5 @@ pub fn python() -> Option<PathBuf> {
             eprintln!("note: ATREST_PYTHON is not set; skipping this PyKMIP test");
             None
         }
-    }
-}
-
-/// The shared kit folder (test vectors).
-pub fn shared_dir() -> PathBuf {
-    match std::env::var_os("ATREST_SHARED") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
     }
 }

@@ -1,4 +1,6 @@
 //! Volumes of the three kinds the store must run on, for the integration tests.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
 use std::sync::Arc;

@@ -155,19 +155,12 @@ pub fn write_header_deferred(dev: &dyn BlockDevice, m: &mut Metadata) -> Result<
     Ok(())
 }
 
-/// A fresh random UUID (version 4) in its text form.
+/// A fresh random UUID (version 4) in its text form, from OpenSSL's random generator.
 pub fn new_uuid() -> Result<String> {
     let mut b = [0u8; 16];
     openssl::rand::rand_bytes(&mut b).map_err(Error::crypto)?;
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    Ok(format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    ))
+    Ok(uuid::Builder::from_random_bytes(b)
+        .into_uuid()
+        .hyphenated()
+        .to_string())
 }

@@ -1,4 +1,6 @@
 //! Shared helpers of the integration tests.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
 use std::io;
@@ -8,14 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use atrest_volume::*;
-
-/// The shared kit folder: `ATREST_SHARED`, else `../shared` beside the checkout.
-pub fn shared_dir() -> PathBuf {
-    match std::env::var_os("ATREST_SHARED") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
-    }
-}
 
 /// A fresh empty directory for one test.
 pub fn temp_dir(name: &str) -> PathBuf {

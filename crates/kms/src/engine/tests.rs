@@ -1,5 +1,6 @@
 //! The dispatcher without sockets.
 
+use super::attributes::tag;
 use super::*;
 use crate::clients::{Client, PasswordHash};
 use crate::crypto::MasterKey;
@@ -20,7 +21,7 @@ fn fixture() -> Fixture {
             .add(Client {
                 name: name.into(),
                 username: name.into(),
-                password: PasswordHash::new(&format!("{name}-pw")).unwrap(),
+                password: PasswordHash::new(&format!("{name}-pw"), 1000).unwrap(),
                 certificates: vec![fp.into()],
             })
             .unwrap();
@@ -392,7 +393,7 @@ fn object_quota_per_client() {
     assert_eq!(r.reason, Some(ResultReason::PERMISSION_DENIED), "{r:?}");
     assert!(r.message.unwrap().contains("--max-objects-per-client"));
     let r = as_alice(&f, ProtocolVersion::V2_1, create(128));
-    assert_eq!(r.reason, Some(ResultReason(0x3A)), "{r:?}");
+    assert_eq!(r.reason, Some(ResultReason::SERVER_LIMIT_EXCEEDED), "{r:?}");
     // Another client has a quota of its own.
     let mut s = session("bob");
     let r = call(

@@ -1,0 +1,106 @@
+//! Authentication of a request (KMIP 1.4 §6.6 Authentication, §2.1.2 Credential): the TLS
+//! client certificate and the request header's Username and Password must name the same
+//! registered client.
+
+use super::*;
+
+impl Engine {
+    /// The owner (client name) the request acts for, or why it may not act.
+    pub(super) fn authenticate(
+        &self,
+        session: &mut Session,
+        credential: Option<&Credential>,
+    ) -> Result<String, String> {
+        let Some(fp) = &session.certificate else {
+            return Err("no TLS client certificate".into());
+        };
+        // A client removed (`atrest kms remove-client`) or added by another process since the
+        // registry was read: read it again, so that a removed client's open connections are
+        // refused from their next request.
+        let stale = self
+            .clients
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_stale();
+        if stale {
+            let reloaded = self
+                .clients
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .reload();
+            match reloaded {
+                Ok(c) => self.set_clients(c),
+                Err(e) => {
+                    tracing::error!(error = %e, "reloading the client registry failed");
+                    return Err("the client registry cannot be read; see the server log".into());
+                }
+            }
+        }
+        let known = self
+            .clients
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_certificate(fp)
+            .is_some();
+        if !known {
+            // Perhaps added by `atrest kms add-client` since the server started.
+            let reloaded = self
+                .clients
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .reload();
+            match reloaded {
+                Ok(c) => self.set_clients(c),
+                Err(e) => tracing::error!(error = %e, "reloading the client registry failed"),
+            }
+        }
+        let clients = self.clients.read().unwrap_or_else(|e| e.into_inner());
+        let Some(client) = clients.by_certificate(fp) else {
+            return Err(format!(
+                "the client certificate (SHA-256 {fp}) is not registered to any client"
+            ));
+        };
+        let (username, password) = match credential {
+            None => {
+                return Err(format!(
+                    "no Credential in the request header (client {})",
+                    client.name
+                ));
+            }
+            Some(Credential::UsernamePassword { username, password }) => (username, password),
+            Some(Credential::Other {
+                credential_type, ..
+            }) => {
+                return Err(format!(
+                    "Credential Type {credential_type} is not supported; send Username and Password"
+                ));
+            }
+            Some(_) => return Err("unsupported Credential".into()),
+        };
+        if *username != client.username {
+            return Err(format!(
+                "username {:?} does not belong to the certificate's client {:?}",
+                clip(username),
+                client.name
+            ));
+        }
+        let Some(password) = password else {
+            return Err(format!("no password for username {:?}", clip(username)));
+        };
+        if let Some((name, cached)) = &session.verified
+            && *name == client.name
+            && crypto::ct_eq(cached.as_bytes(), password.expose().as_bytes())
+        {
+            return Ok(client.name.clone());
+        }
+        if client.password.verify(password.expose()) {
+            session.verified = Some((
+                client.name.clone(),
+                Zeroizing::new(password.expose().to_owned()),
+            ));
+            Ok(client.name.clone())
+        } else {
+            Err(format!("wrong password for username {:?}", clip(username)))
+        }
+    }
+}
