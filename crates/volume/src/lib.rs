@@ -59,6 +59,8 @@ pub mod key;
 pub mod lock;
 pub mod luks2;
 mod rangelock;
+pub mod recovery;
+pub mod recovery_slots;
 pub mod secret;
 #[cfg(target_arch = "x86_64")]
 mod vaes;
@@ -70,6 +72,7 @@ pub use error::{Check, Error, HeaderAuthError, HeaderAuthFailure, HeaderError, K
 pub use key::{KeyMaterial, VolumeKey};
 pub use lock::{LockError, LockMode, VolumeLock};
 pub use luks2::{ConversionKind, KmipToken};
+pub use recovery::{RecoveryKdf, RecoveryKey};
 pub use secret::{Hardening, MemoryLock, SecretBytes, UnlockedBytes, harden_process};
 pub use volume::{
     ConvertOptions, EncryptOptions, FormatOptions, KeyInfo, KeyReference, Progress, State,
