@@ -7,6 +7,7 @@ mod kms_cmd;
 mod serve_cmd;
 mod volume_cmd;
 mod volume_kmip;
+mod volume_recovery;
 
 use std::ffi::OsString;
 

@@ -209,6 +209,8 @@ pub struct VolumeInfo {
     /// Whether the header carries a MAC (it is checked under the volume key at unlock; a plain
     /// volume has none).
     pub header_mac: bool,
+    /// Whether the volume has a recovery key (atrest's LUKS2 passphrase keyslots).
+    pub recovery_key: bool,
 }
 
 /// An opened volume whose keys are not loaded yet.
@@ -761,6 +763,7 @@ fn info_of(m: &Metadata, dev_len: u64, report: &ReadReport) -> VolumeInfo {
         }),
         seqid: m.seqid,
         header_mac: m.mac().is_some(),
+        recovery_key: !recovery_slots::recovery_keyslots(m).is_empty(),
         header_repair: report.damaged.as_ref().map(|d| {
             format!(
                 "{d} ({})",
