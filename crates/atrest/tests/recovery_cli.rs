@@ -30,6 +30,8 @@ impl Drop for Kms {
     }
 }
 
+// The child is waited for by `Kms::drop`.
+#[allow(clippy::zombie_processes)]
 fn kms(dir: &Path) -> Kms {
     let mut child = atrest()
         .args(["kms", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
