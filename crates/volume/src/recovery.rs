@@ -514,6 +514,70 @@ mod tests {
         assert_eq!(af_merge(&m, 32).expose(), &key[..32]);
     }
 
+    /// Hostile keyslots are refused with a reason before any KDF work, never a panic.
+    #[test]
+    fn hostile_keyslots_are_refused_before_the_kdf() {
+        let good = || {
+            json!({"type": "luks2", "key_size": 32,
+                "af": {"type": "luks1", "stripes": 4000, "hash": "sha256"},
+                "area": {"type": "raw", "offset": "1048576", "size": "258048",
+                         "encryption": "aes-xts-plain64", "key_size": 64},
+                "kdf": {"type": "argon2id", "time": 4, "memory": 262144, "cpus": 4,
+                        "salt": openssl::base64::encode_block(&[7u8; 32])}})
+        };
+        let (start, end) = (32768, 2 << 20);
+        assert!(parse_slot("0", &good(), start, end).is_ok());
+        let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+            (
+                "memory",
+                Box::new(|v| v["kdf"]["memory"] = json!(4u64 << 20)),
+            ),
+            ("memory", Box::new(|v| v["kdf"]["memory"] = json!(u64::MAX))),
+            ("time", Box::new(|v| v["kdf"]["time"] = json!(1000))),
+            (
+                "work",
+                Box::new(|v| {
+                    v["kdf"]["memory"] = json!(1 << 20);
+                    v["kdf"]["time"] = json!(5);
+                }),
+            ),
+            ("lanes", Box::new(|v| v["kdf"]["cpus"] = json!(0))),
+            ("KDF", Box::new(|v| v["kdf"]["type"] = json!("pbkdf2"))),
+            ("salt", Box::new(|v| v["kdf"]["salt"] = json!("!!"))),
+            (
+                "salt",
+                Box::new(|v| v["kdf"]["salt"] = json!("A".repeat(100_000))),
+            ),
+            (
+                "outside",
+                Box::new(|v| v["area"]["offset"] = json!("18446744073709551615")),
+            ),
+            ("outside", Box::new(|v| v["area"]["size"] = json!("4096"))),
+            ("outside", Box::new(|v| v["area"]["offset"] = json!("0"))),
+            ("decimal", Box::new(|v| v["area"]["offset"] = json!("-1"))),
+            ("key_size", Box::new(|v| v["key_size"] = json!(4096))),
+            ("anti-forensic", Box::new(|v| v["af"]["stripes"] = json!(1))),
+            (
+                "raw",
+                Box::new(|v| v["area"]["encryption"] = json!("cipher_null")),
+            ),
+            ("missing", Box::new(|v| v["kdf"] = json!(null))),
+            ("not an object", Box::new(|v| *v = json!("x"))),
+            ("luks2", Box::new(|v| v["type"] = json!("luks1"))),
+        ];
+        for (want, f) in cases {
+            let mut v = good();
+            f(&mut v);
+            let Err(e) = parse_slot("3", &v, start, end) else {
+                panic!("accepted: {v}");
+            };
+            assert!(
+                e.starts_with("keyslot 3: ") && e.contains(want),
+                "{want}: {e}"
+            );
+        }
+    }
+
     #[test]
     fn kdf_bounds_refuse_costly_headers() {
         assert!(RecoveryKdf::default().check().is_ok());
