@@ -1585,7 +1585,13 @@ impl UnlockedVolume {
     /// be shown once: it is stored nowhere.
     pub fn add_recovery_key(&self, kdf: &RecoveryKdf) -> Result<RecoveryKey> {
         let _busy = self.not_converting("adding a recovery key")?;
-        self.check_steady_encrypted("adding a recovery key")?;
+        let state = self.state();
+        if state != State::Encrypted {
+            return Err(Error::State(format!(
+                "the volume is {}: a recovery key is added to an encrypted volume with no                  conversion under way",
+                state.as_str()
+            )));
+        }
         let (did, old) = {
             let m = self.meta();
             if recovery_slots::region(&m).is_none() {
