@@ -340,6 +340,12 @@ fn parse_slot(id: &str, v: &Value, ks_start: u64, ks_end: u64) -> Result<Slot, S
     })
 }
 
+/// Checks keyslot `v` as [`crate::Volume::keys_from_recovery_key`] does before running its KDF
+/// (for the fuzz target and tools): `Ok(())` when it would be tried, else the reason.
+pub fn check_keyslot(v: &Value, ks_start: u64, ks_end: u64) -> Result<(), String> {
+    parse_slot("0", v, ks_start, ks_end).map(drop)
+}
+
 /// The keyslot area offset and size of a keyslot (any type), if it names them.
 pub(crate) fn area_of(v: &Value) -> Option<(u64, u64)> {
     let a = v.get("area")?;
