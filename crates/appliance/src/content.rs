@@ -1302,7 +1302,6 @@ impl DataVolume {
         }
     }
 
-    /// Unlock attempts made so far.
     /// The appliance (`None` while stopping).
     pub(crate) fn app_state(&self) -> Option<AppState> {
         self.app()
@@ -1348,7 +1347,8 @@ impl DataVolume {
             .ok_or(Refusal::Conflict("the appliance is stopping".into()))?;
         if let Some(h) = &lock(&self.inner.extra).hold {
             return Err(Refusal::Conflict(format!(
-                "the volume is held locked for your decision, which a recovery key does not                  change: {}",
+                "the volume is held locked for your decision, which a recovery key does not \
+                 change: {}",
                 h.reason
             )));
         }
@@ -1358,7 +1358,8 @@ impl DataVolume {
                 Slot::Locked(v) => Box::new(v.info()),
                 Slot::Unlocking(_) => {
                     return Err(Refusal::Conflict(
-                        "an unlock attempt with the KMIP server is under way; try again in a few                          seconds"
+                        "an unlock attempt with the KMIP server is under way; try again in a few \
+                         seconds"
                             .into(),
                     ));
                 }
@@ -1396,6 +1397,7 @@ impl DataVolume {
         }
     }
 
+    /// Unlock attempts made so far.
     pub fn unlock_attempts(&self) -> u64 {
         self.inner.attempts.load(Ordering::Relaxed)
     }

@@ -1588,7 +1588,8 @@ impl UnlockedVolume {
         let state = self.state();
         if state != State::Encrypted {
             return Err(Error::State(format!(
-                "the volume is {}: a recovery key is added to an encrypted volume with no                  conversion under way",
+                "the volume is {}: a recovery key is added to an encrypted volume with no \
+                 conversion under way",
                 state.as_str()
             )));
         }
