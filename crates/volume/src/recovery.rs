@@ -533,7 +533,8 @@ mod tests {
         };
         let (start, end) = (32768, 2 << 20);
         assert!(parse_slot("0", &good(), start, end).is_ok());
-        let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        type Edit = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(&str, Edit)> = vec![
             (
                 "memory",
                 Box::new(|v| v["kdf"]["memory"] = json!(4u64 << 20)),
