@@ -275,3 +275,117 @@ fn a_small_header_area_has_no_room_and_says_so() {
     let err = u.add_recovery_key(&test_kdf()).unwrap_err();
     assert!(err.to_string().contains("too small"), "{err}");
 }
+
+/// Rewrites both header copies of `img` as someone with write access to the disk and no key
+/// would: JSON edited, checksums fixed.
+fn forge(img: &Path, f: impl Fn(&mut serde_json::Value)) {
+    const HDR: usize = 16384;
+    let mut all = std::fs::read(img).unwrap();
+    for off in [0, HDR] {
+        let copy = &mut all[off..off + HDR];
+        let end = copy[4096..].iter().position(|&b| b == 0).unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&copy[4096..4096 + end]).unwrap();
+        f(&mut v);
+        let text = serde_json::to_vec(&v).unwrap();
+        copy[4096..].fill(0);
+        copy[4096..4096 + text.len()].copy_from_slice(&text);
+        atrest_volume::luks2::fix_checksum(copy);
+    }
+    std::fs::write(img, all).unwrap();
+}
+
+fn keyslot_id(v: &serde_json::Value) -> String {
+    v["keyslots"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn forged_recovery_keyslots_are_refused() {
+    let dir = temp_dir("recovery-forged");
+    let (img, raw, _) = encrypted(&dir, KeySize::Bits256, 256 << 10);
+    let u = unlock_with(open(&img), &[&raw]);
+    let rk = u.add_recovery_key(&test_kdf()).unwrap();
+    drop(u);
+    let genuine = std::fs::read(&img).unwrap();
+
+    // A cost that would allocate 4 GiB (or run for minutes): refused before the KDF runs,
+    // with the reason; the header itself still reads.
+    forge(&img, |v| {
+        let id = keyslot_id(v);
+        v["keyslots"][&id]["kdf"]["memory"] = serde_json::json!(4u64 << 20);
+    });
+    let err = open(&img)
+        .keys_from_recovery_key(&rk)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("could be tried") && err.contains("memory"),
+        "{err}"
+    );
+    std::fs::write(&img, &genuine).unwrap();
+    forge(&img, |v| {
+        let id = keyslot_id(v);
+        v["keyslots"][&id]["kdf"]["time"] = serde_json::json!(1_000_000);
+    });
+    let err = open(&img)
+        .keys_from_recovery_key(&rk)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("argon2 time"), "{err}");
+
+    // An area moved elsewhere yields a key that fails the digest: never used.
+    std::fs::write(&img, &genuine).unwrap();
+    forge(&img, |v| {
+        let id = keyslot_id(v);
+        v["keyslots"][&id]["area"]["offset"] = serde_json::json!("1048576");
+    });
+    let err = open(&img)
+        .keys_from_recovery_key(&rk)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("opens no keyslot"), "{err}");
+
+    // The keyslot unbound from the digest (or removed): the header MAC, which covers each
+    // digest's keyslots, refuses the header under the genuine key.
+    for remove in [false, true] {
+        std::fs::write(&img, &genuine).unwrap();
+        forge(&img, |v| {
+            let id = keyslot_id(v);
+            for (_, d) in v["digests"].as_object_mut().unwrap() {
+                d["keyslots"] = serde_json::json!([]);
+            }
+            if remove {
+                v["keyslots"].as_object_mut().unwrap().remove(&id);
+            }
+        });
+        let v = open(&img);
+        let key = v.verify_key(key_of(&raw)).unwrap();
+        let err = v.unlock(vec![key]).unwrap_err();
+        assert!(matches!(err, Error::HeaderAuth(_)), "{err}");
+    }
+    // A keyslot bound a second time under another id: refused the same way.
+    std::fs::write(&img, &genuine).unwrap();
+    forge(&img, |v| {
+        let id = keyslot_id(v);
+        let slot = v["keyslots"][&id].clone();
+        v["keyslots"]["7"] = slot;
+        for (_, d) in v["digests"].as_object_mut().unwrap() {
+            d["keyslots"]
+                .as_array_mut()
+                .unwrap()
+                .push(serde_json::json!("7"));
+        }
+    });
+    let v = open(&img);
+    let key = v.verify_key(key_of(&raw)).unwrap();
+    assert!(matches!(v.unlock(vec![key]), Err(Error::HeaderAuth(_))));
+    // The genuine header still opens with both.
+    std::fs::write(&img, &genuine).unwrap();
+    let keys = open(&img).keys_from_recovery_key(&rk).unwrap();
+    open(&img).unlock(keys).unwrap();
+}
