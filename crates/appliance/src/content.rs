@@ -45,6 +45,9 @@ use crate::workflow::{Backoff, Event, LockReason, Progress, Request, State as Wf
 pub const VOLUME_FILE: &str = "volume.img";
 /// Default size of a new volume image: 64 MiB.
 pub const DEFAULT_VOLUME_SIZE: u64 = 64 << 20;
+/// How long an unlock with the recovery key waits for an attempt with the KMIP server that
+/// holds the volume (each server is tried with bounded timeouts).
+const RECOVERY_UNLOCK_WAIT: Duration = Duration::from_secs(60);
 /// Smallest volume image: the 16 MiB header area plus 16 MiB of content.
 pub const MIN_VOLUME_SIZE: u64 = 32 << 20;
 
@@ -701,6 +704,8 @@ impl DataVolume {
             let mut slot = lock(&self.inner.slot);
             let info = match &*slot {
                 Slot::Locked(v) => Box::new(v.info()),
+                // Held by another attempt (the recovery key's): look again after the backoff.
+                Slot::Unlocking(_) => return Attempt::Retry,
                 _ => return Attempt::Done,
             };
             match std::mem::replace(&mut *slot, Slot::Unlocking(info)) {
@@ -1352,21 +1357,29 @@ impl DataVolume {
                 h.reason
             )));
         }
-        let vol = {
+        // An attempt with the KMIP server may hold the volume meanwhile (the retry loop):
+        // wait for it (bounded by its timeouts), then take the volume if it is still locked.
+        let deadline = Instant::now() + RECOVERY_UNLOCK_WAIT;
+        let vol = loop {
             let mut slot = lock(&self.inner.slot);
             let info = match &*slot {
                 Slot::Locked(v) => Box::new(v.info()),
+                Slot::Unlocking(_) if Instant::now() < deadline => {
+                    drop(slot);
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
                 Slot::Unlocking(_) => {
                     return Err(Refusal::Conflict(
-                        "an unlock attempt with the KMIP server is under way; try again in a few \
-                         seconds"
+                        "an unlock attempt with the KMIP server is still under way; try again in \
+                         a minute"
                             .into(),
                     ));
                 }
                 _ => return Err(Refusal::Conflict("the volume is not locked".into())),
             };
             match std::mem::replace(&mut *slot, Slot::Unlocking(info)) {
-                Slot::Locked(v) => v,
+                Slot::Locked(v) => break v,
                 other => {
                     *slot = other;
                     return Err(Refusal::Conflict("the volume is not locked".into()));

@@ -1,6 +1,7 @@
 //! The recovery key in the appliance, in process with the bundled KMIP server: a Rekey started by
 //! the scheduled rotation (nobody there to be shown a new key) removes the recovery key in its
-//! start commit, audits it and says so; the administrator's Rekey renews it and answers it once.
+//! start commit, audits it and says so; the administrator's Rekey renews it and answers it once;
+//! a wrong recovery key on a locked appliance does not stop it retrying the KMIP server.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -28,13 +29,20 @@ struct Run {
 }
 
 fn start(data: &Path, clock: Clock) -> Run {
+    start_with(data, clock, true, Duration::from_secs(30))
+}
+
+fn start_with(data: &Path, clock: Clock, with_kms: bool, backoff: Duration) -> Run {
     let mut c = AppConfig::new(data);
     c.pbkdf2_iterations = 1000;
     c.kmip_timeouts = Timeouts::uniform(Duration::from_secs(5));
     let opened = AppState::open(c).unwrap();
     let state = opened.state;
-    let k = embedded::start(data).unwrap();
-    embedded::prefill(&state, &k.env_file).unwrap();
+    let kms = with_kms.then(|| {
+        let k = embedded::start(data).unwrap();
+        embedded::prefill(&state, &k.env_file).unwrap();
+        k
+    });
     let mut v = VolumeOptions::new(data);
     v.size = 40 << 20;
     v.chunk_size = 1 << 20;
@@ -42,18 +50,25 @@ fn start(data: &Path, clock: Clock) -> Run {
     v.digest_iterations = 1000;
     v.timeouts = Timeouts::uniform(Duration::from_secs(5));
     v.backoff = Backoff {
-        initial: Duration::from_secs(30),
-        max: Duration::from_secs(60),
+        initial: backoff,
+        max: backoff * 2,
     };
     v.key_check_interval = Duration::from_secs(3600);
     v.rotation_check_interval = Duration::from_secs(3600);
     v.clock = clock;
     let volume = DataVolume::attach(&state, v).unwrap();
+    let password = match opened.generated_password {
+        Some(p) => p.to_string(),
+        None => std::fs::read_to_string(data.join("initial-admin-password"))
+            .unwrap()
+            .trim()
+            .to_owned(),
+    };
     Run {
         state,
         volume,
-        kms: Some(k),
-        password: opened.generated_password.unwrap().to_string(),
+        kms,
+        password,
     }
 }
 
@@ -231,4 +246,47 @@ async fn scheduled_rotation_removes_the_recovery_key_and_the_admins_rekey_renews
     if let Some(k) = run.kms.take() {
         k.stop();
     }
+
+    // Restarted with the KMIP server away: locked. A wrong recovery key does not stop the
+    // appliance from retrying the KMIP server, which unlocks it by itself once it is back.
+    let run = start_with(
+        dir.path(),
+        Clock::system(),
+        false,
+        Duration::from_millis(200),
+    );
+    let app = atrest_appliance::app(run.state.clone());
+    let (s, v) = call(
+        &app,
+        None,
+        "POST",
+        "/api/session",
+        Some(json!({"username": "admin", "password": run.password})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let t = v["token"].as_str().unwrap().to_owned();
+    let t = Some(t.as_str());
+    wait_for("locked", || run.state.workflow().state == WfState::Locked);
+    let other = "000000-000000-000000-000000-000000-000000-000000-000011";
+    let (s, v) = call(
+        &app,
+        t,
+        "POST",
+        "/api/encryption/unlock",
+        Some(json!({"recovery_key": other})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let before = run.volume.unlock_attempts();
+    wait_for("the KMIP server is still retried", || {
+        run.volume.unlock_attempts() > before + 2
+    });
+    assert_eq!(run.state.workflow().state, WfState::Locked);
+    let k = embedded::start(dir.path()).unwrap();
+    wait_for("unlocked by itself", || {
+        run.state.workflow().state == WfState::Encrypted
+    });
+    run.volume.shutdown();
+    k.stop();
 }
