@@ -31,6 +31,7 @@ for (const [id, url] of [['encrypt', '/api/encryption/encrypt'], ['rekey', '/api
     const pw = document.getElementById('resume-password');
     const r = pw ? await call('POST', url, {password: pw.value}, true) : await call('POST', url);
     if (!r.ok) { say((r.body && r.body.error) || ('HTTP ' + r.status), 'error'); b.disabled = false; return; }
+    if (r.body && r.body.recovery_key) { showRecoveryKey(r.body.recovery_key, 'Rekey started. It made a new recovery key for the new key; the previous one no longer opens the volume.'); return; }
     location.reload();
   });
 }
@@ -106,3 +107,57 @@ if (['encrypting', 'rekeying', 'decrypting', 'locked'].includes(initial)) {
     }
   }, 1000);
 }
+// Recovery key (break-glass): status and trade-off, make / remove (admin password), the key
+// shown once, and "Unlock with recovery key" while locked.
+function showRecoveryKey(key, text) {
+  document.getElementById('recovery').hidden = false;
+  document.getElementById('recovery-key').textContent = key;
+  document.getElementById('recovery-shown').hidden = false;
+  say(text, 'ok');
+}
+(async () => {
+  const box = document.getElementById('recovery');
+  const r = await call('GET', '/api/encryption/recovery-key');
+  if (!r.ok || !r.body) return;
+  const st = r.body, state = document.getElementById('state').textContent;
+  if (!st.enabled && !st.can_add && state !== 'locked') return;
+  box.hidden = false;
+  document.getElementById('recovery-trade-off').textContent = st.trade_off;
+  document.getElementById('recovery-status').textContent = st.enabled ? 'This volume has a recovery key.' : 'This volume has no recovery key (the default).';
+  if (st.notice) { const n = document.getElementById('recovery-notice'); n.textContent = st.notice; n.hidden = false; }
+  if (st.can_add) {
+    document.getElementById('recovery-controls').hidden = false;
+    document.getElementById('recovery-add').textContent = st.enabled ? 'Replace the recovery key' : 'Make a recovery key';
+    document.getElementById('recovery-remove').hidden = !st.enabled;
+  }
+  if (state === 'locked' && st.enabled) document.getElementById('recovery-unlock').hidden = false;
+})();
+const recoveryAdd = document.getElementById('recovery-add');
+if (recoveryAdd) recoveryAdd.addEventListener('click', async () => {
+  recoveryAdd.disabled = true; say('Making the recovery key…');
+  const r = await call('POST', '/api/encryption/recovery-key', {password: document.getElementById('recovery-password').value}, true);
+  recoveryAdd.disabled = false;
+  if (!r.ok) { say((r.body && r.body.error) || ('HTTP ' + r.status), 'error'); return; }
+  document.getElementById('recovery-password').value = '';
+  document.getElementById('recovery-status').textContent = 'This volume has a recovery key.';
+  document.getElementById('recovery-remove').hidden = false;
+  showRecoveryKey(r.body.recovery_key, r.body.replaced ? 'A new recovery key was made; the previous one no longer opens the volume.' : 'The recovery key was made.');
+});
+const recoveryRemove = document.getElementById('recovery-remove');
+if (recoveryRemove) recoveryRemove.addEventListener('click', async () => {
+  recoveryRemove.disabled = true; say('Removing the recovery key…');
+  const r = await call('DELETE', '/api/encryption/recovery-key', {password: document.getElementById('recovery-password').value}, true);
+  recoveryRemove.disabled = false;
+  if (!r.ok) { say((r.body && r.body.error) || ('HTTP ' + r.status), 'error'); return; }
+  location.reload();
+});
+const recoveryUnlock = document.getElementById('recovery-unlock');
+if (recoveryUnlock) recoveryUnlock.addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const go = document.getElementById('recovery-unlock-go');
+  go.disabled = true; say('Checking the recovery key (this takes a few seconds)…');
+  const r = await call('POST', '/api/encryption/unlock', {recovery_key: document.getElementById('recovery-unlock-key').value}, true);
+  go.disabled = false;
+  if (!r.ok) { say((r.body && r.body.error) || ('HTTP ' + r.status), 'error'); return; }
+  location.reload();
+});

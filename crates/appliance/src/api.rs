@@ -41,6 +41,13 @@ pub fn app(state: AppState) -> Router {
         .route("/api/encryption/resume", post(resume))
         .route("/api/encryption/policy", axum::routing::put(policy_put))
         .route("/api/volume/grow", post(volume_grow))
+        .route(
+            "/api/encryption/recovery-key",
+            get(crate::recovery::api_status)
+                .post(crate::recovery::api_add)
+                .delete(crate::recovery::api_remove),
+        )
+        .route("/api/encryption/unlock", post(crate::recovery::api_unlock))
         .route("/api/encryption/old-keys/{id}/revoke", post(old_key_revoke))
         .route(
             "/api/encryption/old-keys/{id}/destroy",
@@ -637,7 +644,9 @@ async fn encrypt(State(state): State<AppState>) -> ApiResult<(StatusCode, Json<V
 }
 
 async fn rekey(State(state): State<AppState>) -> ApiResult<(StatusCode, Json<Value>)> {
-    start(&state, WfRequest::Rekey).await
+    // The administrator is there: a recovery key is renewed and answered once (not removed).
+    crate::recovery::arm_renewal(&state);
+    crate::recovery::with_renewed(start(&state, WfRequest::Rekey).await, &state)
 }
 
 /// Move to these settings: a Rekey onto the KMIP server(s) of the saved settings, once they
@@ -656,7 +665,8 @@ async fn move_volume(State(state): State<AppState>) -> ApiResult<(StatusCode, Js
         })
         .unwrap_or_default();
     let key = state.workflow().key_id;
-    let r = start(&state, WfRequest::Rekey).await;
+    crate::recovery::arm_renewal(&state);
+    let r = crate::recovery::with_renewed(start(&state, WfRequest::Rekey).await, &state);
     state.audit_key(
         &to,
         "move",
@@ -676,7 +686,7 @@ struct PasswordBody {
 
 /// Destructive actions (Decrypt, resuming a decryption) take the admin password again: JSON
 /// `{"password": "..."}`; 403 with a sentence when it is missing or wrong.
-async fn require_password(
+pub(crate) async fn require_password(
     state: &AppState,
     peer: &ClientAddr,
     body: &[u8],

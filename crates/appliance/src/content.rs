@@ -45,6 +45,9 @@ use crate::workflow::{Backoff, Event, LockReason, Progress, Request, State as Wf
 pub const VOLUME_FILE: &str = "volume.img";
 /// Default size of a new volume image: 64 MiB.
 pub const DEFAULT_VOLUME_SIZE: u64 = 64 << 20;
+/// How long an unlock with the recovery key waits for an attempt with the KMIP server that
+/// holds the volume (each server is tried with bounded timeouts).
+const RECOVERY_UNLOCK_WAIT: Duration = Duration::from_secs(60);
 /// Smallest volume image: the 16 MiB header area plus 16 MiB of content.
 pub const MIN_VOLUME_SIZE: u64 = 32 << 20;
 
@@ -221,6 +224,8 @@ struct Extra {
     /// The last check of the audit history.
     audit: Option<AuditCheck>,
     rotation: Rotation,
+    /// The recovery key's part of a Rekey (crate::recovery).
+    recovery: crate::recovery::RekeyRecovery,
 }
 
 /// A lock that retrying cannot lift: the header failed its authentication, or does not match
@@ -699,6 +704,8 @@ impl DataVolume {
             let mut slot = lock(&self.inner.slot);
             let info = match &*slot {
                 Slot::Locked(v) => Box::new(v.info()),
+                // Held by another attempt (the recovery key's): look again after the backoff.
+                Slot::Unlocking(_) => return Attempt::Retry,
                 _ => return Attempt::Done,
             };
             match std::mem::replace(&mut *slot, Slot::Unlocking(info)) {
@@ -782,6 +789,20 @@ impl DataVolume {
                 }
             }
         }
+        self.complete_unlock(&state, vol, keys, accept)
+    }
+
+    /// Unlocks `vol` (taken out of the slot) with its verified keys: the header's MAC first
+    /// (a failure holds the volume locked), then the known record, the store, and a
+    /// conversion under way resumes.
+    fn complete_unlock(
+        &self,
+        state: &AppState,
+        vol: Volume,
+        keys: Vec<atrest_volume::VolumeKey>,
+        accept: bool,
+    ) -> Attempt {
+        let state = state.clone();
         let mut slot = lock(&self.inner.slot);
         if !matches!(&*slot, Slot::Unlocking(_)) {
             return Attempt::Done; // stopping
@@ -1286,6 +1307,109 @@ impl DataVolume {
         }
     }
 
+    /// The appliance (`None` while stopping).
+    pub(crate) fn app_state(&self) -> Option<AppState> {
+        self.app()
+    }
+
+    /// The unlocked volume, if it is unlocked.
+    pub(crate) fn open_volume(&self) -> Option<UnlockedVolume> {
+        match &*lock(&self.inner.slot) {
+            Slot::Open(uv) => Some(uv.clone()),
+            _ => None,
+        }
+    }
+
+    /// What the volume header says now (`None` when detached).
+    pub(crate) fn volume_info(&self) -> Option<atrest_volume::VolumeInfo> {
+        match &*lock(&self.inner.slot) {
+            Slot::Open(uv) => Some(uv.info()),
+            Slot::Locked(v) => Some(v.info()),
+            Slot::Unlocking(i) => Some((**i).clone()),
+            Slot::Empty => None,
+        }
+    }
+
+    /// The recovery key's part of a Rekey (what the next one does, what the last one did).
+    pub(crate) fn with_rekey_recovery<T>(
+        &self,
+        f: impl FnOnce(&mut crate::recovery::RekeyRecovery) -> T,
+    ) -> T {
+        f(&mut lock(&self.inner.extra).recovery)
+    }
+
+    /// Unlocks the locked volume with the keys `get` finds in it (the recovery key), with
+    /// everything an unlock with keys from the KMIP server does after the fetch. A volume held
+    /// locked for the administrator's decision (header authentication, a changed volume) stays
+    /// held: Resume or the record decides, not a recovery key.
+    pub(crate) fn unlock_with_keys(
+        &self,
+        get: impl FnOnce(&Volume) -> Result<Vec<atrest_volume::VolumeKey>, crate::recovery::Refusal>,
+    ) -> Result<(), crate::recovery::Refusal> {
+        use crate::recovery::Refusal;
+        let state = self
+            .app()
+            .ok_or(Refusal::Conflict("the appliance is stopping".into()))?;
+        if let Some(h) = &lock(&self.inner.extra).hold {
+            return Err(Refusal::Conflict(format!(
+                "the volume is held locked for your decision, which a recovery key does not \
+                 change: {}",
+                h.reason
+            )));
+        }
+        // An attempt with the KMIP server may hold the volume meanwhile (the retry loop):
+        // wait for it (bounded by its timeouts), then take the volume if it is still locked.
+        let deadline = Instant::now() + RECOVERY_UNLOCK_WAIT;
+        let vol = loop {
+            let mut slot = lock(&self.inner.slot);
+            let info = match &*slot {
+                Slot::Locked(v) => Box::new(v.info()),
+                Slot::Unlocking(_) if Instant::now() < deadline => {
+                    drop(slot);
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+                Slot::Unlocking(_) => {
+                    return Err(Refusal::Conflict(
+                        "an unlock attempt with the KMIP server is still under way; try again in \
+                         a minute"
+                            .into(),
+                    ));
+                }
+                _ => return Err(Refusal::Conflict("the volume is not locked".into())),
+            };
+            match std::mem::replace(&mut *slot, Slot::Unlocking(info)) {
+                Slot::Locked(v) => break v,
+                other => {
+                    *slot = other;
+                    return Err(Refusal::Conflict("the volume is not locked".into()));
+                }
+            }
+        };
+        let keys = match get(&vol) {
+            Ok(k) => k,
+            Err(e) => {
+                let mut slot = lock(&self.inner.slot);
+                if matches!(&*slot, Slot::Unlocking(_)) {
+                    *slot = Slot::Locked(vol);
+                }
+                return Err(e);
+            }
+        };
+        match self.complete_unlock(&state, vol, keys, false) {
+            Attempt::Done if matches!(&*lock(&self.inner.slot), Slot::Open(_)) => Ok(()),
+            _ => Err(Refusal::Conflict(
+                state
+                    .workflow()
+                    .lock_reasons
+                    .iter()
+                    .map(|r| r.reason.clone())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )),
+        }
+    }
+
     /// Unlock attempts made so far.
     pub fn unlock_attempts(&self) -> u64 {
         self.inner.attempts.load(Ordering::Relaxed)
@@ -1370,7 +1494,14 @@ impl DataVolume {
                         if req == Request::Encrypt {
                             uv.begin_encrypt(nk.material, nk.reference, &eopts)
                         } else {
-                            uv.begin_rekey(nk.material, nk.reference, &eopts)
+                            // Renews or removes the recovery key in the same header commit.
+                            crate::recovery::begin_rekey(
+                                self,
+                                &uv,
+                                nk.material,
+                                nk.reference,
+                                &eopts,
+                            )
                         }
                     });
                 self.record_known(&uv);
@@ -1390,6 +1521,9 @@ impl DataVolume {
                         },
                     );
                     return Err(format!("the conversion could not start: {e}"));
+                }
+                if req == Request::Rekey {
+                    crate::recovery::audit_rekey(self, &state, &uid);
                 }
                 if req == Request::Encrypt {
                     WfState::Encrypting
@@ -1596,6 +1730,13 @@ impl VolumeBackend for DataVolume {
                     .into(),
             ),
         }
+    }
+
+    fn recovery(
+        &self,
+        op: crate::recovery::Op,
+    ) -> Result<crate::recovery::Outcome, crate::recovery::Refusal> {
+        crate::recovery::run(self, op)
     }
 
     fn note_audit_check(&self, check: AuditCheck) {

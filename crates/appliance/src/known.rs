@@ -222,6 +222,7 @@ mod tests {
             seqid: 1,
             header_repair: None,
             header_mac: true,
+            recovery_key: false,
         }
     }
 

@@ -25,6 +25,7 @@ pub mod login;
 pub mod metrics;
 pub mod openapi;
 pub mod pages;
+pub mod recovery;
 pub mod server;
 pub mod state;
 pub mod status;

@@ -29,6 +29,47 @@ pub fn operations() -> Vec<(String, String)> {
 
 /// The document.
 pub fn document() -> Value {
+    let mut doc = base_document();
+    if let (Some(paths), Value::Object(more)) = (doc["paths"].as_object_mut(), recovery_paths()) {
+        paths.extend(more);
+    }
+    doc
+}
+
+/// The recovery key's operations (crate::recovery).
+fn recovery_paths() -> Value {
+    let r = |s: &str| json!({"$ref": format!("#/components/schemas/{s}")});
+    json!({
+            "/api/encryption/recovery-key": {
+                "get": {"summary": "The recovery key (break-glass): whether the volume has one, whether one can be made now, and the trade-off in words",
+                    "responses": {"200": ok_json("the recovery key's status (never the key)", json!({"type": "object", "properties": {
+                        "enabled": {"type": "boolean"}, "can_add": {"type": "boolean"},
+                        "notice": {"type": ["string", "null"], "description": "set when a scheduled rotation removed the recovery key"},
+                        "trade_off": {"type": "string"}}})),
+                        "401": err("not logged in"), "409": err("no data volume is attached")}},
+                "post": {"summary": "Make a recovery key (replacing the one there is): a LUKS2 argon2id keyslot that opens the volume without any KMIP server (also with cryptsetup); answered once, stored nowhere; takes the admin password again; audited",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": r("PasswordReentry")}}},
+                    "responses": {"200": ok_json("the new recovery key, shown once", json!({"type": "object", "properties": {
+                        "recovery_key": {"type": "string", "description": "8 groups of 6 digits, dash-separated; each group is a multiple of 11"},
+                        "replaced": {"type": "boolean"}, "trade_off": {"type": "string"}}})),
+                        "401": err("not logged in"), "403": err("password missing or wrong, or no CSRF token"),
+                        "409": err("the volume is locked, plain or converting, or its header area has no room"), "429": err("too many wrong passwords from this address")}},
+                "delete": {"summary": "Remove the recovery key: its keyslot leaves the header and its area is overwritten; takes the admin password again; audited",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": r("PasswordReentry")}}},
+                    "responses": {"200": ok_json("removed (false: there was none)", json!({"type": "object", "properties": {"removed": {"type": "boolean"}}})),
+                        "401": err("not logged in"), "403": err("password missing or wrong, or no CSRF token"),
+                        "409": err("the volume is locked or converting"), "429": err("too many wrong passwords from this address")}}},
+            "/api/encryption/unlock": {"post": {
+                "summary": "Unlock with the recovery key while locked: no KMIP server is asked; a conversion under way resumes; audited",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["recovery_key"],
+                    "properties": {"recovery_key": {"type": "string", "description": "as shown; spaces and dashes are ignored"}}}}}},
+                "responses": {"200": ok_json("unlocked; the body is the new status", r("EncryptionStatus")), "400": err("not a recovery key (a mistyped group is named)"),
+                    "401": err("not logged in"), "403": err("the recovery key opens no keyslot of the volume, or no CSRF token"),
+                    "409": err("not locked, held for the administrator's decision, or another recovery key operation runs")}}}
+    })
+}
+
+fn base_document() -> Value {
     let r = |s: &str| json!({"$ref": format!("#/components/schemas/{s}")});
     let start = |what: &str| {
         json!({
@@ -152,8 +193,8 @@ pub fn document() -> Value {
                     "responses": {"200": ok_json("the report (ok may be false)", r("TestReport")), "401": err("not logged in"), "409": err("nothing saved yet, or a test is running")}}
             },
             "/api/encryption/encrypt": {"post": start("Encrypt the volume with a new key (needs a passing test of the current settings)")},
-            "/api/encryption/rekey": {"post": start("Re-encrypt the volume under a new key")},
-            "/api/encryption/move": {"post": start("Move to these settings: Rekey onto the KMIP server of the saved settings (they must have passed Save and Test and name none of the servers that hold the volume key now); the old key is retired per the key policy on the old server, whose settings are kept until the move finished")},
+            "/api/encryption/rekey": {"post": start("Re-encrypt the volume under a new key; when the volume has a recovery key, a new one for the new key replaces it in the same header commit and is answered once as `recovery_key` beside the status (a scheduled rotation removes it instead)")},
+            "/api/encryption/move": {"post": start("Move to these settings (a recovery key is renewed as by Rekey): Rekey onto the KMIP server of the saved settings (they must have passed Save and Test and name none of the servers that hold the volume key now); the old key is retired per the key policy on the old server, whose settings are kept until the move finished")},
             "/api/encryption/decrypt": {"post": {
                 "summary": "Decrypt the volume (turn encryption off); takes the admin password again",
                 "requestBody": {"required": true, "content": {"application/json": {"schema": r("PasswordReentry")}}},

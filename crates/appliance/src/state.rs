@@ -79,6 +79,17 @@ pub trait VolumeBackend: Send + Sync + 'static {
         Err("this appliance has no data volume to grow".into())
     }
 
+    /// The recovery key (crate::recovery): status, add, remove, unlock with it.
+    fn recovery(
+        &self,
+        op: crate::recovery::Op,
+    ) -> Result<crate::recovery::Outcome, crate::recovery::Refusal> {
+        let _ = op;
+        Err(crate::recovery::Refusal::Conflict(
+            "this appliance has no data volume".into(),
+        ))
+    }
+
     /// Asks the next unlock attempt to run now (the KMIP settings changed).
     fn retry_now(&self) {}
 

@@ -10,6 +10,7 @@ mod serve_cmd;
 mod size;
 mod volume_cmd;
 mod volume_kmip;
+mod volume_recovery;
 
 use std::ffi::OsString;
 

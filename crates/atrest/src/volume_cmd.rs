@@ -52,6 +52,10 @@ enum VolumeCommand {
     /// or encrypted; an encrypted volume's key is fetched to sign the new header). Not during
     /// a conversion.
     Grow(crate::volume_kmip::GrowArgs),
+    /// The recovery key (break-glass): `add` makes one and prints it once, `remove` removes it.
+    /// With it, `unlock` and `export --recovery-key-file F` need no KMIP server.
+    #[command(subcommand_value_name = "add|remove")]
+    RecoveryKey(crate::volume_recovery::RecoveryKeyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +101,10 @@ struct ExportArgs {
     /// KMIP settings, for an encrypted volume.
     #[command(flatten)]
     kmip: crate::kmip_settings::KmipSettings,
+    /// Open the encrypted volume with the recovery key in file F instead of its KMIP key (no
+    /// KMIP server is contacted).
+    #[arg(long, value_name = "F")]
+    recovery_key_file: Option<PathBuf>,
 }
 
 pub fn run(args: VolumeArgs) -> anyhow::Result<()> {
@@ -109,6 +117,7 @@ pub fn run(args: VolumeArgs) -> anyhow::Result<()> {
         VolumeCommand::Rekey(a) => crate::volume_kmip::rekey(a),
         VolumeCommand::Decrypt(a) => crate::volume_kmip::decrypt(a),
         VolumeCommand::Grow(a) => crate::volume_kmip::grow(a),
+        VolumeCommand::RecoveryKey(a) => crate::volume_recovery::run(a),
     }
 }
 
@@ -282,6 +291,16 @@ pub fn render(i: &VolumeInfo) -> String {
     if let Some(b) = i.key_bits {
         line("Key:", format!("{b} bits"));
     }
+    if i.state != State::Plain {
+        line(
+            "Recovery key:",
+            if i.recovery_key {
+                "present (a LUKS2 passphrase keyslot; opens the volume without KMIP)".into()
+            } else {
+                "none".into()
+            },
+        );
+    }
     line("Sector size:", format!("{} bytes", i.sector_size));
     line("Data offset:", format!("{} bytes", i.data_offset));
     line("Data size:", format!("{} bytes", i.data_size));
@@ -360,6 +379,16 @@ fn export(a: ExportArgs) -> anyhow::Result<()> {
     let (_lock, v) = open_to_read_data(&a.image)?;
     let u = match v.state() {
         State::Plain => v.unlock(Vec::new())?,
+        _ if a.recovery_key_file.is_some() => {
+            let f = a.recovery_key_file.as_deref().unwrap_or(Path::new(""));
+            let keys = crate::volume_recovery::keys_from_file(&v, f).with_context(|| {
+                format!(
+                    "opening {} with the recovery key; nothing was written",
+                    a.image.display()
+                )
+            })?;
+            v.unlock(keys)?
+        }
         state => crate::volume_kmip::unlock_for_export(v, &a.kmip).with_context(|| {
             format!(
                 "{} is {}: exporting it needs its key from the KMIP server; nothing was written",

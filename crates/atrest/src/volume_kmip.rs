@@ -14,7 +14,8 @@ use anyhow::{Context, bail};
 use atrest_appliance::keys::{self, create_volume_key_in_group, fetch_volume_keys};
 use atrest_kmip::client::Client;
 use atrest_volume::{
-    ConvertOptions, EncryptOptions, State, UnlockedVolume, Volume, VolumeInfo, VolumeLock,
+    ConvertOptions, EncryptOptions, RecoveryKdf, State, UnlockedVolume, Volume, VolumeInfo,
+    VolumeLock,
 };
 use clap::Args;
 use serde_json::json;
@@ -74,6 +75,10 @@ pub struct KeyedArgs {
     kmip: KmipSettings,
     #[command(flatten)]
     run: RunArgs,
+    /// Open the volume with the recovery key in file F instead of its KMIP key(s): no KMIP
+    /// server is contacted.
+    #[arg(long, value_name = "F")]
+    recovery_key_file: Option<PathBuf>,
     /// (unlock) Accept a header whose authentication code is missing or wrong, as it is, and
     /// sign it under the volume key: only for a header you know (written by an atrest without
     /// header authentication, or changed by you). The keys are still checked against it.
@@ -347,9 +352,27 @@ pub fn rekey(a: RekeyArgs) -> anyhow::Result<()> {
             )?;
             let key = create_volume_key_in_group(&mut client, bits, Some(&name), Some(&group))?;
             let unlocked = vol.unlock(keys)?;
-            unlocked
-                .begin_rekey(key.material, key.reference, &EncryptOptions::default())
+            let renewed = unlocked
+                .begin_rekey_renewing_recovery(
+                    key.material,
+                    key.reference,
+                    &EncryptOptions::default(),
+                    &RecoveryKdf::from_env(),
+                )
                 .with_context(|| format!("starting to rekey {}", a.image.display()))?;
+            if let Some(rk) = renewed {
+                // Shown at once: the conversion may be stopped, and the key is stored nowhere.
+                if a.run.json {
+                    println!("{}", json!({"image": a.image, "recovery_key": rk.expose()}));
+                } else {
+                    println!("{}", rk.expose());
+                    eprintln!(
+                        "This is the new recovery key of {} (shown only now); the previous \
+                         recovery key no longer opens the volume. Keep it offline.",
+                        a.image.display()
+                    );
+                }
+            }
             (unlocked, old)
         }
         State::Rekeying => {
@@ -391,9 +414,7 @@ pub fn decrypt(a: KeyedArgs) -> anyhow::Result<()> {
     let info = vol.info();
     let unlocked = match vol.state() {
         State::Encrypted | State::Decrypting => {
-            let mut client = client(&a.kmip, &info)?;
-            let keys = fetch_volume_keys(&mut client, &vol)?;
-            client.disconnect();
+            let keys = volume_keys(&vol, &a.kmip, a.recovery_key_file.as_deref())?;
             let u = vol.unlock(keys)?;
             if u.state() == State::Encrypted {
                 u.begin_decrypt()
@@ -417,12 +438,10 @@ pub fn unlock(a: KeyedArgs) -> anyhow::Result<()> {
     } else {
         open_to_read_data(&a.image)?
     };
-    let info = vol.info();
     if vol.state() == State::Plain {
         bail!("{} is plain: it has no key to unlock", a.image.display());
     }
-    let mut client = client(&a.kmip, &info)?;
-    let keys = fetch_volume_keys(&mut client, &vol)?;
+    let keys = volume_keys(&vol, &a.kmip, a.recovery_key_file.as_deref())?;
     let n = keys.len();
     let unlocked = if a.accept_header {
         vol.unlock_accepting_header(keys)?
@@ -435,22 +454,48 @@ pub fn unlock(a: KeyedArgs) -> anyhow::Result<()> {
         .iter()
         .map(|k| k.reference.unique_identifier.as_str())
         .collect();
+    let by = if a.recovery_key_file.is_some() {
+        "recovery key"
+    } else {
+        "kmip"
+    };
     if a.run.json {
         println!(
             "{}",
-            json!({"image": a.image, "state": info.state.as_str(), "verified_keys": ids})
+            json!({"image": a.image, "state": info.state.as_str(), "verified_keys": ids, "unlocked_with": by})
         );
     } else {
         println!(
-            "{}: {} key{} verified ({}); state {}",
+            "{}: {} key{} verified ({}){}; state {}",
             a.image.display(),
             n,
             if n == 1 { "" } else { "s" },
             ids.join(", "),
+            if by == "kmip" {
+                ""
+            } else {
+                " with the recovery key, no KMIP server contacted"
+            },
             info.state.as_str()
         );
     }
     Ok(())
+}
+
+/// The verified keys of `vol`: from the recovery key in `recovery_file` when given (no KMIP
+/// server contacted), else fetched from the KMIP server.
+fn volume_keys(
+    vol: &Volume,
+    settings: &KmipSettings,
+    recovery_file: Option<&Path>,
+) -> anyhow::Result<Vec<atrest_volume::VolumeKey>> {
+    if let Some(f) = recovery_file {
+        return crate::volume_recovery::keys_from_file(vol, f);
+    }
+    let mut client = client(settings, &vol.info())?;
+    let keys = fetch_volume_keys(&mut client, vol)?;
+    client.disconnect();
+    Ok(keys)
 }
 
 /// Unlocks an encrypted (or mid-conversion) volume for `export`; the caller holds its lock.

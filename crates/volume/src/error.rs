@@ -196,6 +196,10 @@ pub enum Error {
     /// Nothing was read or written.
     #[error("{0}")]
     HeaderAuth(HeaderAuthError),
+    /// A recovery key opened no keyslot of the volume (the reason says why). Nothing was read
+    /// or written with it.
+    #[error("{0}")]
+    RecoveryKey(String),
     /// The operation is not possible in the volume's current state.
     #[error("{0}")]
     State(String),

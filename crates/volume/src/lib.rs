@@ -59,6 +59,8 @@ pub mod key;
 pub mod lock;
 pub mod luks2;
 mod rangelock;
+pub mod recovery;
+pub mod recovery_slots;
 pub mod secret;
 mod used;
 #[cfg(target_arch = "x86_64")]
@@ -71,6 +73,7 @@ pub use error::{Check, Error, HeaderAuthError, HeaderAuthFailure, HeaderError, K
 pub use key::{KeyMaterial, VolumeKey};
 pub use lock::{LockError, LockMode, VolumeLock};
 pub use luks2::{ConversionKind, KmipToken};
+pub use recovery::{RecoveryKdf, RecoveryKey};
 pub use secret::{Hardening, MemoryLock, SecretBytes, UnlockedBytes, harden_process};
 pub use used::UsedRanges;
 pub use volume::{

@@ -15,6 +15,8 @@ use crate::luks2::{
     Segment, SegmentKind, Token,
 };
 use crate::rangelock::RangeLock;
+use crate::recovery::{RecoveryKdf, RecoveryKey};
+use crate::recovery_slots;
 use crate::secret::SecretBytes;
 use crate::used::UsedRanges;
 use crate::xts::{KeySize, TWEAK_UNIT, XtsCipher};
@@ -209,6 +211,8 @@ pub struct VolumeInfo {
     /// Whether the header carries a MAC (it is checked under the volume key at unlock; a plain
     /// volume has none).
     pub header_mac: bool,
+    /// Whether the volume has a recovery key (atrest's LUKS2 passphrase keyslots).
+    pub recovery_key: bool,
 }
 
 /// An opened volume whose keys are not loaded yet.
@@ -582,6 +586,8 @@ pub const SEAL_KEY_INFO: &[u8] = b"atrest content seal key v1";
 struct DerivedKeys {
     mac: MacKey,
     seal: SecretBytes,
+    /// The verified volume key itself, for a recovery keyslot made while unlocked.
+    raw: SecretBytes,
 }
 
 impl DerivedKeys {
@@ -591,6 +597,7 @@ impl DerivedKeys {
         Ok(DerivedKeys {
             mac: MacKey::derive(key)?,
             seal,
+            raw: SecretBytes::from_slice_zeroizing(&mut key.to_vec()),
         })
     }
 }
@@ -761,6 +768,7 @@ fn info_of(m: &Metadata, dev_len: u64, report: &ReadReport) -> VolumeInfo {
         }),
         seqid: m.seqid,
         header_mac: m.mac().is_some(),
+        recovery_key: !recovery_slots::recovery_keyslots(m).is_empty(),
         header_repair: report.damaged.as_ref().map(|d| {
             format!(
                 "{d} ({})",
@@ -1310,13 +1318,40 @@ impl UnlockedVolume {
         Ok(())
     }
 
-    /// Starts re-encrypting an encrypted volume with a new key.
+    /// Starts re-encrypting an encrypted volume with a new key. A recovery key the volume has
+    /// is removed in the same header commit (it opens the old key only); see
+    /// [`UnlockedVolume::begin_rekey_renewing_recovery`] to replace it instead.
     pub fn begin_rekey(
         &self,
         key: KeyMaterial,
         reference: KeyReference,
         opts: &EncryptOptions,
     ) -> Result<()> {
+        self.begin_rekey_with(key, reference, opts, None).map(drop)
+    }
+
+    /// Like [`UnlockedVolume::begin_rekey`], but when the volume has a recovery key a new one
+    /// replaces it in the same header commit, in two keyslots: one holding the old key and one
+    /// the new key, so that the new recovery key alone opens the volume at every point of the
+    /// rekey; the old key's keyslot goes with the old key when the rekey finishes. Returns the
+    /// new recovery key (to be shown once), or `None` when the volume had none.
+    pub fn begin_rekey_renewing_recovery(
+        &self,
+        key: KeyMaterial,
+        reference: KeyReference,
+        opts: &EncryptOptions,
+        kdf: &RecoveryKdf,
+    ) -> Result<Option<RecoveryKey>> {
+        self.begin_rekey_with(key, reference, opts, Some(kdf))
+    }
+
+    fn begin_rekey_with(
+        &self,
+        key: KeyMaterial,
+        reference: KeyReference,
+        opts: &EncryptOptions,
+        renew: Option<&RecoveryKdf>,
+    ) -> Result<Option<RecoveryKey>> {
         let _busy = self
             .inner
             .converting
@@ -1344,16 +1379,37 @@ impl UnlockedVolume {
         let digest = make_digest(&key, opts.pbkdf2_iterations, Vec::new())?;
         let cipher = Arc::new(XtsCipher::new(key.secret())?);
         let did = self.meta().free_digest_id();
+        let old_slots = recovery_slots::recovery_keyslots(&self.meta());
+        // The new recovery keyslots (old key, new key) are written before the commit that names
+        // them and removes the old one, so a crash leaves one recovery key or the other.
+        let renewed = match renew {
+            Some(kdf) if !old_slots.is_empty() => {
+                let old_raw = self.raw_key(old_id)?;
+                let rk = RecoveryKey::generate()?;
+                let slots = self.write_recovery_slots(
+                    &rk,
+                    &[(old_id, old_raw.expose()), (did, key.expose())],
+                    kdf,
+                )?;
+                Some((rk, slots))
+            }
+            _ => None,
+        };
         self.add_derived_keys(did, &key)?;
         let token = token_of(&reference, key.size());
-        self.commit(|m| {
+        let slots = renewed.as_ref().map(|(_, s)| s.clone());
+        self.commit_and_wipe(|m| {
+            recovery_slots::remove(m, &old_slots);
             m.add_new_key(digest, token, ConversionKind::Rekey, Some(old_id));
+            for (id, json, digest) in slots.into_iter().flatten() {
+                recovery_slots::add(m, id, json, digest);
+            }
         })?;
         let mut layout = self.inner.layout.write().unwrap_or_else(|e| e.into_inner());
         layout.old = layout.new.clone();
         layout.new = Form::Xts(cipher);
         self.inner.boundary.store(0, Ordering::Release);
-        Ok(())
+        Ok(renewed.map(|(rk, _)| rk))
     }
 
     /// Starts decrypting an encrypted volume.
@@ -1384,10 +1440,11 @@ impl UnlockedVolume {
                 )));
             }
         }
-        if !m.keyslots.is_empty() {
+        let foreign = crate::recovery_slots::foreign_keyslots(&m);
+        if !foreign.is_empty() {
             return Err(Error::State(format!(
-                "the volume has {} passphrase keyslot(s) that {what} would invalidate: remove them with `cryptsetup luksKillSlot` first",
-                m.keyslots.len()
+                "the volume has {} passphrase keyslot(s) not made by atrest that {what} would invalidate: remove them with `cryptsetup luksKillSlot` first",
+                foreign.len()
             )));
         }
         Ok(())
@@ -1540,8 +1597,11 @@ impl UnlockedVolume {
         let used = used.filter(|_| version == RecordVersion::V2);
         let sector = self.sector();
         let entry = version.entry_bytes();
-        let max_chunk =
-            (ks_size / 2 / entry * HOTZONE_UNIT).min(MAX_HOTZONE_SIZE) / sector * sector;
+        // Conversion tables stay below the recovery keyslots' region.
+        let max_chunk = (recovery_slots::table_space(ks_size) / 2 / entry * HOTZONE_UNIT)
+            .min(MAX_HOTZONE_SIZE)
+            / sector
+            * sector;
         let chunk = (opts.chunk_size / sector * sector).clamp(sector, max_chunk.max(sector));
         if max_chunk < sector {
             return Err(Error::State(
@@ -1606,8 +1666,9 @@ impl UnlockedVolume {
                     self.commit(|m| m.set_boundary(b, None, version))?;
                     return Ok(self.state());
                 }
-                // The last chunk stays locked until the commit that retires its hotzone.
-                self.commit(Metadata::finish)?;
+                // The last chunk stays locked until the commit that retires its hotzone. The old
+                // key's recovery keyslots go with its digest, and their areas are wiped.
+                self.commit_and_wipe(Metadata::finish)?;
                 drop(prev_guard);
                 let _all = inner.locks.acquire(0, u64::MAX, true);
                 let mut layout = inner.layout.write().unwrap_or_else(|e| e.into_inner());
@@ -1757,5 +1818,235 @@ impl BlockDevice for UnlockedVolume {
         self.inner
             .dev
             .start_writeback(self.inner.data_offset + offset, len)
+    }
+}
+
+/// Recovery key (docs/volume-format.md, "Recovery keyslot").
+impl UnlockedVolume {
+    /// Whether the volume has a recovery key (atrest's recovery keyslots).
+    pub fn has_recovery_key(&self) -> bool {
+        !recovery_slots::recovery_keyslots(&self.meta()).is_empty()
+    }
+
+    /// Makes a new recovery key for the data segment's key: a LUKS2 argon2id keyslot that
+    /// stock cryptsetup opens. A recovery key the volume had is replaced in the same header
+    /// commit (its keyslot area is wiped afterwards). Only in the steady encrypted state (a
+    /// conversion changes the keys; rekey renews the recovery key itself). Returns the key, to
+    /// be shown once: it is stored nowhere.
+    pub fn add_recovery_key(&self, kdf: &RecoveryKdf) -> Result<RecoveryKey> {
+        let _busy = self.not_converting("adding a recovery key")?;
+        let state = self.state();
+        if state != State::Encrypted {
+            return Err(Error::State(format!(
+                "the volume is {}: a recovery key is added to an encrypted volume with no \
+                 conversion under way",
+                state.as_str()
+            )));
+        }
+        let (did, old) = {
+            let m = self.meta();
+            if recovery_slots::region(&m).is_none() {
+                return Err(Error::State(format!(
+                    "the volume's keyslots area ({} bytes) is too small for a recovery keyslot; \
+                     volumes formatted with the default 16 MiB header area have room",
+                    m.keyslots_size
+                )));
+            }
+            let did = m
+                .segment_digest()
+                .ok_or_else(|| Error::State("no digest belongs to the data segment".into()))?;
+            (did, recovery_slots::recovery_keyslots(&m))
+        };
+        let raw = self.raw_key(did)?;
+        let rk = RecoveryKey::generate()?;
+        let slots = self.write_recovery_slots(&rk, &[(did, raw.expose())], kdf)?;
+        self.commit_and_wipe(|m| {
+            recovery_slots::remove(m, &old);
+            for (id, json, digest) in slots {
+                recovery_slots::add(m, id, json, digest);
+            }
+        })?;
+        Ok(rk)
+    }
+
+    /// Removes the recovery key: its keyslots leave the header (one commit) and their areas
+    /// are overwritten with zeros. Returns whether there was one.
+    pub fn remove_recovery_key(&self) -> Result<bool> {
+        let _busy = self.not_converting("removing the recovery key")?;
+        let old = recovery_slots::recovery_keyslots(&self.meta());
+        if old.is_empty() {
+            return Ok(false);
+        }
+        self.commit_and_wipe(|m| recovery_slots::remove(m, &old))?;
+        Ok(true)
+    }
+
+    fn not_converting(&self, what: &str) -> Result<std::sync::MutexGuard<'_, ()>> {
+        match self.inner.converting.try_lock() {
+            Ok(g) => Ok(g),
+            Err(std::sync::TryLockError::Poisoned(e)) => Ok(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => Err(Error::State(format!(
+                "a conversion is running on this volume; {what} waits until it has finished"
+            ))),
+        }
+    }
+
+    /// The verified raw key of digest `digest`.
+    fn raw_key(&self, digest: u32) -> Result<SecretBytes> {
+        self.inner
+            .derived
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&digest)
+            .map(|k| k.raw.clone())
+            .ok_or_else(|| Error::State(format!("no verified key for digest {digest}")))
+    }
+
+    /// Writes one recovery keyslot area per `(digest, key)` under `rk` and flushes; returns the
+    /// keyslots to add in the next commit.
+    fn write_recovery_slots(
+        &self,
+        rk: &RecoveryKey,
+        keys: &[(u32, &[u8])],
+        kdf: &RecoveryKdf,
+    ) -> Result<Vec<(u32, serde_json::Value, u32)>> {
+        if self.inner.read_only {
+            return Err(Error::State(
+                "the volume was opened read-only; its header is not written".into(),
+            ));
+        }
+        let (areas, ids) = {
+            let m = self.meta();
+            let areas = recovery_slots::free_areas(&m, keys.len());
+            let ids = recovery_slots::free_ids(&m, keys.len());
+            match (areas, ids) {
+                (Some(a), Some(i)) => (a, i),
+                _ => {
+                    return Err(Error::State(
+                        "no free recovery keyslot area or keyslot id is left in the header; \
+                         remove the recovery key, then add it again"
+                            .into(),
+                    ));
+                }
+            }
+        };
+        let mut out = Vec::new();
+        for (((digest, key), area), id) in keys.iter().zip(areas).zip(ids) {
+            let (json, bytes) = crate::recovery::make_keyslot(rk, key, kdf, area)?;
+            self.inner
+                .dev
+                .write_at(&bytes, area)
+                .map_err(Error::io("writing the recovery keyslot area"))?;
+            out.push((id, json, *digest));
+        }
+        self.inner
+            .dev
+            .flush()
+            .map_err(Error::io("flushing the recovery keyslot area"))?;
+        Ok(out)
+    }
+
+    /// Commits like [`UnlockedVolume::commit`], then overwrites with zeros the areas of the
+    /// recovery keyslots the commit removed, so a removed recovery key opens nothing even with
+    /// an old copy of the header.
+    fn commit_and_wipe(&self, f: impl FnOnce(&mut Metadata)) -> Result<()> {
+        let before = self.meta().clone();
+        self.commit(f)?;
+        let gone = recovery_slots::removed_areas(&before, &self.meta());
+        if gone.is_empty() {
+            return Ok(());
+        }
+        for (off, size) in gone {
+            let zeros = vec![0u8; size as usize];
+            self.inner
+                .dev
+                .write_at(&zeros, off)
+                .map_err(Error::io("wiping a removed recovery keyslot area"))?;
+        }
+        self.inner
+            .dev
+            .flush()
+            .map_err(Error::io("flushing the wiped recovery keyslot area"))
+    }
+}
+
+impl Volume {
+    /// Whether the volume has a recovery key (atrest's recovery keyslots).
+    pub fn has_recovery_key(&self) -> bool {
+        !recovery_slots::recovery_keyslots(&self.meta).is_empty()
+    }
+
+    /// The volume keys a recovery key opens, verified against their digests: one in the steady
+    /// encrypted state, both keys of a rekey under way. Runs the keyslots' KDF (argon2id, about
+    /// a second each), only for keyslots whose cost is within the bounds of
+    /// [`crate::recovery::RecoveryKdf::check`]. No KMIP server is involved.
+    pub fn keys_from_recovery_key(&self, rk: &RecoveryKey) -> Result<Vec<VolumeKey>> {
+        let m = &*self.meta;
+        let ks_start = m.keyslots_offset();
+        let ks_end = ks_start + m.keyslots_size;
+        let read = |buf: &mut [u8], off: u64| self.dev.read_at(buf, off);
+        let mut keys: Vec<VolumeKey> = Vec::new();
+        let mut refused = Vec::new();
+        let mut tried = 0;
+        for (did, d) in &m.digests {
+            for ks in &d.keyslots {
+                let Some(v) = m.keyslots.get(&ks.to_string()) else {
+                    continue;
+                };
+                if keys.iter().any(|k| k.digest_id == *did) {
+                    continue;
+                }
+                tried += 1;
+                if tried > crate::recovery::MAX_RECOVERY_SLOTS_TRIED {
+                    break;
+                }
+                let raw = match crate::recovery::open_keyslot(
+                    &ks.to_string(),
+                    v,
+                    ks_start,
+                    ks_end,
+                    rk,
+                    &read,
+                ) {
+                    Ok(raw) => raw,
+                    Err(Error::State(why)) => {
+                        refused.push(why);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let Ok(material) = KeyMaterial::new(raw) else {
+                    continue;
+                };
+                if expected_bits(m, *did).is_some_and(|b| b != material.size().bits()) {
+                    continue;
+                }
+                if digest_matches(d, material.expose())? {
+                    keys.push(VolumeKey {
+                        material,
+                        digest_id: *did,
+                        volume_uuid: m.uuid.clone(),
+                    });
+                }
+            }
+        }
+        if keys.is_empty() {
+            let why = if tried == 0 {
+                "the volume has no recovery key (no passphrase keyslot): unlock it with its key \
+                 from the KMIP server"
+                    .to_string()
+            } else if !refused.is_empty() && refused.len() == tried {
+                format!(
+                    "no keyslot of this volume could be tried: {}",
+                    refused.join("; ")
+                )
+            } else {
+                "the recovery key opens no keyslot of this volume: check that it is the latest \
+                 recovery key made for this volume (a rekey replaces it)"
+                    .to_string()
+            };
+            return Err(Error::RecoveryKey(why));
+        }
+        Ok(keys)
     }
 }

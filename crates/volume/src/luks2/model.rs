@@ -204,7 +204,7 @@ pub struct Metadata {
     pub uuid: String,
     /// Size of the keyslots area that follows the two copies.
     pub keyslots_size: u64,
-    /// Keyslots, kept as read (atrest writes none).
+    /// Keyslots: atrest's recovery keyslots, and others kept as read.
     pub keyslots: Map<String, Value>,
     /// The data segment.
     pub segment: Segment,
@@ -383,7 +383,12 @@ impl Metadata {
         self.requirements
             .retain(|r| r != REQUIREMENT_CONVERSION && r != REQUIREMENT_CONVERSION_V1);
         let drop_key = |m: &mut Metadata, digest: u32| {
-            m.digests.remove(&digest);
+            // The key's keyslots (a recovery key) go with it: no keyslot opens a retired key.
+            if let Some(d) = m.digests.remove(&digest) {
+                for ks in d.keyslots {
+                    m.keyslots.remove(&ks.to_string());
+                }
+            }
             m.tokens
                 .retain(|_, t| !matches!(t, Token::Kmip(k) if k.digest == digest));
         };

@@ -1,0 +1,294 @@
+//! The recovery key in the appliance, in process with the bundled KMIP server: a Rekey started by
+//! the scheduled rotation (nobody there to be shown a new key) removes the recovery key in its
+//! start commit, audits it and says so; the administrator's Rekey renews it and answers it once;
+//! a wrong recovery key on a locked appliance does not stop it retrying the KMIP server.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use atrest_appliance::content::{Clock, DataVolume, RotationTick, VolumeOptions};
+use atrest_appliance::embedded::{self, EmbeddedKms};
+use atrest_appliance::state::Content;
+use atrest_appliance::workflow::{Backoff, State as WfState};
+use atrest_appliance::{AppConfig, AppState, VolumeBackend, app};
+use atrest_kmip::client::Timeouts;
+use atrest_store::Query;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct Run {
+    state: AppState,
+    volume: DataVolume,
+    kms: Option<EmbeddedKms>,
+    password: String,
+}
+
+fn start(data: &Path, clock: Clock) -> Run {
+    start_with(data, clock, true, Duration::from_secs(30))
+}
+
+fn start_with(data: &Path, clock: Clock, with_kms: bool, backoff: Duration) -> Run {
+    let mut c = AppConfig::new(data);
+    c.pbkdf2_iterations = 1000;
+    c.kmip_timeouts = Timeouts::uniform(Duration::from_secs(5));
+    let opened = AppState::open(c).unwrap();
+    let state = opened.state;
+    let kms = with_kms.then(|| {
+        let k = embedded::start(data).unwrap();
+        embedded::prefill(&state, &k.env_file).unwrap();
+        k
+    });
+    let mut v = VolumeOptions::new(data);
+    v.size = 40 << 20;
+    v.chunk_size = 1 << 20;
+    v.threads = 1;
+    v.digest_iterations = 1000;
+    v.timeouts = Timeouts::uniform(Duration::from_secs(5));
+    v.backoff = Backoff {
+        initial: backoff,
+        max: backoff * 2,
+    };
+    v.key_check_interval = Duration::from_secs(3600);
+    v.rotation_check_interval = Duration::from_secs(3600);
+    v.clock = clock;
+    let volume = DataVolume::attach(&state, v).unwrap();
+    let password = match opened.generated_password {
+        Some(p) => p.to_string(),
+        None => std::fs::read_to_string(data.join("initial-admin-password"))
+            .unwrap()
+            .trim()
+            .to_owned(),
+    };
+    Run {
+        state,
+        volume,
+        kms,
+        password,
+    }
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..1200 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("gave up waiting until {what}");
+}
+
+async fn call(
+    app: &axum::Router,
+    token: Option<&str>,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = match body {
+        Some(b) => req
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(b.to_string())),
+        None => req.body(Body::empty()),
+    };
+    let res = app.clone().oneshot(req.unwrap()).await.unwrap();
+    let s = res.status();
+    let b = res.into_body().collect().await.unwrap().to_bytes();
+    (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
+}
+
+fn audit_texts(run: &Run) -> Vec<String> {
+    let Content::Ready(store) = run.state.content() else {
+        panic!("the store is not ready");
+    };
+    store
+        .audit()
+        .query(&Query {
+            limit: 1000,
+            ..Query::default()
+        })
+        .unwrap()
+        .events
+        .into_iter()
+        .map(|e| e.text)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_rotation_removes_the_recovery_key_and_the_admins_rekey_renews_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let offset = Arc::new(AtomicI64::new(0));
+    let o = offset.clone();
+    let run = start(
+        dir.path(),
+        Clock::new(move || {
+            time::OffsetDateTime::now_utc() + time::Duration::seconds(o.load(Ordering::SeqCst))
+        }),
+    );
+    let app = app(run.state.clone());
+    let (s, v) = call(
+        &app,
+        None,
+        "POST",
+        "/api/session",
+        Some(json!({"username": "admin", "password": run.password})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let t = v["token"].as_str().unwrap().to_owned();
+    let t = Some(t.as_str());
+    // Not while plain.
+    let (s, v) = call(
+        &app,
+        t,
+        "POST",
+        "/api/encryption/recovery-key",
+        Some(json!({"password": run.password})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("plain"), "{v}");
+    let (s, v) = call(&app, t, "POST", "/api/encryption/test", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = call(&app, t, "POST", "/api/encryption/encrypt", None).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    wait_for("encrypted", || {
+        run.state.workflow().state == WfState::Encrypted
+    });
+
+    // The administrator's Rekey renews it: a new key in the answer, audited.
+    let (s, v) = call(
+        &app,
+        t,
+        "POST",
+        "/api/encryption/recovery-key",
+        Some(json!({"password": run.password})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let r1 = v["recovery_key"].as_str().unwrap().to_owned();
+    let (s, v) = call(&app, t, "POST", "/api/encryption/rekey", None).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let r2 = v["recovery_key"]
+        .as_str()
+        .expect("a renewed recovery key")
+        .to_owned();
+    assert_ne!(r1, r2);
+    wait_for("the Rekey finished", || {
+        run.state.workflow().state == WfState::Encrypted
+    });
+    let (_, v) = call(&app, t, "GET", "/api/encryption/recovery-key", None).await;
+    assert_eq!(v["enabled"], true, "{v}");
+    assert!(v["notice"].is_null(), "{v}");
+
+    // The scheduled rotation has nobody to show a new key to: it removes it.
+    let (s, v) = call(
+        &app,
+        t,
+        "PUT",
+        "/api/encryption/policy",
+        Some(json!({"old_keys": "keep", "rotation_interval_seconds": 60})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    offset.store(3600, Ordering::SeqCst);
+    assert_eq!(run.volume.rotation_tick(), RotationTick::Started);
+    wait_for("the scheduled Rekey finished", || {
+        run.state.workflow().state == WfState::Encrypted
+    });
+    let (_, v) = call(&app, t, "GET", "/api/encryption/recovery-key", None).await;
+    assert_eq!(v["enabled"], false, "{v}");
+    assert!(
+        v["notice"]
+            .as_str()
+            .unwrap()
+            .contains("removed the recovery key"),
+        "{v}"
+    );
+    let texts = audit_texts(&run);
+    for op in [
+        "recovery-key-add",
+        "recovery-key-renew",
+        "recovery-key-remove",
+    ] {
+        assert!(
+            texts
+                .iter()
+                .any(|x| x.contains(&format!("operation={op}")) && x.contains("result=ok")),
+            "{op}: {texts:?}"
+        );
+    }
+    assert!(texts.iter().all(|x| !x.contains(&r1) && !x.contains(&r2)));
+    // Making a new one clears the notice.
+    let (s, _) = call(
+        &app,
+        t,
+        "POST",
+        "/api/encryption/recovery-key",
+        Some(json!({"password": run.password})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, v) = call(&app, t, "GET", "/api/encryption/recovery-key", None).await;
+    assert_eq!(v["enabled"], true, "{v}");
+    assert!(v["notice"].is_null(), "{v}");
+
+    let mut run = run;
+    run.volume.shutdown();
+    if let Some(k) = run.kms.take() {
+        k.stop();
+    }
+
+    // Restarted with the KMIP server away: locked. A wrong recovery key does not stop the
+    // appliance from retrying the KMIP server, which unlocks it by itself once it is back.
+    let run = start_with(
+        dir.path(),
+        Clock::system(),
+        false,
+        Duration::from_millis(200),
+    );
+    let app = atrest_appliance::app(run.state.clone());
+    let (s, v) = call(
+        &app,
+        None,
+        "POST",
+        "/api/session",
+        Some(json!({"username": "admin", "password": run.password})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let t = v["token"].as_str().unwrap().to_owned();
+    let t = Some(t.as_str());
+    wait_for("locked", || run.state.workflow().state == WfState::Locked);
+    let other = "000000-000000-000000-000000-000000-000000-000000-000011";
+    let (s, v) = call(
+        &app,
+        t,
+        "POST",
+        "/api/encryption/unlock",
+        Some(json!({"recovery_key": other})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let before = run.volume.unlock_attempts();
+    wait_for("the KMIP server is still retried", || {
+        run.volume.unlock_attempts() > before + 2
+    });
+    assert_eq!(run.state.workflow().state, WfState::Locked);
+    let k = embedded::start(dir.path()).unwrap();
+    wait_for("unlocked by itself", || {
+        run.state.workflow().state == WfState::Encrypted
+    });
+    run.volume.shutdown();
+    k.stop();
+}

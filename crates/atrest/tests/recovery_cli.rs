@@ -1,0 +1,298 @@
+//! The recovery key from the command line, against the bundled KMIP server (`atrest kms
+//! serve`, a real server the test can stop): `atrest volume recovery-key add` prints it once;
+//! with every KMIP server stopped, `export --recovery-key-file` returns the plaintext and
+//! `unlock --recovery-key-file` verifies the key; Debian's cryptsetup accepts the recovery key;
+//! after `rekey`, the old recovery key opens nothing (atrest and cryptsetup) and the new one,
+//! printed by rekey, does.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn atrest() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_atrest"));
+    // A small argon2 memory keeps the tests quick; the default is 256 MiB.
+    c.env("ATREST_RECOVERY_KDF_MEMORY_KIB", "16384");
+    c
+}
+
+struct Kms {
+    child: Child,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Drop for Kms {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// The child is waited for by `Kms::drop`.
+#[allow(clippy::zombie_processes)]
+fn kms(dir: &Path) -> Kms {
+    let mut child = atrest()
+        .args(["kms", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut l = String::new();
+        let n = out.read_line(&mut l).unwrap_or(0);
+        if let Some(addr) = l.trim().strip_prefix("listening on ") {
+            let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+            std::thread::spawn(move || for _ in out.lines() {});
+            return Kms {
+                child,
+                dir: dir.to_path_buf(),
+                port,
+            };
+        }
+        assert!(
+            n > 0 && Instant::now() < deadline,
+            "the KMIP server did not start"
+        );
+    }
+}
+
+impl Kms {
+    fn env(&self, k: &str) -> String {
+        let env = std::fs::read_to_string(self.dir.join("client.env")).unwrap();
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("export {k}=")))
+            .unwrap_or_else(|| panic!("{k} missing from client.env"))
+            .trim_matches('\'')
+            .to_owned()
+    }
+
+    fn flags(&self) -> Vec<String> {
+        vec![
+            "--server".into(),
+            format!("127.0.0.1:{}", self.port),
+            "--server-name".into(),
+            self.env("KMIP_HOST"),
+            "--ca".into(),
+            self.env("KMIP_CA"),
+            "--client-cert".into(),
+            self.env("KMIP_CLIENT_CERT"),
+            "--client-key".into(),
+            self.env("KMIP_CLIENT_KEY"),
+            "--username".into(),
+            self.env("KMIP_USERNAME"),
+        ]
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        atrest()
+            .args(args)
+            .args(self.flags())
+            .env("ATREST_KMIP_PASSWORD", self.env("KMIP_PASSWORD"))
+            .output()
+            .unwrap()
+    }
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+fn failed(o: &Output) -> String {
+    assert!(
+        !o.status.success(),
+        "succeeded: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let err = String::from_utf8_lossy(&o.stderr).trim().to_owned();
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    err
+}
+
+fn have_cryptsetup() -> bool {
+    atrest_testkit::tool("cryptsetup", "cryptsetup-bin")
+}
+
+/// `cryptsetup open --test-passphrase --key-file F IMAGE`: true when the passphrase opens a
+/// keyslot.
+fn cryptsetup_accepts(img: &Path, key: &str, dir: &Path) -> bool {
+    let f = dir.join("cs-key.txt");
+    std::fs::write(&f, key).unwrap();
+    let o = Command::new("cryptsetup")
+        .args(["open", "--test-passphrase", "--key-file"])
+        .arg(&f)
+        .arg(img)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let rc = o.status.code().unwrap_or(-1);
+    assert!(
+        rc == 0 || rc == 2 || (rc == 1 && err.contains("No usable keyslot")),
+        "cryptsetup failed otherwise ({rc}): {err}"
+    );
+    rc == 0
+}
+
+fn export_with(img: &Path, key_file: &Path, out: &Path) -> Output {
+    atrest()
+        .args(["volume", "export"])
+        .arg(img)
+        .arg("--out")
+        .arg(out)
+        .arg("--recovery-key-file")
+        .arg(key_file)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn recovery_key_opens_the_volume_with_every_kmip_server_stopped_and_rekey_retires_it() {
+    let cs = have_cryptsetup();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let img = d.join("v.img");
+    let ip = img.to_str().unwrap();
+    ok(&atrest()
+        .args([
+            "volume",
+            "format",
+            ip,
+            "--size",
+            "4M",
+            "--header-area",
+            "4M",
+        ])
+        .output()
+        .unwrap());
+    let mut payload = vec![0u8; 4 << 20];
+    openssl::rand::rand_bytes(&mut payload).unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+        f.write_all_at(&payload, 4 << 20).unwrap();
+        f.sync_all().unwrap();
+    }
+    let server = kms(&d.join("kms"));
+    ok(&server.run(&["volume", "encrypt", ip, "--appliance-name", "rk"]));
+    // Not before it is asked for.
+    let dump: serde_json::Value = serde_json::from_str(&ok(&atrest()
+        .args(["volume", "dump", ip, "--json"])
+        .output()
+        .unwrap()))
+    .unwrap();
+    assert_eq!(dump["recovery_key"], false);
+
+    // add: the key on stdout (one line, 8 groups of 6 digits), the warning on stderr.
+    let o = server.run(&["volume", "recovery-key", "add", ip]);
+    let r1 = ok(&o);
+    assert_eq!(r1.lines().count(), 1);
+    assert_eq!(r1.len(), 55, "{r1}");
+    assert!(
+        r1.split('-')
+            .all(|g| g.len() == 6 && g.parse::<u32>().unwrap() % 11 == 0)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("shown only now"));
+    let dump: serde_json::Value = serde_json::from_str(&ok(&atrest()
+        .args(["volume", "dump", ip, "--json"])
+        .output()
+        .unwrap()))
+    .unwrap();
+    assert_eq!(dump["recovery_key"], true);
+    let r1_file = d.join("r1.txt");
+    // As a person would keep it: grouped with spaces, a newline at the end.
+    std::fs::write(&r1_file, format!("{}\n", r1.replace('-', " "))).unwrap();
+
+    // Every KMIP server stopped.
+    let kms_dir = server.dir.clone();
+    drop(server);
+    let out = d.join("plain.bin");
+    let o = atrest()
+        .args(["volume", "export", ip, "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = failed(&o);
+    assert!(
+        err.contains("KMIP"),
+        "without the recovery key the KMIP server is needed: {err}"
+    );
+    ok(&export_with(&img, &r1_file, &out));
+    assert!(
+        std::fs::read(&out).unwrap() == payload,
+        "export with the recovery key differs"
+    );
+    let o = atrest()
+        .args(["volume", "unlock", ip, "--recovery-key-file"])
+        .arg(&r1_file)
+        .output()
+        .unwrap();
+    assert!(ok(&o).contains("with the recovery key"));
+    // A mistyped group is caught before the KDF, and named.
+    let bad = d.join("bad.txt");
+    let mut t = r1.clone().into_bytes();
+    t[0] = if t[0] == b'9' { b'0' } else { t[0] + 1 };
+    std::fs::write(&bad, &t).unwrap();
+    let err = failed(&export_with(&img, &bad, &out));
+    assert!(err.contains("group 1") && !err.contains(&r1[..6]), "{err}");
+    if cs {
+        assert!(cryptsetup_accepts(&img, &r1, d));
+    }
+
+    // Rekey (a KMIP server is needed for the new key): a new recovery key is printed, the old
+    // one no longer opens the volume.
+    let server = kms(&kms_dir);
+    let o = server.run(&["volume", "rekey", ip, "--appliance-name", "rk"]);
+    let stdout = ok(&o);
+    let r2 = stdout.lines().next().unwrap().to_owned();
+    assert_eq!(r2.len(), 55, "{stdout}");
+    assert_ne!(r1, r2);
+    drop(server);
+    let err = failed(&export_with(&img, &r1_file, &out));
+    assert!(err.contains("opens no keyslot"), "{err}");
+    let r2_file = d.join("r2.txt");
+    std::fs::write(&r2_file, &r2).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    ok(&export_with(&img, &r2_file, &out));
+    assert!(
+        std::fs::read(&out).unwrap() == payload,
+        "export after rekey differs"
+    );
+    if cs {
+        assert!(
+            !cryptsetup_accepts(&img, &r1, d),
+            "cryptsetup still opens the old recovery key"
+        );
+        assert!(cryptsetup_accepts(&img, &r2, d));
+    }
+
+    // remove, with the recovery key itself (no KMIP server): then it opens nothing.
+    let o = atrest()
+        .args([
+            "volume",
+            "recovery-key",
+            "remove",
+            ip,
+            "--recovery-key-file",
+        ])
+        .arg(&r2_file)
+        .output()
+        .unwrap();
+    assert!(ok(&o).contains("removed"));
+    let err = failed(&export_with(&img, &r2_file, &out));
+    assert!(err.contains("no recovery key"), "{err}");
+    if cs {
+        assert!(!cryptsetup_accepts(&img, &r2, d));
+    }
+}

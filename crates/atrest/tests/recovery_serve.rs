@@ -1,0 +1,376 @@
+//! The recovery key through the appliance's API, `atrest serve` as a process with its bundled
+//! KMIP server: enabled with the admin password and answered once; the appliance restarted
+//! with no KMIP server is locked and unlocks with the recovery key (`POST
+//! /api/encryption/unlock`), its content readable; Debian's cryptsetup accepts the key on the
+//! volume image; a Rekey answers a new recovery key and the old one opens nothing any more.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+use serde_json::{Value, json};
+
+struct Appliance {
+    child: Child,
+    port: u16,
+    data: PathBuf,
+}
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(data: &Path, extra: &[&str]) -> Appliance {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_atrest"))
+        .args(["serve", "--data-dir"])
+        .arg(data)
+        .args(["--listen", "127.0.0.1:0", "--volume-size", "64M"])
+        .args(["--convert-chunk", "4M", "--unlock-retry-max", "1"])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        // Tests keep the argon2 memory small; the default is 256 MiB.
+        .env("ATREST_RECOVERY_KDF_MEMORY_KIB", "16384")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("atrest serve starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = loop {
+        let line = lines.next().expect("the address is printed").unwrap();
+        if let Some(rest) = line.strip_prefix("atrest appliance listening on https://127.0.0.1:") {
+            break rest.trim_end_matches('/').parse::<u16>().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Appliance {
+        child,
+        port,
+        data: data.to_path_buf(),
+    }
+}
+
+fn dechunk(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = &tail[n + 2..];
+    }
+    out
+}
+
+impl Appliance {
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let body = body.map(|v| v.to_string()).unwrap_or_default();
+        let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+        b.set_ca_file(self.data.join("tls/cert.pem")).unwrap();
+        b.set_verify(SslVerifyMode::PEER);
+        let connector = b.build();
+        let tcp = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        let mut cfg = connector.configure().unwrap();
+        cfg.set_verify_hostname(false);
+        cfg.param_mut()
+            .set_ip("127.0.0.1".parse().unwrap())
+            .unwrap();
+        let mut s = cfg.connect("127.0.0.1", tcp).expect("TLS to the appliance");
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if !body.is_empty() {
+            req.push_str("Content-Type: application/json\r\n");
+        }
+        if let Some(t) = token {
+            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(&body);
+        let _ = s.write_all(req.as_bytes());
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, rest) = text.split_once("\r\n\r\n").expect("an HTTP response");
+        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(rest)
+        } else {
+            rest.to_owned()
+        };
+        let v = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&body).unwrap_or(Value::String(body))
+        };
+        (status, v)
+    }
+
+    fn login(&self) -> String {
+        let (s, v) = self.request(
+            "POST",
+            "/api/session",
+            None,
+            Some(&json!({"username": "admin", "password": password(&self.data)})),
+        );
+        assert_eq!(s, 200, "{v}");
+        v["token"].as_str().unwrap().to_owned()
+    }
+
+    fn wait_state(&self, t: &str, want: &str) -> Value {
+        for _ in 0..1200 {
+            let (_, st) = self.request("GET", "/api/encryption", Some(t), None);
+            if st["state"] == want {
+                return st;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the appliance never became {want}");
+    }
+}
+
+fn password(data: &Path) -> String {
+    std::fs::read_to_string(data.join("initial-admin-password"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+fn cryptsetup_accepts(img: &Path, key: &str, dir: &Path) -> Option<bool> {
+    if !atrest_testkit::tool("cryptsetup", "cryptsetup-bin") {
+        return None;
+    }
+    let f = dir.join("cs-key.txt");
+    std::fs::write(&f, key).unwrap();
+    let o = Command::new("cryptsetup")
+        .args(["open", "--test-passphrase", "--key-file"])
+        .arg(&f)
+        .arg(img)
+        .output()
+        .unwrap();
+    let rc = o.status.code().unwrap_or(-1);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        rc == 0 || rc == 2 || (rc == 1 && err.contains("No usable keyslot")),
+        "cryptsetup failed otherwise ({rc}): {err}"
+    );
+    Some(rc == 0)
+}
+
+fn audit_texts(app: &Appliance, t: &str, q: &str) -> Vec<String> {
+    let (s, v) = app.request(
+        "GET",
+        &format!("/api/audit?q={q}&order=oldest"),
+        Some(t),
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_locked_appliance_unlocks_with_the_recovery_key_and_rekey_retires_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("appliance");
+    let image = data.join("volume.img");
+    let app = start(&data, &["--embedded-kms"]);
+    let t = app.login();
+    let (s, v) = app.request(
+        "PUT",
+        "/api/config",
+        Some(&t),
+        Some(&json!({"site": "north"})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let (_, r) = app.request("POST", "/api/encryption/test", Some(&t), None);
+    assert_eq!(r["ok"], true, "{r}");
+    let (s, v) = app.request("POST", "/api/encryption/encrypt", Some(&t), None);
+    assert_eq!(s, 202, "{v}");
+    app.wait_state(&t, "encrypted");
+
+    // Off by default; enabling takes the admin password again.
+    let (s, v) = app.request("GET", "/api/encryption/recovery-key", Some(&t), None);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["enabled"], false, "{v}");
+    assert_eq!(v["can_add"], true, "{v}");
+    assert!(
+        v["trade_off"]
+            .as_str()
+            .unwrap()
+            .contains("without any KMIP server")
+    );
+    let (s, v) = app.request("POST", "/api/encryption/recovery-key", Some(&t), None);
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = app.request(
+        "POST",
+        "/api/encryption/recovery-key",
+        Some(&t),
+        Some(&json!({"password": "wrong password!"})),
+    );
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = app.request(
+        "POST",
+        "/api/encryption/recovery-key",
+        Some(&t),
+        Some(&json!({"password": password(&data)})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let r1 = v["recovery_key"].as_str().unwrap().to_owned();
+    assert_eq!(r1.len(), 55, "{r1}");
+    let (_, v) = app.request("GET", "/api/encryption/recovery-key", Some(&t), None);
+    assert_eq!(v["enabled"], true, "{v}");
+    assert!(
+        !v.to_string().contains(&r1),
+        "the key is answered once only"
+    );
+    let texts = audit_texts(&app, &t, "recovery-key-add");
+    assert!(texts.iter().any(|x| x.contains("result=ok")), "{texts:?}");
+    assert!(
+        texts.iter().all(|x| !x.contains(&r1)),
+        "the key reached the audit history"
+    );
+    drop(app);
+    if let Some(ok) = cryptsetup_accepts(&image, &r1, dir.path()) {
+        assert!(ok, "cryptsetup refused the recovery key");
+    }
+
+    // No KMIP server at all: the appliance is locked, and offers the recovery key.
+    let app = start(&data, &[]);
+    let t = app.login();
+    let st = app.wait_state(&t, "locked");
+    assert!(!st["lock_reasons"].as_array().unwrap().is_empty(), "{st}");
+    let (_, v) = app.request("GET", "/api/encryption/recovery-key", Some(&t), None);
+    assert_eq!(v["enabled"], true, "{v}");
+    let (s, _) = app.request("GET", "/api/config", Some(&t), None);
+    assert_eq!(s, 503);
+    // A mistyped key is refused before the KDF; a well-formed wrong one after.
+    let mut typo = r1.clone().into_bytes();
+    typo[0] = if typo[0] == b'9' { b'0' } else { typo[0] + 1 };
+    let (s, v) = app.request(
+        "POST",
+        "/api/encryption/unlock",
+        Some(&t),
+        Some(&json!({"recovery_key": String::from_utf8(typo).unwrap()})),
+    );
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("group 1"), "{v}");
+    let other = "000000-000000-000000-000000-000000-000000-000000-000011";
+    let (s, v) = app.request(
+        "POST",
+        "/api/encryption/unlock",
+        Some(&t),
+        Some(&json!({"recovery_key": other})),
+    );
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = app.request(
+        "POST",
+        "/api/encryption/unlock",
+        Some(&t),
+        Some(&json!({"recovery_key": r1.replace('-', " ")})),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["state"], "encrypted", "{v}");
+    let (s, v) = app.request("GET", "/api/config", Some(&t), None);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["settings"]["site"], "north");
+    let texts = audit_texts(&app, &t, "recovery-key-unlock");
+    assert!(
+        texts.iter().any(|x| x.contains("result=ok")) && texts.iter().any(|x| x.contains("failed")),
+        "{texts:?}"
+    );
+    drop(app);
+
+    // Rekey (with the KMIP server back): a new recovery key in the answer; the old one opens
+    // nothing, with cryptsetup or the appliance.
+    let app = start(&data, &["--embedded-kms"]);
+    let t = app.login();
+    app.wait_state(&t, "encrypted");
+    let (s, v) = app.request("POST", "/api/encryption/rekey", Some(&t), None);
+    assert_eq!(s, 202, "{v}");
+    let r2 = v["recovery_key"]
+        .as_str()
+        .expect("the new recovery key")
+        .to_owned();
+    assert_ne!(r1, r2);
+    app.wait_state(&t, "encrypted");
+    let texts = audit_texts(&app, &t, "recovery-key-renew");
+    assert!(texts.iter().any(|x| x.contains("result=ok")), "{texts:?}");
+    drop(app);
+    if let Some(ok) = cryptsetup_accepts(&image, &r1, dir.path()) {
+        assert!(
+            !ok,
+            "cryptsetup still opens the volume with the old recovery key"
+        );
+        assert_eq!(cryptsetup_accepts(&image, &r2, dir.path()), Some(true));
+    }
+    let app = start(&data, &[]);
+    let t = app.login();
+    app.wait_state(&t, "locked");
+    let (s, v) = app.request(
+        "POST",
+        "/api/encryption/unlock",
+        Some(&t),
+        Some(&json!({"recovery_key": r1})),
+    );
+    assert_eq!(s, 403, "the old recovery key after Rekey: {v}");
+    let (s, v) = app.request(
+        "POST",
+        "/api/encryption/unlock",
+        Some(&t),
+        Some(&json!({"recovery_key": r2})),
+    );
+    assert_eq!(s, 200, "{v}");
+    // Not locked any more.
+    let (s, _) = app.request(
+        "POST",
+        "/api/encryption/unlock",
+        Some(&t),
+        Some(&json!({"recovery_key": r2})),
+    );
+    assert_eq!(s, 409);
+
+    // Remove: admin password again; then the key opens nothing.
+    let (s, v) = app.request(
+        "DELETE",
+        "/api/encryption/recovery-key",
+        Some(&t),
+        Some(&json!({"password": password(&data)})),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["removed"], true);
+    let texts = audit_texts(&app, &t, "recovery-key-remove");
+    assert!(texts.iter().any(|x| x.contains("result=ok")), "{texts:?}");
+    drop(app);
+    if let Some(ok) = cryptsetup_accepts(&image, &r2, dir.path()) {
+        assert!(
+            !ok,
+            "cryptsetup opens the volume with a removed recovery key"
+        );
+    }
+}
