@@ -731,8 +731,12 @@ impl DataVolume {
         // in the middle of a move, the old key and the new one live on different servers.
         let mut reasons = Vec::new();
         let mut keys = Vec::new();
+        // Keys fetched although no longer Active (Deactivated, or Compromised once confirmed):
+        // the content opens read-only (crate::readonly).
+        let mut inactive: Vec<(String, KeyState)> = Vec::new();
         for rk in vol.required_keys() {
             let uid = &rk.reference.unique_identifier;
+            let accept = keys::key_accept(rk.role, state.read_only().accept_for(uid));
             let mut got = None;
             for (name, cfg) in key_sources(
                 settings.as_ref(),
@@ -743,16 +747,29 @@ impl DataVolume {
                 let result = Client::new(cfg)
                     .map_err(|e| (e.class().to_owned(), e.to_string()))
                     .and_then(|mut c| {
-                        keys::fetch_key(&mut c, &vol, uid, rk.reference.key_bits)
-                            .map_err(|e| (key_error_class(&e).to_owned(), e.to_string()))
+                        keys::fetch_key_accepting(&mut c, &vol, uid, rk.reference.key_bits, accept)
+                            .map_err(|e| {
+                                if let KeyError::NotActive { uid, state: s } = &e
+                                    && *s == KeyState::COMPROMISED
+                                {
+                                    state.read_only().note_compromised(uid);
+                                }
+                                (key_error_class(&e).to_owned(), e.to_string())
+                            })
                     });
                 match result {
-                    Ok(k) => {
+                    Ok((k, ks)) => {
+                        let note = if ks == KeyState::ACTIVE {
+                            String::new()
+                        } else {
+                            inactive.push((uid.clone(), ks));
+                            format!("; the key is {ks}: the content opens read-only")
+                        };
                         state.audit_key(
                             &name,
                             "get",
                             Some(uid),
-                            "ok (verified against the header digest)",
+                            &format!("ok (verified against the header digest{note})"),
                         );
                         got = Some(k);
                         break;
@@ -856,7 +873,14 @@ impl DataVolume {
         }
         // Authenticated: this is now what the appliance knows about its volume.
         self.record_known(&uv);
-        self.grow_at_start(&uv);
+        // Before the store opens: nothing is appended to it while read-only.
+        state.read_only().opened();
+        if let Some((uid, ks)) = inactive.first() {
+            state.enter_read_only(uid, *ks, uv.state() == VolState::Rekeying);
+        }
+        if inactive.is_empty() {
+            self.grow_at_start(&uv);
+        }
         if let Err(e) = self.open_store(&state, &uv) {
             tracing::error!("{e}");
             state.set_content(Content::Locked(format!(
@@ -873,6 +897,7 @@ impl DataVolume {
             tracing::info!("resuming the {} conversion", vs.as_str());
             self.spawn_convert(uv, state.event_sink());
         }
+        crate::readonly::apply_policy(&state);
         Attempt::Done
     }
 
@@ -966,6 +991,12 @@ impl DataVolume {
                     });
                     events(Event::Finished);
                     if let Some(st) = me.app() {
+                        if matches!(kind, VolState::Rekeying | VolState::Decrypting) {
+                            st.leave_read_only(&format!(
+                                "{} finished: the data no longer depends on the old key",
+                                kind.as_str()
+                            ));
+                        }
                         st.audit("volume", "appliance", done.text());
                         crate::keylife::retire(&st, retiring);
                         let servers: Vec<String> = uv
@@ -1209,10 +1240,18 @@ impl DataVolume {
                         let st = other
                             .map(|s| s.to_string())
                             .unwrap_or_else(|| "unknown".into());
+                        let readable = matches!(other, Some(s) if s == KeyState::DEACTIVATED
+                            || s == KeyState::COMPROMISED);
                         let alert = format!(
                             "the KMIP server reports the volume key {id:?} as {st}, no longer \
-                             Active: the volume cannot be unlocked at the next start; ask the \
-                             key manager's administrator, or Rekey to a new key now"
+                             Active: {}; ask the key manager's administrator, or Rekey to a new \
+                             key now",
+                            if readable {
+                                "the content is read-only (the key may still decrypt, never \
+                                 protect new data) until a Rekey"
+                            } else {
+                                "the volume cannot be unlocked at the next start"
+                            }
                         );
                         self.note_key_check(KeyCheck {
                             checked_at: checked_at.clone(),
@@ -1222,6 +1261,14 @@ impl DataVolume {
                             error: Some(alert.clone()),
                         });
                         self.raise_alert(&state, &id, alert);
+                        // Still usable to read, never to write (crate::readonly).
+                        if let Some(s) = other.filter(|s| {
+                            *s == KeyState::DEACTIVATED || *s == KeyState::COMPROMISED
+                        }) && self.inner.opts.key_policy == KeyPolicy::Alert
+                        {
+                            state.enter_read_only(&id, s, false);
+                            crate::readonly::apply_policy(&state);
+                        }
                     }
                 },
                 Err(e) => {
@@ -1484,6 +1531,7 @@ fn wf_vol(req: Request) -> VolState {
 fn key_error_class(e: &KeyError) -> &'static str {
     match e {
         KeyError::Kmip { source, .. } => source.class(),
+        KeyError::NotActive { state, .. } if *state == KeyState::COMPROMISED => "compromised",
         KeyError::NotActive { .. } => "not-active",
         KeyError::BadMaterial { .. } => "bad-key",
         KeyError::WrongKey { .. } => "wrong-key",

@@ -4,6 +4,8 @@
 //! [`app`] builds the whole router from an [`AppState`]; [`server::serve`] runs it over HTTPS.
 //! The workflow itself is the I/O-free state machine in [`workflow`]; see docs/workflow.md.
 
+#![recursion_limit = "256"]
+
 pub mod api;
 pub mod auth;
 pub mod content;
@@ -22,6 +24,7 @@ pub mod login;
 pub mod metrics;
 pub mod openapi;
 pub mod pages;
+pub mod readonly;
 pub mod server;
 pub mod state;
 pub mod status;

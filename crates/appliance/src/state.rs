@@ -123,6 +123,7 @@ pub(crate) struct Inner {
     pub keylife: crate::keylife::KeyLifeStore,
     pub metrics: crate::metrics::Metrics,
     pub syslog: crate::syslog::Syslog,
+    pub read_only: crate::readonly::ReadOnlyState,
 }
 
 /// Shared by every request.
@@ -182,6 +183,7 @@ impl AppState {
                 backend: Mutex::new(None),
                 content: Mutex::new(Content::Detached),
                 audit_queue: Mutex::new(Vec::new()),
+                read_only: Default::default(),
             }),
         };
         Ok(Opened {
@@ -277,6 +279,10 @@ impl AppState {
         let Content::Ready(store) = self.content() else {
             return;
         };
+        // Read-only content: kept until the Rekey that ends it (crate::readonly).
+        if self.read_only().get().is_some() {
+            return;
+        }
         let events = std::mem::take(&mut *lock(&self.inner.audit_queue));
         if events.is_empty() {
             return;
@@ -289,6 +295,11 @@ impl AppState {
             back.truncate(MAX_QUEUED_AUDIT);
             *q = back;
         }
+    }
+
+    /// Appends the audit events queued meanwhile (after the content became writable again).
+    pub(crate) fn flush_queued_audit(&self) {
+        self.flush_audit();
     }
 
     pub(crate) fn admin(&self) -> &Admin {

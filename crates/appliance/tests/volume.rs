@@ -501,7 +501,8 @@ async fn a_revoked_key_raises_an_alert_locks_and_is_refused_at_start() {
     });
     let w = run.state.workflow();
     assert_eq!(w.state, WfState::Locked);
-    assert_eq!(w.lock_reasons[0].class, "not-active", "{w:?}");
+    // Compromised: refused until the administrator confirms (tests/readonly.rs).
+    assert_eq!(w.lock_reasons[0].class, "compromised", "{w:?}");
     assert!(w.lock_reasons[0].reason.contains("not Active"), "{w:?}");
     run.stop();
 }
