@@ -846,7 +846,7 @@ async fn policy_put(State(state): State<AppState>, body: Bytes) -> ApiResult<Jso
         crate::readonly::apply_policy(&st);
     })
     .await
-        .map_err(|e| ApiError::internal("applying the key policy", e))?;
+    .map_err(|e| ApiError::internal("applying the key policy", e))?;
     Ok(Json(status_json(&state)))
 }
 

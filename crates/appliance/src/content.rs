@@ -1262,9 +1262,9 @@ impl DataVolume {
                         });
                         self.raise_alert(&state, &id, alert);
                         // Still usable to read, never to write (crate::readonly).
-                        if let Some(s) = other.filter(|s| {
-                            *s == KeyState::DEACTIVATED || *s == KeyState::COMPROMISED
-                        }) && self.inner.opts.key_policy == KeyPolicy::Alert
+                        if let Some(s) = other
+                            .filter(|s| *s == KeyState::DEACTIVATED || *s == KeyState::COMPROMISED)
+                            && self.inner.opts.key_policy == KeyPolicy::Alert
                         {
                             state.enter_read_only(&id, s, false);
                             crate::readonly::apply_policy(&state);

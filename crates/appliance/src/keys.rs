@@ -273,9 +273,7 @@ impl Accept {
             Accept::Active => state == State::ACTIVE,
             Accept::Deactivated => state == State::ACTIVE || state == State::DEACTIVATED,
             Accept::Compromised => {
-                state == State::ACTIVE
-                    || state == State::DEACTIVATED
-                    || state == State::COMPROMISED
+                state == State::ACTIVE || state == State::DEACTIVATED || state == State::COMPROMISED
             }
         }
     }
@@ -361,8 +359,7 @@ pub fn fetch_volume_keys_accepting(
     for k in volume.required_keys() {
         let uid = &k.reference.unique_identifier;
         let accept = key_accept(k.role, accept);
-        let (key, state) =
-            fetch_key_accepting(client, volume, uid, k.reference.key_bits, accept)?;
+        let (key, state) = fetch_key_accepting(client, volume, uid, k.reference.key_bits, accept)?;
         if state != State::ACTIVE {
             inactive.push(Inactive {
                 uid: uid.clone(),
@@ -377,5 +374,9 @@ pub fn fetch_volume_keys_accepting(
 /// The acceptance for a key of `role` (see [`atrest_volume::KeyInfo::role`]): the key a Rekey
 /// moves to protects new data, so it must be Active.
 pub fn key_accept(role: &str, accept: Accept) -> Accept {
-    if role == "new" { Accept::Active } else { accept }
+    if role == "new" {
+        Accept::Active
+    } else {
+        accept
+    }
 }

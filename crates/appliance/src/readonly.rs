@@ -215,9 +215,9 @@ impl AppState {
 pub fn start_rekey(state: &AppState) -> Result<(), String> {
     let key = state.read_only().get().map(|v| v.key_id);
     let r = (|| {
-        let k = state.kmip().ok_or(
-            "no KMIP settings are saved; fill in Storage > Encryption, then press Rekey",
-        )?;
+        let k = state
+            .kmip()
+            .ok_or("no KMIP settings are saved; fill in Storage > Encryption, then press Rekey")?;
         let b = state
             .backend()
             .ok_or("no data volume is attached to this appliance")?;

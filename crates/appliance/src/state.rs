@@ -248,6 +248,10 @@ impl AppState {
                 crate::syslog::Severity::Notice
             };
         self.inner.syslog.send(severity, kind, actor, &text);
+        if kind != AUDIT_KEY_KIND && self.read_only().get().is_some() {
+            // Not appended until the content is writable again: the process log has it now.
+            tracing::info!(target: "atrest::audit", kind, actor, "{text}");
+        }
         let ev = atrest_store::NewEvent {
             time: atrest_store::Timestamp::now(),
             session: AUDIT_SESSION.into(),

@@ -56,8 +56,8 @@ fn start(data: &Path, kms: Kms) -> Run {
         Kms::Peer(var) => {
             if state.kmip().is_none() {
                 let env = std::env::var_os(var).unwrap();
-                let u = atrest_appliance::kmip_config::update_from_env_file(Path::new(&env))
-                    .unwrap();
+                let u =
+                    atrest_appliance::kmip_config::update_from_env_file(Path::new(&env)).unwrap();
                 let s = atrest_appliance::kmip_config::KmipSettings::apply(None, u).unwrap();
                 state.set_kmip(s).unwrap();
             }
@@ -158,7 +158,10 @@ async fn raw(
     };
     let res = app.clone().oneshot(req.unwrap()).await.unwrap();
     let s = res.status();
-    (s, res.into_body().collect().await.unwrap().to_bytes().to_vec())
+    (
+        s,
+        res.into_body().collect().await.unwrap().to_bytes().to_vec(),
+    )
 }
 
 fn audit_texts(store: &Store) -> Vec<String> {
@@ -245,7 +248,11 @@ async fn writes_refused_reads_work(app: &axum::Router, t: &str, key_id: &str) {
                     .into_bytes(),
             ),
         ),
-        ("PUT", "/api/recordings/r2?session=s1", Some(vec![1u8; 1000])),
+        (
+            "PUT",
+            "/api/recordings/r2?session=s1",
+            Some(vec![1u8; 1000]),
+        ),
         ("DELETE", "/api/recordings/r1", None),
     ];
     for (m, uri, body) in writes {

@@ -95,6 +95,9 @@ struct ExportArgs {
     /// KMIP settings, for an encrypted volume.
     #[command(flatten)]
     kmip: crate::kmip_settings::KmipSettings,
+    /// Also read with a key the KMIP server holds Compromised (a Deactivated one reads anyway).
+    #[arg(long)]
+    allow_compromised: bool,
 }
 
 pub fn run(args: VolumeArgs) -> anyhow::Result<()> {
@@ -378,7 +381,8 @@ fn export(a: ExportArgs) -> anyhow::Result<()> {
     let (_lock, v) = open_to_read_data(&a.image)?;
     let u = match v.state() {
         State::Plain => v.unlock(Vec::new())?,
-        state => crate::volume_kmip::unlock_for_export(v, &a.kmip).with_context(|| {
+        state => crate::volume_kmip::unlock_for_export(v, &a.kmip, a.allow_compromised)
+            .with_context(|| {
             format!(
                 "{} is {}: exporting it needs its key from the KMIP server; nothing was written",
                 a.image.display(),
