@@ -236,6 +236,17 @@ pub fn render(state: &AppState) -> String {
         p.and_then(|p| p.bytes_per_second).unwrap_or(0.0),
     );
 
+    o.family(
+        "atrest_content_read_only",
+        "gauge",
+        "1 while the content is read-only (the volume key is Deactivated or Compromised), else 0.",
+    );
+    o.sample(
+        "atrest_content_read_only",
+        &[],
+        if st.read_only.is_some() { 1.0 } else { 0.0 },
+    );
+
     let vol = st.volume.clone().unwrap_or_default();
     o.family(
         "atrest_unlock_attempts_total",
@@ -404,6 +415,8 @@ pub fn render(state: &AppState) -> String {
 /// Why the content is not ready, in one word; `None` when it is.
 pub fn not_ready(state: &AppState) -> Option<&'static str> {
     match state.content() {
+        // Readable, but every write is refused until a Rekey (crate::readonly).
+        Content::Ready(_) if state.read_only().get().is_some() => Some("read-only"),
         Content::Ready(_) => None,
         Content::Locked(_) => Some("locked"),
         Content::Detached => Some("detached"),

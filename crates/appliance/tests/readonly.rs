@@ -339,10 +339,21 @@ async fn deactivated_then_rekey(kms: Kms) {
         "{page}"
     );
     writes_refused_reads_work(&app, &t, &k1).await;
+    // Monitoring sees it: /readyz 503 "read-only", the gauge at 1.
+    let metrics = atrest_appliance::metrics::router(run.state.clone());
+    let (s, b) = raw(&metrics, None, "GET", "/readyz", None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(String::from_utf8_lossy(&b).contains("read-only"));
+    let (_, b) = raw(&metrics, None, "GET", "/metrics", None).await;
+    assert!(String::from_utf8_lossy(&b).contains("\natrest_content_read_only 1\n"));
 
     let (s, v) = request(&app, Some(&t), "POST", "/api/encryption/rekey", None).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     let k2 = back_to_normal(&run, &app, &t, &k1).await;
+    let (s, _) = raw(&metrics, None, "GET", "/readyz", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, b) = raw(&metrics, None, "GET", "/metrics", None).await;
+    assert!(String::from_utf8_lossy(&b).contains("\natrest_content_read_only 0\n"));
     run.stop();
 
     let run = start(&data, kms);
