@@ -282,18 +282,18 @@ pub fn render(state: &AppState) -> String {
     }
 
     o.family(
-        "atrest_certificate_days_left",
+        "atrest_certificate_expiry_seconds",
         "gauge",
-        "Days until a certificate expires (negative: expired): the KMIP CA and client \
-         certificate saved, and each server's certificate as Save and Test last saw it.",
+        "Seconds until a certificate expires, to the day (negative: expired): the KMIP CA and \
+         client certificate saved, and each server's certificate as Save and Test last saw it.",
     );
     if let Some(k) = state.kmip() {
         for (what, c) in [("ca", k.ca_summary()), ("client", k.client_summary())] {
             if let Some(d) = c.and_then(|c| c.days_left) {
                 o.sample(
-                    "atrest_certificate_days_left",
+                    "atrest_certificate_expiry_seconds",
                     &[("certificate", what), ("server", "")],
-                    d as f64,
+                    d as f64 * 86_400.0,
                 );
             }
         }
@@ -301,9 +301,9 @@ pub fn render(state: &AppState) -> String {
     for (server, (days, at)) in lock(server_certs()).iter() {
         let elapsed = at.elapsed().as_secs() / 86_400;
         o.sample(
-            "atrest_certificate_days_left",
+            "atrest_certificate_expiry_seconds",
             &[("certificate", "server"), ("server", server)],
-            (*days as i64 - elapsed as i64) as f64,
+            (*days as i64 - elapsed as i64) as f64 * 86_400.0,
         );
     }
 

@@ -86,6 +86,11 @@ struct ServeArgs {
     /// fail (Server Limit Exceeded in KMIP 2.x, Permission Denied in 1.x).
     #[arg(long, value_name = "N", default_value_t = atrest_kms::engine::MAX_OBJECTS_PER_CLIENT)]
     max_objects_per_client: usize,
+    /// Serve GET /metrics (Prometheus: operations by type and result, connections, objects),
+    /// /healthz and /readyz over plain HTTP on this address (unauthenticated: keep it on
+    /// loopback or a monitoring network); port 0 picks a free port.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -146,10 +151,15 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         message_timeout: Duration::from_secs(a.message_timeout.max(1)),
         idle_timeout: Duration::from_secs(a.idle_timeout.max(1)),
     };
-    let server = Server::bind(&dir, Arc::new(engine), config)?;
+    let engine = Arc::new(engine);
+    let server = Server::bind(&dir, engine.clone(), config)?;
     // Before anything announces the server: a signal from then on stops it cleanly.
     let stop = server.stop_flag();
     atrest_kms::server::stop_on_signals(&stop).context("installing the signal handlers")?;
+    let metrics = match a.metrics_listen {
+        Some(addr) => Some(crate::kms_metrics::start(addr, engine, stop.clone())?),
+        None => None,
+    };
     let addr = server.local_addr()?;
     let host = match host_of(&a.listen) {
         "0.0.0.0" | "" => "127.0.0.1".to_owned(),
@@ -185,8 +195,16 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             dir.client_dir().join("NAME.env").display()
         ),
     }
+    if let Some((m, _)) = &metrics {
+        println!("metrics on http://{m}/metrics (and /healthz, /readyz)");
+    }
     println!("listening on {addr}");
-    server.run()?;
+    let r = server.run();
+    stop.store(true, Ordering::SeqCst);
+    if let Some((_, h)) = metrics {
+        let _ = h.join();
+    }
+    r?;
     if stop.load(Ordering::SeqCst) {
         println!("stopped");
     }

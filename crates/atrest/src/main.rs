@@ -4,6 +4,7 @@ mod config_file;
 mod kmip_cmd;
 mod kmip_settings;
 mod kms_cmd;
+mod kms_metrics;
 mod serve_cmd;
 mod volume_cmd;
 mod volume_kmip;

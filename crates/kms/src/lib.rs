@@ -46,6 +46,7 @@ pub mod crypto;
 pub mod datadir;
 pub mod engine;
 pub mod error;
+pub mod metrics;
 pub mod pki;
 pub mod server;
 pub mod store;
