@@ -171,7 +171,10 @@ impl AppState {
                 uploads,
                 keylife,
                 metrics: crate::metrics::Metrics::default(),
-                syslog: crate::syslog::Syslog::start(&config.syslog),
+                syslog: crate::syslog::Syslog::start_in(
+                    &config.syslog,
+                    Some(&config.data_dir.join(crate::syslog::SPOOL_DIR)),
+                ),
                 config,
                 login,
                 admin: admin.admin,

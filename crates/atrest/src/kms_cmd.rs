@@ -91,6 +91,9 @@ struct ServeArgs {
     /// loopback or a monitoring network); port 0 picks a free port.
     #[arg(long, value_name = "HOST:PORT")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Format of the process log on stderr: text, or json (one object per line).
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 #[derive(Debug, Args)]
@@ -103,13 +106,11 @@ struct AddClientArgs {
 }
 
 pub fn run(args: KmsArgs) -> anyhow::Result<()> {
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .try_init();
+    let format = match &args.command {
+        KmsCommand::Serve(a) => a.log_format.as_str(),
+        _ => "text",
+    };
+    crate::init_log(format);
     match args.command {
         KmsCommand::Serve(a) => serve(a),
         KmsCommand::AddClient(a) => add_client(a),
