@@ -1240,8 +1240,16 @@ impl DataVolume {
                         let st = other
                             .map(|s| s.to_string())
                             .unwrap_or_else(|| "unknown".into());
-                        let readable = matches!(other, Some(s) if s == KeyState::DEACTIVATED
-                            || s == KeyState::COMPROMISED);
+                        // Still usable to read, never to write (crate::readonly): a
+                        // Deactivated key always, a Compromised one unless the policy locks
+                        // (then the unlock waits for the administrator's confirmation).
+                        let readable = match other {
+                            Some(s) if s == KeyState::DEACTIVATED => true,
+                            Some(s) if s == KeyState::COMPROMISED => {
+                                self.inner.opts.key_policy == KeyPolicy::Alert
+                            }
+                            _ => false,
+                        };
                         let alert = format!(
                             "the KMIP server reports the volume key {id:?} as {st}, no longer \
                              Active: {}; ask the key manager's administrator, or Rekey to a new \
@@ -1249,6 +1257,9 @@ impl DataVolume {
                             if readable {
                                 "the content is read-only (the key may still decrypt, never \
                                  protect new data) until a Rekey"
+                            } else if other == Some(KeyState::COMPROMISED) {
+                                "the content is locked until the administrator confirms that it \
+                                 may be read with this key, to Rekey"
                             } else {
                                 "the volume cannot be unlocked at the next start"
                             }
@@ -1260,12 +1271,8 @@ impl DataVolume {
                             key_state: Some(st),
                             error: Some(alert.clone()),
                         });
-                        self.raise_alert(&state, &id, alert);
-                        // Still usable to read, never to write (crate::readonly).
-                        if let Some(s) = other
-                            .filter(|s| *s == KeyState::DEACTIVATED || *s == KeyState::COMPROMISED)
-                            && self.inner.opts.key_policy == KeyPolicy::Alert
-                        {
+                        self.raise_alert(&state, &id, alert, !readable);
+                        if readable && let Some(s) = other {
                             state.enter_read_only(&id, s, false);
                             crate::readonly::apply_policy(&state);
                         }
@@ -1289,7 +1296,8 @@ impl DataVolume {
         lock(&self.inner.extra).key_check = Some(v);
     }
 
-    fn raise_alert(&self, state: &AppState, id: &str, alert: String) {
+    /// Records and reports the alert; with `lock` and the policy `lock`, locks the content.
+    fn raise_alert(&self, state: &AppState, id: &str, alert: String, lock_it: bool) {
         let new = {
             let mut x = lock(&self.inner.extra);
             let new = !x.alerts.contains(&alert);
@@ -1302,7 +1310,7 @@ impl DataVolume {
             tracing::error!("{alert}");
             state.audit_key("-", "check-state", Some(id), &format!("alert: {alert}"));
         }
-        if self.inner.opts.key_policy == KeyPolicy::Lock {
+        if lock_it && self.inner.opts.key_policy == KeyPolicy::Lock {
             let mut slot = lock(&self.inner.slot);
             if matches!(&*slot, Slot::Open(_)) {
                 *slot = Slot::Empty;

@@ -415,6 +415,10 @@ pub fn render(state: &AppState) -> String {
 /// Why the content is not ready, in one word; `None` when it is.
 pub fn not_ready(state: &AppState) -> Option<&'static str> {
     match state.content() {
+        // The store opens just before the state says unlocked: ready once both are.
+        Content::Ready(_) if state.workflow().state == crate::workflow::State::Locked => {
+            Some("locked")
+        }
         // Readable, but every write is refused until a Rekey (crate::readonly).
         Content::Ready(_) if state.read_only().get().is_some() => Some("read-only"),
         Content::Ready(_) => None,

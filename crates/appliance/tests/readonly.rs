@@ -528,6 +528,52 @@ async fn a_compromised_key_opens_read_only_only_after_the_admin_confirms() {
     run.stop();
 }
 
+/// While unlocked, the key check that finds the key Deactivated makes the content read-only at
+/// once, under the key-check policy `lock` too (a Deactivated key may still decrypt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_check_makes_the_content_read_only_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (run, k1) = encrypted(&data, Kms::Bundled).await;
+    run.stop();
+    let mut run = start(&data, Kms::Bundled);
+    // Restarted with the `lock` key-check policy.
+    run.volume.shutdown();
+    let mut v = VolumeOptions::new(&data);
+    v.size = 40 << 20;
+    v.digest_iterations = 1000;
+    v.timeouts = Timeouts::uniform(Duration::from_secs(5));
+    v.key_check_interval = Duration::from_secs(3600);
+    v.key_policy = atrest_appliance::content::KeyPolicy::Lock;
+    run.volume = DataVolume::attach(&run.state, v).unwrap();
+    wait_for("unlocked", || {
+        run.state.workflow().state == WfState::Encrypted
+    });
+    assert!(run.state.read_only().get().is_none());
+    key_client(&run.state)
+        .revoke(&k1, RevocationReasonCode::CESSATION_OF_OPERATION, None)
+        .unwrap();
+    run.volume.check_key_state();
+    assert_eq!(run.state.workflow().state, WfState::Encrypted);
+    let ro = run.state.read_only().get().expect("read-only");
+    assert_eq!(
+        (ro.key_id.as_str(), ro.key_state.as_str()),
+        (k1.as_str(), "Deactivated")
+    );
+    let app = app(run.state.clone());
+    let t = token(&app, &password(&data)).await;
+    writes_refused_reads_work(&app, &t, &k1).await;
+    let st = atrest_appliance::api::status_json(&run.state);
+    assert!(
+        st["volume"]["alerts"][0]
+            .as_str()
+            .unwrap()
+            .contains("read-only"),
+        "{st}"
+    );
+    run.stop();
+}
+
 /// A Destroyed key is gone: the volume stays locked and says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_destroyed_key_keeps_the_volume_locked() {

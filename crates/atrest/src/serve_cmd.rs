@@ -60,7 +60,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     key_check_interval: u64,
     /// What a key found no longer Active does: `alert` (page, API, log, audit) or `lock` (also
-    /// locks the content until the key is usable).
+    /// locks the content until the key is usable). A Deactivated key makes the content
+    /// read-only under both; a Compromised one is read-only under `alert`, locked until the
+    /// administrator confirms under `lock`.
     #[arg(long, value_name = "POLICY", default_value = "alert", value_parser = ["alert", "lock"])]
     key_check_policy: String,
     /// Longest wait, in seconds, between attempts to fetch the key while locked (the wait
