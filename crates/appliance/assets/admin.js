@@ -42,6 +42,13 @@ if (decryptGo) decryptGo.addEventListener('click', async () => {
   if (!r.ok) { say((r.body && r.body.error) || ('HTTP ' + r.status), 'error'); decryptGo.disabled = false; return; }
   location.reload();
 });
+const compromisedGo = document.getElementById('compromised-go');
+if (compromisedGo) compromisedGo.addEventListener('click', async () => {
+  compromisedGo.disabled = true; say('Confirming…');
+  const r = await call('POST', '/api/encryption/read-only/confirm', {password: document.getElementById('compromised-password').value}, true);
+  if (!r.ok) { say((r.body && r.body.error) || ('HTTP ' + r.status), 'error'); compromisedGo.disabled = false; return; }
+  location.reload();
+});
 for (const b of document.querySelectorAll('.old-key-revoke')) {
   b.addEventListener('click', async () => {
     b.disabled = true; say('Revoking the old key…');
@@ -71,7 +78,7 @@ if (policyForm) policyForm.addEventListener('submit', async (e) => {
   e.preventDefault();
   const f = new FormData(e.target);
   const days = parseInt(f.get('rotation_days') || '0', 10);
-  const body = {old_keys: f.get('old_keys'), destroy_after_days: parseInt(f.get('destroy_after_days') || '0', 10), rotation_interval_seconds: days > 0 ? days * 86400 : null};
+  const body = {old_keys: f.get('old_keys'), destroy_after_days: parseInt(f.get('destroy_after_days') || '0', 10), rotation_interval_seconds: days > 0 ? days * 86400 : null, on_deactivated: f.get('on_deactivated') || 'wait'};
   const r = await call('PUT', '/api/encryption/policy', body, true);
   if (!r.ok) { say((r.body && r.body.error) || ('HTTP ' + r.status), 'error'); return; }
   location.reload();

@@ -39,6 +39,10 @@ pub fn app(state: AppState) -> Router {
         .route("/api/encryption/move", post(move_volume))
         .route("/api/encryption/decrypt", post(decrypt))
         .route("/api/encryption/resume", post(resume))
+        .route(
+            "/api/encryption/read-only/confirm",
+            post(crate::readonly::confirm),
+        )
         .route("/api/encryption/policy", axum::routing::put(policy_put))
         .route("/api/volume/grow", post(volume_grow))
         .route(
@@ -783,7 +787,8 @@ async fn policy_put(State(state): State<AppState>, body: Bytes) -> ApiResult<Jso
     let p: crate::keylife::Policy = serde_json::from_slice(&body).map_err(|e| {
         ApiError::invalid(format!(
             "the policy is not understood ({e}); send JSON {{\"old_keys\": \"keep\"|\"revoke\"|\
-             \"destroy\", \"destroy_after_days\": N, \"rotation_interval_seconds\": N or null}}"
+             \"destroy\", \"destroy_after_days\": N, \"rotation_interval_seconds\": N or null, \
+             \"on_deactivated\": \"wait\"|\"rekey\"}}"
         ))
     })?;
     p.check().map_err(ApiError::invalid)?;
@@ -797,11 +802,13 @@ async fn policy_put(State(state): State<AppState>, body: Bytes) -> ApiResult<Jso
         "admin",
         format!(
             "key policy changed: old_keys={:?} destroy_after_days={} rotation_interval_seconds={} \
-             (was old_keys={:?} destroy_after_days={} rotation_interval_seconds={})",
+             on_deactivated={} (was old_keys={:?} destroy_after_days={} \
+             rotation_interval_seconds={})",
             p.old_keys,
             p.destroy_after_days,
             p.rotation_interval_seconds
                 .map_or("off".to_string(), |s| s.to_string()),
+            p.on_deactivated.as_str(),
             before.old_keys,
             before.destroy_after_days,
             before
@@ -812,9 +819,12 @@ async fn policy_put(State(state): State<AppState>, body: Bytes) -> ApiResult<Jso
     );
     // A policy that retires keys applies to the old keys at once.
     let st = state.clone();
-    tokio::task::spawn_blocking(move || crate::keylife::apply_policy(&st))
-        .await
-        .map_err(|e| ApiError::internal("applying the key policy", e))?;
+    tokio::task::spawn_blocking(move || {
+        crate::keylife::apply_policy(&st);
+        crate::readonly::apply_policy(&st);
+    })
+    .await
+    .map_err(|e| ApiError::internal("applying the key policy", e))?;
     Ok(Json(status_json(&state)))
 }
 

@@ -738,8 +738,12 @@ impl DataVolume {
         // in the middle of a move, the old key and the new one live on different servers.
         let mut reasons = Vec::new();
         let mut keys = Vec::new();
+        // Keys fetched although no longer Active (Deactivated, or Compromised once confirmed):
+        // the content opens read-only (crate::readonly).
+        let mut inactive: Vec<(String, KeyState)> = Vec::new();
         for rk in vol.required_keys() {
             let uid = &rk.reference.unique_identifier;
+            let accept = keys::key_accept(rk.role, state.read_only().accept_for(uid));
             let mut got = None;
             for (name, cfg) in key_sources(
                 settings.as_ref(),
@@ -750,16 +754,29 @@ impl DataVolume {
                 let result = Client::new(cfg)
                     .map_err(|e| (e.class().to_owned(), e.to_string()))
                     .and_then(|mut c| {
-                        keys::fetch_key(&mut c, &vol, uid, rk.reference.key_bits)
-                            .map_err(|e| (key_error_class(&e).to_owned(), e.to_string()))
+                        keys::fetch_key_accepting(&mut c, &vol, uid, rk.reference.key_bits, accept)
+                            .map_err(|e| {
+                                if let KeyError::NotActive { uid, state: s } = &e
+                                    && *s == KeyState::COMPROMISED
+                                {
+                                    state.read_only().note_compromised(uid);
+                                }
+                                (key_error_class(&e).to_owned(), e.to_string())
+                            })
                     });
                 match result {
-                    Ok(k) => {
+                    Ok((k, ks)) => {
+                        let note = if ks == KeyState::ACTIVE {
+                            String::new()
+                        } else {
+                            inactive.push((uid.clone(), ks));
+                            format!("; the key is {ks}: the content opens read-only")
+                        };
                         state.audit_key(
                             &name,
                             "get",
                             Some(uid),
-                            "ok (verified against the header digest)",
+                            &format!("ok (verified against the header digest{note})"),
                         );
                         got = Some(k);
                         break;
@@ -789,18 +806,20 @@ impl DataVolume {
                 }
             }
         }
-        self.complete_unlock(&state, vol, keys, accept)
+        self.complete_unlock(&state, vol, keys, accept, &inactive)
     }
 
     /// Unlocks `vol` (taken out of the slot) with its verified keys: the header's MAC first
     /// (a failure holds the volume locked), then the known record, the store, and a
-    /// conversion under way resumes.
+    /// conversion under way resumes. `inactive` names the keys fetched although no longer
+    /// Active (the content opens read-only); keys from the recovery key have no such state.
     fn complete_unlock(
         &self,
         state: &AppState,
         vol: Volume,
         keys: Vec<atrest_volume::VolumeKey>,
         accept: bool,
+        inactive: &[(String, KeyState)],
     ) -> Attempt {
         let state = state.clone();
         let mut slot = lock(&self.inner.slot);
@@ -877,7 +896,14 @@ impl DataVolume {
         }
         // Authenticated: this is now what the appliance knows about its volume.
         self.record_known(&uv);
-        self.grow_at_start(&uv);
+        // Before the store opens: nothing is appended to it while read-only.
+        state.read_only().opened();
+        if let Some((uid, ks)) = inactive.first() {
+            state.enter_read_only(uid, *ks, uv.state() == VolState::Rekeying);
+        }
+        if inactive.is_empty() {
+            self.grow_at_start(&uv);
+        }
         if let Err(e) = self.open_store(&state, &uv) {
             tracing::error!("{e}");
             state.set_content(Content::Locked(format!(
@@ -894,6 +920,7 @@ impl DataVolume {
             tracing::info!("resuming the {} conversion", vs.as_str());
             self.spawn_convert(uv, state.event_sink());
         }
+        crate::readonly::apply_policy(&state);
         Attempt::Done
     }
 
@@ -987,6 +1014,12 @@ impl DataVolume {
                     });
                     events(Event::Finished);
                     if let Some(st) = me.app() {
+                        if matches!(kind, VolState::Rekeying | VolState::Decrypting) {
+                            st.leave_read_only(&format!(
+                                "{} finished: the data no longer depends on the old key",
+                                kind.as_str()
+                            ));
+                        }
                         st.audit("volume", "appliance", done.text());
                         crate::keylife::retire(&st, retiring);
                         let servers: Vec<String> = uv
@@ -1230,10 +1263,29 @@ impl DataVolume {
                         let st = other
                             .map(|s| s.to_string())
                             .unwrap_or_else(|| "unknown".into());
+                        // Still usable to read, never to write (crate::readonly): a
+                        // Deactivated key always, a Compromised one unless the policy locks
+                        // (then the unlock waits for the administrator's confirmation).
+                        let readable = match other {
+                            Some(s) if s == KeyState::DEACTIVATED => true,
+                            Some(s) if s == KeyState::COMPROMISED => {
+                                self.inner.opts.key_policy == KeyPolicy::Alert
+                            }
+                            _ => false,
+                        };
                         let alert = format!(
                             "the KMIP server reports the volume key {id:?} as {st}, no longer \
-                             Active: the volume cannot be unlocked at the next start; ask the \
-                             key manager's administrator, or Rekey to a new key now"
+                             Active: {}; ask the key manager's administrator, or Rekey to a new \
+                             key now",
+                            if readable {
+                                "the content is read-only (the key may still decrypt, never \
+                                 protect new data) until a Rekey"
+                            } else if other == Some(KeyState::COMPROMISED) {
+                                "the content is locked until the administrator confirms that it \
+                                 may be read with this key, to Rekey"
+                            } else {
+                                "the volume cannot be unlocked at the next start"
+                            }
                         );
                         self.note_key_check(KeyCheck {
                             checked_at: checked_at.clone(),
@@ -1242,7 +1294,11 @@ impl DataVolume {
                             key_state: Some(st),
                             error: Some(alert.clone()),
                         });
-                        self.raise_alert(&state, &id, alert);
+                        self.raise_alert(&state, &id, alert, !readable);
+                        if readable && let Some(s) = other {
+                            state.enter_read_only(&id, s, false);
+                            crate::readonly::apply_policy(&state);
+                        }
                     }
                 },
                 Err(e) => {
@@ -1263,7 +1319,8 @@ impl DataVolume {
         lock(&self.inner.extra).key_check = Some(v);
     }
 
-    fn raise_alert(&self, state: &AppState, id: &str, alert: String) {
+    /// Records and reports the alert; with `lock` and the policy `lock`, locks the content.
+    fn raise_alert(&self, state: &AppState, id: &str, alert: String, lock_it: bool) {
         let new = {
             let mut x = lock(&self.inner.extra);
             let new = !x.alerts.contains(&alert);
@@ -1276,7 +1333,7 @@ impl DataVolume {
             tracing::error!("{alert}");
             state.audit_key("-", "check-state", Some(id), &format!("alert: {alert}"));
         }
-        if self.inner.opts.key_policy == KeyPolicy::Lock {
+        if lock_it && self.inner.opts.key_policy == KeyPolicy::Lock {
             let mut slot = lock(&self.inner.slot);
             if matches!(&*slot, Slot::Open(_)) {
                 *slot = Slot::Empty;
@@ -1396,7 +1453,7 @@ impl DataVolume {
                 return Err(e);
             }
         };
-        match self.complete_unlock(&state, vol, keys, false) {
+        match self.complete_unlock(&state, vol, keys, false, &[]) {
             Attempt::Done if matches!(&*lock(&self.inner.slot), Slot::Open(_)) => Ok(()),
             _ => Err(Refusal::Conflict(
                 state
@@ -1618,6 +1675,7 @@ fn wf_vol(req: Request) -> VolState {
 fn key_error_class(e: &KeyError) -> &'static str {
     match e {
         KeyError::Kmip { source, .. } => source.class(),
+        KeyError::NotActive { state, .. } if *state == KeyState::COMPROMISED => "compromised",
         KeyError::NotActive { .. } => "not-active",
         KeyError::BadMaterial { .. } => "bad-key",
         KeyError::WrongKey { .. } => "wrong-key",

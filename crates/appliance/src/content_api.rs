@@ -41,6 +41,13 @@ fn store(state: &AppState) -> ApiResult<Store> {
     }
 }
 
+/// The store for a write: refused (423) while the content is read-only ([`crate::readonly`]).
+fn writable_store(state: &AppState) -> ApiResult<Store> {
+    let s = store(state)?;
+    crate::readonly::check_writable(state)?;
+    Ok(s)
+}
+
 /// Maps a store error to a status and the store's sentence.
 pub fn store_error(e: StoreError) -> ApiError {
     match e {
@@ -151,7 +158,7 @@ pub async fn audit_post(
             text: e.text,
         });
     }
-    let s = store(&state)?;
+    let s = writable_store(&state)?;
     let range = blocking("appending to the audit history", move || {
         s.audit().append_batch(&events)
     })
@@ -351,7 +358,7 @@ pub async fn config_put(State(state): State<AppState>, body: Bytes) -> ApiResult
             None => Change::Delete(k),
         });
     }
-    let s = store(&state)?;
+    let s = writable_store(&state)?;
     let list = blocking("changing the configuration", move || {
         s.config().apply(&changes)?;
         s.config().list()
@@ -487,7 +494,7 @@ async fn put(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let s = store(&state).map_err(IntoResponse::into_response)?;
+    let s = writable_store(&state).map_err(IntoResponse::into_response)?;
     let capacity = s.space().capacity;
     let limit = MAX_RECORDING.min(capacity);
     let too_large = || {
@@ -742,7 +749,7 @@ pub async fn recording_delete(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     atrest_store::recordings::check_id(&id).map_err(store_error)?;
-    let s = store(&state)?;
+    let s = writable_store(&state)?;
     let id2 = id.clone();
     let existed = blocking("deleting the recording", move || {
         s.recordings().delete(&id2)

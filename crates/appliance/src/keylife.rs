@@ -49,6 +49,27 @@ impl OldKeys {
     }
 }
 
+/// What happens when the volume key is found Deactivated (or Compromised, once confirmed) and
+/// the content opens read-only ([`crate::readonly`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDeactivated {
+    /// Stay read-only until the administrator presses Rekey.
+    #[default]
+    Wait,
+    /// Start a Rekey to a new key at once.
+    Rekey,
+}
+
+impl OnDeactivated {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OnDeactivated::Wait => "wait",
+            OnDeactivated::Rekey => "rekey",
+        }
+    }
+}
+
 /// The key policy (`PUT /api/encryption/policy`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -60,6 +81,10 @@ pub struct Policy {
     /// Scheduled Rekey: seconds between rotations (None: off).
     #[serde(default)]
     pub rotation_interval_seconds: Option<u64>,
+    /// The volume key is no longer Active but may still decrypt: wait for the administrator,
+    /// or Rekey at once.
+    #[serde(default)]
+    pub on_deactivated: OnDeactivated,
 }
 
 impl Policy {

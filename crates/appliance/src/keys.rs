@@ -5,6 +5,11 @@
 //! - [`fetch_volume_keys`]: for every key a volume needs (one, or two while rekeying), Get it by
 //!   the Unique Identifier in the header, check that the server still holds it Active, and verify
 //!   it against the header's digest. Only verified keys ([`VolumeKey`]) can unlock a volume.
+//! - [`fetch_volume_keys_accepting`]: the same, but a key the server holds Deactivated (or, once
+//!   the administrator confirmed, Compromised) is accepted too, for reading only: NIST SP 800-57
+//!   lets such a key process (decrypt) the data it protected, never protect new data. The caller
+//!   learns each key's state and must keep the content read-only until a Rekey replaced it.
+//!   The key being rekeyed *to* must always be Active.
 //!
 //! Key material only passes through zeroizing buffers into locked memory
 //! ([`atrest_volume::SecretBytes`]); it never appears in an error.
@@ -53,11 +58,18 @@ impl fmt::Display for KeyError {
                 Some(u) => write!(f, "cannot {what} key {u:?} on the KMIP server: {source}"),
                 None => write!(f, "cannot {what} a key on the KMIP server: {source}"),
             },
+            KeyError::NotActive { uid, state } if *state == State::COMPROMISED => write!(
+                f,
+                "the KMIP server holds key {uid:?} in state Compromised, not Active: it is used \
+                 only after the administrator confirms (read-only, to Rekey: POST \
+                 /api/encryption/read-only/confirm with the admin password, or \
+                 --allow-compromised on the command line)"
+            ),
             KeyError::NotActive { uid, state } => write!(
                 f,
                 "the KMIP server holds key {uid:?} in state {state}, not Active: a revoked, \
-                 compromised or destroyed key is refused; if this is unexpected, ask the key \
-                 manager's administrator, and restore access to the key before unlocking"
+                 compromised or destroyed key is refused here; if this is unexpected, ask the \
+                 key manager's administrator, and restore access to the key before unlocking"
             ),
             KeyError::BadMaterial { uid, reason } => write!(
                 f,
@@ -243,6 +255,31 @@ pub fn create_volume_key_in_group(
     })
 }
 
+/// Which key states, besides Active, an unlock accepts (for reading only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Accept {
+    /// Active only.
+    #[default]
+    Active,
+    /// Active or Deactivated (revoked for a reason other than compromise).
+    Deactivated,
+    /// Active, Deactivated or Compromised (the administrator confirmed).
+    Compromised,
+}
+
+impl Accept {
+    /// Whether a key in `state` may be used under this acceptance.
+    pub fn allows(self, state: State) -> bool {
+        match self {
+            Accept::Active => state == State::ACTIVE,
+            Accept::Deactivated => state == State::ACTIVE || state == State::DEACTIVATED,
+            Accept::Compromised => {
+                state == State::ACTIVE || state == State::DEACTIVATED || state == State::COMPROMISED
+            }
+        }
+    }
+}
+
 /// Fetches one key by its Unique Identifier, checks it is Active, and verifies it against the
 /// volume's digests.
 pub fn fetch_key(
@@ -251,6 +288,17 @@ pub fn fetch_key(
     uid: &str,
     bits: u32,
 ) -> Result<VolumeKey, KeyError> {
+    fetch_key_accepting(client, volume, uid, bits, Accept::Active).map(|(k, _)| k)
+}
+
+/// [`fetch_key`] accepting the states `accept` allows; returns the key's state beside it.
+pub fn fetch_key_accepting(
+    client: &mut Client,
+    volume: &Volume,
+    uid: &str,
+    bits: u32,
+    accept: Accept,
+) -> Result<(VolumeKey, State), KeyError> {
     let kmip = |what: &'static str| {
         let uid = uid.to_owned();
         move |source| KeyError::Kmip {
@@ -262,8 +310,8 @@ pub fn fetch_key(
     let attrs = client
         .get_attributes(uid, &["State"])
         .map_err(kmip("check the state of"))?;
-    match attrs.state() {
-        Some(State::ACTIVE) => {}
+    let state = match attrs.state() {
+        Some(state) if accept.allows(state) => state,
         Some(state) => {
             return Err(KeyError::NotActive {
                 uid: uid.to_owned(),
@@ -276,27 +324,60 @@ pub fn fetch_key(
                 reason: "the server did not report its State".into(),
             });
         }
-    }
+    };
     let kb = client.get_key(uid).map_err(kmip("get"))?;
     let m = material(uid, &kb, bits)?;
-    volume.verify_key(m).map_err(|source| KeyError::WrongKey {
+    let key = volume.verify_key(m).map_err(|source| KeyError::WrongKey {
         uid: uid.to_owned(),
         source,
-    })
+    })?;
+    Ok((key, state))
 }
 
 /// Fetches and verifies every key `volume` needs to unlock (see [`Volume::required_keys`]).
 pub fn fetch_volume_keys(client: &mut Client, volume: &Volume) -> Result<Vec<VolumeKey>, KeyError> {
-    volume
-        .required_keys()
-        .iter()
-        .map(|k| {
-            fetch_key(
-                client,
-                volume,
-                &k.reference.unique_identifier,
-                k.reference.key_bits,
-            )
-        })
-        .collect()
+    fetch_volume_keys_accepting(client, volume, Accept::Active).map(|(k, _)| k)
+}
+
+/// A key that was fetched although it is no longer Active: the volume may be read with it,
+/// never written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inactive {
+    pub uid: String,
+    pub state: State,
+}
+
+/// [`fetch_volume_keys`] accepting, for the key(s) that protect the data now (the current key,
+/// or the old key of a Rekey), the states `accept` allows; the key a Rekey moves to must be
+/// Active. Returns the keys and those of them that are not Active.
+pub fn fetch_volume_keys_accepting(
+    client: &mut Client,
+    volume: &Volume,
+    accept: Accept,
+) -> Result<(Vec<VolumeKey>, Vec<Inactive>), KeyError> {
+    let mut keys = Vec::new();
+    let mut inactive = Vec::new();
+    for k in volume.required_keys() {
+        let uid = &k.reference.unique_identifier;
+        let accept = key_accept(k.role, accept);
+        let (key, state) = fetch_key_accepting(client, volume, uid, k.reference.key_bits, accept)?;
+        if state != State::ACTIVE {
+            inactive.push(Inactive {
+                uid: uid.clone(),
+                state,
+            });
+        }
+        keys.push(key);
+    }
+    Ok((keys, inactive))
+}
+
+/// The acceptance for a key of `role` (see [`atrest_volume::KeyInfo::role`]): the key a Rekey
+/// moves to protects new data, so it must be Active.
+pub fn key_accept(role: &str, accept: Accept) -> Accept {
+    if role == "new" {
+        Accept::Active
+    } else {
+        accept
+    }
 }

@@ -5,6 +5,7 @@
 //! The workflow itself is the I/O-free state machine in [`workflow`]; see docs/workflow.md.
 
 #![deny(unsafe_code)]
+#![recursion_limit = "256"]
 
 pub mod api;
 pub mod auth;
@@ -25,6 +26,7 @@ pub mod login;
 pub mod metrics;
 pub mod openapi;
 pub mod pages;
+pub mod readonly;
 pub mod recovery;
 pub mod server;
 pub mod state;

@@ -236,6 +236,17 @@ pub fn render(state: &AppState) -> String {
         p.and_then(|p| p.bytes_per_second).unwrap_or(0.0),
     );
 
+    o.family(
+        "atrest_content_read_only",
+        "gauge",
+        "1 while the content is read-only (the volume key is Deactivated or Compromised), else 0.",
+    );
+    o.sample(
+        "atrest_content_read_only",
+        &[],
+        if st.read_only.is_some() { 1.0 } else { 0.0 },
+    );
+
     let vol = st.volume.clone().unwrap_or_default();
     o.family(
         "atrest_unlock_attempts_total",
@@ -271,18 +282,18 @@ pub fn render(state: &AppState) -> String {
     }
 
     o.family(
-        "atrest_certificate_days_left",
+        "atrest_certificate_expiry_seconds",
         "gauge",
-        "Days until a certificate expires (negative: expired): the KMIP CA and client \
-         certificate saved, and each server's certificate as Save and Test last saw it.",
+        "Seconds until a certificate expires, to the day (negative: expired): the KMIP CA and \
+         client certificate saved, and each server's certificate as Save and Test last saw it.",
     );
     if let Some(k) = state.kmip() {
         for (what, c) in [("ca", k.ca_summary()), ("client", k.client_summary())] {
             if let Some(d) = c.and_then(|c| c.days_left) {
                 o.sample(
-                    "atrest_certificate_days_left",
+                    "atrest_certificate_expiry_seconds",
                     &[("certificate", what), ("server", "")],
-                    d as f64,
+                    d as f64 * 86_400.0,
                 );
             }
         }
@@ -290,9 +301,9 @@ pub fn render(state: &AppState) -> String {
     for (server, (days, at)) in lock(server_certs()).iter() {
         let elapsed = at.elapsed().as_secs() / 86_400;
         o.sample(
-            "atrest_certificate_days_left",
+            "atrest_certificate_expiry_seconds",
             &[("certificate", "server"), ("server", server)],
-            (*days as i64 - elapsed as i64) as f64,
+            (*days as i64 - elapsed as i64) as f64 * 86_400.0,
         );
     }
 
@@ -404,6 +415,12 @@ pub fn render(state: &AppState) -> String {
 /// Why the content is not ready, in one word; `None` when it is.
 pub fn not_ready(state: &AppState) -> Option<&'static str> {
     match state.content() {
+        // The store opens just before the state says unlocked: ready once both are.
+        Content::Ready(_) if state.workflow().state == crate::workflow::State::Locked => {
+            Some("locked")
+        }
+        // Readable, but every write is refused until a Rekey (crate::readonly).
+        Content::Ready(_) if state.read_only().get().is_some() => Some("read-only"),
         Content::Ready(_) => None,
         Content::Locked(_) => Some("locked"),
         Content::Detached => Some("detached"),

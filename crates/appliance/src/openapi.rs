@@ -85,6 +85,17 @@ fn base_document() -> Value {
     };
     let content_unavailable =
         err("the content volume is locked (the reason is in the message) or not attached");
+    let read_only = json!({"type": ["object", "null"], "description": "the content is read-only: the volume key is Deactivated (or Compromised, confirmed) on the KMIP server; it may decrypt, never protect new data. Content writes answer 423 until a Rekey finished", "properties": {
+                        "key_id": {"type": "string"}, "key_state": {"enum": ["Deactivated", "Compromised"]}, "since": {"type": "string", "format": "date-time"},
+                        "reason": {"type": "string"}, "rekey": {"enum": ["started", "wait"]}}});
+    let compromised_key = json!({"type": ["object", "null"], "description": "a Compromised volume key that keeps the volume locked until POST /api/encryption/read-only/confirm", "properties": {
+                        "key_id": {"type": "string"}, "reason": {"type": "string"}}});
+    let confirm_path = json!({"post": {
+                "summary": "Confirm, with the admin password, that the volume may be opened read-only with its Compromised key (to Rekey it); lasts until the appliance stops; audited",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": r("PasswordReentry")}}},
+                "responses": {"202": ok_json("confirmed; the unlock is tried again at once", json!({"type": "object", "properties": {"key_id": {"type": "string"}, "confirmed": {"type": "boolean"}}})),
+                    "401": err("not logged in"), "403": err("password missing or wrong, or no CSRF token"),
+                    "409": err("no Compromised key waits for a confirmation"), "429": err("too many wrong passwords from this address")}}});
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -137,11 +148,14 @@ fn base_document() -> Value {
                     "volume_attached": {"type": "boolean"},
                     "volume": {"type": ["object", "null"], "description": "the content volume: volume (state, data_size, sector_size, key_bits, uuid), space (capacity, used, reserve: bytes; filesystem_free: free bytes of the file system under an image file, null for a block device), last_conversion, key_check, alerts, next_retry_at, unlock_attempts"},
                     "policy": r("KeyPolicy"),
-                    "old_keys": {"type": "array", "items": r("OldKey")}}},
+                    "old_keys": {"type": "array", "items": r("OldKey")},
+                    "read_only": read_only,
+                    "compromised_key": compromised_key}},
                 "KeyPolicy": {"type": "object", "required": ["old_keys"], "properties": {
                     "old_keys": {"enum": ["keep", "revoke", "destroy"], "description": "what happens to a key when a Rekey or Decrypt retires it: left Active, revoked (Deactivated), or revoked and destroyed after destroy_after_days"},
                     "destroy_after_days": {"type": "integer", "minimum": 0, "maximum": 36500, "default": 0},
-                    "rotation_interval_seconds": {"type": ["integer", "null"], "minimum": crate::keylife::MIN_ROTATION_SECONDS, "description": "scheduled Rekey; null: off"}}},
+                    "rotation_interval_seconds": {"type": ["integer", "null"], "minimum": crate::keylife::MIN_ROTATION_SECONDS, "description": "scheduled Rekey; null: off"},
+                    "on_deactivated": {"enum": ["wait", "rekey"], "default": "wait", "description": "when the volume key is found Deactivated (or Compromised, confirmed) and the content is read-only: wait for the administrator's Rekey, or start one at once"}}},
                 "OldKey": {"type": "object", "properties": {
                     "id": {"type": "string"}, "state": {"enum": ["Active", "Deactivated", "Destroyed"], "description": "last known state on the KMIP server"},
                     "servers": {"type": "array", "items": {"type": "string"}}, "server": {"type": ["string", "null"]},
@@ -229,6 +243,7 @@ fn base_document() -> Value {
                 "requestBody": {"required": false, "content": {"application/json": {"schema": r("PasswordReentry")}}},
                 "responses": {"202": ok_json("resumed", r("EncryptionStatus")), "401": err("not logged in"),
                     "403": err("password missing or wrong (decryption), or no CSRF token"), "409": err("nothing to resume, or the key could not be fetched")}}},
+            "/api/encryption/read-only/confirm": confirm_path,
             "/api/volume/grow": {"post": {
                 "summary": "Grow: extend the content volume's data segment to the size of its device, after the disk or image grew (plain or encrypted; the header is signed under the volume key); the content store uses the new space at once. The appliance also does this at every start",
                 "responses": {"200": ok_json("grown, or already the size of the device", json!({"type": "object", "properties": {
@@ -240,7 +255,7 @@ fn base_document() -> Value {
                 "post": {"summary": "Append one audit event, or an array of up to 1000, in order",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"oneOf": [r("AuditEventInput"), {"type": "array", "items": r("AuditEventInput")}]}}}},
                     "responses": {"201": ok_json("appended", json!({"type": "object", "properties": {"first_seq": {"type": "integer"}, "last_seq": {"type": "integer"}, "count": {"type": "integer"}}})),
-                        "400": err("not an event"), "401": err("not logged in"), "403": err("no CSRF token"), "503": content_unavailable.clone(), "507": err("the volume is full")}},
+                        "400": err("not an event"), "401": err("not logged in"), "403": err("no CSRF token"), "423": err("read-only: the volume key is no longer Active; Rekey"), "503": content_unavailable.clone(), "507": err("the volume is full")}},
                 "get": {"summary": "Query the audit history: by session, time range and words, one page at a time",
                     "parameters": [
                         {"name": "session", "in": "query", "schema": {"type": "string"}},
@@ -257,7 +272,7 @@ fn base_document() -> Value {
                     "responses": {"200": ok_json("every setting", r("Settings")), "401": err("not logged in"), "503": content_unavailable.clone()}},
                 "put": {"summary": "Set (or, with null, remove) settings, all at once",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": true}}}},
-                    "responses": {"200": ok_json("every setting after the change", r("Settings")), "400": err("a key or value is not acceptable"), "401": err("not logged in"), "403": err("no CSRF token"), "503": content_unavailable.clone(), "507": err("the volume is full")}}
+                    "responses": {"200": ok_json("every setting after the change", r("Settings")), "400": err("a key or value is not acceptable"), "401": err("not logged in"), "403": err("no CSRF token"), "423": err("read-only: the volume key is no longer Active; Rekey"), "503": content_unavailable.clone(), "507": err("the volume is full")}}
             },
             "/api/recordings": {
                 "get": {"summary": "List the recordings",
@@ -272,9 +287,9 @@ fn base_document() -> Value {
                 "put": {"summary": "Upload (or replace) a recording, streamed: chunked transfer or Content-Length; it appears, replacing the older version, only when the whole body arrived and was committed (201); a cancelled, stalled or cut-off upload publishes nothing",
                     "parameters": [{"name": "session", "in": "query", "required": true, "schema": {"type": "string"}}],
                     "requestBody": {"required": true, "content": {"application/octet-stream": {}}},
-                    "responses": {"201": ok_json("stored", r("Recording")), "400": err("bad id or session, or the upload was cut off"), "401": err("not logged in"), "403": err("no CSRF token"), "408": err("the body stopped arriving for the body timeout; nothing was kept"), "413": err("larger than the volume"), "503": err("locked, or every upload slot is taken (Retry-After)"), "507": err("the volume, or the disk under it, is full")}},
+                    "responses": {"201": ok_json("stored", r("Recording")), "400": err("bad id or session, or the upload was cut off"), "401": err("not logged in"), "403": err("no CSRF token"), "408": err("the body stopped arriving for the body timeout; nothing was kept"), "413": err("larger than the volume"), "423": err("read-only: the volume key is no longer Active; Rekey"), "503": err("locked, or every upload slot is taken (Retry-After)"), "507": err("the volume, or the disk under it, is full")}},
                 "delete": {"summary": "Delete a recording and reclaim its space",
-                    "responses": {"204": {"description": "deleted"}, "400": err("bad id"), "401": err("not logged in"), "403": err("no CSRF token"), "404": err("no such recording"), "503": content_unavailable.clone()}}
+                    "responses": {"204": {"description": "deleted"}, "400": err("bad id"), "401": err("not logged in"), "403": err("no CSRF token"), "404": err("no such recording"), "423": err("read-only: the volume key is no longer Active; Rekey"), "503": content_unavailable.clone()}}
             },
             "/api/openapi.json": {
                 "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}, "401": err("not logged in")}}

@@ -134,6 +134,7 @@ pub(crate) struct Inner {
     pub keylife: crate::keylife::KeyLifeStore,
     pub metrics: crate::metrics::Metrics,
     pub syslog: crate::syslog::Syslog,
+    pub read_only: crate::readonly::ReadOnlyState,
 }
 
 /// Shared by every request.
@@ -181,7 +182,10 @@ impl AppState {
                 uploads,
                 keylife,
                 metrics: crate::metrics::Metrics::default(),
-                syslog: crate::syslog::Syslog::start(&config.syslog),
+                syslog: crate::syslog::Syslog::start_in(
+                    &config.syslog,
+                    Some(&config.data_dir.join(crate::syslog::SPOOL_DIR)),
+                ),
                 config,
                 login,
                 admin: admin.admin,
@@ -193,6 +197,7 @@ impl AppState {
                 backend: Mutex::new(None),
                 content: Mutex::new(Content::Detached),
                 audit_queue: Mutex::new(Vec::new()),
+                read_only: Default::default(),
             }),
         };
         Ok(Opened {
@@ -257,6 +262,10 @@ impl AppState {
                 crate::syslog::Severity::Notice
             };
         self.inner.syslog.send(severity, kind, actor, &text);
+        if kind != AUDIT_KEY_KIND && self.read_only().get().is_some() {
+            // Not appended until the content is writable again: the process log has it now.
+            tracing::info!(target: "atrest::audit", kind, actor, "{text}");
+        }
         let ev = atrest_store::NewEvent {
             time: atrest_store::Timestamp::now(),
             session: AUDIT_SESSION.into(),
@@ -288,6 +297,10 @@ impl AppState {
         let Content::Ready(store) = self.content() else {
             return;
         };
+        // Read-only content: kept until the Rekey that ends it (crate::readonly).
+        if self.read_only().get().is_some() {
+            return;
+        }
         let events = std::mem::take(&mut *lock(&self.inner.audit_queue));
         if events.is_empty() {
             return;
@@ -300,6 +313,11 @@ impl AppState {
             back.truncate(MAX_QUEUED_AUDIT);
             *q = back;
         }
+    }
+
+    /// Appends the audit events queued meanwhile (after the content became writable again).
+    pub(crate) fn flush_queued_audit(&self) {
+        self.flush_audit();
     }
 
     pub(crate) fn admin(&self) -> &Admin {

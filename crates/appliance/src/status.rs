@@ -48,6 +48,10 @@ pub struct EncryptionStatus {
     /// Keys a Rekey or Decrypt retired that a KMIP server may still hold (id, last known state,
     /// server).
     pub old_keys: Vec<crate::keylife::OldKey>,
+    /// Why the content is read-only (the volume key is Deactivated or Compromised), or null.
+    pub read_only: Option<crate::readonly::ReadOnlyView>,
+    /// A Compromised volume key that waits for the administrator's confirmation, or null.
+    pub compromised_key: Option<crate::readonly::Confirmation>,
 }
 
 /// Whether Encrypt may start now, and why not.
@@ -318,6 +322,8 @@ impl EncryptionStatus {
             volume,
             policy: life.policy,
             old_keys: life.old_keys,
+            read_only: state.read_only().get(),
+            compromised_key: state.read_only().waiting(),
         }
     }
 }

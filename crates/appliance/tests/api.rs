@@ -944,6 +944,7 @@ async fn openapi_matches_the_routes() {
         ("post", "/api/encryption/move"),
         ("post", "/api/encryption/decrypt"),
         ("post", "/api/encryption/resume"),
+        ("post", "/api/encryption/read-only/confirm"),
         ("put", "/api/encryption/policy"),
         ("post", "/api/volume/grow"),
         ("get", "/api/encryption/recovery-key"),

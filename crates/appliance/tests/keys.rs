@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use atrest_appliance::keys::{KeyError, create_volume_key, fetch_volume_keys};
+use atrest_appliance::keys::{
+    Accept, KeyError, create_volume_key, fetch_volume_keys, fetch_volume_keys_accepting,
+};
 use atrest_kmip::client::Client;
 use atrest_kmip::message::{RevocationReasonCode, State};
 use atrest_volume::{
@@ -45,6 +47,55 @@ fn create_then_fetch_by_the_header_identifier() {
     let keys = fetch_volume_keys(&mut c, &vol).unwrap();
     assert_eq!(keys.len(), 1);
     vol.unlock(keys).unwrap();
+}
+
+/// What PyKMIP answers for a revoked key: Get Attributes State Deactivated (Compromised after a
+/// compromise), and Get still hands the material out; so reading with it is a decision of ours:
+/// accepted only when asked, and reported.
+#[test]
+fn a_deactivated_key_is_fetched_for_reading_only_when_asked() {
+    let Some(mut c) = client() else { return };
+    let (dev, uid) = encrypted_volume(&mut c);
+    c.revoke(&uid, RevocationReasonCode::CESSATION_OF_OPERATION, None)
+        .unwrap();
+    let vol = Volume::open(dev.clone() as Arc<dyn BlockDevice>).unwrap();
+    let err = fetch_volume_keys(&mut c, &vol).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KeyError::NotActive {
+                state: State::DEACTIVATED,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(c.get_key(&uid).unwrap().material.len(), 32);
+    let (keys, inactive) = fetch_volume_keys_accepting(&mut c, &vol, Accept::Deactivated).unwrap();
+    assert_eq!(inactive.len(), 1);
+    assert_eq!(inactive[0].uid, uid);
+    assert_eq!(inactive[0].state, State::DEACTIVATED);
+    vol.unlock(keys).unwrap();
+    let vol = Volume::open(dev as Arc<dyn BlockDevice>).unwrap();
+    // Compromised: only under Accept::Compromised.
+    c.revoke(&uid, RevocationReasonCode::KEY_COMPROMISE, None)
+        .unwrap();
+    let err = fetch_volume_keys_accepting(&mut c, &vol, Accept::Deactivated).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KeyError::NotActive {
+                state: State::COMPROMISED,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("confirm"), "{err}");
+    let (_, inactive) = fetch_volume_keys_accepting(&mut c, &vol, Accept::Compromised).unwrap();
+    assert_eq!(inactive[0].state, State::COMPROMISED);
+    c.destroy(&uid).unwrap();
+    assert!(fetch_volume_keys_accepting(&mut c, &vol, Accept::Compromised).is_err());
 }
 
 #[test]

@@ -90,7 +90,7 @@ async fn metrics_count_requests_and_refused_logins_and_readyz_says_why() {
         "atrest_conversion_done_bytes",
         "atrest_unlock_attempts_total",
         "atrest_key_check_ok",
-        "atrest_certificate_days_left",
+        "atrest_certificate_expiry_seconds",
         "atrest_store_capacity_bytes",
         "atrest_kmip_operation_duration_seconds",
         "atrest_login_throttled_total",

@@ -503,7 +503,8 @@ async fn a_revoked_key_raises_an_alert_locks_and_is_refused_at_start() {
     });
     let w = run.state.workflow();
     assert_eq!(w.state, WfState::Locked);
-    assert_eq!(w.lock_reasons[0].class, "not-active", "{w:?}");
+    // Compromised: refused until the administrator confirms (tests/readonly.rs).
+    assert_eq!(w.lock_reasons[0].class, "compromised", "{w:?}");
     assert!(w.lock_reasons[0].reason.contains("not Active"), "{w:?}");
     run.stop();
 }
@@ -518,8 +519,10 @@ async fn the_lock_policy_locks_the_content() {
     wait_for("the volume is unlocked", || {
         run.state.workflow().state == WfState::Encrypted
     });
+    // Compromised: locked, and it stays locked until the administrator confirms (a Deactivated
+    // key makes the content read-only instead: tests/readonly.rs).
     key_client(&data)
-        .revoke(&key_id, RevocationReasonCode::CESSATION_OF_OPERATION, None)
+        .revoke(&key_id, RevocationReasonCode::KEY_COMPROMISE, None)
         .unwrap();
     run.volume.check_key_state();
     assert_eq!(run.state.workflow().state, WfState::Locked);
@@ -527,6 +530,15 @@ async fn the_lock_policy_locks_the_content() {
         Content::Locked(why) => assert!(why.contains("no longer Active"), "{why}"),
         other => panic!("{other:?}"),
     }
+    wait_for("the unlock refused the Compromised key", || {
+        run.state
+            .workflow()
+            .lock_reasons
+            .iter()
+            .any(|r| r.class == "compromised")
+    });
+    assert_eq!(run.state.workflow().state, WfState::Locked);
+    assert!(run.state.read_only().waiting().is_some());
     run.stop();
 }
 
@@ -1095,6 +1107,10 @@ async fn scheduled_rotation_fires_once_when_due_and_never_during_a_conversion() 
     );
     assert_eq!(rotations(&store, "started"), 1);
     assert_eq!(rotations(&store, "failed"), 0);
+    // The conversion reports Finished before it records the key it retired.
+    wait_for("the rotated key is recorded as an old key", || {
+        run.state.keylife().get().old_keys.len() == 2
+    });
     let old: Vec<String> = run
         .state
         .keylife()

@@ -86,6 +86,14 @@ struct ServeArgs {
     /// fail (Server Limit Exceeded in KMIP 2.x, Permission Denied in 1.x).
     #[arg(long, value_name = "N", default_value_t = atrest_kms::engine::MAX_OBJECTS_PER_CLIENT)]
     max_objects_per_client: usize,
+    /// Serve GET /metrics (Prometheus: operations by type and result, connections, objects),
+    /// /healthz and /readyz over plain HTTP on this address (unauthenticated: keep it on
+    /// loopback or a monitoring network); port 0 picks a free port.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Format of the process log on stderr: text, or json (one object per line).
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 #[derive(Debug, Args)]
@@ -98,13 +106,11 @@ struct AddClientArgs {
 }
 
 pub fn run(args: KmsArgs) -> anyhow::Result<()> {
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .try_init();
+    let format = match &args.command {
+        KmsCommand::Serve(a) => a.log_format.as_str(),
+        _ => "text",
+    };
+    crate::init_log(format);
     match args.command {
         KmsCommand::Serve(a) => serve(a),
         KmsCommand::AddClient(a) => add_client(a),
@@ -146,10 +152,15 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         message_timeout: Duration::from_secs(a.message_timeout.max(1)),
         idle_timeout: Duration::from_secs(a.idle_timeout.max(1)),
     };
-    let server = Server::bind(&dir, Arc::new(engine), config)?;
+    let engine = Arc::new(engine);
+    let server = Server::bind(&dir, engine.clone(), config)?;
     // Before anything announces the server: a signal from then on stops it cleanly.
     let stop = server.stop_flag();
     atrest_kms::server::stop_on_signals(&stop).context("installing the signal handlers")?;
+    let metrics = match a.metrics_listen {
+        Some(addr) => Some(crate::kms_metrics::start(addr, engine, stop.clone())?),
+        None => None,
+    };
     let addr = server.local_addr()?;
     let host = match host_of(&a.listen) {
         "0.0.0.0" | "" => "127.0.0.1".to_owned(),
@@ -185,8 +196,16 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             dir.client_dir().join("NAME.env").display()
         ),
     }
+    if let Some((m, _)) = &metrics {
+        println!("metrics on http://{m}/metrics (and /healthz, /readyz)");
+    }
     println!("listening on {addr}");
-    server.run()?;
+    let r = server.run();
+    stop.store(true, Ordering::SeqCst);
+    if let Some((_, h)) = metrics {
+        let _ = h.join();
+    }
+    r?;
     if stop.load(Ordering::SeqCst) {
         println!("stopped");
     }

@@ -6,6 +6,7 @@ mod config_file;
 mod kmip_cmd;
 mod kmip_settings;
 mod kms_cmd;
+mod kms_metrics;
 mod serve_cmd;
 mod size;
 mod volume_cmd;
@@ -150,4 +151,19 @@ fn main() {
         }
         std::process::exit(1);
     }
+}
+
+/// Sets up the process log on stderr: `text` (human-readable) or `json` (one object per line,
+/// for log collectors); the level from RUST_LOG, `info` by default.
+fn init_log(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    let _ = if format == "json" {
+        b.json().flatten_event(true).try_init()
+    } else {
+        b.try_init()
+    };
 }

@@ -63,7 +63,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     key_check_interval: u64,
     /// What a key found no longer Active does: `alert` (page, API, log, audit) or `lock` (also
-    /// locks the content until the key is usable).
+    /// locks the content until the key is usable). A Deactivated key makes the content
+    /// read-only under both; a Compromised one is read-only under `alert`, locked until the
+    /// administrator confirms under `lock`.
     #[arg(long, value_name = "POLICY", default_value = "alert", value_parser = ["alert", "lock"])]
     key_check_policy: String,
     /// Longest wait, in seconds, between attempts to fetch the key while locked (the wait
@@ -106,9 +108,17 @@ pub struct ServeArgs {
     #[arg(long, value_name = "HOST:PORT")]
     metrics_listen: Option<SocketAddr>,
     /// Send key and admin events (key operations, Save and Test, conversions, alerts, admin
-    /// logins) to this syslog receiver as RFC 5424 over TCP; repeatable.
+    /// logins) to this syslog receiver as RFC 5424 over TCP, or over TLS (RFC 5425) with
+    /// tls://HOST:PORT; repeatable. Events wait in DIR/syslog/ while a receiver is away.
     #[arg(long = "syslog", value_name = "tcp://HOST:PORT", value_parser = clap::builder::ValueParser::new(parse_syslog))]
     syslog: Vec<atrest_appliance::syslog::Target>,
+    /// The CA certificate(s) (PEM) that issued the tls:// syslog receivers' certificates (the
+    /// system's trusted CAs when not given).
+    #[arg(long, value_name = "FILE")]
+    syslog_ca: Option<PathBuf>,
+    /// Format of the process log on stderr: text, or json (one object per line).
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     /// Seconds SIGTERM waits for requests under way before cutting them off (uploads cut off are
     /// not published).
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
@@ -138,13 +148,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             "no data directory given; use --data-dir DIR or `data_dir` in the --config file"
         );
     };
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .try_init();
+    crate::init_log(&args.log_format);
     if !(args.kmip_timeout.is_finite() && args.kmip_timeout > 0.0 && args.kmip_timeout <= 600.0) {
         anyhow::bail!(
             "--kmip-timeout {} is out of range; give seconds between 0 and 600",
@@ -224,7 +228,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.login.free_failures = args.login_free_failures;
     config.login.max_delay = Duration::from_secs(args.login_max_delay);
     config.limits = limits;
-    config.syslog = args.syslog;
+    if args.syslog_ca.is_some() && !args.syslog.iter().any(|t| t.tls) {
+        anyhow::bail!(
+            "--syslog-ca is for tls:// syslog receivers; give one with --syslog tls://HOST:PORT"
+        );
+    }
+    config.syslog = args
+        .syslog
+        .into_iter()
+        .map(|mut t| {
+            if t.tls {
+                t.ca = args.syslog_ca.clone();
+            }
+            t
+        })
+        .collect();
     let opts = ServeOptions {
         config,
         listen: Listen {

@@ -105,6 +105,9 @@ struct ExportArgs {
     /// KMIP server is contacted).
     #[arg(long, value_name = "F")]
     recovery_key_file: Option<PathBuf>,
+    /// Also read with a key the KMIP server holds Compromised (a Deactivated one reads anyway).
+    #[arg(long)]
+    allow_compromised: bool,
 }
 
 pub fn run(args: VolumeArgs) -> anyhow::Result<()> {
@@ -389,7 +392,8 @@ fn export(a: ExportArgs) -> anyhow::Result<()> {
             })?;
             v.unlock(keys)?
         }
-        state => crate::volume_kmip::unlock_for_export(v, &a.kmip).with_context(|| {
+        state => crate::volume_kmip::unlock_for_export(v, &a.kmip, a.allow_compromised)
+            .with_context(|| {
             format!(
                 "{} is {}: exporting it needs its key from the KMIP server; nothing was written",
                 a.image.display(),

@@ -3,6 +3,11 @@
 //!
 //! Every conversion resumes where it stopped: running the same command again after a crash,
 //! a kill or Ctrl-C fetches the key(s) named in the header (never a new one) and carries on.
+//!
+//! A key the KMIP server holds Deactivated still reads (NIST SP 800-57: it may decrypt the data
+//! it protected, never protect new data): `unlock`, `export`, `rekey` and `decrypt` accept it
+//! with a note on stderr; a Compromised one only with `--allow-compromised`. `encrypt` (its new
+//! key) and `grow` (a header signed anew) need an Active key.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -63,6 +68,9 @@ pub struct RekeyArgs {
     /// (atrest/<appliance name>); the host name by default.
     #[arg(long, value_name = "NAME")]
     appliance_name: Option<String>,
+    /// Also use a key the KMIP server holds Compromised (to move the data off it at once).
+    #[arg(long)]
+    allow_compromised: bool,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -84,6 +92,10 @@ pub struct KeyedArgs {
     /// header authentication, or changed by you). The keys are still checked against it.
     #[arg(long)]
     accept_header: bool,
+    /// Also use a key the KMIP server holds Compromised (a Deactivated one is used anyway, to
+    /// read): someone may know it, so move the data to a new key at once.
+    #[arg(long)]
+    allow_compromised: bool,
 }
 
 #[derive(Debug, Args)]
@@ -149,6 +161,31 @@ fn client(settings: &KmipSettings, info: &VolumeInfo) -> anyhow::Result<Client> 
         .unwrap_or_default();
     let config = settings.to_client_config_or(&fallback)?;
     Ok(Client::new(config)?)
+}
+
+/// Fetches the keys to read the volume: a key the server holds Deactivated is accepted (it may
+/// still decrypt), a Compromised one with `allow_compromised`; each such key is named on
+/// stderr with what to do. The key a Rekey moves to must be Active.
+pub fn fetch_for_reading(
+    client: &mut Client,
+    vol: &Volume,
+    allow_compromised: bool,
+) -> anyhow::Result<Vec<atrest_volume::VolumeKey>> {
+    let accept = if allow_compromised {
+        keys::Accept::Compromised
+    } else {
+        keys::Accept::Deactivated
+    };
+    let (keys, inactive) = keys::fetch_volume_keys_accepting(client, vol, accept)?;
+    for k in inactive {
+        eprintln!(
+            "note: the KMIP server holds key {} as {}: it may only decrypt the data it \
+             protected, never protect new data; move the data to a new key with `atrest volume \
+             rekey`",
+            k.uid, k.state
+        );
+    }
+    Ok(keys)
 }
 
 /// Ctrl-C / SIGTERM stop the conversion cleanly after the current chunk.
@@ -337,7 +374,7 @@ pub fn rekey(a: RekeyArgs) -> anyhow::Result<()> {
     let mut client = client(&a.kmip, &info)?;
     let (unlocked, old) = match vol.state() {
         State::Encrypted => {
-            let keys = fetch_volume_keys(&mut client, &vol)?;
+            let keys = fetch_for_reading(&mut client, &vol, a.allow_compromised)?;
             let old = info
                 .keys
                 .first()
@@ -381,7 +418,7 @@ pub fn rekey(a: RekeyArgs) -> anyhow::Result<()> {
                 .iter()
                 .find(|k| k.role == "old")
                 .map(|k| k.reference.unique_identifier.clone());
-            let keys = fetch_volume_keys(&mut client, &vol)?;
+            let keys = fetch_for_reading(&mut client, &vol, a.allow_compromised)?;
             (vol.unlock(keys)?, old)
         }
         State::Plain => bail!(
@@ -414,7 +451,12 @@ pub fn decrypt(a: KeyedArgs) -> anyhow::Result<()> {
     let info = vol.info();
     let unlocked = match vol.state() {
         State::Encrypted | State::Decrypting => {
-            let keys = volume_keys(&vol, &a.kmip, a.recovery_key_file.as_deref())?;
+            let keys = volume_keys(
+                &vol,
+                &a.kmip,
+                a.recovery_key_file.as_deref(),
+                a.allow_compromised,
+            )?;
             let u = vol.unlock(keys)?;
             if u.state() == State::Encrypted {
                 u.begin_decrypt()
@@ -441,7 +483,12 @@ pub fn unlock(a: KeyedArgs) -> anyhow::Result<()> {
     if vol.state() == State::Plain {
         bail!("{} is plain: it has no key to unlock", a.image.display());
     }
-    let keys = volume_keys(&vol, &a.kmip, a.recovery_key_file.as_deref())?;
+    let keys = volume_keys(
+        &vol,
+        &a.kmip,
+        a.recovery_key_file.as_deref(),
+        a.allow_compromised,
+    )?;
     let n = keys.len();
     let unlocked = if a.accept_header {
         vol.unlock_accepting_header(keys)?
@@ -483,26 +530,34 @@ pub fn unlock(a: KeyedArgs) -> anyhow::Result<()> {
 }
 
 /// The verified keys of `vol`: from the recovery key in `recovery_file` when given (no KMIP
-/// server contacted), else fetched from the KMIP server.
+/// server contacted), else fetched from the KMIP server (a Deactivated key reads, a
+/// Compromised one with `allow_compromised`; see [`fetch_for_reading`]).
 fn volume_keys(
     vol: &Volume,
     settings: &KmipSettings,
     recovery_file: Option<&Path>,
+    allow_compromised: bool,
 ) -> anyhow::Result<Vec<atrest_volume::VolumeKey>> {
     if let Some(f) = recovery_file {
         return crate::volume_recovery::keys_from_file(vol, f);
     }
     let mut client = client(settings, &vol.info())?;
-    let keys = fetch_volume_keys(&mut client, vol)?;
+    let keys = fetch_for_reading(&mut client, vol, allow_compromised)?;
     client.disconnect();
     Ok(keys)
 }
 
-/// Unlocks an encrypted (or mid-conversion) volume for `export`; the caller holds its lock.
-pub fn unlock_for_export(vol: Volume, settings: &KmipSettings) -> anyhow::Result<UnlockedVolume> {
+/// Unlocks an encrypted (or mid-conversion) volume for `export`; the caller holds its lock. A
+/// Deactivated key reads (see [`fetch_for_reading`]); a Compromised one with
+/// `allow_compromised`.
+pub fn unlock_for_export(
+    vol: Volume,
+    settings: &KmipSettings,
+    allow_compromised: bool,
+) -> anyhow::Result<UnlockedVolume> {
     let info = vol.info();
     let mut client = client(settings, &info)?;
-    let keys = fetch_volume_keys(&mut client, &vol)?;
+    let keys = fetch_for_reading(&mut client, &vol, allow_compromised)?;
     Ok(vol.unlock(keys)?)
 }
 

@@ -1,8 +1,10 @@
 //! `atrest serve --metrics-listen` as a process: /healthz, /readyz and a strictly checked
 //! /metrics through a plain start, an Encrypt with the bundled KMIP server (values match the
 //! API), a restart without the key server (/readyz 503 `locked`, the failure class per server)
-//! and the unlock once the key server is back (/readyz 200). `promtool check metrics` also
-//! reads every scrape when it is installed.
+//! and the unlock once the key server is back (/readyz 200); and both servers, `atrest serve`
+//! and `atrest kms serve --metrics-listen`, scraped during a conversion, their numbers matching
+//! each other and the API. `promtool check metrics` reads every scrape (installed by
+//! scripts/test; required under ATREST_REQUIRE_PEERS=1).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -174,34 +176,9 @@ impl Appliance {
         let (s, text) = get(&self.metrics, "/metrics");
         assert_eq!(s, 200);
         let e = exposition::parse(&text).unwrap_or_else(|err| panic!("{err}\n{text}"));
-        promtool(&text);
+        atrest_testkit::promtool_check(&text);
         e
     }
-}
-
-fn promtool(text: &str) {
-    let Ok(mut child) = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    else {
-        return;
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
@@ -264,11 +241,19 @@ fn metrics_and_readiness_through_encrypt_restart_and_unlock() {
         );
     }
     assert!(
-        e.find("atrest_certificate_days_left", &[("certificate", "server")])
-            .len()
+        e.find(
+            "atrest_certificate_expiry_seconds",
+            &[("certificate", "server")]
+        )
+        .len()
             == 1
     );
-    assert!(e.value("atrest_certificate_days_left", &[("certificate", "ca")]) > 0.0);
+    assert!(
+        e.value(
+            "atrest_certificate_expiry_seconds",
+            &[("certificate", "ca")]
+        ) > 0.0
+    );
     assert!(
         e.value(
             "atrest_http_requests_total",
@@ -320,4 +305,128 @@ fn metrics_and_readiness_through_encrypt_restart_and_unlock() {
     );
     assert!(e.find("atrest_unlock_failure", &[]).is_empty());
     assert!(e.value("atrest_store_used_bytes", &[]) > 0.0);
+}
+
+fn env_var(env: &str, k: &str) -> String {
+    env.lines()
+        .find_map(|l| l.strip_prefix(&format!("export {k}=")))
+        .unwrap_or_else(|| panic!("{k} missing from client.env"))
+        .trim_matches('\'')
+        .to_owned()
+}
+
+/// `atrest serve` against `atrest kms serve --metrics-listen` on its own: both scraped during
+/// the Encrypt, both pass promtool, and the numbers agree: the key server's Create and
+/// Destroy counts are the appliance's KMIP operation counts, and it holds one Active key, the
+/// one GET /api/encryption names.
+#[test]
+fn both_servers_scraped_during_a_conversion_agree_with_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms_dir = dir.path().join("kms");
+    let (_kms, out) = spawn_until(
+        Command::new(env!("CARGO_BIN_EXE_atrest"))
+            .args(["kms", "serve", "--data-dir"])
+            .arg(&kms_dir)
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]),
+        "listening on ",
+    );
+    let kms_metrics = out
+        .iter()
+        .find_map(|l| l.strip_prefix("metrics on http://"))
+        .and_then(|l| l.split_once('/'))
+        .map(|(a, _)| a.to_owned())
+        .unwrap_or_else(|| panic!("no metrics address printed: {out:?}"));
+    assert_eq!(get(&kms_metrics, "/readyz"), (200, "ready\n".into()));
+    let kms_scrape = || {
+        let (s, text) = get(&kms_metrics, "/metrics");
+        assert_eq!(s, 200);
+        let e = exposition::parse(&text).unwrap_or_else(|err| panic!("{err}\n{text}"));
+        atrest_testkit::promtool_check(&text);
+        e
+    };
+    let env = std::fs::read_to_string(kms_dir.join("client.env")).unwrap();
+    let read = |k: &str| std::fs::read_to_string(env_var(&env, k)).unwrap();
+    let server = format!(
+        "{}:{}",
+        env_var(&env, "KMIP_HOST"),
+        env_var(&env, "KMIP_PORT")
+    );
+
+    let data = dir.path().join("appliance");
+    let app = start(&data, &["--convert-rate", "2M"]);
+    let t = app.login();
+    app.api(
+        "PUT",
+        "/api/encryption/kmip",
+        Some(&t),
+        Some(json!({
+            "servers": [server],
+            "ca_pem": read("KMIP_CA"),
+            "client_cert_pem": read("KMIP_CLIENT_CERT"),
+            "client_key_pem": read("KMIP_CLIENT_KEY"),
+            "username": env_var(&env, "KMIP_USERNAME"),
+            "password": env_var(&env, "KMIP_PASSWORD"),
+        })),
+    );
+    let r = app.api("POST", "/api/encryption/test", Some(&t), None);
+    assert_eq!(r["ok"], true, "{r}");
+    app.api("POST", "/api/encryption/encrypt", Some(&t), None);
+    wait_until("progress is reported", || {
+        app.scrape().value("atrest_conversion_done_bytes", &[]) > 0.0
+    });
+    let e = app.scrape();
+    let k = kms_scrape();
+    let st = app.api("GET", "/api/encryption", Some(&t), None);
+    assert_eq!(st["state"], "encrypting", "{st}");
+    assert_eq!(
+        e.value("atrest_encryption_state", &[("state", "encrypting")]),
+        1.0
+    );
+    assert_eq!(
+        e.value("atrest_conversion_total_bytes", &[]),
+        st["progress"]["total_bytes"].as_u64().unwrap() as f64
+    );
+    let server = st["servers"][0].as_str().unwrap().to_owned();
+    for op in ["Create", "Destroy", "Activate"] {
+        let sent = e.value(
+            "atrest_kmip_operation_duration_seconds_count",
+            &[("server", &server), ("operation", op)],
+        );
+        let failed = e
+            .find(
+                "atrest_kmip_operation_errors_total",
+                &[("server", &server), ("operation", op)],
+            )
+            .first()
+            .map_or(0.0, |s| s.value);
+        let answered = k
+            .find(
+                "atrest_kms_operations_total",
+                &[("operation", op), ("result", "success")],
+            )
+            .first()
+            .map_or(0.0, |s| s.value);
+        assert!(sent >= 1.0, "{op}");
+        assert_eq!(sent - failed, answered, "{op}");
+    }
+    // Save and Test's key is destroyed again; the volume key is the one Active key.
+    assert!(st["key_id"].as_str().is_some_and(|k| !k.is_empty()), "{st}");
+    assert_eq!(
+        k.value(
+            "atrest_kms_objects",
+            &[("type", "Symmetric Key"), ("state", "Active")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        k.value(
+            "atrest_kms_objects",
+            &[("type", "Symmetric Key"), ("state", "Destroyed")]
+        ),
+        1.0
+    );
+    assert!(k.value("atrest_kms_connections_total", &[("result", "accepted")]) >= 1.0);
+    wait_until("encrypted", || {
+        app.api("GET", "/api/encryption", Some(&t), None)["state"] == "encrypted"
+    });
 }

@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -203,4 +203,339 @@ fn events_reach_the_receiver_in_order_including_those_sent_while_it_was_away() {
     assert!(login < test && test < create && create < done, "{got:?}");
     // Nothing secret in any of them.
     assert!(!got.iter().any(|(_, m)| m.contains(pw.trim())));
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it (openssl CLI); returns (ca, cert, key).
+fn test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let o = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &["-keyout", "ca.key", "-out", "ca.crt"],
+        &["-subj", "/CN=syslog test CA", "-days", "2"],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "rx.key",
+            "-out",
+            "rx.csr",
+            "-subj",
+            "/CN=receiver",
+        ],
+    ]
+    .concat());
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "rx.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "rx.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (dir.join("ca.crt"), dir.join("rx.crt"), dir.join("rx.key"))
+}
+
+/// A TLS syslog receiver on `port`: every frame, checked as RFC 5424, goes to the channel as
+/// (MSGID, MSG); dropping it closes the listener and the connection.
+struct Receiver {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Receiver {
+    fn start(
+        port: u16,
+        cert: &Path,
+        key: &Path,
+        tx: std::sync::mpsc::Sender<(String, String)>,
+    ) -> Receiver {
+        use openssl::ssl::{SslAcceptor, SslFiletype};
+        let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
+        b.set_private_key_file(key, SslFiletype::PEM).unwrap();
+        b.set_certificate_chain_file(cert).unwrap();
+        let acceptor = b.build();
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = std::thread::spawn(move || {
+            use std::sync::atomic::Ordering;
+            while !st.load(Ordering::SeqCst) {
+                let Ok((tcp, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                tcp.set_nonblocking(false).unwrap();
+                tcp.set_read_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
+                let Ok(mut s) = acceptor.accept(tcp) else {
+                    continue;
+                };
+                let mut buf: Vec<u8> = Vec::new();
+                while !st.load(Ordering::SeqCst) {
+                    let mut chunk = [0u8; 4096];
+                    match s.read(&mut chunk) {
+                        Ok(0) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) => {}
+                        Err(_) => break,
+                    }
+                    // Whole frames out of the buffer.
+                    while let Some(sp) = buf.iter().position(|b| *b == b' ') {
+                        let n: usize = std::str::from_utf8(&buf[..sp]).unwrap().parse().unwrap();
+                        if buf.len() < sp + 1 + n {
+                            break;
+                        }
+                        let m = String::from_utf8(buf[sp + 1..sp + 1 + n].to_vec()).unwrap();
+                        buf.drain(..sp + 1 + n);
+                        let _ = tx.send(check_5424(&m));
+                    }
+                }
+                let _ = s.shutdown();
+            }
+        });
+        Receiver {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts `atrest serve` with a tls:// receiver and the JSON process log; returns the process,
+/// its HTTPS port and the stderr lines collected so far.
+fn serve_tls(
+    data: &Path,
+    port: u16,
+    ca: &Path,
+) -> (Proc, u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_atrest"))
+        .args(["serve", "--data-dir"])
+        .arg(data)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--embedded-kms",
+            "--volume-size",
+            "48M",
+        ])
+        .args(["--convert-rate", "2M", "--convert-chunk", "1M"])
+        .args([
+            "--syslog",
+            &format!("tls://127.0.0.1:{port}"),
+            "--syslog-ca",
+        ])
+        .arg(ca)
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = BufReader::new(child.stderr.take().unwrap());
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let l2 = log.clone();
+    std::thread::spawn(move || {
+        for l in err.lines().map_while(Result::ok) {
+            l2.lock().unwrap().push(l);
+        }
+    });
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let proc_ = Proc(child);
+    let https = loop {
+        let l = lines.next().expect("the appliance started").unwrap();
+        if let Some(r) = l.strip_prefix("atrest appliance listening on https://127.0.0.1:") {
+            break r.trim_end_matches('/').parse::<u16>().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (proc_, https, log)
+}
+
+fn sigterm(p: Proc) {
+    let pid = p.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut p = p;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while p.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Over TLS (the receiver's certificate checked against --syslog-ca): the receiver gets the
+/// events of an Encrypt in order, including those sent while it was down, kept on disk across
+/// a restart of the appliance in the middle of the conversion; the process log is JSON.
+#[test]
+fn a_tls_receiver_gets_an_encrypts_events_in_order_across_its_absence_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_pki(dir.path());
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let data = dir.path().join("appliance");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let receiver = Receiver::start(port, &cert, &key, tx.clone());
+    let (app, https, log) = serve_tls(&data, port, &ca);
+    let pw = std::fs::read_to_string(data.join("initial-admin-password")).unwrap();
+    let login = |https| {
+        let t = api(
+            &data,
+            https,
+            "POST",
+            "/api/session",
+            None,
+            Some(json!({"username": "admin", "password": pw.trim()})),
+        );
+        t["token"].as_str().unwrap().to_owned()
+    };
+    let t = login(https);
+    let r = api(&data, https, "POST", "/api/encryption/test", Some(&t), None);
+    assert_eq!(r["ok"], true, "{r}");
+    let mut got: Vec<(String, String)> = Vec::new();
+    let take_until = |got: &mut Vec<(String, String)>, what: &dyn Fn(&(String, String)) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !got.iter().any(what) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(m) => got.push(m),
+                Err(_) => panic!("gave up waiting; got {got:?}"),
+            }
+        }
+    };
+    take_until(&mut got, &|(_, m)| m.contains("operation=test"));
+    let before = got.len();
+
+    // The receiver goes away; Encrypt starts; the appliance restarts in the middle.
+    drop(receiver);
+    std::thread::sleep(Duration::from_millis(300));
+    api(
+        &data,
+        https,
+        "POST",
+        "/api/encryption/encrypt",
+        Some(&t),
+        None,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = api(&data, https, "GET", "/api/encryption", Some(&t), None);
+        if st["progress"]["done_bytes"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    sigterm(app);
+    let spool: Vec<_> = std::fs::read_dir(data.join("syslog"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(
+        spool.iter().any(|e| e.metadata().unwrap().len() > 0),
+        "nothing spooled on disk: {spool:?}"
+    );
+    let json_lines = log.lock().unwrap().clone();
+    assert!(!json_lines.is_empty());
+    for l in &json_lines {
+        let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{l}");
+    }
+    let (app, https, _log) = serve_tls(&data, port, &ca);
+    let t = login(https);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while api(&data, https, "GET", "/api/encryption", Some(&t), None)["state"] != "encrypted" {
+        assert!(Instant::now() < deadline, "the encryption did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The receiver is back: the rest arrives, in order, the spooled events first.
+    let _receiver = Receiver::start(port, &cert, &key, tx);
+    take_until(&mut got, &|(id, m)| {
+        id == "volume" && m.contains("finished")
+    });
+    let after = &got[before..];
+    let pos = |what: &dyn Fn(&(String, String)) -> bool| {
+        after
+            .iter()
+            .position(what)
+            .unwrap_or_else(|| panic!("missing in {after:?}"))
+    };
+    let create = pos(&|(_, m)| m.contains("operation=create") && m.contains("created, activated"));
+    let get_at_restart = pos(&|(_, m)| m.contains("operation=get") && m.contains("result=ok"));
+    let finished = pos(&|(id, m)| id == "volume" && m.contains("finished"));
+    assert!(
+        create < get_at_restart && get_at_restart < finished,
+        "{after:?}"
+    );
+    assert_eq!(
+        after
+            .iter()
+            .filter(|(_, m)| m.contains("operation=create"))
+            .count(),
+        1,
+        "{after:?}"
+    );
+    // Sent: the spool is gone.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(data.join("syslog"))
+        .unwrap()
+        .flatten()
+        .any(|e| e.metadata().unwrap().len() > 0)
+    {
+        assert!(Instant::now() < deadline, "the spool was not emptied");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(app);
 }

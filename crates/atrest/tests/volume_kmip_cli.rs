@@ -345,11 +345,14 @@ fn rekey_and_decrypt_with_kills_lose_nothing() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A Deactivated key still reads (NIST SP 800-57): `unlock` and `export` work with a note on
+/// stderr, `grow` (a header signed anew) is refused with one line; a Compromised key reads only
+/// with `--allow-compromised`, and `rekey` moves the data off it; a Destroyed key is refused.
 #[test]
-fn a_revoked_key_is_refused_with_one_line() {
+fn unlock_and_export_read_a_deactivated_key() {
     let Some(p) = peer() else { return };
     let dir = scratch("revoked");
-    let (img, _) = plain_volume(&dir, 4);
+    let (img, payload) = plain_volume(&dir, 4);
     let img_s = img.to_str().unwrap();
     ok(&p.run(&["volume", "encrypt", img_s]));
     let uid = dump(&img)["keys"][0]["unique_identifier"]
@@ -358,6 +361,16 @@ fn a_revoked_key_is_refused_with_one_line() {
         .to_owned();
     ok(&p.run(&["kmip", "revoke", &uid]));
     let o = p.run(&["volume", "unlock", img_s]);
+    let out = ok(&o);
+    assert!(out.contains("1 key verified"), "{out}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&uid) && err.contains("Deactivated") && err.contains("atrest volume rekey"),
+        "{err}"
+    );
+    assert_eq!(export(&p, &img, &dir.join("out.bin")), payload);
+    let before = std::fs::read(&img).unwrap();
+    let o = p.run(&["volume", "grow", img_s]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -365,17 +378,63 @@ fn a_revoked_key_is_refused_with_one_line() {
         err.contains("not Active") && err.contains("Deactivated"),
         "{err}"
     );
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "grow wrote with a Deactivated key"
+    );
+
+    // Compromised: refused in one line naming the flag; read with it; rekey moves off it.
+    let (img2, payload2) = {
+        let d2 = dir.join("second");
+        std::fs::create_dir_all(&d2).unwrap();
+        plain_volume(&d2, 4)
+    };
+    let img2_s = img2.to_str().unwrap();
+    ok(&p.run(&["volume", "encrypt", img2_s]));
+    let uid2 = dump(&img2)["keys"][0]["unique_identifier"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(&p.run(&["kmip", "revoke", "--compromised", &uid2]));
+    let x = dir.join("x");
+    let o = p.run(&["volume", "export", img2_s, "--out", x.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(!x.exists(), "export wrote a file with a refused key");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("Compromised") && err.contains("--allow-compromised"),
+        "{err}"
+    );
     let o = p.run(&[
         "volume",
         "export",
-        img_s,
+        img2_s,
+        "--allow-compromised",
         "--out",
-        dir.join("x").to_str().unwrap(),
+        x.to_str().unwrap(),
     ]);
+    ok(&o);
+    assert_eq!(std::fs::read(&x).unwrap(), payload2);
+    ok(&p.run(&["volume", "rekey", img2_s, "--allow-compromised"]));
+    let uid3 = dump(&img2)["keys"][0]["unique_identifier"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(uid3, uid2);
+    let o = p.run(&["volume", "unlock", img2_s]);
+    ok(&o);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("note:"));
+    assert_eq!(export(&p, &img2, &dir.join("out2.bin")), payload2);
+
+    // Destroyed: gone.
+    ok(&p.run(&["kmip", "destroy", &uid]));
+    let o = p.run(&["volume", "unlock", img_s]);
     assert!(!o.status.success());
-    assert!(
-        !dir.join("x").exists(),
-        "export wrote a file with a refused key"
-    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    for k in [&uid2, &uid3] {
+        let _ = p.run(&["kmip", "destroy", k]);
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }

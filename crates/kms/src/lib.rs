@@ -48,6 +48,7 @@ pub mod crypto;
 pub mod datadir;
 pub mod engine;
 pub mod error;
+pub mod metrics;
 pub mod password;
 pub mod pki;
 pub mod server;

@@ -28,6 +28,7 @@ use zeroize::Zeroizing;
 use crate::datadir::DataDir;
 use crate::engine::{self, Engine, Session};
 use crate::error::{KmsError, Result};
+use crate::metrics::ConnResult;
 use crate::pki;
 
 /// TLS 1.2 suites offered, strongest first: forward-secret AEAD suites, then the CBC-SHA256/384
@@ -422,6 +423,7 @@ impl Server {
                 let mut t = table(&shared);
                 if let Admission::Refused(why) = t.admit(source, &self.config, now) {
                     drop(t);
+                    self.engine.metrics().connection(ConnResult::Refused);
                     refused.add(peer, why, now);
                     drop(stream);
                     continue;
@@ -614,14 +616,19 @@ fn serve_connection(
         Ok(s) => s,
         Err(e) => {
             tracing::info!(%peer, error = %e, "TLS handshake failed");
+            engine.metrics().connection(ConnResult::TlsFailed);
             return;
         }
     };
     if !slot.authenticated(config) {
         tracing::warn!(%peer, max = config.max_connections, "too many connections; closing the new one");
+        engine.metrics().connection(ConnResult::OverLimit);
         let _ = s.shutdown();
         return;
     }
+    engine.metrics().connection(ConnResult::Accepted);
+    engine.metrics().open(true);
+    let _open = OpenGuard(engine.metrics());
     let fingerprint = s
         .ssl()
         .peer_certificate()
@@ -653,6 +660,15 @@ fn serve_connection(
         }
     }
     let _ = s.shutdown();
+}
+
+/// Counts the end of an authenticated connection however its thread leaves.
+struct OpenGuard<'a>(&'a crate::metrics::Metrics);
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.open(false);
+    }
 }
 
 /// Sets `stop` on SIGTERM and SIGINT.

@@ -71,6 +71,36 @@ pub fn tool(program: &str, package: &str) -> bool {
     available(ok, program, &format!("apt-get install {package}"))
 }
 
+/// Checks a Prometheus text exposition with `promtool check metrics` (Debian's `prometheus`
+/// package). Without promtool: skipped with a note, or a failure under ATREST_REQUIRE_PEERS=1
+/// (`scripts/test` installs it).
+pub fn promtool_check(text: &str) {
+    use std::io::Write as _;
+    let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        available(false, "promtool", "apt-get install prometheus");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .expect("promtool's stdin")
+        .write_all(text.as_bytes())
+        .expect("writing to promtool");
+    let out = child.wait_with_output().expect("promtool ran");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A KMIP peer described by its env file.
 #[derive(Debug, Clone)]
 pub struct Peer {

@@ -122,6 +122,7 @@ pub struct Engine {
     clients: RwLock<Clients>,
     limits: Limits,
     max_objects_per_client: usize,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// The version a response is written in: the request's when supported, else the nearest one
@@ -166,6 +167,7 @@ impl Engine {
             clients: RwLock::new(clients),
             limits: Limits::default(),
             max_objects_per_client: MAX_OBJECTS_PER_CLIENT,
+            metrics: Default::default(),
         }
     }
 
@@ -190,6 +192,22 @@ impl Engine {
         *self.clients.write().unwrap_or_else(|e| e.into_inner()) = clients;
     }
 
+    /// The counters of operations and connections (`--metrics-listen`).
+    pub fn metrics(&self) -> &std::sync::Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
+    /// Objects held by object type and state, for the metrics.
+    pub fn object_counts(&self) -> crate::metrics::ObjectCounts {
+        let store = self.store.read().unwrap_or_else(|e| e.into_inner());
+        crate::metrics::count_objects(
+            store
+                .iter_ordered()
+                .into_iter()
+                .map(|r| (r.object_type, r.state)),
+        )
+    }
+
     /// Number of objects held.
     pub fn object_count(&self) -> usize {
         self.store.read().unwrap_or_else(|e| e.into_inner()).len()
@@ -203,6 +221,7 @@ impl Engine {
             Ok(i) => i,
             Err(e) => {
                 tracing::warn!(peer = %session.peer, error = %e, "undecodable request");
+                self.metrics.invalid_message();
                 return Zeroizing::new(invalid_message(
                     ProtocolVersion::V1_0,
                     format!("bad TTLV: {e}"),
@@ -215,6 +234,21 @@ impl Engine {
 
     /// Handles a decoded request message.
     pub fn handle_item(&self, session: &mut Session, item: &Item) -> ResponseMessage {
+        let resp = self.respond(session, item);
+        for i in &resp.items {
+            match i.operation {
+                Some(op) => self.metrics.operation(
+                    op,
+                    (i.status != ResultStatus::SUCCESS)
+                        .then(|| i.reason.unwrap_or(ResultReason::GENERAL_FAILURE)),
+                ),
+                None => self.metrics.invalid_message(),
+            }
+        }
+        resp
+    }
+
+    fn respond(&self, session: &mut Session, item: &Item) -> ResponseMessage {
         let req = match RequestMessage::from_item(item) {
             Ok(r) => r,
             Err(e) => {

@@ -1,0 +1,381 @@
+//! The Debian package on this machine: build it (from the test binary, as tests/package.rs),
+//! install it with `dpkg -i`, `systemd-analyze verify` both installed units, then run
+//! `atrest kms serve` and `atrest serve` the way their units do — as the `atrest` user with
+//! CAP_IPC_LOCK as the only (ambient) capability, umask 0077, the installed settings files and
+//! state directories — and take the appliance through Save and Test and Encrypt against that key
+//! server. Cleans up after itself (`dpkg --purge`, the state directory it made) and runs again
+//! the same way. Needs root, dpkg, cargo-deb, systemd-analyze and setpriv; skipped otherwise
+//! (a failure under ATREST_REQUIRE_PEERS=1).
+//!
+//! Only the listening addresses differ from the units: port 0 instead of 8443/9180/5696, so that
+//! the test never collides with anything else on the machine.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+use serde_json::{Value, json};
+
+const STATE: &str = "/var/lib/atrest";
+/// Left in the state directory this test made, so that a later run may remove it; a state
+/// directory without it is not this test's and is never touched.
+const MARKER: &str = "/var/lib/atrest/.made-by-the-package-install-test";
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn has(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// dpkg, retried while another dpkg or apt holds its lock.
+fn dpkg(args: &[&str]) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = Command::new("dpkg")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || !err.contains("lock") || Instant::now() >= deadline {
+            return out;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn installed() -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", "atrest"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+/// Removes what an earlier run (or this one) left: the package, and the state directory when it
+/// carries the marker.
+fn clean_up() {
+    if installed() {
+        let out = dpkg(&["--purge", "atrest"]);
+        assert!(
+            out.status.success(),
+            "dpkg --purge atrest: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if Path::new(MARKER).exists() {
+        std::fs::remove_dir_all(STATE).unwrap();
+    }
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `args` as the unit does: user atrest, CAP_IPC_LOCK ambient, umask 0077, cwd /; returns
+/// the process and its stdout lines up to the one starting with `until`.
+fn as_unit(args: &[&str], until: &str) -> (Proc, Vec<String>) {
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            "umask 0077; cd /; exec setpriv --reuid=atrest --regid=atrest --init-groups \
+             --inh-caps=+ipc_lock --ambient-caps=+ipc_lock \"$@\"",
+            "sh",
+            "/usr/bin/atrest",
+        ])
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let p = Proc(child);
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let l = lines
+            .next()
+            .unwrap_or_else(|| panic!("exited before `{until}`: {out:?}"))
+            .unwrap();
+        out.push(l.clone());
+        if l.starts_with(until) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no `{until}`: {out:?}");
+    }
+    std::thread::spawn(move || for _ in lines {});
+    (p, out)
+}
+
+fn api(port: u16, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Value {
+    let body = body.map(|v| v.to_string()).unwrap_or_default();
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    b.set_ca_file(format!("{STATE}/tls/cert.pem")).unwrap();
+    b.set_verify(SslVerifyMode::PEER);
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let mut cfg = b.build().configure().unwrap();
+    cfg.set_verify_hostname(false);
+    cfg.param_mut()
+        .set_ip("127.0.0.1".parse().unwrap())
+        .unwrap();
+    let mut s = cfg.connect("127.0.0.1", tcp).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\nContent-Type: application/json\r\n",
+        body.len()
+    );
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains(" 20"), "{method} {path}: {head}\n{rest}");
+    serde_json::from_str(rest).unwrap_or(Value::Null)
+}
+
+fn env_var(env: &str, k: &str) -> String {
+    env.lines()
+        .find_map(|l| l.strip_prefix(&format!("export {k}=")))
+        .unwrap_or_else(|| panic!("{k} missing from client.env"))
+        .trim_matches('\'')
+        .to_owned()
+}
+
+fn owner_and_mode(p: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).unwrap();
+    (m.uid(), m.mode() & 0o7777)
+}
+
+/// The .deb built by `cargo deb --no-build` from the test binary.
+fn build_deb(tmp: &Path) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target = tmp.join("target");
+    std::fs::create_dir_all(target.join("release")).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_atrest"), target.join("release/atrest")).unwrap();
+    let out_dir = tmp.join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    run(Command::new(&cargo)
+        .args([
+            "deb",
+            "-p",
+            "atrest",
+            "--no-build",
+            "--fast",
+            "--locked",
+            "-o",
+        ])
+        .arg(&out_dir)
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")));
+    out_dir.join(format!("atrest_{}_amd64.deb", env!("CARGO_PKG_VERSION")))
+}
+
+#[test]
+fn the_installed_package_runs_save_and_test_and_encrypt_as_its_units_do() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let tools = atrest_testkit::available(root, "root", "run the test as root (dpkg -i)")
+        && atrest_testkit::available(
+            Command::new(&cargo)
+                .args(["deb", "--version"])
+                .output()
+                .is_ok_and(|o| o.status.success()),
+            "cargo-deb",
+            "cargo install --locked cargo-deb",
+        )
+        && atrest_testkit::available(has("dpkg", "--version"), "dpkg", "a Debian machine")
+        && atrest_testkit::available(
+            has("systemd-analyze", "--version"),
+            "systemd-analyze",
+            "apt-get install systemd",
+        )
+        && atrest_testkit::available(
+            has("setpriv", "--version"),
+            "setpriv",
+            "apt-get install util-linux",
+        );
+    if !tools {
+        return;
+    }
+    assert!(
+        !Path::new(STATE).exists() || Path::new(MARKER).exists() || installed(),
+        "{STATE} exists and was not made by this test: it is left alone; run the test on a \
+         machine without an atrest installation"
+    );
+    clean_up();
+    let made_state = !Path::new(STATE).exists();
+    let tmp = tempfile::tempdir().unwrap();
+    let deb = build_deb(tmp.path());
+
+    let out = dpkg(&["-i", deb.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "dpkg -i: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if made_state {
+        std::fs::write(MARKER, b"").unwrap();
+    }
+    // What the package installed, and the maintainer script made.
+    run(Command::new("/usr/bin/atrest").arg("--version"));
+    let uid = String::from_utf8(run(Command::new("id").args(["-u", "atrest"])).stdout)
+        .unwrap()
+        .trim()
+        .parse::<u32>()
+        .unwrap();
+    assert_eq!(owner_and_mode(Path::new(STATE)), (uid, 0o700));
+    for conf in ["/etc/atrest/atrest.toml", "/etc/atrest/atrest-kms.toml"] {
+        assert!(Path::new(conf).is_file(), "{conf}");
+    }
+    let units = [
+        "/usr/lib/systemd/system/atrest.service",
+        "/usr/lib/systemd/system/atrest-kms.service",
+    ];
+    let out = run(Command::new("systemd-analyze").arg("verify").args(units));
+    let warnings = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        warnings.trim().is_empty(),
+        "systemd-analyze verify: {warnings}"
+    );
+    // The commands the units run.
+    let exec = |unit: &str| {
+        std::fs::read_to_string(unit)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart=/usr/bin/atrest "))
+            .unwrap()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let (serve_args, kms_args) = (exec(units[0]), exec(units[1]));
+    assert_eq!(serve_args, ["serve", "--config", "/etc/atrest/atrest.toml"]);
+    assert_eq!(
+        kms_args,
+        ["kms", "serve", "--config", "/etc/atrest/atrest-kms.toml"]
+    );
+
+    // The key server as its unit runs it (StateDirectory=atrest/kms: made here as systemd would).
+    run(Command::new("install")
+        .args(["-d", "-m", "0700", "-o", "atrest", "-g", "atrest"])
+        .arg(format!("{STATE}/kms")));
+    let mut a: Vec<&str> = kms_args.iter().map(String::as_str).collect();
+    a.extend(["--listen", "127.0.0.1:0"]);
+    let (_kms, _) = as_unit(&a, "listening on ");
+    let env = std::fs::read_to_string(format!("{STATE}/kms/client.env")).unwrap();
+    assert_eq!(
+        owner_and_mode(Path::new(&format!("{STATE}/kms/client.env"))),
+        (uid, 0o600)
+    );
+
+    // The appliance as its unit runs it.
+    let mut a: Vec<&str> = serve_args.iter().map(String::as_str).collect();
+    a.extend(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]);
+    let (app, out) = as_unit(&a, "atrest appliance listening on https://");
+    let port: u16 = out
+        .last()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let pw = std::fs::read_to_string(format!("{STATE}/initial-admin-password")).unwrap();
+    assert_eq!(
+        owner_and_mode(Path::new(&format!("{STATE}/initial-admin-password"))),
+        (uid, 0o600)
+    );
+    let t = api(
+        port,
+        "POST",
+        "/api/session",
+        None,
+        Some(json!({"username": "admin", "password": pw.trim()})),
+    );
+    let t = t["token"].as_str().unwrap().to_owned();
+    let read = |k: &str| std::fs::read_to_string(env_var(&env, k)).unwrap();
+    api(
+        port,
+        "PUT",
+        "/api/encryption/kmip",
+        Some(&t),
+        Some(json!({
+            "servers": [format!("{}:{}", env_var(&env, "KMIP_HOST"), env_var(&env, "KMIP_PORT"))],
+            "ca_pem": read("KMIP_CA"),
+            "client_cert_pem": read("KMIP_CLIENT_CERT"),
+            "client_key_pem": read("KMIP_CLIENT_KEY"),
+            "username": env_var(&env, "KMIP_USERNAME"),
+            "password": env_var(&env, "KMIP_PASSWORD"),
+        })),
+    );
+    let r = api(port, "POST", "/api/encryption/test", Some(&t), None);
+    assert_eq!(r["ok"], true, "{r}");
+    let r = api(port, "POST", "/api/encryption/encrypt", Some(&t), None);
+    let key_id = r["key_id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let st = loop {
+        let st = api(port, "GET", "/api/encryption", Some(&t), None);
+        if st["state"] == "encrypted" {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "not encrypted: {st}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(st["key_id"], key_id.as_str());
+    // Everything it wrote is the atrest user's, private.
+    let volume = Path::new(STATE).join("volume.img");
+    assert_eq!(owner_and_mode(&volume), (uid, 0o600));
+    let kmip_dir = Path::new(STATE).join("kmip");
+    assert_eq!(owner_and_mode(&kmip_dir).0, uid);
+    assert_eq!(owner_and_mode(&kmip_dir).1 & 0o077, 0);
+    drop(app);
+    drop(_kms);
+    let dump = run(Command::new("/usr/bin/atrest")
+        .args(["volume", "dump", "--json"])
+        .arg(&volume));
+    let d: Value = serde_json::from_slice(&dump.stdout).unwrap();
+    assert_eq!(d["state"], "encrypted");
+    assert_eq!(d["keys"][0]["unique_identifier"], key_id.as_str());
+
+    clean_up();
+    assert!(!installed());
+    assert!(!Path::new("/usr/bin/atrest").exists());
+    assert!(!Path::new("/etc/atrest/atrest.toml").exists());
+    if made_state {
+        assert!(!Path::new(STATE).exists());
+    }
+}
