@@ -29,7 +29,9 @@ for (const [id, url] of [['encrypt', '/api/encryption/encrypt'], ['rekey', '/api
     if (id === 'decrypt') { document.getElementById('decrypt-confirm').hidden = false; document.getElementById('decrypt-password').focus(); return; }
     b.disabled = true; say('Starting…');
     const pw = document.getElementById('resume-password');
-    const r = pw ? await call('POST', url, {password: pw.value}, true) : await call('POST', url);
+    const fullBox = document.getElementById('full-conversion');
+    const r = id === 'resume' ? (pw ? await call('POST', url, {password: pw.value}, true) : await call('POST', url))
+      : await call('POST', url, {full: !!(fullBox && fullBox.checked)}, true);
     if (!r.ok) { say((r.body && r.body.error) || ('HTTP ' + r.status), 'error'); b.disabled = false; return; }
     if (r.body && r.body.recovery_key) { showRecoveryKey(r.body.recovery_key, 'Rekey started. It made a new recovery key for the new key; the previous one no longer opens the volume.'); return; }
     location.reload();
@@ -38,7 +40,8 @@ for (const [id, url] of [['encrypt', '/api/encryption/encrypt'], ['rekey', '/api
 const decryptGo = document.getElementById('decrypt-go');
 if (decryptGo) decryptGo.addEventListener('click', async () => {
   decryptGo.disabled = true; say('Starting…');
-  const r = await call('POST', '/api/encryption/decrypt', {password: document.getElementById('decrypt-password').value}, true);
+  const fullBox = document.getElementById('full-conversion');
+  const r = await call('POST', '/api/encryption/decrypt', {password: document.getElementById('decrypt-password').value, full: !!(fullBox && fullBox.checked)}, true);
   if (!r.ok) { say((r.body && r.body.error) || ('HTTP ' + r.status), 'error'); decryptGo.disabled = false; return; }
   location.reload();
 });

@@ -623,7 +623,35 @@ async fn kmip_test_run(State(state): State<AppState>) -> ApiResult<Json<Value>> 
     Ok(Json(serde_json::to_value(&report).unwrap_or(Value::Null)))
 }
 
-async fn start(state: &AppState, req: WfRequest) -> ApiResult<(StatusCode, Json<Value>)> {
+/// The optional body of Encrypt, Rekey, Move and Decrypt: `{"full": true}` also overwrites
+/// the free space; without it (or with `false`) only the space the content store has in use is
+/// converted. Other fields (Decrypt's password) are read elsewhere.
+fn full_of(body: &[u8]) -> ApiResult<bool> {
+    #[derive(Deserialize)]
+    struct Scope {
+        #[serde(default)]
+        full: bool,
+    }
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(false);
+    }
+    serde_json::from_slice::<Scope>(body)
+        .map(|s| s.full)
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "the body is not JSON {{\"full\": true|false}} ({e}); send no body to convert \
+                 only the space in use; nothing was started"
+            ))
+        })
+}
+
+/// Starts `req`; `full` sets whether it also overwrites the free space (None: as recorded, for
+/// a Resume).
+async fn start(
+    state: &AppState,
+    req: WfRequest,
+    full: Option<bool>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     state.check(req).map_err(ApiError::conflict)?;
     let kmip = state.kmip().ok_or_else(|| {
         ApiError::conflict("no KMIP settings are saved; fill in Storage > Encryption first")
@@ -636,26 +664,40 @@ async fn start(state: &AppState, req: WfRequest) -> ApiResult<(StatusCode, Json<
     })?;
     let config = kmip.client_config(state.config().kmip_timeouts);
     let sink = state.event_sink();
-    tokio::task::spawn_blocking(move || backend.start(req, config, sink))
-        .await
-        .map_err(|e| ApiError::internal("starting the conversion", e))?
-        .map_err(ApiError::conflict)?;
+    tokio::task::spawn_blocking(move || {
+        if let Some(full) = full {
+            backend.set_full_conversion(full)?;
+        }
+        backend.start(req, config, sink)
+    })
+    .await
+    .map_err(|e| ApiError::internal("starting the conversion", e))?
+    .map_err(ApiError::conflict)?;
     Ok((StatusCode::ACCEPTED, Json(status_json(state))))
 }
 
-async fn encrypt(State(state): State<AppState>) -> ApiResult<(StatusCode, Json<Value>)> {
-    start(&state, WfRequest::Encrypt).await
+async fn encrypt(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let full = full_of(&body)?;
+    start(&state, WfRequest::Encrypt, Some(full)).await
 }
 
-async fn rekey(State(state): State<AppState>) -> ApiResult<(StatusCode, Json<Value>)> {
+async fn rekey(State(state): State<AppState>, body: Bytes) -> ApiResult<(StatusCode, Json<Value>)> {
+    let full = full_of(&body)?;
     // The administrator is there: a recovery key is renewed and answered once (not removed).
     crate::recovery::arm_renewal(&state);
-    crate::recovery::with_renewed(start(&state, WfRequest::Rekey).await, &state)
+    crate::recovery::with_renewed(start(&state, WfRequest::Rekey, Some(full)).await, &state)
 }
 
 /// Move to these settings: a Rekey onto the KMIP server(s) of the saved settings, once they
 /// passed Save and Test; the old key is retired on the old server (previous settings).
-async fn move_volume(State(state): State<AppState>) -> ApiResult<(StatusCode, Json<Value>)> {
+async fn move_volume(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let full = full_of(&body)?;
     crate::status::move_gate(&state).map_err(ApiError::conflict)?;
     let from = state.workflow().servers.join(",");
     let to = state
@@ -670,7 +712,8 @@ async fn move_volume(State(state): State<AppState>) -> ApiResult<(StatusCode, Js
         .unwrap_or_default();
     let key = state.workflow().key_id;
     crate::recovery::arm_renewal(&state);
-    let r = crate::recovery::with_renewed(start(&state, WfRequest::Rekey).await, &state);
+    let r =
+        crate::recovery::with_renewed(start(&state, WfRequest::Rekey, Some(full)).await, &state);
     state.audit_key(
         &to,
         "move",
@@ -727,7 +770,7 @@ async fn decrypt(
         "Decrypt (it writes the content volume back in plaintext)",
     )
     .await?;
-    start(&state, WfRequest::Decrypt).await
+    start(&state, WfRequest::Decrypt, Some(full_of(&body)?)).await
 }
 
 /// Resume: of a conversion that stopped on an error, or of a volume held locked because its
@@ -754,9 +797,9 @@ async fn resume(
                 .map_err(ApiError::conflict)?;
             Ok((StatusCode::ACCEPTED, Json(status_json(&state))))
         }
-        WfState::Encrypting => start(&state, WfRequest::Encrypt).await,
-        WfState::Rekeying => start(&state, WfRequest::Rekey).await,
-        WfState::Decrypting => start(&state, WfRequest::Decrypt).await,
+        WfState::Encrypting => start(&state, WfRequest::Encrypt, None).await,
+        WfState::Rekeying => start(&state, WfRequest::Rekey, None).await,
+        WfState::Decrypting => start(&state, WfRequest::Decrypt, None).await,
         s => Err(ApiError::conflict(format!(
             "there is nothing to resume: the volume is {}",
             s.as_str()

@@ -122,6 +122,9 @@ struct Rotation {
     last_error: Option<String>,
 }
 
+/// The file whose presence makes the conversion overwrite the free space too.
+pub const FULL_MARKER: &str = "conversion-full";
+
 /// Settings of the content volume.
 #[derive(Debug, Clone)]
 pub struct VolumeOptions {
@@ -531,6 +534,13 @@ impl DataVolume {
 
     fn app(&self) -> Option<AppState> {
         self.inner.app.upgrade()
+    }
+
+    /// Present while the conversion under way (or the next one) overwrites the free space too:
+    /// `DATA_DIR/conversion-full`, beside the known record, so a resumed conversion keeps the
+    /// administrator's choice.
+    fn full_marker(&self) -> PathBuf {
+        self.inner.opts.known.with_file_name(FULL_MARKER)
     }
 
     fn open_store(&self, state: &AppState, uv: &UnlockedVolume) -> Result<(), String> {
@@ -970,7 +980,20 @@ impl DataVolume {
             let mut last = None;
             let mut first_done = None;
             let max_rate = me.inner.opts.max_rate.filter(|r| *r > 0);
-            let r = uv.convert(&opts, &mut |p| {
+            // Used-space-only unless the administrator asked to overwrite the free space too
+            // (or the store is not open: then every byte, which is always right).
+            let used = if me.full_marker().exists() {
+                None
+            } else {
+                me.app().and_then(|st| match st.content() {
+                    Content::Ready(store) => Some(store.used_ranges()),
+                    _ => None,
+                })
+            };
+            if used.is_none() {
+                tracing::info!("the {} converts every byte of the volume", kind.as_str());
+            }
+            let r = uv.convert_with(&opts, used.clone(), &mut |p| {
                 let run_done = p.done - *first_done.get_or_insert(p.done);
                 let mut rate = (p.bytes_per_sec > 0.0).then_some(p.bytes_per_sec);
                 if let Some(max) = max_rate {
@@ -1011,7 +1034,10 @@ impl DataVolume {
                         seconds: secs,
                         bytes_per_sec: done.rate(),
                         percent: 100.0,
+                        full: used.is_none(),
                     });
+                    // The choice was for this conversion only.
+                    let _ = std::fs::remove_file(me.full_marker());
                     events(Event::Finished);
                     if let Some(st) = me.app() {
                         if matches!(kind, VolState::Rekeying | VolState::Decrypting) {
@@ -1692,6 +1718,27 @@ impl VolumeBackend for DataVolume {
         let uv = self.begin(req, kmip, &events)?;
         self.spawn_convert(uv, events);
         Ok(())
+    }
+
+    fn set_full_conversion(&self, full: bool) -> Result<(), String> {
+        let marker = self.full_marker();
+        let r = if full {
+            crate::files::write_private(
+                &marker,
+                b"the next conversion overwrites the free space too\n",
+            )
+        } else {
+            match std::fs::remove_file(&marker) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        };
+        r.map_err(|e| {
+            format!(
+                "cannot record the conversion's scope in {} ({e})",
+                marker.display()
+            )
+        })
     }
 
     fn grow(&self) -> Result<(u64, u64), String> {

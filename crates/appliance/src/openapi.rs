@@ -74,8 +74,10 @@ fn base_document() -> Value {
     let start = |what: &str| {
         json!({
             "summary": what,
+            "requestBody": {"required": false, "content": {"application/json": {"schema": r("ConversionScope")}}},
             "responses": {
                 "202": ok_json("started; the body is the new status", r("EncryptionStatus")),
+                "400": err("the body is not {\"full\": true|false}"),
                 "401": err("not logged in"),
                 "403": err("browser request without the CSRF token"),
                 "409": err("not allowed now; the message says why and what to do"),
@@ -169,7 +171,10 @@ fn base_document() -> Value {
                     "session": {"type": "string"}, "actor": {"type": "string"}, "kind": {"type": "string"}, "text": {"type": "string"}, "hash": {"type": "string"}}},
                 "AuditPage": {"type": "object", "properties": {"total": {"type": "integer"}, "offset": {"type": "integer"}, "limit": {"type": "integer"},
                     "next_offset": {"type": ["integer", "null"]}, "events": {"type": "array", "items": r("AuditEvent")}}},
-                "PasswordReentry": {"type": "object", "required": ["password"], "properties": {"password": {"type": "string"}}},
+                "PasswordReentry": {"type": "object", "required": ["password"], "properties": {"password": {"type": "string"},
+                    "full": {"type": "boolean", "description": "Decrypt: also overwrite the free space (as ConversionScope)"}}},
+                "ConversionScope": {"type": "object", "properties": {"full": {"type": "boolean", "default": false,
+                    "description": "also overwrite the free space; by default only the space the content store has in use is converted, and free space keeps what it held (deleted content in plaintext after Encrypt)"}}},
                 "Settings": {"type": "object", "properties": {"settings": {"type": "object", "additionalProperties": true,
                     "description": "key → true/false, number, text, or {\"base64\": \"...\"} for bytes"}}},
                 "Recording": {"type": "object", "properties": {"id": {"type": "string"}, "session": {"type": "string"}, "size": {"type": "integer"},

@@ -67,6 +67,13 @@ pub trait VolumeBackend: Send + Sync + 'static {
         Err("this appliance has no data volume to resume".into())
     }
 
+    /// Whether the next conversion (and its resumption after a restart) also overwrites the
+    /// free space (`full`), or converts only the space the content store has in use.
+    fn set_full_conversion(&self, full: bool) -> Result<(), String> {
+        let _ = full;
+        Ok(())
+    }
+
     /// The KMIP servers every key in the volume header names.
     fn key_servers(&self) -> Vec<String> {
         Vec::new()

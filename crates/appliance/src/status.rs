@@ -204,6 +204,9 @@ pub struct LastConversion {
     /// This run's rate.
     pub bytes_per_sec: Option<f64>,
     pub percent: f64,
+    /// Whether it also overwrote the free space; otherwise only the space the content store
+    /// had in use was converted (docs/workflow.md, "Used-space-only conversion").
+    pub full: bool,
 }
 
 /// The last check of the key's state on the KMIP server.

@@ -123,6 +123,11 @@ pub struct RunArgs {
     /// Limit the conversion to SIZE bytes per second (e.g. 50M), to spare a busy disk.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_rate: Option<u64>,
+    /// Also overwrite the free space. By default only the space the content store on the
+    /// volume has in use is converted (every byte when the volume holds no content store);
+    /// free space keeps what it held (after Encrypt: deleted content, in plaintext).
+    #[arg(long)]
+    full: bool,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
@@ -209,11 +214,38 @@ fn run_conversion(
         Some(0) => bail!("--max-rate must be more than 0 bytes per second"),
         r => r,
     };
+    // The content store on the volume says which space holds content; it stays open (and
+    // its map of used space current) for the whole conversion.
+    let (store, used) = if run.full {
+        (None, None)
+    } else {
+        let dev: Arc<dyn atrest_volume::BlockDevice> = Arc::new(volume.clone());
+        match atrest_store::Store::open(dev, &atrest_store::StoreOptions::default()) {
+            Ok(s) => {
+                let used = s.used_ranges();
+                (Some(s), Some(used))
+            }
+            Err(e) => {
+                if std::io::stderr().is_terminal() {
+                    eprintln!(
+                        "{what}: no content store can be read on {} ({e}); every byte is \
+                         converted",
+                        image.display()
+                    );
+                }
+                (None, None)
+            }
+        }
+    };
     if std::io::stderr().is_terminal() {
-        // Offline, no content store is open to say which space holds content.
         eprintln!(
-            "{what}: every byte of the data segment is converted (free space too); only the \
-             appliance, which has its content store open, can convert used space only"
+            "{what}: {}",
+            if used.is_some() {
+                "only the space the content store uses is converted; free space keeps what it \
+                 held (give --full to overwrite it too)"
+            } else {
+                "every byte of the data segment is converted (free space too)"
+            }
         );
     }
     let start = Instant::now();
@@ -232,8 +264,9 @@ fn run_conversion(
         }
     };
     let state = volume
-        .convert(&opts, &mut on_progress)
+        .convert_with(&opts, used, &mut on_progress)
         .with_context(|| format!("{what} {}", image.display()))?;
+    drop(store);
     let info = volume.info();
     if stop.load(Ordering::Relaxed) && info.progress.is_some() {
         let p = info.progress.as_ref().map(|p| p.percent).unwrap_or(0.0);

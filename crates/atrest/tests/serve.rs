@@ -702,3 +702,116 @@ fn tls_cert_serves_the_whole_chain() {
     let (s, v) = app.request("GET", "/api/encryption", None, None);
     assert_eq!(s, 401, "verified through the intermediate: {v}");
 }
+
+/// Bytes of `p` the file system has allocated (a sparse image's holes take none).
+fn allocated(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().blocks() * 512
+}
+
+/// Used-space-only Encrypt (the default): no live recording stays in plaintext, never-used
+/// space stays a hole, and free space keeps what it held (a deleted recording's bytes, in
+/// plaintext, as docs/workflow.md says). A Rekey with `{"full": true}` then overwrites the free
+/// space too.
+#[test]
+fn used_space_only_encrypt_leaves_no_live_content_in_plaintext_and_keeps_holes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("appliance");
+    let flags = [
+        "--embedded-kms",
+        "--volume-size",
+        "256M",
+        "--convert-chunk",
+        "1M",
+    ];
+    let image = data.join("volume.img");
+    let pattern = |tag: &[u8]| -> Vec<u8> { tag.iter().copied().cycle().take(2 << 20).collect() };
+    let live = pattern(b"ATREST-LIVE-RECORDING-4b1d9e-");
+    let dead = pattern(b"ATREST-DELETED-RECORDING-88c2-");
+    let app = start(&data, &flags);
+    let t = app.login();
+    for (id, bytes) in [("live", &live), ("dead", &dead)] {
+        let (s, v) = app.request_bytes(
+            "PUT",
+            &format!("/api/recordings/{id}?session=s1"),
+            Some(&t),
+            bytes,
+            "application/octet-stream",
+        );
+        assert_eq!(s, 201, "{v}");
+    }
+    let (s, v) = app.request("DELETE", "/api/recordings/dead", Some(&t), None);
+    assert!(s == 200 || s == 204, "{s} {v}");
+    let (_, r) = app.request("POST", "/api/encryption/test", Some(&t), None);
+    assert_eq!(r["ok"], true, "{r}");
+    // A body that is not the scope is refused before anything starts.
+    let (s, v) = app.request(
+        "POST",
+        "/api/encryption/encrypt",
+        Some(&t),
+        Some(&json!([1])),
+    );
+    assert_eq!(s, 400, "{v}");
+    let (s, st) = app.request("POST", "/api/encryption/encrypt", Some(&t), None);
+    assert_eq!(s, 202, "{st}");
+    wait_until("the encryption finished", || {
+        let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+        st["state"] == "encrypted"
+    });
+    let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+    assert_eq!(st["volume"]["last_conversion"]["full"], false, "{st}");
+    drop(app);
+    let bytes = std::fs::read(&image).unwrap();
+    assert!(
+        !contains(&bytes, &live[..64]),
+        "a live recording in plaintext"
+    );
+    assert!(
+        contains(&bytes, &dead[..64]),
+        "the deleted recording's bytes were converted: the conversion was not used-space-only"
+    );
+    let size = std::fs::metadata(&image).unwrap().len();
+    assert!(
+        allocated(&image) < size / 4,
+        "holes filled: {} of {size} bytes allocated",
+        allocated(&image)
+    );
+    drop(bytes);
+
+    // Restart: unlocked, the live recording intact; then a full Rekey overwrites free space.
+    let app = start(&data, &flags);
+    let t = app.login();
+    wait_until("unlocked", || {
+        let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+        st["state"] == "encrypted"
+    });
+    let (s, _) = app.request("GET", "/api/recordings/live", Some(&t), None);
+    assert_eq!(s, 200);
+    let (s, st) = app.request(
+        "POST",
+        "/api/encryption/rekey",
+        Some(&t),
+        Some(&json!({"full": true})),
+    );
+    assert_eq!(s, 202, "{st}");
+    wait_until("the full rekey finished", || {
+        let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+        st["state"] == "encrypted" && st["volume"]["last_conversion"]["kind"] == "rekeying"
+    });
+    let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+    assert_eq!(st["volume"]["last_conversion"]["full"], true, "{st}");
+    drop(app);
+    let bytes = std::fs::read(&image).unwrap();
+    assert!(
+        !contains(&bytes, &live[..64]),
+        "a live recording in plaintext"
+    );
+    assert!(
+        !contains(&bytes, &dead[..64]),
+        "free space kept plaintext after --full"
+    );
+    assert!(
+        !data.join("conversion-full").exists(),
+        "the choice outlived its conversion"
+    );
+}

@@ -641,7 +641,8 @@ fn stalled_uploads_and_idle_connections_are_bounded() {
             .collect();
         hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
     });
-    println!("{n} stalled uploads opened in {:?}", t.elapsed());
+    let opening = t.elapsed();
+    println!("{n} stalled uploads opened in {opening:?}");
     std::thread::sleep(Duration::from_secs(1));
     let during = a.rss_kib();
     let threads = a.threads();
@@ -695,7 +696,15 @@ fn stalled_uploads_and_idle_connections_are_bounded() {
         .filter(|r| r.starts_with("HTTP/1.1 408"))
         .count();
     assert_eq!(busy + timed_out, n, "{:?}", &results[..3]);
-    assert_eq!(timed_out, 8, "one per upload slot");
+    // One per upload slot and body-timeout window: on a loaded machine the opening outlasts
+    // the 20 s body timeout, the first admitted uploads are dropped meanwhile and their slots
+    // admit later ones — never more than 8 at a time.
+    let windows = 1 + opening.as_secs() as usize / 20;
+    assert!(
+        (8..=8 * windows).contains(&timed_out),
+        "{timed_out} uploads admitted and timed out; 8 slots over {windows} body-timeout \
+         window(s) while the {n} uploads opened in {opening:?}"
+    );
     let l = a.curl("--http1.1", &[&a.url("/api/recordings")]);
     assert_eq!(
         l.json()["recordings"],

@@ -936,6 +936,10 @@ fn skip_mask(used: Option<&dyn UsedRanges>, b: u64, len: u64) -> u64 {
     mask
 }
 
+/// Most bytes a used-space-only conversion passes over in one commit when they hold no content:
+/// a volume of hundreds of GiB, mostly empty, takes a commit per 4 GiB, not per chunk.
+const MAX_SKIP_RUN: u64 = 4 << 30;
+
 /// Bytes a conversion worker reads, checksums or converts at a time: small enough that the
 /// read, the checksum or cipher and the write all stay in the CPU cache (a chunk-sized buffer
 /// would go through memory several times).
@@ -1674,6 +1678,59 @@ impl UnlockedVolume {
                 let mut layout = inner.layout.write().unwrap_or_else(|e| e.into_inner());
                 layout.old = layout.new.clone();
                 return Ok(self.state());
+            }
+            // Used-space-only: a run of chunks that hold no content is locked, asked, and passed
+            // over by one commit; nothing is read or written there, and no table is needed.
+            if used.is_some() {
+                let all = |len: u64| {
+                    let g = len.div_ceil(SKIP_GRANULE);
+                    if g >= 64 { u64::MAX } else { (1u64 << g) - 1 }
+                };
+                let mut guards = Vec::new();
+                let mut end = b;
+                match next.take() {
+                    Some(p) if p.b == b && p.skip == all(p.len) => {
+                        end = b + p.len;
+                        guards.push(p.guard);
+                    }
+                    other => next = other,
+                }
+                if next.is_none() {
+                    while end < total && end - b < MAX_SKIP_RUN {
+                        let len = chunk.min(total - end);
+                        let guard = inner.locks.acquire(end, end + len, true);
+                        // Decided under the lock, as for a converted chunk.
+                        if skip_mask(used.as_deref(), end, len) != all(len) {
+                            break;
+                        }
+                        guards.push(guard);
+                        end += len;
+                    }
+                }
+                if end > b {
+                    // The previous chunk's converted bytes are durable before the commit that
+                    // retires its hotzone.
+                    self.flush_data()?;
+                    self.commit(|m| m.set_boundary(end, None, version))?;
+                    inner.boundary.store(end, Ordering::Release);
+                    drop(prev_guard.take());
+                    drop(guards);
+                    let secs = started.elapsed().as_secs_f64();
+                    let rate = if secs > 0.0 {
+                        (end - first) as f64 / secs
+                    } else {
+                        0.0
+                    };
+                    progress(&Progress {
+                        kind,
+                        done: end,
+                        total,
+                        bytes_per_sec: rate,
+                        eta: (rate > 0.0)
+                            .then(|| Duration::from_secs_f64((total - end) as f64 / rate)),
+                    });
+                    continue;
+                }
             }
             let cur = match next.take() {
                 Some(p) if p.b == b => p,
