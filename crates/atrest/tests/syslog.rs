@@ -457,7 +457,8 @@ fn a_tls_receiver_gets_an_encrypts_events_in_order_across_its_absence_and_a_rest
     take_until(&mut got, &|(_, m)| m.contains("operation=test"));
     let before = got.len();
 
-    // The receiver goes away; Encrypt starts; the appliance restarts in the middle.
+    // The receiver goes away; Encrypt starts (every byte, so that it lasts); the appliance
+    // restarts in the middle.
     drop(receiver);
     std::thread::sleep(Duration::from_millis(300));
     api(
@@ -466,7 +467,7 @@ fn a_tls_receiver_gets_an_encrypts_events_in_order_across_its_absence_and_a_rest
         "POST",
         "/api/encryption/encrypt",
         Some(&t),
-        None,
+        Some(json!({"full": true})),
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

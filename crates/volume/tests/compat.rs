@@ -381,7 +381,8 @@ fn mac_per_docs(img: &Path, key: &[u8]) -> String {
 fn header_mac_matches_the_documented_layout() {
     let dir = temp_dir("mac-docs");
     let img = dir.join("v.img");
-    let dev = Arc::new(FileDevice::create(&img, (1 << 20) + (512 << 10)).unwrap());
+    // 3 MiB of data: room for a chunk of two MiB granules, one of them skipped (below).
+    let dev = Arc::new(FileDevice::create(&img, (1 << 20) + (3 << 20)).unwrap());
     let u = Volume::format(dev.clone(), &small_format())
         .unwrap()
         .unlock(vec![])
@@ -419,37 +420,41 @@ fn header_mac_matches_the_documented_layout() {
     assert_eq!(mac_per_docs(&img, &bb), "ok", "decrypting");
     // A record of version 1 (as earlier atrest wrote it), with a hotzone.
     u.write_version_1_records(true);
-    let stop_at_first = |u: &UnlockedVolume, used: Option<Arc<dyn UsedRanges>>, what: &str| {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let opts = ConvertOptions {
-            stop: Some(stop.clone()),
-            ..chunked(128 << 10)
+    let stop_at_first =
+        |u: &UnlockedVolume, used: Option<Arc<dyn UsedRanges>>, chunk: u64, what: &str| {
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let opts = ConvertOptions {
+                stop: Some(stop.clone()),
+                ..chunked(chunk)
+            };
+            let mut seen = false;
+            u.convert_with(&opts, used, &mut |_| {
+                if !seen {
+                    seen = true;
+                    let text = std::fs::read(&img).unwrap();
+                    let text = String::from_utf8_lossy(&text[4096..16384]).to_string();
+                    assert!(text.contains(what), "{what}: {text}");
+                    assert_eq!(mac_per_docs(&img, &bb), "ok", "decrypting, {what}");
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+            .unwrap();
         };
-        let mut seen = false;
-        u.convert_with(&opts, used, &mut |_| {
-            if !seen {
-                seen = true;
-                let text = std::fs::read(&img).unwrap();
-                let text = String::from_utf8_lossy(&text[4096..16384]).to_string();
-                assert!(text.contains(what), "{what}: {text}");
-                assert_eq!(mac_per_docs(&img, &bb), "ok", "decrypting, {what}");
-                stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-        })
-        .unwrap();
-    };
-    stop_at_first(&u, None, "\"sha256\"");
-    // Version 2, with a skipped sub-range in the hotzone (nothing in use).
+    stop_at_first(&u, None, 128 << 10, "\"sha256\"");
+    // Version 2, with a skipped sub-range in the hotzone: a 2 MiB chunk whose first MiB holds
+    // nothing (a chunk that holds nothing at all is passed over without a hotzone).
+    assert_eq!(u.info().progress.map(|p| p.done), Some(128 << 10));
     u.write_version_1_records(false);
-    stop_at_first(&u, Some(Arc::new(Nothing)), "\"skip\":\"1\"");
+    stop_at_first(&u, Some(Arc::new(SecondMiB)), 2 << 20, "\"skip\":\"1\"");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Says no byte holds content.
-struct Nothing;
+/// Says only bytes from 1 MiB past the boundary the test's decryption stopped at (one chunk
+/// of 128 KiB) hold content: the next 2 MiB chunk's first MiB holds nothing.
+struct SecondMiB;
 
-impl UsedRanges for Nothing {
-    fn in_use(&self, _offset: u64, _len: u64) -> bool {
-        false
+impl UsedRanges for SecondMiB {
+    fn in_use(&self, offset: u64, len: u64) -> bool {
+        offset + len > (128 << 10) + (1 << 20)
     }
 }

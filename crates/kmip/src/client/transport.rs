@@ -223,6 +223,26 @@ fn read_exact(
     Ok(())
 }
 
+/// A TLS alert the server sent before closing, if one is waiting to be read (read for at most
+/// 200 ms): the problem it names and OpenSSL's text.
+fn pending_alert(conn: &mut Conn) -> Option<(super::TlsProblem, String)> {
+    let _ = conn
+        .stream
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(200)));
+    let mut byte = [0u8; 1];
+    match conn.stream.ssl_read(&mut byte) {
+        Err(e) if !is_timeout(&e) => {
+            let detail = tls::ssl_detail(&e);
+            match tls::classify_alert(&detail) {
+                super::TlsProblem::Other => None,
+                problem => Some((problem, detail)),
+            }
+        }
+        _ => None,
+    }
+}
+
 /// One request/response exchange on an open connection: the request built and the answer
 /// classified by `exchange.rs`, sent and read here within the deadline.
 pub(super) fn exchange(
@@ -252,9 +272,19 @@ pub(super) fn exchange(
                 during: "to the request (sending)",
                 after: write_budget,
             },
-            _ => ClientError::Closed {
-                server,
-                during: "while the request was sent",
+            // Under TLS 1.3 a server that refuses the client certificate does so after the
+            // handshake, with an alert, and closes: the write may fail before the alert is
+            // read. Read it, so the error names the refusal, not only the closed connection.
+            _ => match pending_alert(conn) {
+                Some((problem, detail)) => ClientError::Tls {
+                    server,
+                    problem,
+                    detail,
+                },
+                None => ClientError::Closed {
+                    server,
+                    during: "while the request was sent",
+                },
             },
         };
         return Err(ExchangeError::NotSent(err));
