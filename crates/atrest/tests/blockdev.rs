@@ -6,14 +6,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
 
 use atrest_testkit::LoopDevice;
-use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+use atrest_testkit::https::wait_until;
 use serde_json::{Value, json};
 
 fn atrest(args: &[&str]) -> Output {
@@ -92,47 +90,15 @@ impl Appliance {
         body: &[u8],
         content_type: &str,
     ) -> (u16, Value) {
-        let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
-        b.set_ca_file(self.data.join("tls/cert.pem")).unwrap();
-        b.set_verify(SslVerifyMode::PEER);
-        let connector = b.build();
-        let tcp = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        let mut cfg = connector.configure().unwrap();
-        cfg.set_verify_hostname(false);
-        cfg.param_mut()
-            .set_ip("127.0.0.1".parse().unwrap())
-            .unwrap();
-        let mut s = cfg.connect("127.0.0.1", tcp).expect("TLS to the appliance");
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        if !body.is_empty() {
-            req.push_str(&format!("Content-Type: {content_type}\r\n"));
-        }
-        if let Some(t) = token {
-            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-        }
-        req.push_str("\r\n");
-        let mut bytes = req.into_bytes();
-        bytes.extend_from_slice(body);
-        let _ = s.write_all(&bytes);
-        let mut raw = Vec::new();
-        let _ = s.read_to_end(&mut raw);
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, rest) = text.split_once("\r\n\r\n").expect("an HTTP response");
-        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(rest)
-        } else {
-            rest.to_owned()
-        };
-        let v = serde_json::from_str(&body).unwrap_or(Value::String(body));
-        (status, v)
+        atrest_testkit::https::request(
+            &self.data.join("tls/cert.pem"),
+            self.port,
+            method,
+            path,
+            token,
+            body,
+            content_type,
+        )
     }
 
     fn json(
@@ -157,30 +123,6 @@ impl Appliance {
         assert_eq!(s, 200, "{v}");
         v["token"].as_str().unwrap().to_owned()
     }
-}
-
-fn dechunk(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&after[..n]);
-        rest = after[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..400 {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("gave up waiting until {what}");
 }
 
 /// `atrest serve` with `volume`, expected to refuse to start: its stderr.

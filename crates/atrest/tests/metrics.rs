@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use atrest_testkit::exposition::{self, Exposition};
-use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+use atrest_testkit::https::wait_until;
 use serde_json::{Value, json};
 
 struct Proc(Child);
@@ -129,35 +129,14 @@ fn get(addr: &str, path: &str) -> (u16, String) {
 
 impl Appliance {
     fn api(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Value {
-        let body = body.map(|v| v.to_string()).unwrap_or_default();
-        let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
-        b.set_ca_file(self.data.join("tls/cert.pem")).unwrap();
-        b.set_verify(SslVerifyMode::PEER);
-        let tcp = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        tcp.set_read_timeout(Some(Duration::from_secs(120)))
-            .unwrap();
-        let mut cfg = b.build().configure().unwrap();
-        cfg.set_verify_hostname(false);
-        cfg.param_mut()
-            .set_ip("127.0.0.1".parse().unwrap())
-            .unwrap();
-        let mut s = cfg.connect("127.0.0.1", tcp).unwrap();
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\nContent-Type: application/json\r\n",
-            body.len()
-        );
-        if let Some(t) = token {
-            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-        }
-        req.push_str("\r\n");
-        req.push_str(&body);
-        s.write_all(req.as_bytes()).unwrap();
-        let mut raw = Vec::new();
-        let _ = s.read_to_end(&mut raw);
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, rest) = text.split_once("\r\n\r\n").unwrap();
-        assert!(head.contains(" 20"), "{method} {path}: {head}\n{rest}");
-        serde_json::from_str(rest).unwrap_or(Value::Null)
+        atrest_testkit::https::api(
+            &self.data.join("tls/cert.pem"),
+            self.port,
+            method,
+            path,
+            token,
+            body.as_ref(),
+        )
     }
 
     fn login(&self) -> String {
@@ -179,16 +158,6 @@ impl Appliance {
         atrest_testkit::promtool_check(&text);
         e
     }
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..1200 {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("gave up waiting until {what}");
 }
 
 #[test]

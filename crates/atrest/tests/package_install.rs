@@ -12,13 +12,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use serde_json::{Value, json};
 
 const STATE: &str = "/var/lib/atrest";
@@ -132,35 +130,14 @@ fn as_unit(args: &[&str], until: &str) -> (Proc, Vec<String>) {
 }
 
 fn api(port: u16, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Value {
-    let body = body.map(|v| v.to_string()).unwrap_or_default();
-    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
-    b.set_ca_file(format!("{STATE}/tls/cert.pem")).unwrap();
-    b.set_verify(SslVerifyMode::PEER);
-    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
-    let mut cfg = b.build().configure().unwrap();
-    cfg.set_verify_hostname(false);
-    cfg.param_mut()
-        .set_ip("127.0.0.1".parse().unwrap())
-        .unwrap();
-    let mut s = cfg.connect("127.0.0.1", tcp).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\nContent-Type: application/json\r\n",
-        body.len()
-    );
-    if let Some(t) = token {
-        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(&body);
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap();
-    assert!(head.contains(" 20"), "{method} {path}: {head}\n{rest}");
-    serde_json::from_str(rest).unwrap_or(Value::Null)
+    atrest_testkit::https::api(
+        Path::new(&format!("{STATE}/tls/cert.pem")),
+        port,
+        method,
+        path,
+        token,
+        body.as_ref(),
+    )
 }
 
 fn env_var(env: &str, k: &str) -> String {

@@ -6,13 +6,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use serde_json::{Value, json};
 
 struct Appliance {
@@ -57,20 +55,6 @@ fn start(data: &Path, extra: &[&str]) -> Appliance {
     }
 }
 
-fn dechunk(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = &tail[n + 2..];
-    }
-    out
-}
-
 impl Appliance {
     fn request(
         &self,
@@ -79,52 +63,14 @@ impl Appliance {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> (u16, Value) {
-        let body = body.map(|v| v.to_string()).unwrap_or_default();
-        let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
-        b.set_ca_file(self.data.join("tls/cert.pem")).unwrap();
-        b.set_verify(SslVerifyMode::PEER);
-        let connector = b.build();
-        let tcp = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        tcp.set_read_timeout(Some(Duration::from_secs(120)))
-            .unwrap();
-        let mut cfg = connector.configure().unwrap();
-        cfg.set_verify_hostname(false);
-        cfg.param_mut()
-            .set_ip("127.0.0.1".parse().unwrap())
-            .unwrap();
-        let mut s = cfg.connect("127.0.0.1", tcp).expect("TLS to the appliance");
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        if !body.is_empty() {
-            req.push_str("Content-Type: application/json\r\n");
-        }
-        if let Some(t) = token {
-            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-        }
-        req.push_str("\r\n");
-        req.push_str(&body);
-        let _ = s.write_all(req.as_bytes());
-        let mut raw = Vec::new();
-        let _ = s.read_to_end(&mut raw);
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, rest) = text.split_once("\r\n\r\n").expect("an HTTP response");
-        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(rest)
-        } else {
-            rest.to_owned()
-        };
-        let v = if body.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&body).unwrap_or(Value::String(body))
-        };
-        (status, v)
+        atrest_testkit::https::json(
+            &self.data.join("tls/cert.pem"),
+            self.port,
+            method,
+            path,
+            token,
+            body,
+        )
     }
 
     fn login(&self) -> String {

@@ -11,6 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod exposition;
+pub mod https;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
