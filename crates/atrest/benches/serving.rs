@@ -11,6 +11,9 @@
 //! recordings; ATREST_BENCH_SECONDS (default 20) is the length of the idle phase. Each
 //! downloader asks for 1 MiB at a random offset of a random recording on its own kept-open
 //! HTTPS connection; each uploader uploads 16 MiB recordings under new ids and deletes them.
+//! With ATREST_BENCH_DROP_CACHE=1 the volume file's cached pages are written back and dropped
+//! before each phase, so that both phases start reading from the disk; by default the
+//! recordings stay in the page cache as the fill left them (a steady state).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -393,6 +396,20 @@ fn fill(app: &Appliance, token: &str, recordings: usize) {
     );
 }
 
+/// Writes back and drops the volume file's cached pages, so that each phase starts reading
+/// from the disk (only this file's pages: nothing else on the machine is touched).
+fn drop_cache(volume: &Path) {
+    if std::env::var("ATREST_BENCH_DROP_CACHE").as_deref() != Ok("1") {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(volume).unwrap();
+    f.sync_data().unwrap();
+    // SAFETY: posix_fadvise only reads its arguments; the descriptor is open for the call.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "posix_fadvise on {}", volume.display());
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -433,6 +450,7 @@ fn main() {
         let token = login(&app);
         fill(&app, &token, recordings);
 
+        drop_cache(&data.join("volume.img"));
         let idle = load(&app, &token, recordings, "idle", || {
             std::thread::sleep(Duration::from_secs_f64(seconds));
         });
@@ -443,6 +461,7 @@ fn main() {
         println!("space before Encrypt: {}", st["volume"]["space"]);
         let (_, r) = admin.json("POST", "/api/encryption/test", None);
         assert_eq!(r["ok"], true, "test of the KMIP settings: {r}");
+        drop_cache(&data.join("volume.img"));
         let during = load(&app, &token, recordings, "during", || {
             let (s, st) = admin.json("POST", "/api/encryption/encrypt", None);
             assert_eq!(s, 202, "Encrypt: {st}");
