@@ -6,12 +6,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use atrest_testkit::LoopDevice;
-use atrest_testkit::https::wait_until;
+use atrest_testkit::https::{Served, appliance_port, spawn_until, wait_until};
 use serde_json::{Value, json};
 
 fn atrest(args: &[&str]) -> Output {
@@ -29,17 +28,11 @@ fn loop_device(dir: &Path, len: u64) -> Option<LoopDevice> {
 }
 
 struct Appliance {
-    child: Child,
+    /// Killed when the appliance is dropped.
+    _served: Served,
     port: u16,
     data: PathBuf,
     output: Vec<String>,
-}
-
-impl Drop for Appliance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn start(data: &Path, volume: &Path) -> Appliance {
@@ -47,34 +40,22 @@ fn start(data: &Path, volume: &Path) -> Appliance {
 }
 
 fn start_with(data: &Path, volume: &Path, extra: &[&str]) -> Appliance {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_atrest"))
-        .args(["serve", "--embedded-kms", "--listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--volume")
-        .arg(volume)
-        .args(["--convert-chunk", "1M", "--unlock-retry-max", "1"])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("atrest serve starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut output = Vec::new();
-    let port = loop {
-        let line = lines
-            .next()
-            .expect("atrest serve printed its address before exiting")
-            .unwrap();
-        output.push(line.clone());
-        if let Some(rest) = line.strip_prefix("atrest appliance listening on https://127.0.0.1:") {
-            break rest.trim_end_matches('/').parse::<u16>().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (mut served, port) = spawn_until(
+        Command::new(env!("CARGO_BIN_EXE_atrest"))
+            .args(["serve", "--embedded-kms", "--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--volume")
+            .arg(volume)
+            .args(["--convert-chunk", "1M", "--unlock-retry-max", "1"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::inherit()),
+        appliance_port,
+    );
+    let output = std::mem::take(&mut served.output);
     Appliance {
-        child,
+        _served: served,
         port,
         data: data.to_path_buf(),
         output,

@@ -6,50 +6,36 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use atrest_testkit::https::{Served, appliance_port, spawn_until};
 use serde_json::{Value, json};
 
 struct Appliance {
-    child: Child,
+    /// Killed when the appliance is dropped.
+    _served: Served,
     port: u16,
     data: PathBuf,
 }
 
-impl Drop for Appliance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start(data: &Path, extra: &[&str]) -> Appliance {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_atrest"))
-        .args(["serve", "--data-dir"])
-        .arg(data)
-        .args(["--listen", "127.0.0.1:0", "--volume-size", "64M"])
-        .args(["--convert-chunk", "4M", "--unlock-retry-max", "1"])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        // Tests keep the argon2 memory small; the default is 256 MiB.
-        .env("ATREST_RECOVERY_KDF_MEMORY_KIB", "16384")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("atrest serve starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = loop {
-        let line = lines.next().expect("the address is printed").unwrap();
-        if let Some(rest) = line.strip_prefix("atrest appliance listening on https://127.0.0.1:") {
-            break rest.trim_end_matches('/').parse::<u16>().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (served, port) = spawn_until(
+        Command::new(env!("CARGO_BIN_EXE_atrest"))
+            .args(["serve", "--data-dir"])
+            .arg(data)
+            .args(["--listen", "127.0.0.1:0", "--volume-size", "64M"])
+            .args(["--convert-chunk", "4M", "--unlock-retry-max", "1"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            // Tests keep the argon2 memory small; the default is 256 MiB.
+            .env("ATREST_RECOVERY_KDF_MEMORY_KIB", "16384")
+            .stderr(Stdio::inherit()),
+        appliance_port,
+    );
     Appliance {
-        child,
+        _served: served,
         port,
         data: data.to_path_buf(),
     }

@@ -5,16 +5,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use atrest_testkit::https::wait_until;
+use atrest_testkit::https::{Served, appliance_port, spawn_until, wait_until};
 use serde_json::{Value, json};
 
 struct Appliance {
-    child: Child,
+    /// Killed when the appliance is dropped.
+    _served: Served,
     port: u16,
     data: PathBuf,
     output: Vec<String>,
@@ -22,40 +22,20 @@ struct Appliance {
     ca: PathBuf,
 }
 
-impl Drop for Appliance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start(data: &Path, extra: &[&str]) -> Appliance {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_atrest"))
-        .args(["serve", "--data-dir"])
-        .arg(data)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("atrest serve starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut output = Vec::new();
-    let port = loop {
-        let line = lines
-            .next()
-            .expect("atrest serve printed its address before exiting")
-            .unwrap();
-        output.push(line.clone());
-        if let Some(rest) = line.strip_prefix("atrest appliance listening on https://127.0.0.1:") {
-            break rest.trim_end_matches('/').parse::<u16>().unwrap();
-        }
-    };
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    let (mut served, port) = spawn_until(
+        Command::new(env!("CARGO_BIN_EXE_atrest"))
+            .args(["serve", "--data-dir"])
+            .arg(data)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::inherit()),
+        appliance_port,
+    );
+    let output = std::mem::take(&mut served.output);
     Appliance {
-        child,
+        _served: served,
         port,
         data: data.to_path_buf(),
         output,
