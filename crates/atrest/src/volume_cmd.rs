@@ -382,23 +382,22 @@ fn export(a: ExportArgs) -> anyhow::Result<()> {
     let (_lock, v) = open_to_read_data(&a.image)?;
     let u = match v.state() {
         State::Plain => v.unlock(Vec::new())?,
-        _ if a.recovery_key_file.is_some() => {
-            let f = a.recovery_key_file.as_deref().unwrap_or(Path::new(""));
-            let keys = crate::volume_recovery::keys_from_file(&v, f).with_context(|| {
-                format!(
-                    "opening {} with the recovery key; nothing was written",
-                    a.image.display()
-                )
-            })?;
-            v.unlock(keys)?
-        }
-        state => crate::volume_kmip::unlock_for_export(v, &a.kmip, a.allow_compromised)
-            .with_context(|| {
-            format!(
+        state => crate::volume_kmip::unlock_for_export(
+            v,
+            &a.kmip,
+            a.recovery_key_file.as_deref(),
+            a.allow_compromised,
+        )
+        .with_context(|| match &a.recovery_key_file {
+            Some(_) => format!(
+                "opening {} with the recovery key; nothing was written",
+                a.image.display()
+            ),
+            None => format!(
                 "{} is {}: exporting it needs its key from the KMIP server; nothing was written",
                 a.image.display(),
                 state.as_str()
-            )
+            ),
         })?,
     };
     let mut out: Box<dyn Write> = match &a.out {

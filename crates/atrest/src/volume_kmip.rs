@@ -580,17 +580,15 @@ fn volume_keys(
     Ok(keys)
 }
 
-/// Unlocks an encrypted (or mid-conversion) volume for `export`; the caller holds its lock. A
-/// Deactivated key reads (see [`fetch_for_reading`]); a Compromised one with
-/// `allow_compromised`.
+/// Unlocks an encrypted (or mid-conversion) volume for `export`, with its keys as
+/// [`volume_keys`] gets them; the caller holds its lock.
 pub fn unlock_for_export(
     vol: Volume,
     settings: &KmipSettings,
+    recovery_file: Option<&Path>,
     allow_compromised: bool,
 ) -> anyhow::Result<UnlockedVolume> {
-    let info = vol.info();
-    let mut client = client(settings, &info)?;
-    let keys = fetch_for_reading(&mut client, &vol, allow_compromised)?;
+    let keys = volume_keys(&vol, settings, recovery_file, allow_compromised)?;
     Ok(vol.unlock(keys)?)
 }
 

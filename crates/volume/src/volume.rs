@@ -936,6 +936,30 @@ fn skip_mask(used: Option<&dyn UsedRanges>, b: u64, len: u64) -> u64 {
     mask
 }
 
+/// Where a conversion that started this run at `first` stands at `done` of `total`, with this
+/// run's rate and the time left at that rate.
+fn progress_at(
+    kind: ConversionKind,
+    first: u64,
+    done: u64,
+    total: u64,
+    started: Instant,
+) -> Progress {
+    let secs = started.elapsed().as_secs_f64();
+    let rate = if secs > 0.0 {
+        (done - first) as f64 / secs
+    } else {
+        0.0
+    };
+    Progress {
+        kind,
+        done,
+        total,
+        bytes_per_sec: rate,
+        eta: (rate > 0.0).then(|| Duration::from_secs_f64((total - done) as f64 / rate)),
+    }
+}
+
 /// Most bytes a used-space-only conversion passes over in one commit when they hold no content:
 /// a volume of hundreds of GiB, mostly empty, takes a commit per 4 GiB, not per chunk.
 const MAX_SKIP_RUN: u64 = 4 << 30;
@@ -1715,20 +1739,7 @@ impl UnlockedVolume {
                     inner.boundary.store(end, Ordering::Release);
                     drop(prev_guard.take());
                     drop(guards);
-                    let secs = started.elapsed().as_secs_f64();
-                    let rate = if secs > 0.0 {
-                        (end - first) as f64 / secs
-                    } else {
-                        0.0
-                    };
-                    progress(&Progress {
-                        kind,
-                        done: end,
-                        total,
-                        bytes_per_sec: rate,
-                        eta: (rate > 0.0)
-                            .then(|| Duration::from_secs_f64((total - end) as f64 / rate)),
-                    });
+                    progress(&progress_at(kind, first, end, total, started));
                     continue;
                 }
             }
@@ -1804,20 +1815,7 @@ impl UnlockedVolume {
             inner.boundary.store(b + len, Ordering::Release);
             prev_guard = Some(guard);
             slot ^= 1;
-            let done = b + len;
-            let secs = started.elapsed().as_secs_f64();
-            let rate = if secs > 0.0 {
-                (done - first) as f64 / secs
-            } else {
-                0.0
-            };
-            progress(&Progress {
-                kind,
-                done,
-                total,
-                bytes_per_sec: rate,
-                eta: (rate > 0.0).then(|| Duration::from_secs_f64((total - done) as f64 / rate)),
-            });
+            progress(&progress_at(kind, first, b + len, total, started));
         }
     }
 }

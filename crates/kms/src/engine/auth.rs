@@ -22,19 +22,8 @@ impl Engine {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .is_stale();
-        if stale {
-            let reloaded = self
-                .clients
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .reload();
-            match reloaded {
-                Ok(c) => self.set_clients(c),
-                Err(e) => {
-                    tracing::error!(error = %e, "reloading the client registry failed");
-                    return Err("the client registry cannot be read; see the server log".into());
-                }
-            }
+        if stale && !self.reload_clients() {
+            return Err("the client registry cannot be read; see the server log".into());
         }
         let known = self
             .clients
@@ -44,15 +33,7 @@ impl Engine {
             .is_some();
         if !known {
             // Perhaps added by `atrest kms add-client` since the server started.
-            let reloaded = self
-                .clients
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .reload();
-            match reloaded {
-                Ok(c) => self.set_clients(c),
-                Err(e) => tracing::error!(error = %e, "reloading the client registry failed"),
-            }
+            self.reload_clients();
         }
         let clients = self.clients.read().unwrap_or_else(|e| e.into_inner());
         let Some(client) = clients.by_certificate(fp) else {
@@ -101,6 +82,26 @@ impl Engine {
             Ok(client.name.clone())
         } else {
             Err(format!("wrong password for username {:?}", clip(username)))
+        }
+    }
+
+    /// Reads the client registry again from its file; false (logged) when it cannot be read,
+    /// and the registry in memory stays.
+    fn reload_clients(&self) -> bool {
+        let reloaded = self
+            .clients
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .reload();
+        match reloaded {
+            Ok(c) => {
+                self.set_clients(c);
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reloading the client registry failed");
+                false
+            }
         }
     }
 }
