@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -18,12 +20,10 @@ use atrest_appliance::workflow::{Backoff, State as WfState};
 use atrest_appliance::{AppConfig, AppState, VolumeBackend, app};
 use atrest_kmip::client::{Client, Timeouts};
 use atrest_kmip::message::RevocationReasonCode;
-use atrest_store::{Query, Store};
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
+use atrest_store::Store;
+use axum::http::StatusCode;
+use common::{audit_texts, raw, request, token, wait_for};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 fn config(data: &Path) -> AppConfig {
     let mut c = AppConfig::new(data);
@@ -99,85 +99,6 @@ impl Run {
             other => panic!("the store is not ready: {other:?}"),
         }
     }
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..1200 {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("gave up waiting until {what}");
-}
-
-async fn token(app: &axum::Router, password: &str) -> String {
-    let (_, v) = request(
-        app,
-        None,
-        "POST",
-        "/api/session",
-        Some(json!({"username": "admin", "password": password})),
-    )
-    .await;
-    v["token"].as_str().unwrap().to_owned()
-}
-
-async fn request(
-    app: &axum::Router,
-    token: Option<&str>,
-    method: &str,
-    uri: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let (s, b) = raw(
-        app,
-        token,
-        method,
-        uri,
-        body.map(|b| b.to_string().into_bytes()),
-    )
-    .await;
-    (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
-}
-
-async fn raw(
-    app: &axum::Router,
-    token: Option<&str>,
-    method: &str,
-    uri: &str,
-    body: Option<Vec<u8>>,
-) -> (StatusCode, Vec<u8>) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(t) = token {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-    }
-    let req = match body {
-        Some(b) => req
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(b)),
-        None => req.body(Body::empty()),
-    };
-    let res = app.clone().oneshot(req.unwrap()).await.unwrap();
-    let s = res.status();
-    (
-        s,
-        res.into_body().collect().await.unwrap().to_bytes().to_vec(),
-    )
-}
-
-fn audit_texts(store: &Store) -> Vec<String> {
-    store
-        .audit()
-        .query(&Query {
-            limit: 1000,
-            ..Query::default()
-        })
-        .unwrap()
-        .events
-        .into_iter()
-        .map(|e| e.text)
-        .collect()
 }
 
 fn key_client(state: &AppState) -> Client {

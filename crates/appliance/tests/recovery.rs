@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -16,12 +18,9 @@ use atrest_appliance::state::Content;
 use atrest_appliance::workflow::{Backoff, State as WfState};
 use atrest_appliance::{AppConfig, AppState, VolumeBackend, app};
 use atrest_kmip::client::Timeouts;
-use atrest_store::Query;
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
-use serde_json::{Value, json};
-use tower::ServiceExt;
+use axum::http::StatusCode;
+use common::{audit_texts, request, wait_for};
+use serde_json::json;
 
 struct Run {
     state: AppState,
@@ -74,54 +73,11 @@ fn start_with(data: &Path, clock: Clock, with_kms: bool, backoff: Duration) -> R
     }
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..1200 {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("gave up waiting until {what}");
-}
-
-async fn call(
-    app: &axum::Router,
-    token: Option<&str>,
-    method: &str,
-    uri: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(t) = token {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-    }
-    let req = match body {
-        Some(b) => req
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(b.to_string())),
-        None => req.body(Body::empty()),
-    };
-    let res = app.clone().oneshot(req.unwrap()).await.unwrap();
-    let s = res.status();
-    let b = res.into_body().collect().await.unwrap().to_bytes();
-    (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
-}
-
-fn audit_texts(run: &Run) -> Vec<String> {
+fn run_audit_texts(run: &Run) -> Vec<String> {
     let Content::Ready(store) = run.state.content() else {
         panic!("the store is not ready");
     };
-    store
-        .audit()
-        .query(&Query {
-            limit: 1000,
-            ..Query::default()
-        })
-        .unwrap()
-        .events
-        .into_iter()
-        .map(|e| e.text)
-        .collect()
+    audit_texts(&store)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,7 +92,7 @@ async fn scheduled_rotation_removes_the_recovery_key_and_the_admins_rekey_renews
         }),
     );
     let app = app(run.state.clone());
-    let (s, v) = call(
+    let (s, v) = request(
         &app,
         None,
         "POST",
@@ -148,7 +104,7 @@ async fn scheduled_rotation_removes_the_recovery_key_and_the_admins_rekey_renews
     let t = v["token"].as_str().unwrap().to_owned();
     let t = Some(t.as_str());
     // Not while plain.
-    let (s, v) = call(
+    let (s, v) = request(
         &app,
         t,
         "POST",
@@ -158,16 +114,16 @@ async fn scheduled_rotation_removes_the_recovery_key_and_the_admins_rekey_renews
     .await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     assert!(v["error"].as_str().unwrap().contains("plain"), "{v}");
-    let (s, v) = call(&app, t, "POST", "/api/encryption/test", None).await;
+    let (s, v) = request(&app, t, "POST", "/api/encryption/test", None).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let (s, v) = call(&app, t, "POST", "/api/encryption/encrypt", None).await;
+    let (s, v) = request(&app, t, "POST", "/api/encryption/encrypt", None).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     wait_for("encrypted", || {
         run.state.workflow().state == WfState::Encrypted
     });
 
     // The administrator's Rekey renews it: a new key in the answer, audited.
-    let (s, v) = call(
+    let (s, v) = request(
         &app,
         t,
         "POST",
@@ -177,7 +133,7 @@ async fn scheduled_rotation_removes_the_recovery_key_and_the_admins_rekey_renews
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let r1 = v["recovery_key"].as_str().unwrap().to_owned();
-    let (s, v) = call(&app, t, "POST", "/api/encryption/rekey", None).await;
+    let (s, v) = request(&app, t, "POST", "/api/encryption/rekey", None).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     let r2 = v["recovery_key"]
         .as_str()
@@ -187,12 +143,12 @@ async fn scheduled_rotation_removes_the_recovery_key_and_the_admins_rekey_renews
     wait_for("the Rekey finished", || {
         run.state.workflow().state == WfState::Encrypted
     });
-    let (_, v) = call(&app, t, "GET", "/api/encryption/recovery-key", None).await;
+    let (_, v) = request(&app, t, "GET", "/api/encryption/recovery-key", None).await;
     assert_eq!(v["enabled"], true, "{v}");
     assert!(v["notice"].is_null(), "{v}");
 
     // The scheduled rotation has nobody to show a new key to: it removes it.
-    let (s, v) = call(
+    let (s, v) = request(
         &app,
         t,
         "PUT",
@@ -206,7 +162,7 @@ async fn scheduled_rotation_removes_the_recovery_key_and_the_admins_rekey_renews
     wait_for("the scheduled Rekey finished", || {
         run.state.workflow().state == WfState::Encrypted
     });
-    let (_, v) = call(&app, t, "GET", "/api/encryption/recovery-key", None).await;
+    let (_, v) = request(&app, t, "GET", "/api/encryption/recovery-key", None).await;
     assert_eq!(v["enabled"], false, "{v}");
     assert!(
         v["notice"]
@@ -215,7 +171,7 @@ async fn scheduled_rotation_removes_the_recovery_key_and_the_admins_rekey_renews
             .contains("removed the recovery key"),
         "{v}"
     );
-    let texts = audit_texts(&run);
+    let texts = run_audit_texts(&run);
     for op in [
         "recovery-key-add",
         "recovery-key-renew",
@@ -230,7 +186,7 @@ async fn scheduled_rotation_removes_the_recovery_key_and_the_admins_rekey_renews
     }
     assert!(texts.iter().all(|x| !x.contains(&r1) && !x.contains(&r2)));
     // Making a new one clears the notice.
-    let (s, _) = call(
+    let (s, _) = request(
         &app,
         t,
         "POST",
@@ -239,7 +195,7 @@ async fn scheduled_rotation_removes_the_recovery_key_and_the_admins_rekey_renews
     )
     .await;
     assert_eq!(s, StatusCode::OK);
-    let (_, v) = call(&app, t, "GET", "/api/encryption/recovery-key", None).await;
+    let (_, v) = request(&app, t, "GET", "/api/encryption/recovery-key", None).await;
     assert_eq!(v["enabled"], true, "{v}");
     assert!(v["notice"].is_null(), "{v}");
 
@@ -258,7 +214,7 @@ async fn scheduled_rotation_removes_the_recovery_key_and_the_admins_rekey_renews
         Duration::from_millis(200),
     );
     let app = atrest_appliance::app(run.state.clone());
-    let (s, v) = call(
+    let (s, v) = request(
         &app,
         None,
         "POST",
@@ -271,7 +227,7 @@ async fn scheduled_rotation_removes_the_recovery_key_and_the_admins_rekey_renews
     let t = Some(t.as_str());
     wait_for("locked", || run.state.workflow().state == WfState::Locked);
     let other = "000000-000000-000000-000000-000000-000000-000000-000011";
-    let (s, v) = call(
+    let (s, v) = request(
         &app,
         t,
         "POST",

@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,12 +18,28 @@ use atrest_appliance::{AppConfig, AppState, VolumeBackend, app};
 use atrest_kmip::client::{Client, Timeouts};
 use atrest_kmip::message::{Attributes, RevocationReasonCode};
 use atrest_kmip::ttlv::Value as KmipValue;
-use atrest_store::{Query, Store, Value as CfgValue};
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
+use atrest_store::{Store, Value as CfgValue};
+use axum::http::StatusCode;
+use common::{audit_texts, request, token, wait_for};
 use serde_json::{Value, json};
-use tower::ServiceExt;
+
+async fn post(app: &axum::Router, token: &str, uri: &str) -> (StatusCode, Value) {
+    request(app, Some(token), "POST", uri, None).await
+}
+
+async fn post_json(app: &axum::Router, token: &str, uri: &str, body: Value) -> (StatusCode, Value) {
+    request(app, Some(token), "POST", uri, Some(body)).await
+}
+
+async fn send_json(
+    app: &axum::Router,
+    token: &str,
+    method: &str,
+    uri: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    request(app, Some(token), method, uri, Some(body)).await
+}
 
 fn config(data: &Path) -> AppConfig {
     let mut c = AppConfig::new(data);
@@ -85,104 +103,6 @@ impl Run {
             other => panic!("the store is not ready: {other:?}"),
         }
     }
-}
-
-/// Waits (generously) until `f` holds.
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..1200 {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("gave up waiting until {what}");
-}
-
-async fn token(app: &axum::Router, password: &str) -> String {
-    let res = app
-        .clone()
-        .oneshot(
-            Request::post("/api/session")
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(
-                    json!({"username": "admin", "password": password}).to_string(),
-                ))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let b = res.into_body().collect().await.unwrap().to_bytes();
-    serde_json::from_slice::<Value>(&b).unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-async fn post_json(app: &axum::Router, token: &str, uri: &str, body: Value) -> (StatusCode, Value) {
-    call(app, token, Request::post(uri), Some(body)).await
-}
-
-async fn send_json(
-    app: &axum::Router,
-    token: &str,
-    method: &str,
-    uri: &str,
-    body: Value,
-) -> (StatusCode, Value) {
-    let res = app
-        .clone()
-        .oneshot(
-            Request::builder()
-                .method(method)
-                .uri(uri)
-                .header(header::AUTHORIZATION, format!("Bearer {token}"))
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(body.to_string()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let s = res.status();
-    let b = res.into_body().collect().await.unwrap().to_bytes();
-    (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
-}
-
-async fn post(app: &axum::Router, token: &str, uri: &str) -> (StatusCode, Value) {
-    call(app, token, Request::post(uri), None).await
-}
-
-/// One authenticated API request with an optional JSON body: status and JSON answer.
-async fn call(
-    app: &axum::Router,
-    token: &str,
-    req: axum::http::request::Builder,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
-    let req = match body {
-        Some(b) => req
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(b.to_string())),
-        None => req.body(Body::empty()),
-    };
-    let res = app.clone().oneshot(req.unwrap()).await.unwrap();
-    let s = res.status();
-    let b = res.into_body().collect().await.unwrap().to_bytes();
-    (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
-}
-
-fn audit_texts(store: &Store) -> Vec<String> {
-    store
-        .audit()
-        .query(&Query {
-            limit: 1000,
-            ..Query::default()
-        })
-        .unwrap()
-        .events
-        .into_iter()
-        .map(|e| e.text)
-        .collect()
 }
 
 /// First start, Save and Test, Encrypt with the store in use throughout; returns the key id.
@@ -556,21 +476,15 @@ async fn unlock_fails_over_and_gives_a_reason_per_server() {
     let pw = std::fs::read_to_string(data.join("initial-admin-password")).unwrap();
     let app = app(run.state.clone());
     let t = token(&app, pw.trim()).await;
-    let res = app
-        .clone()
-        .oneshot(
-            Request::put("/api/encryption/kmip")
-                .header(header::AUTHORIZATION, format!("Bearer {t}"))
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(
-                    json!({"servers": [format!("127.0.0.1:{closed}"), kms_addr.to_string()]})
-                        .to_string(),
-                ))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+    let (s, v) = send_json(
+        &app,
+        &t,
+        "PUT",
+        "/api/encryption/kmip",
+        json!({"servers": [format!("127.0.0.1:{closed}"), kms_addr.to_string()]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
     drop(app);
     run.stop();
 
@@ -632,20 +546,15 @@ async fn status_answers_while_a_server_hangs() {
     let pw = std::fs::read_to_string(data.join("initial-admin-password")).unwrap();
     let app = app(run.state.clone());
     let t = token(&app, pw.trim()).await;
-    let res = app
-        .clone()
-        .oneshot(
-            Request::put("/api/encryption/kmip")
-                .header(header::AUTHORIZATION, format!("Bearer {t}"))
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(
-                    json!({"servers": [hang_addr.to_string()]}).to_string(),
-                ))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+    let (s, v) = send_json(
+        &app,
+        &t,
+        "PUT",
+        "/api/encryption/kmip",
+        json!({"servers": [hang_addr.to_string()]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
     drop(app);
     run.stop();
 
@@ -741,7 +650,7 @@ async fn a_header_without_authentication_waits_for_the_admins_resume() {
 }
 
 async fn get(app: &axum::Router, token: &str, uri: &str) -> (StatusCode, Value) {
-    call(app, token, Request::get(uri), None).await
+    request(app, Some(token), "GET", uri, None).await
 }
 
 /// The audit history is checked at start and by GET /api/audit/verify; on an encrypted volume
