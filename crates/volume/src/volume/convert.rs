@@ -140,6 +140,36 @@ where
     })
 }
 
+/// The granules of a chunk that its skip mask does not exclude, handed out one at a time to
+/// whichever worker asks next: the workers that convert a chunk share it evenly, and the one
+/// that first prepared the next chunk joins them when it is done.
+pub(super) struct Granules {
+    list: Vec<u64>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Granules {
+    pub(super) fn of(len: u64, skip: u64) -> Granules {
+        Granules {
+            list: (0..len.div_ceil(SKIP_GRANULE))
+                .filter(|g| !is_skipped(skip, *g))
+                .collect(),
+            next: Default::default(),
+        }
+    }
+
+    /// The next granule nobody has taken yet.
+    pub(super) fn take(&self) -> Option<u64> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        self.list.get(i).copied()
+    }
+
+    /// Hands out nothing more (a worker failed: the others stop after their granule).
+    pub(super) fn close(&self) {
+        self.next.store(usize::MAX / 2, Ordering::Relaxed);
+    }
+}
+
 /// A chunk whose checksums are computed, still locked, not yet committed or written.
 pub(super) struct Prepared<'a> {
     b: u64,
@@ -509,10 +539,9 @@ impl UnlockedVolume {
         let mut slot = 0u64;
         let mut prev_guard = None;
         let threads = opts.threads.max(1);
-        // With two threads or more, the checksums of the next chunk (pass 1) run while this
-        // chunk is converted and written (pass 2), each stage on half of the threads.
+        // With two threads or more, the checksums of the next chunk (pass 1) run on one thread
+        // while the others convert and write this chunk (pass 2); that thread then joins them.
         let pipelined = threads >= 2;
-        let stage_threads = if pipelined { threads / 2 } else { threads };
         let stopping = || {
             opts.stop
                 .as_ref()
@@ -636,47 +665,70 @@ impl UnlockedVolume {
             // Pass 2: read again (the chunk is locked, so these are the same bytes, now from
             // the cache), convert and write back piece by piece, and start each granule's
             // write-back at once. Granules that hold no content are not touched.
-            let convert = |threads: usize| -> Result<()> {
+            let granules = Granules::of(len, cur.skip);
+            let convert = || -> Result<()> {
                 let layout = inner.layout.read().unwrap_or_else(|e| e.into_inner());
-                per_granule(threads, len, cur.skip, &mut [], entry, |g, _, piece| {
+                let mut piece = vec![0u8; PIECE.min(len as usize)];
+                while let Some(g) = granules.take() {
                     let g_off = b + g * SKIP_GRANULE;
                     let g_end = (g_off + SKIP_GRANULE).min(b + len);
                     let mut off = g_off;
                     while off < g_end {
                         let d = &mut piece[..(g_end - off).min(PIECE as u64) as usize];
-                        inner
+                        let done = inner
                             .dev
                             .read_at(d, inner.data_offset + off)
-                            .map_err(Error::io("reading the data segment"))?;
-                        layout.code(&layout.old, false, off, d)?;
-                        layout.code(&layout.new, true, off, d)?;
-                        inner
-                            .dev
-                            .write_at(d, inner.data_offset + off)
-                            .map_err(Error::io("writing the data segment"))?;
+                            .map_err(Error::io("reading the data segment"))
+                            .and_then(|()| layout.code(&layout.old, false, off, d))
+                            .and_then(|()| layout.code(&layout.new, true, off, d))
+                            .and_then(|()| {
+                                inner
+                                    .dev
+                                    .write_at(d, inner.data_offset + off)
+                                    .map_err(Error::io("writing the data segment"))
+                            });
+                        if let Err(e) = done {
+                            granules.close();
+                            return Err(e);
+                        }
                         off += d.len() as u64;
                     }
                     inner
                         .dev
                         .start_writeback(inner.data_offset + g_off, g_end - g_off);
-                    Ok(())
-                })
+                }
+                Ok(())
             };
             let nb = b + len;
-            if pipelined && nb < total && !stopping() {
-                let (written, ahead) = std::thread::scope(|s| {
-                    let ahead = s.spawn(|| prepare(nb, stage_threads));
-                    let written = convert(stage_threads);
-                    let ahead = ahead.join().unwrap_or_else(|_| {
-                        Err(Error::Usage("a conversion worker panicked".into()))
-                    });
-                    (written, ahead)
+            let ahead = pipelined && nb < total && !stopping();
+            let (written, prepared) = std::thread::scope(|s| {
+                let first = ahead.then(|| {
+                    s.spawn(|| {
+                        let prepared = prepare(nb, 1);
+                        (prepared, convert())
+                    })
                 });
-                written?;
-                next = Some(ahead?);
-            } else {
-                convert(threads)?;
-            }
+                let others: Vec<_> = (1..threads)
+                    .skip(usize::from(ahead))
+                    .map(|_| s.spawn(convert))
+                    .collect();
+                let mut written = convert();
+                let panicked = || Error::Usage("a conversion worker panicked".into());
+                for h in others {
+                    let r = h.join().unwrap_or_else(|_| Err(panicked()));
+                    written = written.and(r);
+                }
+                let prepared = first.map(|h| match h.join() {
+                    Ok((prepared, w)) => {
+                        written = std::mem::replace(&mut written, Ok(())).and(w);
+                        prepared
+                    }
+                    Err(_) => Err(panicked()),
+                });
+                (written, prepared)
+            });
+            written?;
+            next = prepared.transpose()?;
             let guard = cur.guard;
             inner.boundary.store(b + len, Ordering::Release);
             prev_guard = Some(guard);
