@@ -1,11 +1,11 @@
 //! Block devices: byte-addressed storage that can be read, written, flushed and sized.
 
+use parking_lot::RwLock;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A byte-addressed device: a regular file, a raw block device, an in-memory buffer, or the data
@@ -305,13 +305,13 @@ impl MemDevice {
 
     /// A copy of the contents.
     pub fn to_vec(&self) -> Vec<u8> {
-        self.bytes.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.bytes.read().clone()
     }
 }
 
 impl BlockDevice for MemDevice {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let bytes = self.bytes.read().unwrap_or_else(|e| e.into_inner());
+        let bytes = self.bytes.read();
         check_range(offset, buf.len(), bytes.len() as u64)?;
         let o = offset as usize;
         buf.copy_from_slice(&bytes[o..o + buf.len()]);
@@ -319,7 +319,7 @@ impl BlockDevice for MemDevice {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        let mut bytes = self.bytes.write().unwrap_or_else(|e| e.into_inner());
+        let mut bytes = self.bytes.write();
         check_range(offset, buf.len(), bytes.len() as u64)?;
         let o = offset as usize;
         bytes[o..o + buf.len()].copy_from_slice(buf);
@@ -331,7 +331,7 @@ impl BlockDevice for MemDevice {
     }
 
     fn len(&self) -> u64 {
-        self.bytes.read().unwrap_or_else(|e| e.into_inner()).len() as u64
+        self.bytes.read().len() as u64
     }
 }
 

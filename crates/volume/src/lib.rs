@@ -53,6 +53,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod device;
 pub mod error;
 pub mod key;

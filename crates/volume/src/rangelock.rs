@@ -1,6 +1,6 @@
 //! A byte-range lock: shared holders may overlap, an exclusive holder overlaps nobody.
 
-use std::sync::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex};
 
 #[derive(Debug, Default)]
 pub(crate) struct RangeLock {
@@ -20,7 +20,7 @@ impl RangeLock {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = self.held.lock();
         loop {
             let conflict = held
                 .iter()
@@ -28,7 +28,7 @@ impl RangeLock {
             if !conflict {
                 break;
             }
-            held = self.changed.wait(held).unwrap_or_else(|e| e.into_inner());
+            self.changed.wait(&mut held);
         }
         held.push((id, start, end, exclusive));
         RangeGuard { lock: self, id }
@@ -37,7 +37,7 @@ impl RangeLock {
 
 impl Drop for RangeGuard<'_> {
     fn drop(&mut self) {
-        let mut held = self.lock.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = self.lock.held.lock();
         held.retain(|h| h.0 != self.id);
         drop(held);
         self.lock.changed.notify_all();

@@ -123,6 +123,7 @@ pub struct Hardening {
     pub core_limit: Result<(), String>,
     /// `PR_SET_DUMPABLE` set to 0, or why not.
     pub not_dumpable: Result<(), String>,
+    /// How process memory was locked against swapping (key buffers at least).
     pub memory: MemoryLock,
     reported: AtomicBool,
 }

@@ -4,7 +4,7 @@
 //! `EVP_CIPHER_CTX` per direction, so the AES key schedules are computed once per key and only
 //! the 16-byte tweak is set per sector; see docs/volume-format.md ("Why OpenSSL").
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use openssl::cipher::{Cipher, CipherRef};
 use openssl::cipher_ctx::CipherCtx;
@@ -151,7 +151,7 @@ impl XtsCipher {
     }
 
     fn take(&self) -> Result<Contexts, Error> {
-        let popped = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let popped = self.pool.lock().pop();
         match popped {
             Some(ctx) => Ok(ctx),
             None => self.make_contexts(),
@@ -159,10 +159,7 @@ impl XtsCipher {
     }
 
     fn put(&self, ctx: Contexts) {
-        self.pool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(ctx);
+        self.pool.lock().push(ctx);
     }
 
     /// Encrypts one data unit in place with the 16-byte tweak `tweak` (ciphertext stealing when

@@ -197,11 +197,7 @@ impl UnlockedVolume {
         if opts.sector_size != 512 && opts.sector_size != 4096 {
             return Err(Error::Usage("the sector size must be 4096 or 512".into()));
         }
-        let _busy = self
-            .inner
-            .converting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let _busy = self.inner.converting.lock();
         let _all = self.inner.locks.acquire(0, u64::MAX, true);
         if self.state() != State::Plain {
             return Err(Error::State(format!(
@@ -233,7 +229,7 @@ impl UnlockedVolume {
                 iv_tweak: 0,
             };
         })?;
-        let mut layout = self.inner.layout.write().unwrap_or_else(|e| e.into_inner());
+        let mut layout = self.inner.layout.write();
         layout.new = Form::Xts(cipher);
         layout.old = Form::Plain;
         layout.sector = opts.sector_size as u64;
@@ -276,11 +272,7 @@ impl UnlockedVolume {
         opts: &EncryptOptions,
         renew: Option<&RecoveryKdf>,
     ) -> Result<Option<RecoveryKey>> {
-        let _busy = self
-            .inner
-            .converting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let _busy = self.inner.converting.lock();
         let _all = self.inner.locks.acquire(0, u64::MAX, true);
         self.check_steady_encrypted("rekeying")?;
         check_reference(&reference)?;
@@ -329,7 +321,7 @@ impl UnlockedVolume {
                 recovery_slots::add(m, id, json, digest);
             }
         })?;
-        let mut layout = self.inner.layout.write().unwrap_or_else(|e| e.into_inner());
+        let mut layout = self.inner.layout.write();
         layout.old = layout.new.clone();
         layout.new = Form::Xts(cipher);
         self.inner.boundary.store(0, Ordering::Release);
@@ -338,15 +330,11 @@ impl UnlockedVolume {
 
     /// Starts decrypting an encrypted volume.
     pub fn begin_decrypt(&self) -> Result<()> {
-        let _busy = self
-            .inner
-            .converting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let _busy = self.inner.converting.lock();
         let _all = self.inner.locks.acquire(0, u64::MAX, true);
         self.check_steady_encrypted("decrypting")?;
         self.commit(Metadata::begin_decrypt)?;
-        let mut layout = self.inner.layout.write().unwrap_or_else(|e| e.into_inner());
+        let mut layout = self.inner.layout.write();
         layout.old = layout.new.clone();
         layout.new = Form::Plain;
         self.inner.boundary.store(0, Ordering::Release);
@@ -404,7 +392,7 @@ impl UnlockedVolume {
             .dev
             .read_at(&mut raw, inner.data_offset + hz.offset)
             .map_err(Error::io("reading the interrupted conversion chunk"))?;
-        let layout = inner.layout.read().unwrap_or_else(|e| e.into_inner());
+        let layout = inner.layout.read();
         let s = layout.sector as usize;
         let upu = s / HOTZONE_UNIT as usize;
         let e = version.entry_bytes() as usize;
@@ -503,11 +491,7 @@ impl UnlockedVolume {
         used: Option<Arc<dyn UsedRanges>>,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<State> {
-        let _busy = self
-            .inner
-            .converting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let _busy = self.inner.converting.lock();
         let inner = &*self.inner;
         let (kind, ks_off, ks_size) = {
             let m = self.meta();
@@ -594,7 +578,7 @@ impl UnlockedVolume {
                 self.commit_and_wipe(Metadata::finish)?;
                 drop(prev_guard);
                 let _all = inner.locks.acquire(0, u64::MAX, true);
-                let mut layout = inner.layout.write().unwrap_or_else(|e| e.into_inner());
+                let mut layout = inner.layout.write();
                 layout.old = layout.new.clone();
                 return Ok(self.state());
             }
@@ -667,7 +651,7 @@ impl UnlockedVolume {
             // write-back at once. Granules that hold no content are not touched.
             let granules = Granules::of(len, cur.skip);
             let convert = || -> Result<()> {
-                let layout = inner.layout.read().unwrap_or_else(|e| e.into_inner());
+                let layout = inner.layout.read();
                 let mut piece = vec![0u8; PIECE.min(len as usize)];
                 while let Some(g) = granules.take() {
                     let g_off = b + g * SKIP_GRANULE;

@@ -9,9 +9,10 @@ mod unlocked;
 use derived::*;
 use unlocked::*;
 
+use parking_lot::{Mutex, RwLock};
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::device::{BlockDevice, check_range};

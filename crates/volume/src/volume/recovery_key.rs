@@ -62,14 +62,12 @@ impl UnlockedVolume {
         Ok(true)
     }
 
-    pub(super) fn not_converting(&self, what: &str) -> Result<std::sync::MutexGuard<'_, ()>> {
-        match self.inner.converting.try_lock() {
-            Ok(g) => Ok(g),
-            Err(std::sync::TryLockError::Poisoned(e)) => Ok(e.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => Err(Error::State(format!(
+    pub(super) fn not_converting(&self, what: &str) -> Result<parking_lot::MutexGuard<'_, ()>> {
+        self.inner.converting.try_lock().ok_or_else(|| {
+            Error::State(format!(
                 "a conversion is running on this volume; {what} waits until it has finished"
-            ))),
-        }
+            ))
+        })
     }
 
     /// The verified raw key of digest `digest`.
@@ -77,7 +75,6 @@ impl UnlockedVolume {
         self.inner
             .derived
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .get(&digest)
             .map(|k| k.raw.clone())
             .ok_or_else(|| Error::State(format!("no verified key for digest {digest}")))

@@ -4,8 +4,8 @@
 use super::*;
 
 impl UnlockedVolume {
-    pub(super) fn meta(&self) -> std::sync::MutexGuard<'_, Metadata> {
-        self.inner.meta.lock().unwrap_or_else(|e| e.into_inner())
+    pub(super) fn meta(&self) -> parking_lot::MutexGuard<'_, Metadata> {
+        self.inner.meta.lock()
     }
 
     /// State.
@@ -25,12 +25,7 @@ impl UnlockedVolume {
     /// conversion finishes; one-way, so it tells nothing about the volume key.
     pub fn seal_key(&self) -> Option<SecretBytes> {
         let d = self.meta().authenticating_digest()?;
-        self.inner
-            .derived
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&d)
-            .map(|k| k.seal.clone())
+        self.inner.derived.lock().get(&d).map(|k| k.seal.clone())
     }
 
     /// A copy of the header metadata.
@@ -39,11 +34,7 @@ impl UnlockedVolume {
     }
 
     pub(super) fn sector(&self) -> u64 {
-        self.inner
-            .layout
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .sector
+        self.inner.layout.read().sector
     }
 
     pub(super) fn rw(
@@ -65,7 +56,7 @@ impl UnlockedVolume {
         let start = offset / s * s;
         let end = (offset + len as u64).div_ceil(s) * s;
         let _g = inner.locks.acquire(start, end, write.is_some());
-        let layout = inner.layout.read().unwrap_or_else(|e| e.into_inner());
+        let layout = inner.layout.read();
         let s = layout.sector;
         let start = offset / s * s;
         let end = (offset + len as u64).div_ceil(s) * s;
@@ -130,16 +121,12 @@ impl UnlockedVolume {
     pub fn grow(&self) -> Result<(u64, u64)> {
         let inner = &*self.inner;
         // A conversion holds this for its whole run, and beginning one takes it too.
-        let _busy = match inner.converting.try_lock() {
-            Ok(g) => g,
-            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => {
-                return Err(Error::State(
-                    "a conversion is running on this volume; grow it once the conversion has \
-                     finished"
-                        .into(),
-                ));
-            }
+        let Some(_busy) = inner.converting.try_lock() else {
+            return Err(Error::State(
+                "a conversion is running on this volume; grow it once the conversion has \
+                 finished"
+                    .into(),
+            ));
         };
         let state = self.state();
         if matches!(
@@ -202,7 +189,7 @@ impl UnlockedVolume {
         let mac = match next.authenticating_digest() {
             None => None,
             Some(d) => {
-                let keys = self.inner.derived.lock().unwrap_or_else(|e| e.into_inner());
+                let keys = self.inner.derived.lock();
                 let key = keys.get(&d).map(|k| &k.mac).ok_or_else(|| {
                     Error::State(format!(
                         "no verified key for digest {d} to sign the header with; unlock with \
@@ -244,11 +231,7 @@ impl UnlockedVolume {
     /// commits that follow.
     pub(super) fn add_derived_keys(&self, digest: u32, key: &KeyMaterial) -> Result<()> {
         let k = DerivedKeys::of(key.expose())?;
-        self.inner
-            .derived
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(digest, k);
+        self.inner.derived.lock().insert(digest, k);
         Ok(())
     }
 }
