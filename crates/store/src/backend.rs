@@ -50,8 +50,10 @@ pub(crate) struct Shared {
     /// A read, write or flush of the device failed: the database instance must be replaced by
     /// one opened from the last durable state before it is used again.
     pub(crate) io_failed: AtomicBool,
-    /// Bytes at the end of the device kept for deletions.
-    pub(crate) reserve: AtomicU64,
+    /// [`crate::StoreOptions::reserve_bytes`]: the reserve kept at the end of the device for
+    /// deletions is computed from it and the device's size at each write, so that it follows
+    /// a growth.
+    pub(crate) reserve_bytes: Option<u64>,
     /// Writes that were not page-aligned (the crash-safety argument needs none).
     pub(crate) unaligned_writes: AtomicU64,
     /// Persisted states (superblock slot writes).
@@ -63,10 +65,10 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(extents: Arc<Extents>, reserve: u64) -> Shared {
+    pub(crate) fn new(extents: Arc<Extents>, reserve_bytes: Option<u64>) -> Shared {
         Shared {
             extents,
-            reserve: AtomicU64::new(reserve),
+            reserve_bytes,
             ..Shared::default()
         }
     }
@@ -261,7 +263,7 @@ impl VolumeBackend {
         if self.shared.maintenance.load(Ordering::Acquire) {
             0
         } else {
-            self.shared.reserve.load(Ordering::Relaxed)
+            crate::store::reserve_for(self.dev.len(), self.shared.reserve_bytes)
         }
     }
 
@@ -544,7 +546,7 @@ mod tests {
     #[test]
     fn writes_past_the_device_are_full_and_reads_there_are_zeros() {
         let dev = noisy(MIN_DEVICE as usize);
-        let shared: Arc<Shared> = Arc::default();
+        let shared = Arc::new(Shared::new(Arc::default(), Some(0)));
         let b = VolumeBackend::create(dev.clone(), shared.clone()).unwrap();
         let cap = VolumeBackend::capacity(dev.len());
         b.set_len(cap * 4).unwrap();

@@ -559,7 +559,7 @@ impl Upload {
             Vec::new()
         } else {
             extents
-                .allocate(n, store.inner.reserve, dev.len())
+                .allocate(n, store.inner.reserve(), dev.len())
                 .map_err(|_| store.full())?
         };
         let mut sums = Vec::with_capacity(n);

@@ -101,7 +101,6 @@ pub(crate) struct Inner {
     /// The key that seals the audit history (see [`crate::audit::Audit::set_seal_key`]).
     seal_key: std::sync::Mutex<Option<zeroize::Zeroizing<[u8; 32]>>>,
     current: RwLock<Current>,
-    pub(crate) reserve: u64,
     /// Which bytes of the device hold content (recording blocks, the database's region).
     pub(crate) extents: Arc<Extents>,
 }
@@ -113,6 +112,22 @@ impl Inner {
     fn capacity(&self) -> u64 {
         VolumeBackend::capacity(self.dev.len())
     }
+
+    /// Bytes kept for deletions: computed from the device's size each time, like
+    /// [`Inner::capacity`], so it follows a growth.
+    pub(crate) fn reserve(&self) -> u64 {
+        reserve_for(self.dev.len(), self.opts.reserve_bytes)
+    }
+}
+
+/// Bytes kept back for deletions on a device of `dev_len` bytes: `fixed` if set
+/// ([`StoreOptions::reserve_bytes`]), else 1/64 of the capacity between 256 KiB and 64 MiB;
+/// never more than a quarter of the capacity.
+pub(crate) fn reserve_for(dev_len: u64, fixed: Option<u64>) -> u64 {
+    let capacity = VolumeBackend::capacity(dev_len);
+    fixed
+        .unwrap_or_else(|| (capacity / 64).clamp(256 << 10, 64 << 20))
+        .min(capacity / 4)
 }
 
 /// The appliance's content store on a volume. Cheap to clone; all clones share one database.
@@ -155,29 +170,22 @@ impl Store {
     /// Creates an empty store on `dev` (the data segment of an unlocked volume, or any block
     /// device), replacing whatever the device held.
     pub fn create(dev: Arc<dyn BlockDevice>, opts: &StoreOptions) -> Result<Store> {
-        let shared = Store::shared(&dev, opts);
+        let shared = Store::shared(opts);
         let backend = VolumeBackend::create(dev.clone(), shared.clone()).map_err(open_error)?;
         Store::start(dev, opts, backend, shared)
     }
 
-    fn reserve(dev: &Arc<dyn BlockDevice>, opts: &StoreOptions) -> u64 {
-        let capacity = VolumeBackend::capacity(dev.len());
-        opts.reserve_bytes
-            .unwrap_or_else(|| (capacity / 64).clamp(256 << 10, 64 << 20))
-            .min(capacity / 4)
-    }
-
-    fn shared(dev: &Arc<dyn BlockDevice>, opts: &StoreOptions) -> Arc<Shared> {
+    fn shared(opts: &StoreOptions) -> Arc<Shared> {
         Arc::new(Shared::new(
             Arc::new(Extents::default()),
-            Store::reserve(dev, opts),
+            opts.reserve_bytes,
         ))
     }
 
     /// Opens the store on `dev`, recovering the last committed state after a crash or power
     /// loss, and reclaiming the space of uploads that were not finished.
     pub fn open(dev: Arc<dyn BlockDevice>, opts: &StoreOptions) -> Result<Store> {
-        let shared = Store::shared(&dev, opts);
+        let shared = Store::shared(opts);
         let backend = VolumeBackend::open(dev.clone(), shared.clone()).map_err(open_error)?;
         Store::start(dev, opts, backend, shared)
     }
@@ -188,7 +196,6 @@ impl Store {
         backend: VolumeBackend,
         shared: Arc<Shared>,
     ) -> Result<Store> {
-        let reserve = shared.reserve.load(Ordering::Relaxed);
         let extents = shared.extents.clone();
         let db = Store::database(backend, opts)?;
         let store = Store {
@@ -199,7 +206,6 @@ impl Store {
                     db: Arc::new(db),
                     shared,
                 }),
-                reserve,
                 seal_key: std::sync::Mutex::new(None),
                 extents,
             }),
@@ -308,7 +314,7 @@ impl Store {
                 self.reopen(&db)?;
                 Err(Error::Full {
                     capacity: self.inner.capacity(),
-                    reserve: self.inner.reserve,
+                    reserve: self.inner.reserve(),
                 })
             }
             Err(e @ (Error::DiskFull { .. } | Error::DiskIo { .. })) => {
@@ -341,7 +347,10 @@ impl Store {
         // (the disk still full or failing), the next request tries again.
         cur.shared.retired.store(true, Ordering::Release);
         cur.shared.io_failed.store(true, Ordering::Release);
-        let shared = Arc::new(Shared::new(self.inner.extents.clone(), self.inner.reserve));
+        let shared = Arc::new(Shared::new(
+            self.inner.extents.clone(),
+            self.inner.opts.reserve_bytes,
+        ));
         let backend =
             VolumeBackend::open(self.inner.dev.clone(), shared.clone()).map_err(open_error)?;
         let db = Store::database(backend, &self.inner.opts)?;
@@ -363,7 +372,7 @@ impl Store {
         let capacity = self.inner.capacity();
         Space {
             capacity,
-            reserve: self.inner.reserve,
+            reserve: self.inner.reserve(),
             high_water: db_end.saturating_sub(PHYS_SHIFT + SHADOW_LEN as u64),
             used: (db_end.saturating_sub(PHYS_SHIFT) + blocks * BLOCK).min(capacity),
         }
@@ -381,7 +390,7 @@ impl Store {
     pub(crate) fn full(&self) -> Error {
         Error::Full {
             capacity: self.inner.capacity(),
-            reserve: self.inner.reserve,
+            reserve: self.inner.reserve(),
         }
     }
 

@@ -267,6 +267,7 @@ fn a_grown_volume_is_used_at_once_by_the_open_store() {
     };
     let s = Store::create(Arc::new(u.clone()), &opts).unwrap();
     let before = s.space().capacity;
+    let reserve_before = s.space().reserve;
     let data = Rng(4).bytes(1 << 20);
     let mut n = 0;
     let err = loop {
@@ -286,6 +287,10 @@ fn a_grown_volume_is_used_at_once_by_the_open_store() {
         .unwrap();
     assert_eq!(u.grow().unwrap(), (8 << 20, 24 << 20));
     assert_eq!(s.space().capacity, before + (16 << 20));
+    // The reserve kept for deletions follows the growth (1/64 of the capacity here).
+    let reserve = s.space().reserve;
+    assert!(reserve > reserve_before, "{reserve} after, {reserve_before} before");
+    assert_eq!(reserve, s.space().capacity / 64);
     let mut more = 0;
     for i in 0..8 {
         s.recordings().put(&format!("g{i}"), "s", &data).unwrap();
@@ -296,6 +301,7 @@ fn a_grown_volume_is_used_at_once_by_the_open_store() {
     // Reopened, everything is there.
     let s = Store::open(Arc::new(u), &opts).unwrap();
     assert_eq!(s.recordings().list().unwrap().len(), n + more);
+    assert_eq!(s.space().reserve, reserve, "a reopened store keeps the same reserve");
     assert_eq!(
         s.recordings().read_range("g7", 0, 100).unwrap(),
         data[..100]
