@@ -6,6 +6,7 @@
 //! - [`client`]: a KMIP client over mutual TLS with version negotiation, timeouts and failover.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod client;
 pub mod message;

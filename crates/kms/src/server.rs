@@ -87,6 +87,7 @@ const SWEEP_EVERY: Duration = Duration::from_millis(100);
 /// Settings of the listener.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
+    /// The address to listen on (`host:port`; port 0 picks a free port).
     pub listen: String,
     /// Most authenticated connections served at once; one more is closed right after its
     /// handshake (and logged).
@@ -366,6 +367,7 @@ impl Server {
         })
     }
 
+    /// The address the listener is bound to.
     pub fn local_addr(&self) -> Result<SocketAddr> {
         self.listener
             .local_addr()

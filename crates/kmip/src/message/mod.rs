@@ -23,17 +23,26 @@ use crate::ttlv::{Item, Tag, Value};
 /// A KMIP protocol version.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ProtocolVersion {
+    /// Major version number (1 or 2 for the versions atrest speaks).
     pub major: i32,
+    /// Minor version number.
     pub minor: i32,
 }
 
 impl ProtocolVersion {
+    /// KMIP 1.0.
     pub const V1_0: Self = Self::new(1, 0);
+    /// KMIP 1.1.
     pub const V1_1: Self = Self::new(1, 1);
+    /// KMIP 1.2.
     pub const V1_2: Self = Self::new(1, 2);
+    /// KMIP 1.3.
     pub const V1_3: Self = Self::new(1, 3);
+    /// KMIP 1.4.
     pub const V1_4: Self = Self::new(1, 4);
+    /// KMIP 2.0.
     pub const V2_0: Self = Self::new(2, 0);
+    /// KMIP 2.1.
     pub const V2_1: Self = Self::new(2, 1);
 
     /// Every version atrest speaks, newest first (the order of a Discover Versions request).
@@ -47,6 +56,7 @@ impl ProtocolVersion {
         Self::V1_0,
     ];
 
+    /// The version `major`.`minor` (not checked against [`ProtocolVersion::SUPPORTED`]).
     pub const fn new(major: i32, minor: i32) -> Self {
         ProtocolVersion { major, minor }
     }
@@ -56,6 +66,7 @@ impl ProtocolVersion {
         self.major >= 2
     }
 
+    /// The Protocol Version structure (Protocol Version Major and Minor).
     pub fn to_item(self) -> Item {
         Item::structure(
             tags::PROTOCOL_VERSION,
@@ -66,6 +77,7 @@ impl ProtocolVersion {
         )
     }
 
+    /// Decodes a Protocol Version structure.
     pub fn from_item(item: &Item) -> Result<Self, MessageError> {
         let f = Fields::new(item);
         Ok(ProtocolVersion {
@@ -132,16 +144,27 @@ macro_rules! kmip_enum {
 kmip_enum!(
     /// A KMIP Operation.
     Operation, "Operation" {
+        /// Create (KMIP 1.4 §4.1).
         CREATE = 0x01,
+        /// Register (KMIP 1.4 §4.3).
         REGISTER = 0x03,
+        /// Locate (KMIP 1.4 §4.9).
         LOCATE = 0x08,
+        /// Get (KMIP 1.4 §4.11).
         GET = 0x0A,
+        /// Get Attributes (KMIP 1.4 §4.12).
         GET_ATTRIBUTES = 0x0B,
+        /// Get Attribute List (KMIP 1.4 §4.13).
         GET_ATTRIBUTE_LIST = 0x0C,
+        /// Activate (KMIP 1.4 §4.19).
         ACTIVATE = 0x12,
+        /// Revoke (KMIP 1.4 §4.20).
         REVOKE = 0x13,
+        /// Destroy (KMIP 1.4 §4.21).
         DESTROY = 0x14,
+        /// Query (KMIP 1.4 §4.25).
         QUERY = 0x18,
+        /// Discover Versions (KMIP 1.4 §4.26, KMIP 1.1 and later).
         DISCOVER_VERSIONS = 0x1E,
     }
 );
@@ -149,9 +172,13 @@ kmip_enum!(
 kmip_enum!(
     /// Result Status of a batch item.
     ResultStatus, "Result Status" {
+        /// Success.
         SUCCESS = 0,
+        /// Operation Failed.
         OPERATION_FAILED = 1,
+        /// Operation Pending.
         OPERATION_PENDING = 2,
+        /// Operation Undone.
         OPERATION_UNDONE = 3,
     }
 );
@@ -159,25 +186,45 @@ kmip_enum!(
 kmip_enum!(
     /// Result Reason of a failed batch item.
     ResultReason, "Result Reason" {
+        /// Item Not Found.
         ITEM_NOT_FOUND = 0x01,
+        /// Response Too Large.
         RESPONSE_TOO_LARGE = 0x02,
+        /// Authentication Not Successful.
         AUTHENTICATION_NOT_SUCCESSFUL = 0x03,
+        /// Invalid Message.
         INVALID_MESSAGE = 0x04,
+        /// Operation Not Supported.
         OPERATION_NOT_SUPPORTED = 0x05,
+        /// Missing Data.
         MISSING_DATA = 0x06,
+        /// Invalid Field.
         INVALID_FIELD = 0x07,
+        /// Feature Not Supported.
         FEATURE_NOT_SUPPORTED = 0x08,
+        /// Cryptographic Failure.
         CRYPTOGRAPHIC_FAILURE = 0x0A,
+        /// Illegal Operation (KMIP 1.x only: reserved in 2.x).
         ILLEGAL_OPERATION = 0x0B,
+        /// Permission Denied.
         PERMISSION_DENIED = 0x0C,
+        /// Object Archived.
         OBJECT_ARCHIVED = 0x0D,
+        /// Key Format Type Not Supported.
         KEY_FORMAT_TYPE_NOT_SUPPORTED = 0x10,
+        /// Key Compression Type Not Supported.
         KEY_COMPRESSION_TYPE_NOT_SUPPORTED = 0x11,
+        /// Object Destroyed (KMIP 2.0 and later).
         OBJECT_DESTROYED = 0x36,
+        /// Object Not Found (KMIP 2.0 and later).
         OBJECT_NOT_FOUND = 0x37,
+        /// Server Limit Exceeded (KMIP 2.0 and later).
         SERVER_LIMIT_EXCEEDED = 0x3A,
+        /// Unsupported Protocol Version (KMIP 2.0 and later).
         UNSUPPORTED_PROTOCOL_VERSION = 0x3F,
+        /// Wrong Key Lifecycle State (KMIP 2.0 and later).
         WRONG_KEY_LIFECYCLE_STATE = 0x43,
+        /// General Failure.
         GENERAL_FAILURE = 0x100,
     }
 );
@@ -185,13 +232,21 @@ kmip_enum!(
 kmip_enum!(
     /// Object Type of a managed object.
     ObjectType, "Object Type" {
+        /// Certificate.
         CERTIFICATE = 1,
+        /// Symmetric Key.
         SYMMETRIC_KEY = 2,
+        /// Public Key.
         PUBLIC_KEY = 3,
+        /// Private Key.
         PRIVATE_KEY = 4,
+        /// Split Key.
         SPLIT_KEY = 5,
+        /// Template (KMIP 1.x only: reserved in 2.x).
         TEMPLATE = 6,
+        /// Secret Data.
         SECRET_DATA = 7,
+        /// Opaque Object.
         OPAQUE_OBJECT = 8,
     }
 );
@@ -199,8 +254,11 @@ kmip_enum!(
 kmip_enum!(
     /// Cryptographic Algorithm.
     CryptographicAlgorithm, "Cryptographic Algorithm" {
+        /// DES.
         DES = 1,
+        /// 3DES.
         TRIPLE_DES = 2,
+        /// AES.
         AES = 3,
     }
 );
@@ -208,11 +266,17 @@ kmip_enum!(
 kmip_enum!(
     /// State of a managed object.
     State, "State" {
+        /// Pre-Active.
         PRE_ACTIVE = 1,
+        /// Active.
         ACTIVE = 2,
+        /// Deactivated.
         DEACTIVATED = 3,
+        /// Compromised.
         COMPROMISED = 4,
+        /// Destroyed.
         DESTROYED = 5,
+        /// Destroyed Compromised.
         DESTROYED_COMPROMISED = 6,
     }
 );
@@ -220,8 +284,11 @@ kmip_enum!(
 kmip_enum!(
     /// Query Function.
     QueryFunction, "Query Function" {
+        /// Query Operations.
         QUERY_OPERATIONS = 1,
+        /// Query Objects.
         QUERY_OBJECTS = 2,
+        /// Query Server Information.
         QUERY_SERVER_INFORMATION = 3,
     }
 );
@@ -229,8 +296,11 @@ kmip_enum!(
 kmip_enum!(
     /// Key Format Type.
     KeyFormatType, "Key Format Type" {
+        /// Raw.
         RAW = 1,
+        /// Opaque.
         OPAQUE = 2,
+        /// Transparent Symmetric Key.
         TRANSPARENT_SYMMETRIC_KEY = 7,
     }
 );
@@ -238,12 +308,19 @@ kmip_enum!(
 kmip_enum!(
     /// Revocation Reason Code.
     RevocationReasonCode, "Revocation Reason Code" {
+        /// Unspecified.
         UNSPECIFIED = 1,
+        /// Key Compromise.
         KEY_COMPROMISE = 2,
+        /// CA Compromise.
         CA_COMPROMISE = 3,
+        /// Affiliation Changed.
         AFFILIATION_CHANGED = 4,
+        /// Superseded.
         SUPERSEDED = 5,
+        /// Cessation of Operation.
         CESSATION_OF_OPERATION = 6,
+        /// Privilege Withdrawn.
         PRIVILEGE_WITHDRAWN = 7,
     }
 );
@@ -251,16 +328,22 @@ kmip_enum!(
 kmip_enum!(
     /// Name Type of a Name attribute.
     NameType, "Name Type" {
+        /// Uninterpreted Text String.
         UNINTERPRETED_TEXT_STRING = 1,
+        /// URI.
         URI = 2,
     }
 );
 
 /// Cryptographic Usage Mask bits.
 pub mod usage {
+    /// Encrypt.
     pub const ENCRYPT: i32 = 0x04;
+    /// Decrypt.
     pub const DECRYPT: i32 = 0x08;
+    /// Wrap Key.
     pub const WRAP_KEY: i32 = 0x10;
+    /// Unwrap Key.
     pub const UNWRAP_KEY: i32 = 0x20;
 }
 
@@ -269,9 +352,11 @@ pub mod usage {
 pub struct Password(String);
 
 impl Password {
+    /// Wraps a password.
     pub fn new(s: String) -> Self {
         Password(s)
     }
+    /// The password's text, to send it or check it.
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -289,11 +374,18 @@ impl fmt::Debug for Password {
 pub enum Credential {
     /// Credential Type 1: Username and Password.
     UsernamePassword {
+        /// The Username.
         username: String,
+        /// The Password, when one is sent.
         password: Option<Password>,
     },
     /// Another Credential Type, kept as received.
-    Other { credential_type: u32, value: Item },
+    Other {
+        /// The Credential Type's value.
+        credential_type: u32,
+        /// The Credential Value item.
+        value: Item,
+    },
 }
 
 impl Credential {
@@ -348,35 +440,46 @@ impl Credential {
 /// The header of a request message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestHeader {
+    /// The protocol version the message is encoded in.
     pub protocol_version: ProtocolVersion,
+    /// Maximum Response Size, in bytes.
     pub maximum_response_size: Option<i32>,
+    /// The Credential of the Authentication structure.
     pub authentication: Option<Credential>,
     /// POSIX seconds. Some servers reject a time stamp in the future or older than a minute.
     pub time_stamp: Option<i64>,
+    /// Batch Count: the number of batch items.
     pub batch_count: i32,
 }
 
 /// One operation of a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestBatchItem {
+    /// The Operation.
     pub operation: Operation,
     /// Unique Batch Item ID; needed when a message has several items.
     pub id: Option<Vec<u8>>,
+    /// The Request Payload.
     pub payload: RequestPayload,
 }
 
 /// A Request Message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestMessage {
+    /// The Request Header.
     pub header: RequestHeader,
+    /// The batch items.
     pub items: Vec<RequestBatchItem>,
 }
 
 /// The header of a response message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResponseHeader {
+    /// The protocol version the message is encoded in.
     pub protocol_version: ProtocolVersion,
+    /// Time Stamp: POSIX seconds (0 when the server sent none).
     pub time_stamp: i64,
+    /// Batch Count: the number of batch items.
     pub batch_count: i32,
 }
 
@@ -385,10 +488,15 @@ pub struct ResponseHeader {
 pub struct ResponseBatchItem {
     /// Absent in some failure responses (e.g. a request the server could not parse).
     pub operation: Option<Operation>,
+    /// Unique Batch Item ID, echoed from the request item.
     pub id: Option<Vec<u8>>,
+    /// Result Status.
     pub status: ResultStatus,
+    /// Result Reason (of a failed item).
     pub reason: Option<ResultReason>,
+    /// Result Message: the server's text about a failure.
     pub message: Option<String>,
+    /// The Response Payload (of a successful item).
     pub payload: Option<ResponsePayload>,
 }
 
@@ -414,7 +522,9 @@ impl ResponseBatchItem {
 /// A Response Message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResponseMessage {
+    /// The Response Header.
     pub header: ResponseHeader,
+    /// The batch items, one for each item of the request.
     pub items: Vec<ResponseBatchItem>,
 }
 
@@ -422,16 +532,32 @@ pub struct ResponseMessage {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum MessageError {
+    /// A required field is absent.
     #[error("{parent} has no {missing}")]
-    Missing { parent: Tag, missing: Tag },
+    Missing {
+        /// The structure that lacks it.
+        parent: Tag,
+        /// The absent field.
+        missing: Tag,
+    },
+    /// A field has another item type than the specification gives it.
     #[error("{tag} is a {found}, expected a {expected}")]
     WrongType {
+        /// The field.
         tag: Tag,
+        /// The item type expected (e.g. "Integer").
         expected: &'static str,
+        /// The item type received.
         found: &'static str,
     },
+    /// A field's value is not acceptable.
     #[error("{tag}: {reason}")]
-    Invalid { tag: Tag, reason: String },
+    Invalid {
+        /// The field.
+        tag: Tag,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Typed, checked access to the children of a structure.

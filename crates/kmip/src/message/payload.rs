@@ -13,16 +13,22 @@ use crate::ttlv::{Item, Tag, Value};
 /// The Revocation Reason of a Revoke request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RevocationReason {
+    /// Revocation Reason Code.
     pub code: RevocationReasonCode,
+    /// Revocation Message: free text.
     pub message: Option<String>,
 }
 
 /// The Key Block of a key object. The key material is zeroed on drop and never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct KeyBlock {
+    /// Key Format Type of `material`.
     pub format: KeyFormatType,
+    /// The key bytes (Raw and Transparent Symmetric Key formats), or the wrapped bytes.
     pub material: Zeroizing<Vec<u8>>,
+    /// Cryptographic Algorithm.
     pub algorithm: Option<CryptographicAlgorithm>,
+    /// Cryptographic Length, in bits.
     pub length: Option<i32>,
     /// The server returned the key wrapped (Key Wrapping Data present): `material` is then the
     /// wrapped bytes, not the key.
@@ -134,9 +140,13 @@ impl KeyBlock {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ManagedObject {
+    /// A Symmetric Key.
     SymmetricKey(KeyBlock),
+    /// Secret Data (e.g. a password or a seed), in a key block.
     SecretData {
+        /// Secret Data Type (1 Password, 2 Seed).
         secret_data_type: u32,
+        /// The secret's bytes.
         key_block: KeyBlock,
     },
     /// Any other object, kept as received (tag and contents).
@@ -144,6 +154,7 @@ pub enum ManagedObject {
 }
 
 impl ManagedObject {
+    /// The Object Type of the object, when this model knows it.
     pub fn object_type(&self) -> Option<ObjectType> {
         match self {
             ManagedObject::SymmetricKey(_) => Some(ObjectType::SYMMETRIC_KEY),
@@ -220,8 +231,11 @@ impl ManagedObject {
 /// What a Query answered.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct QueryResponse {
+    /// The operations the server offers (Query Operations).
     pub operations: Vec<Operation>,
+    /// The object types the server handles (Query Objects).
     pub object_types: Vec<ObjectType>,
+    /// Vendor Identification (Query Server Information).
     pub vendor_identification: Option<String>,
     /// Server Information, as received (its contents are vendor-specific).
     pub server_information: Option<Item>,
@@ -231,47 +245,77 @@ pub struct QueryResponse {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RequestPayload {
+    /// Discover Versions (KMIP 1.4 §4.26).
     DiscoverVersions {
+        /// The versions the client speaks, its preferred first; empty asks for all the server's.
         versions: Vec<ProtocolVersion>,
     },
+    /// Query (KMIP 1.4 §4.25).
     Query {
+        /// What to report.
         functions: Vec<QueryFunction>,
     },
+    /// Create (KMIP 1.4 §4.1).
     Create {
+        /// The type of the object to make (Symmetric Key).
         object_type: ObjectType,
+        /// The attributes to give it.
         attributes: Attributes,
     },
+    /// Register (KMIP 1.4 §4.3).
     Register {
+        /// The type of the object supplied.
         object_type: ObjectType,
+        /// The attributes to give it.
         attributes: Attributes,
+        /// The object itself.
         object: ManagedObject,
     },
+    /// Activate (KMIP 1.4 §4.19).
     Activate {
+        /// The object; absent: the ID Placeholder (the object of an earlier item of the batch).
         unique_identifier: Option<String>,
     },
+    /// Get (KMIP 1.4 §4.11).
     Get {
+        /// The object; absent: the ID Placeholder.
         unique_identifier: Option<String>,
+        /// The Key Format Type to return the key in; absent: the server's choice.
         key_format_type: Option<KeyFormatType>,
     },
+    /// Get Attributes (KMIP 1.4 §4.12).
     GetAttributes {
+        /// The object; absent: the ID Placeholder.
         unique_identifier: Option<String>,
         /// Attribute names; empty asks for all.
         names: Vec<String>,
     },
+    /// Get Attribute List (KMIP 1.4 §4.13).
     GetAttributeList {
+        /// The object; absent: the ID Placeholder.
         unique_identifier: Option<String>,
     },
+    /// Locate (KMIP 1.4 §4.9).
     Locate {
+        /// Maximum Items: the most identifiers to return.
         maximum_items: Option<i32>,
+        /// Offset Items (KMIP 1.3 and later): matching objects to skip.
         offset_items: Option<i32>,
+        /// The attributes every object returned must have.
         attributes: Attributes,
     },
+    /// Revoke (KMIP 1.4 §4.20).
     Revoke {
+        /// The object; absent: the ID Placeholder.
         unique_identifier: Option<String>,
+        /// Why the object is revoked.
         reason: RevocationReason,
+        /// Compromise Occurrence Date, POSIX seconds (with the reason Key Compromise).
         compromise_date: Option<i64>,
     },
+    /// Destroy (KMIP 1.4 §4.21).
     Destroy {
+        /// The object; absent: the ID Placeholder.
         unique_identifier: Option<String>,
     },
     /// An operation this model does not know: the payload as received.
@@ -282,41 +326,68 @@ pub enum RequestPayload {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ResponsePayload {
+    /// Discover Versions (KMIP 1.4 §4.26).
     DiscoverVersions {
+        /// The versions the server speaks of those asked, its preferred first.
         versions: Vec<ProtocolVersion>,
     },
+    /// Query (KMIP 1.4 §4.25).
     Query(QueryResponse),
+    /// Create (KMIP 1.4 §4.1).
     Create {
+        /// The type of the object made.
         object_type: ObjectType,
+        /// The new object's Unique Identifier.
         unique_identifier: String,
     },
+    /// Register (KMIP 1.4 §4.3).
     Register {
+        /// The new object's Unique Identifier.
         unique_identifier: String,
     },
+    /// Activate (KMIP 1.4 §4.19).
     Activate {
+        /// The object activated.
         unique_identifier: String,
     },
+    /// Get (KMIP 1.4 §4.11).
     Get {
+        /// The object's type.
         object_type: ObjectType,
+        /// The object's Unique Identifier.
         unique_identifier: String,
+        /// The object.
         object: ManagedObject,
     },
+    /// Get Attributes (KMIP 1.4 §4.12).
     GetAttributes {
+        /// The object's Unique Identifier.
         unique_identifier: String,
+        /// The attributes returned.
         attributes: Attributes,
     },
+    /// Get Attribute List (KMIP 1.4 §4.13).
     GetAttributeList {
+        /// The object's Unique Identifier.
         unique_identifier: String,
+        /// The names of the object's attributes.
         names: Vec<String>,
     },
+    /// Locate (KMIP 1.4 §4.9).
     Locate {
+        /// Located Items (KMIP 1.3 and later): how many objects match in all.
         located_items: Option<i32>,
+        /// The identifiers of this page of matching objects.
         unique_identifiers: Vec<String>,
     },
+    /// Revoke (KMIP 1.4 §4.20).
     Revoke {
+        /// The object revoked.
         unique_identifier: String,
     },
+    /// Destroy (KMIP 1.4 §4.21).
     Destroy {
+        /// The object destroyed.
         unique_identifier: String,
     },
     /// An operation this model does not know: the payload as received.

@@ -83,6 +83,8 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
+    /// A connection from `peer` that presented the certificate with fingerprint `certificate`,
+    /// with no credential verified yet.
     pub fn new(peer: impl Into<String>, certificate: Option<String>) -> Self {
         Session {
             peer: peer.into(),
@@ -161,6 +163,7 @@ fn is_destroyed(state: State) -> bool {
 }
 
 impl Engine {
+    /// An engine over `store` and `clients`, with the default limits and quota.
     pub fn new(store: Store, clients: Clients) -> Engine {
         Engine {
             store: RwLock::new(store),
@@ -183,6 +186,7 @@ impl Engine {
         self
     }
 
+    /// The decoding limits of requests.
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
@@ -581,7 +585,7 @@ const LOG_CHARS: usize = 256;
 
 /// Text for a log line: control characters (newlines, escape sequences, bidirectional
 /// overrides…) escaped, so that a client cannot forge or hide log lines, and at most
-/// [`LOG_CHARS`] characters.
+/// `LOG_CHARS` characters.
 pub fn for_log(s: &str) -> String {
     let mut out = String::new();
     for (n, c) in s.chars().enumerate() {

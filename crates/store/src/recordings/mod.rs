@@ -11,7 +11,7 @@
 //!   database: a recording's last chunk when it is at most [`INLINE_MAX`] bytes, and every chunk
 //!   of recordings stored by format 1 (chunks of 1020 KiB), read until they are deleted.
 //!
-//! An upload writes each batch's chunks into free blocks ([`crate::extents`]: marked in use
+//! An upload writes each batch's chunks into free blocks (`crate::extents`: marked in use
 //! before they are written), then commits their entries under a new blob number (the commit's
 //! first flush makes the blocks durable before any state references them); finishing
 //! publishes the recording and retires the blob it replaces in one transaction.
