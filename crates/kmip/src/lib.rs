@@ -6,6 +6,7 @@
 //! - [`client`]: a KMIP client over mutual TLS with version negotiation, timeouts and failover.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod client;
 pub mod message;
@@ -16,16 +17,12 @@ mod registry;
 /// The name of value `value` of the KMIP enumeration (or mask bit) `enumeration`, e.g.
 /// `enum_name("Result Reason", 1) == Some("Item Not Found")`.
 pub fn enum_name(enumeration: &str, value: u32) -> Option<&'static str> {
-    let (_, values) = registry::ENUMERATIONS
-        .iter()
-        .find(|(n, _)| *n == enumeration)?;
+    let values = registry::values(enumeration)?;
     values.iter().find(|(v, _)| *v == value).map(|&(_, n)| n)
 }
 
 /// The value of the KMIP enumeration value named `name` in `enumeration`.
 pub fn enum_value(enumeration: &str, name: &str) -> Option<u32> {
-    let (_, values) = registry::ENUMERATIONS
-        .iter()
-        .find(|(n, _)| *n == enumeration)?;
+    let values = registry::values(enumeration)?;
     values.iter().find(|(_, n)| *n == name).map(|&(v, _)| v)
 }

@@ -77,16 +77,27 @@ impl fmt::Display for Tag {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ItemType {
+    /// Structure: a sequence of items.
     Structure = 0x01,
+    /// Integer: 32-bit signed, in 8 bytes with padding.
     Integer = 0x02,
+    /// Long Integer: 64-bit signed.
     LongInteger = 0x03,
+    /// Big Integer: two's complement, a multiple of 8 bytes.
     BigInteger = 0x04,
+    /// Enumeration: 32-bit unsigned, in 8 bytes with padding.
     Enumeration = 0x05,
+    /// Boolean: 0 or 1 in 8 bytes.
     Boolean = 0x06,
+    /// Text String: UTF-8, padded to a multiple of 8 bytes.
     TextString = 0x07,
+    /// Byte String: padded to a multiple of 8 bytes.
     ByteString = 0x08,
+    /// Date-Time: POSIX seconds, 64-bit signed.
     DateTime = 0x09,
+    /// Interval: seconds, 32-bit unsigned, in 8 bytes with padding.
     Interval = 0x0A,
+    /// Date-Time Extended (KMIP 2.0 and later): POSIX microseconds, 64-bit signed.
     DateTimeExtended = 0x0B,
 }
 
@@ -144,14 +155,21 @@ impl ItemType {
 /// their length.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Value {
+    /// The items of a Structure.
     Structure(Vec<Item>),
+    /// An Integer.
     Integer(i32),
+    /// A Long Integer.
     LongInteger(i64),
     /// Two's-complement big-endian bytes, sign-extended to a multiple of 8 bytes (as on the wire).
     BigInteger(Vec<u8>),
+    /// An Enumeration's value.
     Enumeration(u32),
+    /// A Boolean.
     Boolean(bool),
+    /// A Text String.
     TextString(String),
+    /// A Byte String.
     ByteString(Vec<u8>),
     /// POSIX time in seconds (UTC).
     DateTime(i64),
@@ -209,7 +227,9 @@ impl Value {
 /// One TTLV item: a tag and a value.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Item {
+    /// The item's tag.
     pub tag: Tag,
+    /// The item's value (its type is the value's variant).
     pub value: Value,
 }
 
@@ -220,10 +240,12 @@ impl fmt::Debug for Item {
 }
 
 impl Item {
+    /// An item of `tag` and `value`.
     pub fn new(tag: Tag, value: Value) -> Item {
         Item { tag, value }
     }
 
+    /// A Structure item of `tag` holding `children`.
     pub fn structure(tag: Tag, children: Vec<Item>) -> Item {
         Item::new(tag, Value::Structure(children))
     }
@@ -345,6 +367,7 @@ pub struct DecodeError {
     pub offset: usize,
     /// Tags of the enclosing structures, outermost first, then the item at fault if known.
     pub path: Vec<Tag>,
+    /// What was wrong.
     pub kind: DecodeErrorKind,
 }
 
@@ -353,28 +376,61 @@ pub struct DecodeError {
 #[non_exhaustive]
 pub enum DecodeErrorKind {
     /// Fewer bytes than an item header.
-    TruncatedHeader { available: usize },
+    TruncatedHeader {
+        /// Bytes left in the parent or the input.
+        available: usize,
+    },
     /// The item announces more bytes than its parent (or the input) holds.
-    Overrun { needed: usize, available: usize },
+    Overrun {
+        /// Bytes the item needs (header, value and padding).
+        needed: usize,
+        /// Bytes left in the parent or the input.
+        available: usize,
+    },
     /// The tag's first byte is neither 0x42 (KMIP) nor 0x54 (extension).
-    BadTagPrefix { tag: u32 },
+    BadTagPrefix {
+        /// The tag read (3 bytes).
+        tag: u32,
+    },
     /// The type byte is not a TTLV item type.
-    UnknownType { byte: u8 },
+    UnknownType {
+        /// The type byte read.
+        byte: u8,
+    },
     /// A fixed-size type with another length, or a Big Integer / Structure length that is not a
     /// multiple of 8.
-    BadLength { item_type: ItemType, length: usize },
+    BadLength {
+        /// The item's type.
+        item_type: ItemType,
+        /// The length it announces, in bytes.
+        length: usize,
+    },
     /// Padding bytes that are not zero.
     NonZeroPadding,
     /// A Boolean other than 0 or 1.
-    BadBoolean { value: u64 },
+    BadBoolean {
+        /// The value read.
+        value: u64,
+    },
     /// A Text String that is not UTF-8.
     InvalidUtf8,
     /// Structures nested deeper than the limit.
-    TooDeep { max: usize },
+    TooDeep {
+        /// The deepest nesting allowed.
+        max: usize,
+    },
     /// The message is larger than the limit.
-    TooLarge { length: usize, max: usize },
+    TooLarge {
+        /// The message's length (as given, or as its header announces), in bytes.
+        length: usize,
+        /// The largest length allowed, in bytes.
+        max: usize,
+    },
     /// Bytes after the top-level item.
-    TrailingBytes { count: usize },
+    TrailingBytes {
+        /// How many.
+        count: usize,
+    },
 }
 
 impl fmt::Display for DecodeErrorKind {

@@ -19,6 +19,7 @@ pub struct Client {
     pub name: String,
     /// The KMIP Credential username.
     pub username: String,
+    /// The hash of the KMIP Credential password.
     pub password: PasswordHash,
     /// SHA-256 fingerprints (hex) of the certificates this client may present.
     pub certificates: Vec<String>,
@@ -103,10 +104,12 @@ impl Clients {
         Clients::load(&self.path)
     }
 
+    /// Every registered client.
     pub fn list(&self) -> &[Client] {
         &self.list
     }
 
+    /// The client named `name`.
     pub fn by_name(&self, name: &str) -> Option<&Client> {
         self.list.iter().find(|c| c.name == name)
     }

@@ -51,11 +51,13 @@ impl std::fmt::Debug for MasterKey {
 }
 
 impl MasterKey {
+    /// The key of `bytes`; `None` unless they are [`MASTER_KEY_LEN`] long.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
         let arr: [u8; MASTER_KEY_LEN] = bytes.try_into().ok()?;
         Some(MasterKey(Zeroizing::new(arr)))
     }
 
+    /// A new random key.
     pub fn generate() -> Result<Self> {
         let b = random_bytes(MASTER_KEY_LEN)?;
         let mut key = Zeroizing::new([0u8; MASTER_KEY_LEN]);

@@ -31,17 +31,25 @@ pub const FIRST_CLIENT: &str = "appliance";
 /// Paths inside a data directory.
 #[derive(Clone, Debug)]
 pub struct DataDir {
+    /// The directory.
     pub root: PathBuf,
 }
 
 /// A client identity just issued, with its secrets (zeroed on drop).
 pub struct IssuedClient {
+    /// The client's name.
     pub name: String,
+    /// Its certificate (`DIR/clients/<name>.crt`).
     pub cert: PathBuf,
+    /// Its private key (`DIR/clients/<name>.key`, 0600).
     pub key: PathBuf,
+    /// Certificate and key as PKCS#12 (`DIR/clients/<name>.p12`, 0600).
     pub p12: PathBuf,
+    /// The PKCS#12 file's passphrase.
     pub p12_passphrase: Zeroizing<String>,
+    /// Its KMIP Credential username.
     pub username: String,
+    /// Its KMIP Credential password.
     pub password: Zeroizing<String>,
     /// The client's env file (`DIR/clients/<name>.env`).
     pub env: PathBuf,
@@ -106,43 +114,67 @@ pub fn valid_client_name(name: &str) -> bool {
 }
 
 impl DataDir {
+    /// The data directory at `root` (nothing is read or created).
     pub fn new(root: impl Into<PathBuf>) -> Self {
         DataDir { root: root.into() }
     }
 
+    /// `DIR/master.key`: the master key that seals every object file.
     pub fn master_key(&self) -> PathBuf {
         self.root.join("master.key")
     }
+
+    /// `DIR/clients.json`: the client registry.
     pub fn clients_file(&self) -> PathBuf {
         self.root.join("clients.json")
     }
+
+    /// `DIR/objects`: one sealed file per object.
     pub fn objects(&self) -> PathBuf {
         self.root.join("objects")
     }
+
+    /// `DIR/pki`.
     pub fn pki(&self) -> PathBuf {
         self.root.join("pki")
     }
+
+    /// `DIR/pki/ca.crt`: the CA certificate.
     pub fn ca_cert(&self) -> PathBuf {
         self.pki().join("ca.crt")
     }
+
+    /// `DIR/pki/ca.key`: the CA's private key.
     pub fn ca_key(&self) -> PathBuf {
         self.pki().join("ca.key")
     }
+
+    /// `DIR/pki/server.crt`: the server's ECDSA P-256 certificate.
     pub fn server_cert(&self) -> PathBuf {
         self.pki().join("server.crt")
     }
+
+    /// `DIR/pki/server.key`: the server's ECDSA P-256 private key.
     pub fn server_key(&self) -> PathBuf {
         self.pki().join("server.key")
     }
+
+    /// `DIR/pki/server-rsa.crt`: the server's RSA certificate.
     pub fn server_rsa_cert(&self) -> PathBuf {
         self.pki().join("server-rsa.crt")
     }
+
+    /// `DIR/pki/server-rsa.key`: the server's RSA private key.
     pub fn server_rsa_key(&self) -> PathBuf {
         self.pki().join("server-rsa.key")
     }
+
+    /// `DIR/clients`: each client's identity and env file.
     pub fn client_dir(&self) -> PathBuf {
         self.root.join("clients")
     }
+
+    /// `DIR/client.env`: the first client's settings.
     pub fn client_env(&self) -> PathBuf {
         self.root.join("client.env")
     }
@@ -499,7 +531,7 @@ fn env_text(dir: &DataDir, c: &IssuedClient, host: &str, port: u16) -> Zeroizing
 }
 
 /// Reads `export NAME=value` lines of an env file (values unquoted as a shell would for the
-/// quoting [`env_text`] writes).
+/// quoting `env_text` writes).
 pub use atrest_kmip::client::parse_env;
 
 #[cfg(test)]

@@ -6,21 +6,35 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KmsError {
+    /// A file or directory operation failed.
     #[error("{what} {}: {source}", path.display())]
     Io {
+        /// What was being done ("reading", "creating the directory", …).
         what: &'static str,
+        /// The file or directory.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// A cryptographic operation of OpenSSL failed.
     #[error("{what}: {source}")]
     Crypto {
+        /// What was being done.
         what: &'static str,
+        /// OpenSSL's errors.
         #[source]
         source: openssl::error::ErrorStack,
     },
+    /// A file holds something unreadable or inconsistent.
     #[error("{}: {reason}", path.display())]
-    Corrupt { path: PathBuf, reason: String },
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Anything else (unusable settings, names, addresses), with what to do where it helps.
     #[error("{0}")]
     Config(String),
 }
@@ -38,4 +52,5 @@ impl KmsError {
     }
 }
 
+/// A result whose error is a [`KmsError`] unless told otherwise.
 pub type Result<T, E = KmsError> = std::result::Result<T, E>;

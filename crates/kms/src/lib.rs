@@ -42,6 +42,7 @@
 //! in the specification, so a client that must work with any server uses two 256-bit keys.
 
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod clients;
 pub mod crypto;

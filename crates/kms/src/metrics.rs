@@ -15,10 +15,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use atrest_kmip::message::{ObjectType, Operation, ResultReason, State};
+use parking_lot::Mutex;
 
 /// What became of an accepted TCP connection (`atrest_kms_connections_total{result}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -64,10 +64,6 @@ pub struct Metrics {
     open: AtomicI64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Metrics {
     /// Counts one batch item: its operation and `None` for success, else the failure's reason.
     pub fn operation(&self, op: Operation, failure: Option<ResultReason>) {
@@ -76,7 +72,7 @@ impl Metrics {
             None => "success".to_owned(),
             Some(r) => r.name().unwrap_or("other").to_owned(),
         };
-        *lock(&self.ops).entry((name, result)).or_insert(0) += 1;
+        *self.ops.lock().entry((name, result)).or_insert(0) += 1;
     }
 
     /// Counts a request answered Invalid Message.
@@ -97,7 +93,7 @@ impl Metrics {
 
     /// Operations counted so far by (operation, result).
     pub fn operations(&self) -> BTreeMap<(&'static str, String), u64> {
-        lock(&self.ops).clone()
+        self.ops.lock().clone()
     }
 }
 

@@ -118,7 +118,9 @@ pub fn make_ca(cn: &str) -> Result<(PKey<Private>, X509)> {
 /// What a leaf certificate is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
+    /// A server certificate (Extended Key Usage serverAuth, with the names as SANs).
     Server,
+    /// A client certificate (Extended Key Usage clientAuth).
     Client,
 }
 

@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use openssl::ssl::{
     SslAcceptor, SslFiletype, SslMethod, SslMode, SslStream, SslVerifyMode, SslVersion,
 };
 use openssl::x509::X509;
+use parking_lot::Mutex;
 use zeroize::Zeroizing;
 
 use crate::datadir::DataDir;
@@ -86,6 +87,7 @@ const SWEEP_EVERY: Duration = Duration::from_millis(100);
 /// Settings of the listener.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
+    /// The address to listen on (`host:port`; port 0 picks a free port).
     pub listen: String,
     /// Most authenticated connections served at once; one more is closed right after its
     /// handshake (and logged).
@@ -176,10 +178,6 @@ struct Table {
 
 type Shared = Arc<Mutex<Table>>;
 
-fn table(t: &Shared) -> std::sync::MutexGuard<'_, Table> {
-    t.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Why a new connection was turned away.
 enum Admission {
     Admitted,
@@ -254,7 +252,7 @@ struct Slot {
 
 impl Slot {
     fn set(&self, phase: Phase, deadline: Option<Duration>) {
-        if let Some(c) = table(&self.table).conns.get_mut(&self.id) {
+        if let Some(c) = self.table.lock().conns.get_mut(&self.id) {
             c.phase = phase;
             c.deadline = deadline.map(|d| Instant::now() + d);
         }
@@ -262,7 +260,7 @@ impl Slot {
 
     /// After the handshake: takes an authenticated slot, or `false` when all are in use.
     fn authenticated(&self, config: &ServerConfig) -> bool {
-        let mut t = table(&self.table);
+        let mut t = self.table.lock();
         let used = t
             .conns
             .values()
@@ -285,7 +283,7 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        table(&self.table).conns.remove(&self.id);
+        self.table.lock().conns.remove(&self.id);
     }
 }
 
@@ -369,6 +367,7 @@ impl Server {
         })
     }
 
+    /// The address the listener is bound to.
     pub fn local_addr(&self) -> Result<SocketAddr> {
         self.listener
             .local_addr()
@@ -391,7 +390,7 @@ impl Server {
         while !self.stop.load(Ordering::SeqCst) {
             let now = Instant::now();
             if now.duration_since(last_sweep) >= SWEEP_EVERY {
-                table(&shared).sweep(now);
+                shared.lock().sweep(now);
                 last_sweep = now;
                 threads.retain(|t| !t.is_finished());
                 refused.flush(now, false);
@@ -420,7 +419,7 @@ impl Server {
             let id = next_id;
             next_id += 1;
             {
-                let mut t = table(&shared);
+                let mut t = shared.lock();
                 if let Admission::Refused(why) = t.admit(source, &self.config, now) {
                     drop(t);
                     self.engine.metrics().connection(ConnResult::Refused);
@@ -467,9 +466,9 @@ impl Server {
             }
         }
         refused.flush(Instant::now(), true);
-        tracing::info!(connections = table(&shared).conns.len(), "stopping");
+        tracing::info!(connections = shared.lock().conns.len(), "stopping");
         // Wake connections waiting for a request; one in the middle of a request finishes it.
-        for c in table(&shared).conns.values() {
+        for c in shared.lock().conns.values() {
             let _ = c.stream.shutdown(Shutdown::Read);
         }
         let deadline = Instant::now() + Duration::from_secs(5);

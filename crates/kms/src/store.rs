@@ -35,17 +35,25 @@ const MATERIAL_AAD: &[u8] = b"ATRKMS-material:";
 /// destroyed) its key material.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Record {
+    /// The Unique Identifier.
     pub uid: String,
     /// The name of the client that made the object; no other client sees it.
     pub owner: String,
     /// Creation order, for stable Locate results.
     pub seq: u64,
+    /// Object Type (a KMIP Object Type value).
     pub object_type: u32,
+    /// State (a KMIP State value).
     pub state: u32,
+    /// Cryptographic Algorithm (a KMIP value).
     pub algorithm: Option<u32>,
+    /// Cryptographic Length, in bits.
     pub length: Option<i32>,
+    /// Cryptographic Usage Mask.
     pub usage_mask: Option<i32>,
+    /// Key Format Type the material is kept in (a KMIP value).
     pub key_format: u32,
+    /// Secret Data Type, for Secret Data objects.
     pub secret_data_type: Option<u32>,
     /// Key material; `None` once destroyed. In memory only: the file holds it sealed under
     /// the object's own key (`sealed_material`). Files written before per-object keys hold it
@@ -61,12 +69,20 @@ pub struct Record {
     pub sealed_material: Option<String>,
     /// Name attributes: (Name Value, Name Type).
     pub names: Vec<(String, u32)>,
+    /// Initial Date: when the object was made, POSIX seconds.
     pub initial_date: i64,
+    /// Last Change Date, POSIX seconds.
     pub last_change_date: i64,
+    /// Activation Date, POSIX seconds.
     pub activation_date: Option<i64>,
+    /// Deactivation Date, POSIX seconds.
     pub deactivation_date: Option<i64>,
+    /// Destroy Date, POSIX seconds.
     pub destroy_date: Option<i64>,
+    /// Compromise Date: when the object entered the Compromised state, POSIX seconds.
     pub compromise_date: Option<i64>,
+    /// Compromise Occurrence Date: when the compromise happened, as the client said it, POSIX
+    /// seconds.
     pub compromise_occurrence_date: Option<i64>,
     /// Revocation Reason: code and message.
     pub revocation: Option<(u32, Option<String>)>,
@@ -205,14 +221,17 @@ impl Store {
         Ok((store, problems))
     }
 
+    /// The object `uid`.
     pub fn get(&self, uid: &str) -> Option<&Record> {
         self.objects.get(uid)
     }
 
+    /// Number of objects (destroyed ones included).
     pub fn len(&self) -> usize {
         self.objects.len()
     }
 
+    /// Whether there is no object.
     pub fn is_empty(&self) -> bool {
         self.objects.is_empty()
     }

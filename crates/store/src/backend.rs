@@ -24,10 +24,11 @@
 //!   database for deletions, or the end of the device.
 
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 
 use atrest_volume::BlockDevice;
+use parking_lot::{Mutex, RwLock};
 
 use crate::extents::Extents;
 use crate::superblock::{MAX_LOGICAL_LEN, NO_EXTENT, SHADOW_LEN, SLOT_SIZE, Superblock};
@@ -281,14 +282,10 @@ impl VolumeBackend {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl redb::StorageBackend for VolumeBackend {
     fn len(&self) -> io::Result<u64> {
         self.live()?;
-        Ok(self.state.read().unwrap_or_else(|e| e.into_inner()).len)
+        Ok(self.state.read().len)
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
@@ -296,7 +293,7 @@ impl redb::StorageBackend for VolumeBackend {
         let end = offset
             .checked_add(out.len() as u64)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset overflow"))?;
-        let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let st = self.state.read();
         if end > st.len {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -310,7 +307,7 @@ impl redb::StorageBackend for VolumeBackend {
         let mut buf = out;
         if pos < SHADOW_LEN as u64 {
             let n = (SHADOW_LEN as u64 - pos).min(buf.len() as u64) as usize;
-            let shadow = lock(&self.shadow);
+            let shadow = self.shadow.lock();
             buf[..n].copy_from_slice(&shadow[pos as usize..pos as usize + n]);
             drop(shadow);
             buf = &mut buf[n..];
@@ -334,9 +331,9 @@ impl redb::StorageBackend for VolumeBackend {
         if len > MAX_LOGICAL_LEN {
             return Err(full_error());
         }
-        let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.state.write();
         if len < SHADOW_LEN as u64 {
-            lock(&self.shadow)[len as usize..].fill(0);
+            self.shadow.lock()[len as usize..].fill(0);
         }
         st.len = len;
         let mark = st.written_to.min(len).max(SHADOW_LEN as u64);
@@ -350,14 +347,10 @@ impl redb::StorageBackend for VolumeBackend {
 
     fn sync_data(&self) -> io::Result<()> {
         self.live()?;
-        let mut p = lock(&self.persisted);
+        let mut p = self.persisted.lock();
         // Snapshot first: every write that completed before it is covered by the flush below.
-        let state = self
-            .state
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let shadow = lock(&self.shadow).clone();
+        let state = self.state.write().clone();
+        let shadow = self.shadow.lock().clone();
         // Recording blocks written for this commit are covered by the same flush.
         let blocks = self.shared.extents.unflushed.swap(false, Ordering::AcqRel);
         if self.unflushed.swap(false, Ordering::AcqRel) | blocks {
@@ -397,7 +390,7 @@ impl redb::StorageBackend for VolumeBackend {
         let mut pos = offset;
         let mut data = data;
         {
-            let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+            let st = self.state.read();
             if end > st.len {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -410,7 +403,7 @@ impl redb::StorageBackend for VolumeBackend {
         }
         if pos < SHADOW_LEN as u64 {
             let n = (SHADOW_LEN as u64 - pos).min(data.len() as u64) as usize;
-            lock(&self.shadow)[pos as usize..pos as usize + n].copy_from_slice(&data[..n]);
+            self.shadow.lock()[pos as usize..pos as usize + n].copy_from_slice(&data[..n]);
             data = &data[n..];
             pos += n as u64;
         }
@@ -427,7 +420,7 @@ impl redb::StorageBackend for VolumeBackend {
             return Err(full_error());
         }
         {
-            let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+            let st = self.state.read();
             if end <= st.written_to {
                 self.dev
                     .write_at(data, pos + PHYS_SHIFT)
@@ -436,7 +429,7 @@ impl redb::StorageBackend for VolumeBackend {
                 return Ok(());
             }
         }
-        let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.state.write();
         // Claim the bytes up to the end of this write before anything is written there.
         if end > st.written_to
             && !self
@@ -531,7 +524,7 @@ mod tests {
         b.set_len(8 * PAGE).unwrap();
         b.write(0, &[1u8; 64]).unwrap();
         b.sync_data().unwrap();
-        let seq = lock(&b.persisted).seq;
+        let seq = b.persisted.lock().seq;
         b.write(0, &[2u8; 64]).unwrap();
         b.sync_data().unwrap();
         // Garble the slot the last sync wrote.

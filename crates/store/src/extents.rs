@@ -15,10 +15,11 @@
 //! claimed here too, before the database writes there; it never overlaps a block in use.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use atrest_volume::UsedRanges;
+use parking_lot::Mutex;
 
 /// Size of an extent block (and of a recording chunk in store format 2).
 pub(crate) const BLOCK: u64 = 1 << 20;
@@ -107,14 +108,10 @@ pub(crate) struct Extents {
 pub(crate) struct NoRoom;
 
 impl Extents {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Sets the blocks referenced by the committed state (read at open, before any block is
     /// handed out) and lifts the fence.
     pub(crate) fn load(&self, blocks: impl IntoIterator<Item = u64>) {
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         for b in blocks {
             st.set(b);
         }
@@ -124,7 +121,7 @@ impl Extents {
     /// A database instance opened with its written-up-to mark at device offset `db_end` and
     /// the persisted extent floor `fence` (which holds until [`Extents::load`]).
     pub(crate) fn set_db_end(&self, db_end: u64, fence: u64) {
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         // Never lowered here: a database instance retired after an error may still have a
         // write in flight below its old mark.
         st.db_end = st.db_end.max(db_end);
@@ -135,14 +132,14 @@ impl Extents {
 
     /// The database shrank its written region to device offset `db_end`.
     pub(crate) fn lower_db_end(&self, db_end: u64) {
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         st.db_end = st.db_end.min(db_end);
     }
 
     /// Lowest device offset of a block in use (or of the fence), to be persisted with each
     /// state: no block that state references lies below it.
     pub(crate) fn floor(&self) -> u64 {
-        let st = self.lock();
+        let st = self.state.lock();
         let lowest = st
             .used
             .iter()
@@ -158,7 +155,7 @@ impl Extents {
     /// a block in use lies below `end + keep` (`keep`: room that must stay free above it) or
     /// `end` is past `dev_len`.
     pub(crate) fn claim_db(&self, end: u64, keep: u64, dev_len: u64) -> bool {
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         if end <= st.db_end {
             return true;
         }
@@ -174,7 +171,7 @@ impl Extents {
     /// bytes, within a device of `dev_len` bytes; they are marked in use before this returns.
     /// Sorted ascending.
     pub(crate) fn allocate(&self, n: usize, keep: u64, dev_len: u64) -> Result<Vec<u64>, NoRoom> {
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         st.release();
         let top = dev_len / BLOCK;
         let floor = st.db_end.saturating_add(keep).div_ceil(BLOCK);
@@ -204,7 +201,7 @@ impl Extents {
 
     /// Gives back blocks that no committed state references (a batch that was not committed).
     pub(crate) fn give_back(&self, blocks: &[u64]) {
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         for &b in blocks {
             st.clear(b);
         }
@@ -216,7 +213,7 @@ impl Extents {
         if blocks.is_empty() {
             return;
         }
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         st.epoch += 1;
         let e = st.epoch;
         st.quarantine.extend(blocks.iter().map(|&b| (e, b)));
@@ -224,7 +221,7 @@ impl Extents {
 
     /// Registers a reader about to take a snapshot.
     pub(crate) fn reader(self: &Arc<Self>) -> ReaderGuard {
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         let epoch = st.epoch;
         *st.readers.entry(epoch).or_insert(0) += 1;
         ReaderGuard {
@@ -235,7 +232,7 @@ impl Extents {
 
     /// (device bytes of the database's region, blocks in use).
     pub(crate) fn usage(&self) -> (u64, u64) {
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         st.release();
         (st.db_end, st.count)
     }
@@ -247,7 +244,7 @@ impl UsedRanges for Extents {
             return false;
         }
         let end = offset.saturating_add(len);
-        let st = self.lock();
+        let st = self.state.lock();
         offset < st.db_end || st.any(offset, end)
     }
 }
@@ -261,7 +258,7 @@ pub(crate) struct ReaderGuard {
 
 impl Drop for ReaderGuard {
     fn drop(&mut self) {
-        let mut st = self.extents.lock();
+        let mut st = self.extents.state.lock();
         if let Some(n) = st.readers.get_mut(&self.epoch) {
             *n -= 1;
             if *n == 0 {

@@ -16,6 +16,7 @@
 //! as noise) is explained in docs/store.md.
 
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod audit;
 mod backend;

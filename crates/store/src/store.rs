@@ -1,10 +1,11 @@
 //! The store: one embedded database on a block device, shared by the configuration, the audit
 //! history and the recordings.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
 
 use atrest_volume::BlockDevice;
+use parking_lot::{Mutex, RwLock};
 use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
 };
@@ -99,7 +100,7 @@ pub(crate) struct Inner {
     dev: Arc<dyn BlockDevice>,
     pub(crate) opts: StoreOptions,
     /// The key that seals the audit history (see [`crate::audit::Audit::set_seal_key`]).
-    seal_key: std::sync::Mutex<Option<zeroize::Zeroizing<[u8; 32]>>>,
+    seal_key: Mutex<Option<zeroize::Zeroizing<[u8; 32]>>>,
     current: RwLock<Current>,
     /// Which bytes of the device hold content (recording blocks, the database's region).
     pub(crate) extents: Arc<Extents>,
@@ -206,7 +207,7 @@ impl Store {
                     db: Arc::new(db),
                     shared,
                 }),
-                seal_key: std::sync::Mutex::new(None),
+                seal_key: Mutex::new(None),
                 extents,
             }),
         };
@@ -266,7 +267,7 @@ impl Store {
     }
 
     fn current(&self) -> (Arc<Database>, Arc<Shared>) {
-        let c = self.inner.current.read().unwrap_or_else(|e| e.into_inner());
+        let c = self.inner.current.read();
         (c.db.clone(), c.shared.clone())
     }
 
@@ -335,11 +336,7 @@ impl Store {
     /// failed, by a fresh one opened from the last durable state (the same path as recovery
     /// after a power loss).
     fn reopen(&self, failed: &Arc<Database>) -> Result<()> {
-        let mut cur = self
-            .inner
-            .current
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut cur = self.inner.current.write();
         if !Arc::ptr_eq(&cur.db, failed) {
             return Ok(());
         }
@@ -404,19 +401,11 @@ impl Store {
     }
 
     pub(crate) fn seal_key(&self) -> Option<zeroize::Zeroizing<[u8; 32]>> {
-        self.inner
-            .seal_key
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.inner.seal_key.lock().clone()
     }
 
     pub(crate) fn set_seal_key(&self, key: Option<[u8; 32]>) {
-        *self
-            .inner
-            .seal_key
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = key.map(zeroize::Zeroizing::new);
+        *self.inner.seal_key.lock() = key.map(zeroize::Zeroizing::new);
     }
 
     /// The session audit history.

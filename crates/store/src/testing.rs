@@ -12,9 +12,10 @@
 //! XTS media.
 
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use atrest_volume::BlockDevice;
+use parking_lot::Mutex;
 
 /// What happens to the volatile cache at a power failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,40 +72,36 @@ impl CrashDevice {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Power fails during the `n`-th write or flush from now (1 = the next one).
     pub fn arm(&self, n: u64, mode: LossMode) {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         s.countdown = Some(n.max(1));
         s.mode = mode;
     }
 
     /// Cancels a pending power failure.
     pub fn disarm(&self) {
-        self.lock().countdown = None;
+        self.state.lock().countdown = None;
     }
 
     /// Whether the power failed.
     pub fn crashed(&self) -> bool {
-        self.lock().crashed
+        self.state.lock().crashed
     }
 
     /// Writes seen so far.
     pub fn writes(&self) -> u64 {
-        self.lock().writes
+        self.state.lock().writes
     }
 
     /// Power failures so far.
     pub fn crashes(&self) -> u64 {
-        self.lock().crashes
+        self.state.lock().crashes
     }
 
     /// Power comes back: the device works again with what the medium holds.
     pub fn power_cycle(&self) {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         s.cache.clear();
         s.crashed = false;
         s.countdown = None;
@@ -112,7 +109,7 @@ impl CrashDevice {
 
     /// Fails the power now, as during a write of nothing: the cache is lost.
     pub fn cut_power(&self) {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         s.cache.clear();
         s.crashed = true;
         s.crashes += 1;
@@ -148,7 +145,7 @@ fn next(rng: &mut u64) -> u64 {
 
 impl BlockDevice for CrashDevice {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let s = self.lock();
+        let s = self.state.lock();
         if s.crashed {
             return Err(dead());
         }
@@ -167,7 +164,7 @@ impl BlockDevice for CrashDevice {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         if s.crashed {
             return Err(dead());
         }
@@ -213,7 +210,7 @@ impl BlockDevice for CrashDevice {
     }
 
     fn flush(&self) -> io::Result<()> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         if s.crashed {
             return Err(dead());
         }

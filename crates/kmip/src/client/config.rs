@@ -32,7 +32,9 @@ pub const DEFAULT_PORT: u16 = 5696;
 /// A KMIP server address.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct ServerAddr {
+    /// Host name or IP address.
     pub host: String,
+    /// TCP port.
     pub port: u16,
 }
 
@@ -137,12 +139,17 @@ pub struct ClientConfig {
     pub server_name: Option<String>,
     /// PEM of the CA certificate(s) to trust; nothing else is trusted.
     pub ca_pem: Vec<u8>,
+    /// The client's certificate and private key.
     pub identity: Identity,
+    /// The Username of the request's Credential; without it no Credential is sent.
     pub username: Option<String>,
+    /// The Password of the Credential.
     pub password: Option<Password>,
     /// A pinned protocol version (no Discover Versions).
     pub version: Option<ProtocolVersion>,
+    /// Timeouts (connect, each read or write, whole operation).
     pub timeouts: Timeouts,
+    /// The largest response accepted, in bytes (also sent as Maximum Response Size).
     pub max_response_len: usize,
 }
 

@@ -17,15 +17,24 @@ pub enum TlsProblem {
     /// The server's certificate does not chain to the configured CA.
     ServerCertUntrusted,
     /// The server's certificate is valid but not for the name (or IP) we connected to.
-    NameMismatch { expected: String },
+    NameMismatch {
+        /// The host name or IP address connected to.
+        expected: String,
+    },
     /// The server's certificate has expired (or is not valid yet).
     ServerCertExpired,
     /// The server refused our client certificate (alert unknown_ca, bad_certificate,
     /// certificate_unknown, unsupported_certificate, certificate_required, access_denied).
-    ClientCertRejected { alert: String },
+    ClientCertRejected {
+        /// The TLS alert the server sent.
+        alert: String,
+    },
     /// No cipher suite or protocol version in common (alert handshake_failure,
     /// insufficient_security or protocol_version), or the server demanded something we lack.
-    NoCommonCipher { alert: String },
+    NoCommonCipher {
+        /// The TLS alert the server sent.
+        alert: String,
+    },
     /// Anything else, with OpenSSL's reason.
     Other,
 }
@@ -37,44 +46,88 @@ pub enum ClientError {
     /// The client settings are unusable (unreadable file, bad passphrase, no server, …).
     Config(String),
     /// The host name did not resolve.
-    Resolve { host: String, detail: String },
+    Resolve {
+        /// The host name.
+        host: String,
+        /// The resolver's error.
+        detail: String,
+    },
     /// Nothing listens at the address (connection refused).
-    ConnectRefused { server: ServerAddr },
+    ConnectRefused {
+        /// The server tried.
+        server: ServerAddr,
+    },
     /// The TCP connection did not complete in time.
-    ConnectTimeout { server: ServerAddr, after: Duration },
+    ConnectTimeout {
+        /// The server tried.
+        server: ServerAddr,
+        /// The connect timeout that ran out.
+        after: Duration,
+    },
     /// Another TCP error.
-    Connect { server: ServerAddr, detail: String },
+    Connect {
+        /// The server tried.
+        server: ServerAddr,
+        /// The operating system's error.
+        detail: String,
+    },
     /// The TLS handshake failed.
     Tls {
+        /// The server tried.
         server: ServerAddr,
+        /// The problem, classified.
         problem: TlsProblem,
+        /// OpenSSL's error.
         detail: String,
     },
     /// The server did not answer in time.
     Timeout {
+        /// The server tried.
         server: ServerAddr,
+        /// What was not answered, as the end of a sentence ("to the request", "during the TLS
+        /// handshake").
         during: &'static str,
+        /// The timeout that ran out.
         after: Duration,
     },
     /// The server closed the connection without answering.
     Closed {
+        /// The server tried.
         server: ServerAddr,
+        /// What was not answered, as the end of a sentence ("before answering", "to the TLS
+        /// handshake").
         during: &'static str,
     },
     /// The server answered with something that is not a valid KMIP response.
-    Protocol { server: ServerAddr, detail: String },
+    Protocol {
+        /// The server that answered.
+        server: ServerAddr,
+        /// What is wrong with the answer.
+        detail: String,
+    },
     /// The server rejected the credentials (Result Reason Authentication Not Successful).
     Authentication {
+        /// The server that answered.
         server: ServerAddr,
+        /// The server's Result Message.
         message: Option<String>,
     },
     /// No protocol version in common, or the server refused the version.
-    Version { server: ServerAddr, detail: String },
+    Version {
+        /// The server that answered.
+        server: ServerAddr,
+        /// Which version was refused, or that none was in common.
+        detail: String,
+    },
     /// The server processed the operation and failed it.
     Operation {
+        /// The server that answered.
         server: ServerAddr,
+        /// The operation that failed.
         operation: Operation,
+        /// The Result Reason.
         reason: Option<ResultReason>,
+        /// The Result Message.
         message: Option<String>,
     },
     /// Every configured server failed; each one's error in order.

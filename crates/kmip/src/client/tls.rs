@@ -35,14 +35,19 @@ AES128-GCM-SHA256:AES256-GCM-SHA384:AES128-SHA256:AES256-SHA256";
 pub enum Identity {
     /// A PKCS#12 file (DER) and its passphrase.
     Pkcs12 {
+        /// The PKCS#12 file's bytes.
         der: Vec<u8>,
+        /// The PKCS#12 passphrase.
         passphrase: Zeroizing<String>,
     },
     /// A PEM certificate (optionally followed by its chain) and a PEM private key, optionally
     /// encrypted with `passphrase`.
     Pem {
+        /// The PEM certificate and chain.
         cert_chain: Vec<u8>,
+        /// The PEM private key.
         key: Zeroizing<Vec<u8>>,
+        /// The private key's passphrase, when it is encrypted.
         passphrase: Option<Zeroizing<String>>,
     },
 }

@@ -17,15 +17,23 @@ use crate::ttlv::{self, HEADER_LEN, Limits};
 /// What the TLS connection to the current server looks like.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectionInfo {
+    /// The server connected to.
     pub server: ServerAddr,
+    /// The TLS version, as OpenSSL names it ("TLSv1.3").
     pub tls_version: String,
+    /// The cipher suite, as OpenSSL names it.
     pub cipher: String,
+    /// The server certificate's subject entries, comma-separated.
     pub server_subject: String,
+    /// The end of the server certificate's validity, as OpenSSL prints it.
     pub server_not_after: String,
     /// Days until the server certificate expires (negative once expired).
     pub server_days_left: Option<i32>,
+    /// The end of the client certificate's validity, as OpenSSL prints it.
     pub client_not_after: String,
+    /// Days until the client certificate expires (negative once expired).
     pub client_days_left: Option<i32>,
+    /// The KMIP version negotiated (or pinned).
     pub protocol_version: ProtocolVersion,
     /// The versions the server listed in Discover Versions during negotiation (empty when the
     /// version was pinned, or the server does not know Discover Versions).

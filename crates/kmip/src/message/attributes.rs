@@ -12,8 +12,11 @@ use crate::ttlv::{Item, Tag, Value};
 /// Attribute Index if any, and its value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attribute {
+    /// The attribute's name in the specification.
     pub name: String,
+    /// Attribute Index (1.x only): which of several values of the attribute.
     pub index: Option<i32>,
+    /// The Attribute Value (2.x: the attribute item's value).
     pub value: Value,
 }
 
@@ -22,10 +25,12 @@ pub struct Attribute {
 pub struct Attributes(pub Vec<Attribute>);
 
 impl Attributes {
+    /// No attributes.
     pub fn new() -> Self {
         Attributes(Vec::new())
     }
 
+    /// Whether there is no attribute.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -36,6 +41,7 @@ impl Attributes {
         self
     }
 
+    /// Appends attribute `name` with `value` (no index).
     pub fn push(&mut self, name: &str, value: Value) {
         self.0.push(Attribute {
             name: name.to_owned(),
@@ -63,23 +69,28 @@ impl Attributes {
         }
     }
 
+    /// The Cryptographic Algorithm attribute.
     pub fn cryptographic_algorithm(&self) -> Option<CryptographicAlgorithm> {
         self.enumeration("Cryptographic Algorithm")
             .map(CryptographicAlgorithm)
     }
 
+    /// The Cryptographic Length attribute, in bits.
     pub fn cryptographic_length(&self) -> Option<i32> {
         self.integer("Cryptographic Length")
     }
 
+    /// The Cryptographic Usage Mask attribute (bits in [`super::usage`]).
     pub fn usage_mask(&self) -> Option<i32> {
         self.integer("Cryptographic Usage Mask")
     }
 
+    /// The State attribute.
     pub fn state(&self) -> Option<State> {
         self.enumeration("State").map(State)
     }
 
+    /// The Object Type attribute.
     pub fn object_type(&self) -> Option<ObjectType> {
         self.enumeration("Object Type").map(ObjectType)
     }

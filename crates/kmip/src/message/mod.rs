@@ -8,32 +8,46 @@
 //! send fields the negotiated version does not define.
 
 mod attributes;
+mod enums;
+mod object;
 mod payload;
 pub mod tags;
 
 use std::fmt;
 
 pub use attributes::{Attribute, Attributes};
-pub use payload::{
-    KeyBlock, ManagedObject, QueryResponse, RequestPayload, ResponsePayload, RevocationReason,
+pub use enums::{
+    CryptographicAlgorithm, KeyFormatType, NameType, ObjectType, Operation, QueryFunction,
+    ResultReason, ResultStatus, RevocationReasonCode, State, usage,
 };
+pub use object::{KeyBlock, ManagedObject};
+pub use payload::{QueryResponse, RequestPayload, ResponsePayload, RevocationReason};
 
 use crate::ttlv::{Item, Tag, Value};
 
 /// A KMIP protocol version.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ProtocolVersion {
+    /// Major version number (1 or 2 for the versions atrest speaks).
     pub major: i32,
+    /// Minor version number.
     pub minor: i32,
 }
 
 impl ProtocolVersion {
+    /// KMIP 1.0.
     pub const V1_0: Self = Self::new(1, 0);
+    /// KMIP 1.1.
     pub const V1_1: Self = Self::new(1, 1);
+    /// KMIP 1.2.
     pub const V1_2: Self = Self::new(1, 2);
+    /// KMIP 1.3.
     pub const V1_3: Self = Self::new(1, 3);
+    /// KMIP 1.4.
     pub const V1_4: Self = Self::new(1, 4);
+    /// KMIP 2.0.
     pub const V2_0: Self = Self::new(2, 0);
+    /// KMIP 2.1.
     pub const V2_1: Self = Self::new(2, 1);
 
     /// Every version atrest speaks, newest first (the order of a Discover Versions request).
@@ -47,6 +61,7 @@ impl ProtocolVersion {
         Self::V1_0,
     ];
 
+    /// The version `major`.`minor` (not checked against [`ProtocolVersion::SUPPORTED`]).
     pub const fn new(major: i32, minor: i32) -> Self {
         ProtocolVersion { major, minor }
     }
@@ -56,6 +71,7 @@ impl ProtocolVersion {
         self.major >= 2
     }
 
+    /// The Protocol Version structure (Protocol Version Major and Minor).
     pub fn to_item(self) -> Item {
         Item::structure(
             tags::PROTOCOL_VERSION,
@@ -66,6 +82,7 @@ impl ProtocolVersion {
         )
     }
 
+    /// Decodes a Protocol Version structure.
     pub fn from_item(item: &Item) -> Result<Self, MessageError> {
         let f = Fields::new(item);
         Ok(ProtocolVersion {
@@ -101,177 +118,16 @@ impl std::str::FromStr for ProtocolVersion {
     }
 }
 
-macro_rules! kmip_enum {
-    ($(#[$m:meta])* $name:ident, $registry:literal { $($(#[$vm:meta])* $c:ident = $v:literal,)* }) => {
-        $(#[$m])*
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(pub u32);
-        impl $name {
-            $($(#[$vm])* pub const $c: Self = Self($v);)*
-            /// The name in the KMIP specification, if the value has one.
-            pub fn name(self) -> Option<&'static str> {
-                crate::enum_name($registry, self.0)
-            }
-        }
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                match self.name() {
-                    Some(n) => f.write_str(n),
-                    None => write!(f, "0x{:08X}", self.0),
-                }
-            }
-        }
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                fmt::Display::fmt(self, f)
-            }
-        }
-    };
-}
-
-kmip_enum!(
-    /// A KMIP Operation.
-    Operation, "Operation" {
-        CREATE = 0x01,
-        REGISTER = 0x03,
-        LOCATE = 0x08,
-        GET = 0x0A,
-        GET_ATTRIBUTES = 0x0B,
-        GET_ATTRIBUTE_LIST = 0x0C,
-        ACTIVATE = 0x12,
-        REVOKE = 0x13,
-        DESTROY = 0x14,
-        QUERY = 0x18,
-        DISCOVER_VERSIONS = 0x1E,
-    }
-);
-
-kmip_enum!(
-    /// Result Status of a batch item.
-    ResultStatus, "Result Status" {
-        SUCCESS = 0,
-        OPERATION_FAILED = 1,
-        OPERATION_PENDING = 2,
-        OPERATION_UNDONE = 3,
-    }
-);
-
-kmip_enum!(
-    /// Result Reason of a failed batch item.
-    ResultReason, "Result Reason" {
-        ITEM_NOT_FOUND = 0x01,
-        RESPONSE_TOO_LARGE = 0x02,
-        AUTHENTICATION_NOT_SUCCESSFUL = 0x03,
-        INVALID_MESSAGE = 0x04,
-        OPERATION_NOT_SUPPORTED = 0x05,
-        MISSING_DATA = 0x06,
-        INVALID_FIELD = 0x07,
-        FEATURE_NOT_SUPPORTED = 0x08,
-        CRYPTOGRAPHIC_FAILURE = 0x0A,
-        ILLEGAL_OPERATION = 0x0B,
-        PERMISSION_DENIED = 0x0C,
-        OBJECT_ARCHIVED = 0x0D,
-        KEY_FORMAT_TYPE_NOT_SUPPORTED = 0x10,
-        KEY_COMPRESSION_TYPE_NOT_SUPPORTED = 0x11,
-        OBJECT_DESTROYED = 0x36,
-        OBJECT_NOT_FOUND = 0x37,
-        SERVER_LIMIT_EXCEEDED = 0x3A,
-        UNSUPPORTED_PROTOCOL_VERSION = 0x3F,
-        WRONG_KEY_LIFECYCLE_STATE = 0x43,
-        GENERAL_FAILURE = 0x100,
-    }
-);
-
-kmip_enum!(
-    /// Object Type of a managed object.
-    ObjectType, "Object Type" {
-        CERTIFICATE = 1,
-        SYMMETRIC_KEY = 2,
-        PUBLIC_KEY = 3,
-        PRIVATE_KEY = 4,
-        SPLIT_KEY = 5,
-        TEMPLATE = 6,
-        SECRET_DATA = 7,
-        OPAQUE_OBJECT = 8,
-    }
-);
-
-kmip_enum!(
-    /// Cryptographic Algorithm.
-    CryptographicAlgorithm, "Cryptographic Algorithm" {
-        DES = 1,
-        TRIPLE_DES = 2,
-        AES = 3,
-    }
-);
-
-kmip_enum!(
-    /// State of a managed object.
-    State, "State" {
-        PRE_ACTIVE = 1,
-        ACTIVE = 2,
-        DEACTIVATED = 3,
-        COMPROMISED = 4,
-        DESTROYED = 5,
-        DESTROYED_COMPROMISED = 6,
-    }
-);
-
-kmip_enum!(
-    /// Query Function.
-    QueryFunction, "Query Function" {
-        QUERY_OPERATIONS = 1,
-        QUERY_OBJECTS = 2,
-        QUERY_SERVER_INFORMATION = 3,
-    }
-);
-
-kmip_enum!(
-    /// Key Format Type.
-    KeyFormatType, "Key Format Type" {
-        RAW = 1,
-        OPAQUE = 2,
-        TRANSPARENT_SYMMETRIC_KEY = 7,
-    }
-);
-
-kmip_enum!(
-    /// Revocation Reason Code.
-    RevocationReasonCode, "Revocation Reason Code" {
-        UNSPECIFIED = 1,
-        KEY_COMPROMISE = 2,
-        CA_COMPROMISE = 3,
-        AFFILIATION_CHANGED = 4,
-        SUPERSEDED = 5,
-        CESSATION_OF_OPERATION = 6,
-        PRIVILEGE_WITHDRAWN = 7,
-    }
-);
-
-kmip_enum!(
-    /// Name Type of a Name attribute.
-    NameType, "Name Type" {
-        UNINTERPRETED_TEXT_STRING = 1,
-        URI = 2,
-    }
-);
-
-/// Cryptographic Usage Mask bits.
-pub mod usage {
-    pub const ENCRYPT: i32 = 0x04;
-    pub const DECRYPT: i32 = 0x08;
-    pub const WRAP_KEY: i32 = 0x10;
-    pub const UNWRAP_KEY: i32 = 0x20;
-}
-
 /// A password, as sent in a Credential. Zeroed on drop; `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq, zeroize::ZeroizeOnDrop)]
 pub struct Password(String);
 
 impl Password {
+    /// Wraps a password.
     pub fn new(s: String) -> Self {
         Password(s)
     }
+    /// The password's text, to send it or check it.
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -289,11 +145,18 @@ impl fmt::Debug for Password {
 pub enum Credential {
     /// Credential Type 1: Username and Password.
     UsernamePassword {
+        /// The Username.
         username: String,
+        /// The Password, when one is sent.
         password: Option<Password>,
     },
     /// Another Credential Type, kept as received.
-    Other { credential_type: u32, value: Item },
+    Other {
+        /// The Credential Type's value.
+        credential_type: u32,
+        /// The Credential Value item.
+        value: Item,
+    },
 }
 
 impl Credential {
@@ -348,35 +211,46 @@ impl Credential {
 /// The header of a request message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestHeader {
+    /// The protocol version the message is encoded in.
     pub protocol_version: ProtocolVersion,
+    /// Maximum Response Size, in bytes.
     pub maximum_response_size: Option<i32>,
+    /// The Credential of the Authentication structure.
     pub authentication: Option<Credential>,
     /// POSIX seconds. Some servers reject a time stamp in the future or older than a minute.
     pub time_stamp: Option<i64>,
+    /// Batch Count: the number of batch items.
     pub batch_count: i32,
 }
 
 /// One operation of a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestBatchItem {
+    /// The Operation.
     pub operation: Operation,
     /// Unique Batch Item ID; needed when a message has several items.
     pub id: Option<Vec<u8>>,
+    /// The Request Payload.
     pub payload: RequestPayload,
 }
 
 /// A Request Message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestMessage {
+    /// The Request Header.
     pub header: RequestHeader,
+    /// The batch items.
     pub items: Vec<RequestBatchItem>,
 }
 
 /// The header of a response message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResponseHeader {
+    /// The protocol version the message is encoded in.
     pub protocol_version: ProtocolVersion,
+    /// Time Stamp: POSIX seconds (0 when the server sent none).
     pub time_stamp: i64,
+    /// Batch Count: the number of batch items.
     pub batch_count: i32,
 }
 
@@ -385,10 +259,15 @@ pub struct ResponseHeader {
 pub struct ResponseBatchItem {
     /// Absent in some failure responses (e.g. a request the server could not parse).
     pub operation: Option<Operation>,
+    /// Unique Batch Item ID, echoed from the request item.
     pub id: Option<Vec<u8>>,
+    /// Result Status.
     pub status: ResultStatus,
+    /// Result Reason (of a failed item).
     pub reason: Option<ResultReason>,
+    /// Result Message: the server's text about a failure.
     pub message: Option<String>,
+    /// The Response Payload (of a successful item).
     pub payload: Option<ResponsePayload>,
 }
 
@@ -414,7 +293,9 @@ impl ResponseBatchItem {
 /// A Response Message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResponseMessage {
+    /// The Response Header.
     pub header: ResponseHeader,
+    /// The batch items, one for each item of the request.
     pub items: Vec<ResponseBatchItem>,
 }
 
@@ -422,16 +303,32 @@ pub struct ResponseMessage {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum MessageError {
+    /// A required field is absent.
     #[error("{parent} has no {missing}")]
-    Missing { parent: Tag, missing: Tag },
+    Missing {
+        /// The structure that lacks it.
+        parent: Tag,
+        /// The absent field.
+        missing: Tag,
+    },
+    /// A field has another item type than the specification gives it.
     #[error("{tag} is a {found}, expected a {expected}")]
     WrongType {
+        /// The field.
         tag: Tag,
+        /// The item type expected (e.g. "Integer").
         expected: &'static str,
+        /// The item type received.
         found: &'static str,
     },
+    /// A field's value is not acceptable.
     #[error("{tag}: {reason}")]
-    Invalid { tag: Tag, reason: String },
+    Invalid {
+        /// The field.
+        tag: Tag,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Typed, checked access to the children of a structure.

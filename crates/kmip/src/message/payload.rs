@@ -1,11 +1,7 @@
 //! Request and Response Payloads of the operations atrest uses.
 
-use std::fmt;
-
-use zeroize::Zeroizing;
-
 use super::{
-    Attributes, CryptographicAlgorithm, Fields, KeyFormatType, MessageError, ObjectType, Operation,
+    Attributes, Fields, KeyFormatType, ManagedObject, MessageError, ObjectType, Operation,
     ProtocolVersion, QueryFunction, RevocationReasonCode, tags,
 };
 use crate::ttlv::{Item, Tag, Value};
@@ -13,215 +9,20 @@ use crate::ttlv::{Item, Tag, Value};
 /// The Revocation Reason of a Revoke request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RevocationReason {
+    /// Revocation Reason Code.
     pub code: RevocationReasonCode,
+    /// Revocation Message: free text.
     pub message: Option<String>,
-}
-
-/// The Key Block of a key object. The key material is zeroed on drop and never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct KeyBlock {
-    pub format: KeyFormatType,
-    pub material: Zeroizing<Vec<u8>>,
-    pub algorithm: Option<CryptographicAlgorithm>,
-    pub length: Option<i32>,
-    /// The server returned the key wrapped (Key Wrapping Data present): `material` is then the
-    /// wrapped bytes, not the key.
-    pub wrapped: bool,
-}
-
-impl fmt::Debug for KeyBlock {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyBlock")
-            .field("format", &self.format)
-            .field(
-                "material",
-                &format_args!("<{} bytes redacted>", self.material.len()),
-            )
-            .field("algorithm", &self.algorithm)
-            .field("length", &self.length)
-            .field("wrapped", &self.wrapped)
-            .finish()
-    }
-}
-
-impl KeyBlock {
-    /// A Raw AES key block.
-    pub fn raw_aes(material: Zeroizing<Vec<u8>>) -> Self {
-        let length = (material.len() * 8) as i32;
-        KeyBlock {
-            format: KeyFormatType::RAW,
-            material,
-            algorithm: Some(CryptographicAlgorithm::AES),
-            length: Some(length),
-            wrapped: false,
-        }
-    }
-
-    fn to_item(&self) -> Item {
-        let material = if self.format == KeyFormatType::TRANSPARENT_SYMMETRIC_KEY {
-            Item::structure(
-                tags::KEY_MATERIAL,
-                vec![Item::new(
-                    tags::KEY,
-                    Value::ByteString(self.material.to_vec()),
-                )],
-            )
-        } else {
-            Item::new(
-                tags::KEY_MATERIAL,
-                Value::ByteString(self.material.to_vec()),
-            )
-        };
-        let mut v = vec![
-            Item::new(tags::KEY_FORMAT_TYPE, Value::Enumeration(self.format.0)),
-            Item::structure(tags::KEY_VALUE, vec![material]),
-        ];
-        if let Some(a) = self.algorithm {
-            v.push(Item::new(
-                tags::CRYPTOGRAPHIC_ALGORITHM,
-                Value::Enumeration(a.0),
-            ));
-        }
-        if let Some(l) = self.length {
-            v.push(Item::new(tags::CRYPTOGRAPHIC_LENGTH, Value::Integer(l)));
-        }
-        Item::structure(tags::KEY_BLOCK, v)
-    }
-
-    fn from_item(item: &Item) -> Result<Self, MessageError> {
-        let f = Fields::new(item);
-        let format = KeyFormatType(f.enumeration(tags::KEY_FORMAT_TYPE)?);
-        let wrapped = item.child(tags::KEY_WRAPPING_DATA).is_some();
-        let key_value = f.required(tags::KEY_VALUE)?;
-        let material = match &key_value.value {
-            // Wrapped keys: the Key Value is a Byte String.
-            Value::ByteString(b) => b.clone(),
-            Value::Structure(_) => {
-                let km = Fields::new(key_value).required(tags::KEY_MATERIAL)?;
-                match &km.value {
-                    Value::ByteString(b) => b.clone(),
-                    Value::Structure(_) => Fields::new(km).bytes(tags::KEY)?,
-                    other => {
-                        return Err(MessageError::WrongType {
-                            tag: tags::KEY_MATERIAL,
-                            expected: "Byte String",
-                            found: other.item_type().name(),
-                        });
-                    }
-                }
-            }
-            other => {
-                return Err(MessageError::WrongType {
-                    tag: tags::KEY_VALUE,
-                    expected: "Structure",
-                    found: other.item_type().name(),
-                });
-            }
-        };
-        Ok(KeyBlock {
-            format,
-            material: Zeroizing::new(material),
-            algorithm: f
-                .opt_enumeration(tags::CRYPTOGRAPHIC_ALGORITHM)?
-                .map(CryptographicAlgorithm),
-            length: f.opt_integer(tags::CRYPTOGRAPHIC_LENGTH)?,
-            wrapped,
-        })
-    }
-}
-
-/// A managed object as carried by Register and Get.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ManagedObject {
-    SymmetricKey(KeyBlock),
-    SecretData {
-        secret_data_type: u32,
-        key_block: KeyBlock,
-    },
-    /// Any other object, kept as received (tag and contents).
-    Other(Item),
-}
-
-impl ManagedObject {
-    pub fn object_type(&self) -> Option<ObjectType> {
-        match self {
-            ManagedObject::SymmetricKey(_) => Some(ObjectType::SYMMETRIC_KEY),
-            ManagedObject::SecretData { .. } => Some(ObjectType::SECRET_DATA),
-            ManagedObject::Other(_) => None,
-        }
-    }
-
-    /// The key block, for key objects.
-    pub fn key_block(&self) -> Option<&KeyBlock> {
-        match self {
-            ManagedObject::SymmetricKey(kb) | ManagedObject::SecretData { key_block: kb, .. } => {
-                Some(kb)
-            }
-            ManagedObject::Other(_) => None,
-        }
-    }
-
-    fn to_item(&self) -> Item {
-        match self {
-            ManagedObject::SymmetricKey(kb) => {
-                Item::structure(tags::SYMMETRIC_KEY, vec![kb.to_item()])
-            }
-            ManagedObject::SecretData {
-                secret_data_type,
-                key_block,
-            } => Item::structure(
-                tags::SECRET_DATA,
-                vec![
-                    Item::new(
-                        tags::SECRET_DATA_TYPE,
-                        Value::Enumeration(*secret_data_type),
-                    ),
-                    key_block.to_item(),
-                ],
-            ),
-            ManagedObject::Other(item) => item.clone(),
-        }
-    }
-
-    /// Finds the object among the children of a payload.
-    fn from_payload(payload: &Item) -> Result<Self, MessageError> {
-        if let Some(sk) = payload.child(tags::SYMMETRIC_KEY) {
-            let kb = Fields::new(sk).required(tags::KEY_BLOCK)?;
-            return Ok(ManagedObject::SymmetricKey(KeyBlock::from_item(kb)?));
-        }
-        if let Some(sd) = payload.child(tags::SECRET_DATA) {
-            let f = Fields::new(sd);
-            return Ok(ManagedObject::SecretData {
-                secret_data_type: f.enumeration(tags::SECRET_DATA_TYPE)?,
-                key_block: KeyBlock::from_item(f.required(tags::KEY_BLOCK)?)?,
-            });
-        }
-        // The object is the first structure that is not a known payload field.
-        let known = [
-            tags::OBJECT_TYPE,
-            tags::UNIQUE_IDENTIFIER,
-            tags::TEMPLATE_ATTRIBUTE,
-            tags::ATTRIBUTES,
-            tags::PROTECTION_STORAGE_MASKS,
-        ];
-        payload
-            .children()
-            .iter()
-            .find(|c| matches!(c.value, Value::Structure(_)) && !known.contains(&c.tag))
-            .map(|c| ManagedObject::Other(c.clone()))
-            .ok_or(MessageError::Missing {
-                parent: payload.tag,
-                missing: tags::SYMMETRIC_KEY,
-            })
-    }
 }
 
 /// What a Query answered.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct QueryResponse {
+    /// The operations the server offers (Query Operations).
     pub operations: Vec<Operation>,
+    /// The object types the server handles (Query Objects).
     pub object_types: Vec<ObjectType>,
+    /// Vendor Identification (Query Server Information).
     pub vendor_identification: Option<String>,
     /// Server Information, as received (its contents are vendor-specific).
     pub server_information: Option<Item>,
@@ -231,47 +32,77 @@ pub struct QueryResponse {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RequestPayload {
+    /// Discover Versions (KMIP 1.4 §4.26).
     DiscoverVersions {
+        /// The versions the client speaks, its preferred first; empty asks for all the server's.
         versions: Vec<ProtocolVersion>,
     },
+    /// Query (KMIP 1.4 §4.25).
     Query {
+        /// What to report.
         functions: Vec<QueryFunction>,
     },
+    /// Create (KMIP 1.4 §4.1).
     Create {
+        /// The type of the object to make (Symmetric Key).
         object_type: ObjectType,
+        /// The attributes to give it.
         attributes: Attributes,
     },
+    /// Register (KMIP 1.4 §4.3).
     Register {
+        /// The type of the object supplied.
         object_type: ObjectType,
+        /// The attributes to give it.
         attributes: Attributes,
+        /// The object itself.
         object: ManagedObject,
     },
+    /// Activate (KMIP 1.4 §4.19).
     Activate {
+        /// The object; absent: the ID Placeholder (the object of an earlier item of the batch).
         unique_identifier: Option<String>,
     },
+    /// Get (KMIP 1.4 §4.11).
     Get {
+        /// The object; absent: the ID Placeholder.
         unique_identifier: Option<String>,
+        /// The Key Format Type to return the key in; absent: the server's choice.
         key_format_type: Option<KeyFormatType>,
     },
+    /// Get Attributes (KMIP 1.4 §4.12).
     GetAttributes {
+        /// The object; absent: the ID Placeholder.
         unique_identifier: Option<String>,
         /// Attribute names; empty asks for all.
         names: Vec<String>,
     },
+    /// Get Attribute List (KMIP 1.4 §4.13).
     GetAttributeList {
+        /// The object; absent: the ID Placeholder.
         unique_identifier: Option<String>,
     },
+    /// Locate (KMIP 1.4 §4.9).
     Locate {
+        /// Maximum Items: the most identifiers to return.
         maximum_items: Option<i32>,
+        /// Offset Items (KMIP 1.3 and later): matching objects to skip.
         offset_items: Option<i32>,
+        /// The attributes every object returned must have.
         attributes: Attributes,
     },
+    /// Revoke (KMIP 1.4 §4.20).
     Revoke {
+        /// The object; absent: the ID Placeholder.
         unique_identifier: Option<String>,
+        /// Why the object is revoked.
         reason: RevocationReason,
+        /// Compromise Occurrence Date, POSIX seconds (with the reason Key Compromise).
         compromise_date: Option<i64>,
     },
+    /// Destroy (KMIP 1.4 §4.21).
     Destroy {
+        /// The object; absent: the ID Placeholder.
         unique_identifier: Option<String>,
     },
     /// An operation this model does not know: the payload as received.
@@ -282,41 +113,68 @@ pub enum RequestPayload {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ResponsePayload {
+    /// Discover Versions (KMIP 1.4 §4.26).
     DiscoverVersions {
+        /// The versions the server speaks of those asked, its preferred first.
         versions: Vec<ProtocolVersion>,
     },
+    /// Query (KMIP 1.4 §4.25).
     Query(QueryResponse),
+    /// Create (KMIP 1.4 §4.1).
     Create {
+        /// The type of the object made.
         object_type: ObjectType,
+        /// The new object's Unique Identifier.
         unique_identifier: String,
     },
+    /// Register (KMIP 1.4 §4.3).
     Register {
+        /// The new object's Unique Identifier.
         unique_identifier: String,
     },
+    /// Activate (KMIP 1.4 §4.19).
     Activate {
+        /// The object activated.
         unique_identifier: String,
     },
+    /// Get (KMIP 1.4 §4.11).
     Get {
+        /// The object's type.
         object_type: ObjectType,
+        /// The object's Unique Identifier.
         unique_identifier: String,
+        /// The object.
         object: ManagedObject,
     },
+    /// Get Attributes (KMIP 1.4 §4.12).
     GetAttributes {
+        /// The object's Unique Identifier.
         unique_identifier: String,
+        /// The attributes returned.
         attributes: Attributes,
     },
+    /// Get Attribute List (KMIP 1.4 §4.13).
     GetAttributeList {
+        /// The object's Unique Identifier.
         unique_identifier: String,
+        /// The names of the object's attributes.
         names: Vec<String>,
     },
+    /// Locate (KMIP 1.4 §4.9).
     Locate {
+        /// Located Items (KMIP 1.3 and later): how many objects match in all.
         located_items: Option<i32>,
+        /// The identifiers of this page of matching objects.
         unique_identifiers: Vec<String>,
     },
+    /// Revoke (KMIP 1.4 §4.20).
     Revoke {
+        /// The object revoked.
         unique_identifier: String,
     },
+    /// Destroy (KMIP 1.4 §4.21).
     Destroy {
+        /// The object destroyed.
         unique_identifier: String,
     },
     /// An operation this model does not know: the payload as received.

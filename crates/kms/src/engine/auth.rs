@@ -17,25 +17,16 @@ impl Engine {
         // A client removed (`atrest kms remove-client`) or added by another process since the
         // registry was read: read it again, so that a removed client's open connections are
         // refused from their next request.
-        let stale = self
-            .clients
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_stale();
+        let stale = self.clients.read().is_stale();
         if stale && !self.reload_clients() {
             return Err("the client registry cannot be read; see the server log".into());
         }
-        let known = self
-            .clients
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .by_certificate(fp)
-            .is_some();
+        let known = self.clients.read().by_certificate(fp).is_some();
         if !known {
             // Perhaps added by `atrest kms add-client` since the server started.
             self.reload_clients();
         }
-        let clients = self.clients.read().unwrap_or_else(|e| e.into_inner());
+        let clients = self.clients.read();
         let Some(client) = clients.by_certificate(fp) else {
             return Err(format!(
                 "the client certificate (SHA-256 {fp}) is not registered to any client"
@@ -88,11 +79,7 @@ impl Engine {
     /// Reads the client registry again from its file; false (logged) when it cannot be read,
     /// and the registry in memory stays.
     fn reload_clients(&self) -> bool {
-        let reloaded = self
-            .clients
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .reload();
+        let reloaded = self.clients.read().reload();
         match reloaded {
             Ok(c) => {
                 self.set_clients(c);

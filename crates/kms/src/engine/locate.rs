@@ -13,7 +13,7 @@ impl Engine {
         offset: Option<i32>,
         filter: &Attributes,
     ) -> OpResult {
-        let store = self.store.read().unwrap_or_else(|e| e.into_inner());
+        let store = self.store.read();
         let wants_state = filter.0.iter().any(|a| a.name == "State");
         let mut uids = Vec::new();
         for r in store.iter_ordered() {

@@ -21,8 +21,8 @@ mod template;
 
 pub use attributes::attributes_of;
 use get::unsupported_feature;
+use parking_lot::RwLock;
 use server_info::{discover_versions, query};
-use std::sync::RwLock;
 
 use atrest_kmip::message::{
     Attribute, Attributes, Credential, KeyBlock, KeyFormatType, ManagedObject, ObjectType,
@@ -83,6 +83,8 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
+    /// A connection from `peer` that presented the certificate with fingerprint `certificate`,
+    /// with no credential verified yet.
     pub fn new(peer: impl Into<String>, certificate: Option<String>) -> Self {
         Session {
             peer: peer.into(),
@@ -161,6 +163,7 @@ fn is_destroyed(state: State) -> bool {
 }
 
 impl Engine {
+    /// An engine over `store` and `clients`, with the default limits and quota.
     pub fn new(store: Store, clients: Clients) -> Engine {
         Engine {
             store: RwLock::new(store),
@@ -183,13 +186,14 @@ impl Engine {
         self
     }
 
+    /// The decoding limits of requests.
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
 
     /// Replaces the client registry (after `add-client` wrote a new one).
     pub fn set_clients(&self, clients: Clients) {
-        *self.clients.write().unwrap_or_else(|e| e.into_inner()) = clients;
+        *self.clients.write() = clients;
     }
 
     /// The counters of operations and connections (`--metrics-listen`).
@@ -199,7 +203,7 @@ impl Engine {
 
     /// Objects held by object type and state, for the metrics.
     pub fn object_counts(&self) -> crate::metrics::ObjectCounts {
-        let store = self.store.read().unwrap_or_else(|e| e.into_inner());
+        let store = self.store.read();
         crate::metrics::count_objects(
             store
                 .iter_ordered()
@@ -210,7 +214,7 @@ impl Engine {
 
     /// Number of objects held.
     pub fn object_count(&self) -> usize {
-        self.store.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.store.read().len()
     }
 
     /// Handles one whole request message (TTLV bytes, header included) and returns the
@@ -479,7 +483,7 @@ impl Engine {
         uid: &str,
         f: impl FnOnce(&mut Record, i64) -> Result<(), Fail>,
     ) -> Result<(), Fail> {
-        let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
+        let mut store = self.store.write();
         let mut rec = match store.get(uid) {
             Some(r) if r.owner == owner => r.clone(),
             _ => return Err(not_found(v, uid)),
@@ -497,7 +501,7 @@ impl Engine {
         uid: &str,
         f: impl FnOnce(&Record) -> Result<T, Fail>,
     ) -> Result<T, Fail> {
-        let store = self.store.read().unwrap_or_else(|e| e.into_inner());
+        let store = self.store.read();
         match store.get(uid) {
             Some(r) if r.owner == owner => f(r),
             _ => Err(not_found(v, uid)),
@@ -505,7 +509,7 @@ impl Engine {
     }
 
     fn insert(&self, v: ProtocolVersion, mut rec: Record) -> Result<String, Fail> {
-        let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
+        let mut store = self.store.write();
         if store.count_owned(&rec.owner) >= self.max_objects_per_client {
             let reason = if v.is_2x() {
                 ResultReason::SERVER_LIMIT_EXCEEDED
@@ -581,7 +585,7 @@ const LOG_CHARS: usize = 256;
 
 /// Text for a log line: control characters (newlines, escape sequences, bidirectional
 /// overrides…) escaped, so that a client cannot forge or hide log lines, and at most
-/// [`LOG_CHARS`] characters.
+/// `LOG_CHARS` characters.
 pub fn for_log(s: &str) -> String {
     let mut out = String::new();
     for (n, c) in s.chars().enumerate() {
