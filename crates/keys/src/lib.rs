@@ -412,3 +412,66 @@ pub fn key_accept(role: &str, accept: Accept) -> Accept {
         accept
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names_carry_the_appliance_the_volume_and_the_generation() {
+        let uuid = "0123abcd";
+        let name = volume_key_name("app1", uuid, 3);
+        assert_eq!(name, "atrest/app1/0123abcd/3");
+        assert_eq!(volume_key_group("app1"), "atrest/app1");
+        assert_eq!(name_generation(&name, uuid), Some(3));
+        // Whichever appliance made it; never another volume's, never generation 0.
+        assert_eq!(name_generation("atrest/other/0123abcd/7", uuid), Some(7));
+        assert_eq!(name_generation("atrest/app1/ffff/3", uuid), None);
+        assert_eq!(name_generation("atrest/app1/0123abcd/0", uuid), None);
+        assert_eq!(name_generation("atrest/app1/0123abcd/x", uuid), None);
+        assert_eq!(name_generation("other/app1/0123abcd/3", uuid), None);
+    }
+
+    #[test]
+    fn appliance_names_are_checked() {
+        assert!(check_appliance_name("appliance-7").is_ok());
+        assert!(check_appliance_name(&"x".repeat(64)).is_ok());
+        assert!(check_appliance_name("").is_err());
+        assert!(check_appliance_name(&"x".repeat(65)).is_err());
+        assert!(check_appliance_name("a/b").is_err());
+        assert!(check_appliance_name("a\nb").is_err());
+        assert!(!host_name().is_empty());
+    }
+
+    #[test]
+    fn acceptance_widens_step_by_step_and_never_for_the_new_key() {
+        let all = [
+            State::PRE_ACTIVE,
+            State::ACTIVE,
+            State::DEACTIVATED,
+            State::COMPROMISED,
+            State::DESTROYED,
+        ];
+        let allowed = |a: Accept| all.iter().filter(|s| a.allows(**s)).count();
+        assert_eq!(allowed(Accept::Active), 1);
+        assert_eq!(allowed(Accept::Deactivated), 2);
+        assert_eq!(allowed(Accept::Compromised), 3);
+        assert!(!Accept::Compromised.allows(State::DESTROYED));
+        assert_eq!(key_accept("new", Accept::Compromised), Accept::Active);
+        assert_eq!(key_accept("old", Accept::Compromised), Accept::Compromised);
+        assert_eq!(
+            key_accept("current", Accept::Deactivated),
+            Accept::Deactivated
+        );
+    }
+
+    #[test]
+    fn now_is_rfc3339_utc() {
+        let now = now_rfc3339();
+        assert!(now.ends_with('Z'), "{now}");
+        assert!(
+            time::OffsetDateTime::parse(&now, &time::format_description::well_known::Rfc3339)
+                .is_ok()
+        );
+    }
+}

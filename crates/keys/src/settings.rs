@@ -90,7 +90,7 @@ impl fmt::Debug for Secret {
 /// The settings one source gives; what it does not give is `None` (or empty).
 #[derive(Debug, Clone, Default)]
 pub struct Layer {
-    /// HOST[:PORT] entries, in failover order (a bare host gets port 5696).
+    /// `HOST[:PORT]` entries, in failover order (a bare host gets port 5696).
     pub servers: Vec<String>,
     /// The name to verify in the server certificate, when it differs from the host.
     pub server_name: Option<String>,
@@ -577,7 +577,7 @@ impl Settings {
     }
 }
 
-/// Parses one HOST[:PORT] entry, giving a bare host `default_port`; refuses what cannot be a
+/// Parses one `HOST[:PORT]` entry, giving a bare host `default_port`; refuses what cannot be a
 /// host name or IP address.
 pub fn parse_server(s: &str, default_port: u16) -> Result<ServerAddr, String> {
     let s = s.trim();
