@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use atrest_keys::{self as keys, KeyError};
 use atrest_kmip::client::{Client, ClientConfig, Timeouts};
 use atrest_kmip::message::{RevocationReasonCode, State as KeyState};
 use atrest_store::{Store, StoreOptions};
@@ -32,7 +33,6 @@ use atrest_volume::{
     State as VolState, UnlockedVolume, Volume, VolumeLock,
 };
 
-use crate::keys::{self, KeyError};
 use crate::known::{KNOWN_FILE, Known};
 use crate::state::{AppState, Content, EventSink, VolumeBackend, WeakAppState};
 use crate::status::{

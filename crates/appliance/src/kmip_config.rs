@@ -7,8 +7,8 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
+use atrest_keys::settings::{Settings, Sources, has_private_key, is_pem, parse_server};
 use atrest_kmip::client::{
     Client, ClientConfig, DEFAULT_MAX_RESPONSE_LEN, DEFAULT_PORT, Identity, ServerAddr, Timeouts,
 };
@@ -135,39 +135,6 @@ impl fmt::Debug for KmipUpdate {
 
 fn dir_of(data_dir: &Path) -> PathBuf {
     data_dir.join("kmip")
-}
-
-fn is_pem(b: &[u8]) -> bool {
-    b.trim_ascii_start().starts_with(b"-----BEGIN")
-}
-
-fn has_private_key(b: &[u8]) -> bool {
-    b.windows(11).any(|w| w == b"PRIVATE KEY")
-}
-
-/// Parses one HOST[:PORT] entry, giving a bare host `default_port`.
-pub fn parse_server(s: &str, default_port: u16) -> Result<ServerAddr, String> {
-    let s = s.trim();
-    let explicit = if s.starts_with('[') {
-        s.contains("]:")
-    } else {
-        s.matches(':').count() == 1
-    };
-    let mut addr = ServerAddr::from_str(s)?;
-    if !explicit {
-        addr.port = default_port;
-    }
-    if addr.host.len() > 253
-        || addr
-            .host
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || "/?#@".contains(c))
-    {
-        return Err(format!(
-            "`{s}` is not a host name or IP address; enter a name such as kmip.example.com"
-        ));
-    }
-    Ok(addr)
 }
 
 fn name_text(n: &X509NameRef) -> String {
@@ -629,77 +596,39 @@ impl KmipSettings {
     }
 }
 
-/// An update from a KMIP client env file (`export NAME=value` lines as written by
-/// `atrest kms serve` or the PyKMIP test peer): KMIP_HOST, KMIP_PORT, KMIP_SERVER_NAME,
-/// KMIP_CA, KMIP_CLIENT_P12 + KMIP_CLIENT_P12_PASSPHRASE (or KMIP_CLIENT_CERT +
-/// KMIP_CLIENT_KEY), KMIP_USERNAME, KMIP_PASSWORD.
-pub fn update_from_env_file(path: &Path) -> Result<KmipUpdate, String> {
-    let text = Zeroizing::new(
-        String::from_utf8(
-            files::read_bounded(path, 1 << 20)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-        )
-        .map_err(|_| format!("{} is not UTF-8 text", path.display()))?,
-    );
-    let vars = atrest_kms::datadir::parse_env(&text);
-    let get = |k: &str| {
-        vars.iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.clone())
-            .filter(|v| !v.is_empty())
-    };
-    let need = |k: &str| get(k).ok_or_else(|| format!("{} does not set {k}", path.display()));
-    let read = |p: String| {
-        files::read_bounded(Path::new(&p), MAX_UPLOAD as u64)
-            .map_err(|e| format!("cannot read {p}: {e}"))
-    };
-    let host = need("KMIP_HOST")?;
-    let port = match get("KMIP_PORT") {
-        Some(p) => Some(
-            p.parse::<u16>()
-                .map_err(|_| format!("KMIP_PORT in {} is not a port", path.display()))?,
-        ),
-        None => None,
-    };
-    let mut u = KmipUpdate {
-        servers: Some(vec![host]),
-        port,
-        server_name: Some(get("KMIP_SERVER_NAME").unwrap_or_default()),
-        username: Some(get("KMIP_USERNAME").unwrap_or_default()),
-        password: Some(Zeroizing::new(get("KMIP_PASSWORD").unwrap_or_default())),
-        ca: Some(read(need("KMIP_CA")?)?),
-        ..KmipUpdate::default()
-    };
-    if let Some(p12) = get("KMIP_CLIENT_P12") {
-        u.client_cert = Some(read(p12)?);
-        u.passphrase = Some(Zeroizing::new(
-            get("KMIP_CLIENT_P12_PASSPHRASE").unwrap_or_default(),
-        ));
-    } else {
-        u.client_cert = Some(read(need("KMIP_CLIENT_CERT")?)?);
-        u.client_key = Some(Zeroizing::new(read(need("KMIP_CLIENT_KEY")?)?));
-        u.passphrase = Some(Zeroizing::new(String::new()));
+impl KmipUpdate {
+    /// An update that replaces every setting with `s` (what `s` leaves out is cleared).
+    pub fn replacing_with(s: Settings) -> KmipUpdate {
+        KmipUpdate {
+            servers: Some(s.servers.iter().map(|a| a.to_string()).collect()),
+            port: None,
+            server_name: Some(s.server_name.unwrap_or_default()),
+            username: Some(s.username.unwrap_or_default()),
+            password: Some(s.password.unwrap_or_default()),
+            passphrase: Some(s.passphrase.unwrap_or_default()),
+            ca: Some(s.ca_pem),
+            client_cert: Some(s.client_cert),
+            client_key: s.client_key,
+            source: None,
+        }
     }
-    Ok(u)
+}
+
+/// An update from a KMIP client env file (`export NAME=value` lines as written by
+/// `atrest kms serve` or the PyKMIP test peer), resolved as every front end resolves one
+/// ([`atrest_keys::settings`]): KMIP_HOST, KMIP_PORT, KMIP_SERVER_NAME, KMIP_CA,
+/// KMIP_CLIENT_P12 + KMIP_CLIENT_P12_PASSPHRASE (or KMIP_CLIENT_CERT + KMIP_CLIENT_KEY),
+/// KMIP_USERNAME, KMIP_PASSWORD. It replaces all the settings.
+pub fn update_from_env_file(path: &Path) -> Result<KmipUpdate, String> {
+    Sources::env_file(path)
+        .resolve()
+        .map(KmipUpdate::replacing_with)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn server_entries() {
-        let a = parse_server("kmip.example", 5697).unwrap();
-        assert_eq!((a.host.as_str(), a.port), ("kmip.example", 5697));
-        let b = parse_server("kmip.example:6000", 5697).unwrap();
-        assert_eq!(b.port, 6000);
-        let c = parse_server("[::1]:7000", 5696).unwrap();
-        assert_eq!((c.host.as_str(), c.port), ("::1", 7000));
-        let d = parse_server("::1", 5800).unwrap();
-        assert_eq!(d.port, 5800);
-        assert!(parse_server("bad host", 5696).is_err());
-        assert!(parse_server("h:0", 5696).is_err());
-    }
 
     #[test]
     fn nothing_saved_needs_everything() {

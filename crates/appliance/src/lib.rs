@@ -17,7 +17,6 @@ pub mod files;
 pub mod hostspace;
 pub mod https;
 pub mod keylife;
-pub mod keys;
 pub mod kmip_config;
 pub mod kmip_test;
 pub mod known;
@@ -38,9 +37,4 @@ pub use api::app;
 pub use error::{ApiError, ApiResult};
 pub use state::{AppConfig, AppState, VolumeBackend};
 
-/// Now, RFC 3339 in UTC.
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
+pub use atrest_keys::now_rfc3339;

@@ -24,6 +24,7 @@
 
 use std::sync::Mutex;
 
+use atrest_keys::Accept;
 use atrest_kmip::message::State as KeyState;
 use axum::Json;
 use axum::extract::State;
@@ -33,7 +34,6 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use crate::error::{ApiError, ApiResult};
-use crate::keys::Accept;
 use crate::state::AppState;
 
 /// Why the content is read-only (GET /api/encryption `read_only`).

@@ -257,7 +257,7 @@ async fn encrypt_online_then_unlock_at_the_next_start() {
         .as_str()
         .unwrap()
         .to_owned();
-    let host = atrest_appliance::keys::host_name();
+    let host = atrest_keys::host_name();
     assert_eq!(
         located(&data, &format!("atrest/{host}/{uuid}/1")),
         vec![key_id.clone()]

@@ -10,12 +10,12 @@ use atrest_kmip::ttlv::Value;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use crate::kmip_settings::KmipSettings;
+use crate::kmip_flags::KmipFlags;
 
 #[derive(Debug, Args)]
 pub struct KmipArgs {
     #[command(flatten)]
-    settings: KmipSettings,
+    settings: KmipFlags,
     /// Machine-readable output (JSON on stdout).
     #[arg(long, global = true)]
     json: bool,

@@ -4,7 +4,7 @@
 
 mod config_file;
 mod kmip_cmd;
-mod kmip_settings;
+mod kmip_flags;
 mod kms_cmd;
 mod kms_metrics;
 mod serve_cmd;

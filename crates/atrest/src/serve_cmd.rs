@@ -141,8 +141,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let appliance_name = args
         .appliance_name
         .clone()
-        .unwrap_or_else(atrest_appliance::keys::host_name);
-    atrest_appliance::keys::check_appliance_name(&appliance_name).map_err(anyhow::Error::msg)?;
+        .unwrap_or_else(atrest_keys::host_name);
+    atrest_keys::check_appliance_name(&appliance_name).map_err(anyhow::Error::msg)?;
     let Some(data_dir) = args.data_dir.clone() else {
         anyhow::bail!(
             "no data directory given; use --data-dir DIR or `data_dir` in the --config file"

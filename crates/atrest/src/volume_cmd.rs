@@ -100,7 +100,7 @@ struct ExportArgs {
     out: Option<PathBuf>,
     /// KMIP settings, for an encrypted volume.
     #[command(flatten)]
-    kmip: crate::kmip_settings::KmipSettings,
+    kmip: crate::kmip_flags::KmipFlags,
     /// Open the encrypted volume with the recovery key in file F instead of its KMIP key (no
     /// KMIP server is contacted).
     #[arg(long, value_name = "F")]

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use atrest_appliance::keys::{self, create_volume_key_in_group, fetch_volume_keys};
+use atrest_keys::{self as keys, create_volume_key_in_group, fetch_volume_keys};
 use atrest_kmip::client::Client;
 use atrest_volume::{
     ConvertOptions, EncryptOptions, RecoveryKdf, State, UnlockedVolume, Volume, VolumeInfo,
@@ -25,7 +25,7 @@ use atrest_volume::{
 use clap::Args;
 use serde_json::json;
 
-use crate::kmip_settings::KmipSettings;
+use crate::kmip_flags::KmipFlags;
 use crate::size::parse_size;
 use crate::volume_cmd::{lock_exclusive, open_to_read_data, open_writable, progress_printer};
 
@@ -34,7 +34,7 @@ pub struct EncryptArgs {
     /// Image file or block device holding a plain atrest volume.
     image: PathBuf,
     #[command(flatten)]
-    kmip: KmipSettings,
+    kmip: KmipFlags,
     /// Key length in bits: 256 (XTS-AES-128) or 512 (XTS-AES-256, where the KMIP server
     /// allows 512-bit AES objects).
     #[arg(long, default_value_t = 256)]
@@ -59,7 +59,7 @@ pub struct RekeyArgs {
     /// Image file or block device holding an encrypted atrest volume.
     image: PathBuf,
     #[command(flatten)]
-    kmip: KmipSettings,
+    kmip: KmipFlags,
     /// A Name for the new key on the KMIP server (default:
     /// atrest/<appliance name>/<volume uuid>/<generation>).
     #[arg(long)]
@@ -80,7 +80,7 @@ pub struct KeyedArgs {
     /// Image file or block device holding an encrypted atrest volume.
     image: PathBuf,
     #[command(flatten)]
-    kmip: KmipSettings,
+    kmip: KmipFlags,
     #[command(flatten)]
     run: RunArgs,
     /// Open the volume with the recovery key in file F instead of its KMIP key(s): no KMIP
@@ -104,7 +104,7 @@ pub struct GrowArgs {
     /// fetched, as the grown header is signed under it).
     image: PathBuf,
     #[command(flatten)]
-    kmip: KmipSettings,
+    kmip: KmipFlags,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
@@ -158,7 +158,7 @@ fn open(image: &Path) -> anyhow::Result<(VolumeLock, Volume)> {
 }
 
 /// A KMIP client from the settings; the header's servers stand in when none are given.
-fn client(settings: &KmipSettings, info: &VolumeInfo) -> anyhow::Result<Client> {
+fn client(settings: &KmipFlags, info: &VolumeInfo) -> anyhow::Result<Client> {
     let fallback: Vec<String> = info
         .keys
         .first()
@@ -567,7 +567,7 @@ pub fn unlock(a: KeyedArgs) -> anyhow::Result<()> {
 /// Compromised one with `allow_compromised`; see [`fetch_for_reading`]).
 fn volume_keys(
     vol: &Volume,
-    settings: &KmipSettings,
+    settings: &KmipFlags,
     recovery_file: Option<&Path>,
     allow_compromised: bool,
 ) -> anyhow::Result<Vec<atrest_volume::VolumeKey>> {
@@ -584,7 +584,7 @@ fn volume_keys(
 /// [`volume_keys`] gets them; the caller holds its lock.
 pub fn unlock_for_export(
     vol: Volume,
-    settings: &KmipSettings,
+    settings: &KmipFlags,
     recovery_file: Option<&Path>,
     allow_compromised: bool,
 ) -> anyhow::Result<UnlockedVolume> {

@@ -6,13 +6,13 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use atrest_appliance::keys::fetch_volume_keys;
+use atrest_keys::fetch_volume_keys;
 use atrest_kmip::client::Client;
 use atrest_volume::{RecoveryKdf, RecoveryKey, State, Volume, VolumeKey};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use crate::kmip_settings::KmipSettings;
+use crate::kmip_flags::KmipFlags;
 use crate::volume_cmd::{lock_exclusive, open_writable};
 
 #[derive(Debug, Args)]
@@ -36,7 +36,7 @@ struct RecoveryKeyCmdArgs {
     /// Image file or block device holding an encrypted atrest volume.
     image: PathBuf,
     #[command(flatten)]
-    kmip: KmipSettings,
+    kmip: KmipFlags,
     /// Unlock with the current recovery key in file F instead of the KMIP key (e.g. to remove
     /// or replace the recovery key while the KMIP server is gone).
     #[arg(long, value_name = "F")]

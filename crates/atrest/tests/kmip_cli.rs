@@ -191,6 +191,28 @@ fn settings_from_a_toml_file() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// The peer's env file alone gives server, CA, PKCS#12 identity and credentials; a flag
+/// overrides what it gives.
+#[test]
+fn settings_from_an_env_file_under_the_flags() {
+    let Some(p) = peer() else { return };
+    let env = std::env::var("ATREST_PYKMIP_EC_ENV").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_atrest"))
+        .args(["kmip", "--env-file", &env, "test"])
+        .env_remove("ATREST_KMIP_PASSPHRASE")
+        .env_remove("ATREST_KMIP_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(&format!("OK: {}:{}", p.v("KMIP_HOST"), p.v("KMIP_PORT"))));
+    let o = Command::new(env!("CARGO_BIN_EXE_atrest"))
+        .args(["kmip", "--env-file", &env, "--server", "127.0.0.1:9"])
+        .args(["--timeout", "2", "test"])
+        .output()
+        .unwrap();
+    assert_one_line_failure(&o, "connection refused");
+}
+
 #[test]
 fn each_failure_has_its_own_one_line_reason() {
     let Some(p) = peer() else { return };

@@ -1,6 +1,8 @@
 //! Test support shared by atrest's crates: the PyKMIP peers that `scripts/test` starts are
 //! described by env files (`export NAME=value` lines, see the peer kit's README) whose paths are
-//! in `ATREST_PYKMIP_EC_ENV` and `ATREST_PYKMIP_RSA_ENV`.
+//! in `ATREST_PYKMIP_EC_ENV` and `ATREST_PYKMIP_RSA_ENV`. They are read, and a client
+//! configuration made from them, by the settings resolver every front end uses
+//! ([`atrest_keys::settings`]).
 //!
 //! A test that needs a peer or an external tool skips with a printed note when it is missing,
 //! unless `ATREST_REQUIRE_PEERS=1` (CI sets it), where the missing piece fails the test: a CI
@@ -17,8 +19,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use atrest_kmip::client::{ClientConfig, DEFAULT_MAX_RESPONSE_LEN, Identity, ServerAddr, Timeouts};
-use atrest_kmip::message::Password;
+use atrest_keys::settings::{EnvFile, Sources};
+use atrest_kmip::client::{ClientConfig, Identity, ServerAddr, Timeouts};
 use zeroize::Zeroizing;
 
 /// The repository's `testdata/` folder (published vectors, see its README) joined with `rel`.
@@ -106,6 +108,7 @@ pub fn promtool_check(text: &str) {
 #[derive(Debug, Clone)]
 pub struct Peer {
     pub vars: HashMap<String, String>,
+    file: PathBuf,
 }
 
 /// The peer whose env file is named by the environment variable `var` (see [`available`]).
@@ -129,10 +132,12 @@ pub fn ec_peer() -> Option<Peer> {
 impl Peer {
     /// Reads an env file of `export NAME=value` lines.
     pub fn from_file(path: &Path) -> Peer {
-        let text = std::fs::read_to_string(path)
-            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-        let vars = atrest_kmip::client::parse_env(&text).into_iter().collect();
-        Peer { vars }
+        let env = EnvFile::read(path).unwrap_or_else(|e| panic!("{e}"));
+        let vars = env.vars().iter().cloned().collect();
+        Peer {
+            vars,
+            file: path.to_owned(),
+        }
     }
 
     /// The value of `name`.
@@ -168,19 +173,21 @@ impl Peer {
         }
     }
 
-    /// A client configuration with the main PEM identity, username and password.
+    /// A client configuration with the main PEM identity (KMIP_CLIENT_CERT, KMIP_CLIENT_KEY),
+    /// username and password, resolved from the env file as every front end resolves one; 10 s
+    /// timeouts.
     pub fn client_config(&self) -> ClientConfig {
-        ClientConfig {
-            servers: vec![self.server()],
-            server_name: self.vars.get("KMIP_SERVER_NAME").cloned(),
-            ca_pem: self.read("KMIP_CA"),
-            identity: self.pem_identity("KMIP_CLIENT_CERT", "KMIP_CLIENT_KEY"),
-            username: Some(self.v("KMIP_USERNAME").to_owned()),
-            password: Some(Password::new(self.v("KMIP_PASSWORD").to_owned())),
-            version: None,
-            timeouts: Timeouts::uniform(Duration::from_secs(10)),
-            max_response_len: DEFAULT_MAX_RESPONSE_LEN,
-        }
+        let sources = Sources::env_file(&self.file);
+        let mut layer = sources.layer().unwrap_or_else(|e| panic!("{e}"));
+        layer.client_cert = Some(self.path("KMIP_CLIENT_CERT"));
+        layer.client_key = Some(self.path("KMIP_CLIENT_KEY"));
+        layer.passphrase = None;
+        let mut config = sources
+            .resolve_layer(layer)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .client_config();
+        config.timeouts = Timeouts::uniform(Duration::from_secs(10));
+        config
     }
 }
 

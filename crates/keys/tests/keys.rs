@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use atrest_appliance::keys::{
+use atrest_keys::{
     Accept, KeyError, create_volume_key, fetch_volume_keys, fetch_volume_keys_accepting,
 };
 use atrest_kmip::client::Client;
@@ -128,7 +128,7 @@ fn another_volumes_key_is_refused() {
     let (dev_a, _) = encrypted_volume(&mut c);
     let (dev_b, uid_b) = encrypted_volume(&mut c);
     let vol_a = Volume::open(dev_a as Arc<dyn BlockDevice>).unwrap();
-    let err = atrest_appliance::keys::fetch_key(&mut c, &vol_a, &uid_b, 256).unwrap_err();
+    let err = atrest_keys::fetch_key(&mut c, &vol_a, &uid_b, 256).unwrap_err();
     assert!(matches!(err, KeyError::WrongKey { .. }), "{err}");
     assert!(err.to_string().contains("not this volume's key"), "{err}");
     drop(dev_b);
@@ -139,7 +139,7 @@ fn another_volumes_key_is_refused() {
 /// read back from the current key's Name.
 #[test]
 fn named_keys_are_found_by_name_and_object_group() {
-    use atrest_appliance::keys::{
+    use atrest_keys::{
         create_volume_key_in_group, next_generation, volume_key_group, volume_key_name,
     };
     use atrest_kmip::message::Attributes;

@@ -10,9 +10,19 @@
 //!   lets such a key process (decrypt) the data it protected, never protect new data. The caller
 //!   learns each key's state and must keep the content read-only until a Rekey replaced it.
 //!   The key being rekeyed *to* must always be Active.
+//! - [`settings`]: the one way KMIP connection settings are resolved from flags, a TOML
+//!   settings file, a client env file and the environment, with one documented precedence.
 //!
 //! Key material only passes through zeroizing buffers into locked memory
 //! ([`atrest_volume::SecretBytes`]); it never appears in an error.
+//!
+//! This crate has no web or async dependency: the `atrest volume` commands use it without the
+//! appliance.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod settings;
 
 use std::fmt;
 
@@ -22,21 +32,35 @@ use atrest_volume::{KeyMaterial, KeyReference, SecretBytes, Volume, VolumeKey};
 
 /// Why a volume key could not be created or fetched.
 #[derive(Debug)]
-#[non_exhaustive]
 pub enum KeyError {
     /// The KMIP server could not be used, or failed the operation.
     Kmip {
+        /// The key's Unique Identifier, once the server gave one.
         uid: Option<String>,
+        /// The operation that failed, as a verb ("create", "get", "check the state of").
         what: &'static str,
+        /// The KMIP client's error.
         source: Box<ClientError>,
     },
     /// The key exists but is not Active (revoked, compromised, destroyed, or never activated).
-    NotActive { uid: String, state: State },
+    NotActive {
+        /// The key's Unique Identifier.
+        uid: String,
+        /// The state the server holds it in.
+        state: State,
+    },
     /// The server returned something that cannot be this volume's key.
-    BadMaterial { uid: String, reason: String },
+    BadMaterial {
+        /// The key's Unique Identifier.
+        uid: String,
+        /// Why it is unusable (never the material itself).
+        reason: String,
+    },
     /// The key does not match the volume's digest: it is not this volume's key.
     WrongKey {
+        /// The key's Unique Identifier.
         uid: String,
+        /// The volume's verdict.
         source: atrest_volume::Error,
     },
 }
@@ -89,7 +113,9 @@ impl std::error::Error for KeyError {}
 
 /// A key created for a volume: its material and the reference that goes into the header.
 pub struct NewKey {
+    /// The key material, checked (length, not wrapped), in locked memory.
     pub material: KeyMaterial,
+    /// The Unique Identifier, the servers and the creation time, for the volume header.
     pub reference: KeyReference,
 }
 
@@ -162,22 +188,25 @@ pub fn next_generation(client: &mut Client, uuid: &str, current: Option<&str>) -
 }
 
 /// The host name, the default appliance name in key names; `atrest` when it cannot be read.
+///
+/// Read from `/proc/sys/kernel/hostname`: on Linux the same name `gethostname(2)` returns (the
+/// UTS namespace's node name), without unsafe code.
 pub fn host_name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    let name = if rc == 0 {
-        let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-        String::from_utf8_lossy(&buf[..end]).trim().to_owned()
-    } else {
-        String::new()
-    };
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name = name.trim();
     if name.is_empty() {
         "atrest".to_owned()
     } else {
-        name
+        name.to_owned()
     }
+}
+
+/// Now, RFC 3339 in UTC: the form of a key reference's creation time (and of every other time
+/// atrest records).
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 /// Checks an appliance name for key names: 1 to 64 characters, no `/`, no control characters.
@@ -250,7 +279,7 @@ pub fn create_volume_key_in_group(
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
-            created: crate::now_rfc3339(),
+            created: now_rfc3339(),
         },
     })
 }
@@ -343,7 +372,9 @@ pub fn fetch_volume_keys(client: &mut Client, volume: &Volume) -> Result<Vec<Vol
 /// never written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inactive {
+    /// The key's Unique Identifier.
     pub uid: String,
+    /// The state the server holds it in (Deactivated or Compromised).
     pub state: State,
 }
 
@@ -379,5 +410,68 @@ pub fn key_accept(role: &str, accept: Accept) -> Accept {
         Accept::Active
     } else {
         accept
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names_carry_the_appliance_the_volume_and_the_generation() {
+        let uuid = "0123abcd";
+        let name = volume_key_name("app1", uuid, 3);
+        assert_eq!(name, "atrest/app1/0123abcd/3");
+        assert_eq!(volume_key_group("app1"), "atrest/app1");
+        assert_eq!(name_generation(&name, uuid), Some(3));
+        // Whichever appliance made it; never another volume's, never generation 0.
+        assert_eq!(name_generation("atrest/other/0123abcd/7", uuid), Some(7));
+        assert_eq!(name_generation("atrest/app1/ffff/3", uuid), None);
+        assert_eq!(name_generation("atrest/app1/0123abcd/0", uuid), None);
+        assert_eq!(name_generation("atrest/app1/0123abcd/x", uuid), None);
+        assert_eq!(name_generation("other/app1/0123abcd/3", uuid), None);
+    }
+
+    #[test]
+    fn appliance_names_are_checked() {
+        assert!(check_appliance_name("appliance-7").is_ok());
+        assert!(check_appliance_name(&"x".repeat(64)).is_ok());
+        assert!(check_appliance_name("").is_err());
+        assert!(check_appliance_name(&"x".repeat(65)).is_err());
+        assert!(check_appliance_name("a/b").is_err());
+        assert!(check_appliance_name("a\nb").is_err());
+        assert!(!host_name().is_empty());
+    }
+
+    #[test]
+    fn acceptance_widens_step_by_step_and_never_for_the_new_key() {
+        let all = [
+            State::PRE_ACTIVE,
+            State::ACTIVE,
+            State::DEACTIVATED,
+            State::COMPROMISED,
+            State::DESTROYED,
+        ];
+        let allowed = |a: Accept| all.iter().filter(|s| a.allows(**s)).count();
+        assert_eq!(allowed(Accept::Active), 1);
+        assert_eq!(allowed(Accept::Deactivated), 2);
+        assert_eq!(allowed(Accept::Compromised), 3);
+        assert!(!Accept::Compromised.allows(State::DESTROYED));
+        assert_eq!(key_accept("new", Accept::Compromised), Accept::Active);
+        assert_eq!(key_accept("old", Accept::Compromised), Accept::Compromised);
+        assert_eq!(
+            key_accept("current", Accept::Deactivated),
+            Accept::Deactivated
+        );
+    }
+
+    #[test]
+    fn now_is_rfc3339_utc() {
+        let now = now_rfc3339();
+        assert!(now.ends_with('Z'), "{now}");
+        assert!(
+            time::OffsetDateTime::parse(&now, &time::format_description::well_known::Rfc3339)
+                .is_ok()
+        );
     }
 }
