@@ -20,8 +20,8 @@
 //! Every key operation goes into the audit history (server, operation, key id, result).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use atrest_kmip::client::{Client, ClientConfig, Timeouts};
@@ -31,6 +31,7 @@ use atrest_volume::{
     BlockDevice, Check, ConvertOptions, EncryptOptions, FileDevice, FormatOptions,
     State as VolState, UnlockedVolume, Volume, VolumeLock,
 };
+use parking_lot::{Condvar, Mutex};
 
 use crate::keys::{self, KeyError};
 use crate::known::{KNOWN_FILE, Known};
@@ -247,10 +248,6 @@ enum Attempt {
     Retry,
     /// Locked until the administrator acts ([`Hold`]).
     Hold,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The data volume attached to an appliance.
@@ -470,7 +467,7 @@ impl DataVolume {
                 .map_err(|e| format!("the plain content volume cannot be opened: {e}"))?;
             dv.grow_at_start(&uv);
             dv.open_store(state, &uv)?;
-            *lock(&dv.inner.slot) = Slot::Open(uv);
+            *dv.inner.slot.lock() = Slot::Open(uv);
             state.apply(Event::OpenedPlain);
         } else {
             dv.set_locked(state, vol, "its key has not been fetched yet".into());
@@ -617,7 +614,7 @@ impl DataVolume {
             "the content volume is locked: {why}; the appliance retries by itself (see GET \
              /api/encryption)"
         )));
-        *lock(&self.inner.slot) = Slot::Locked(vol);
+        *self.inner.slot.lock() = Slot::Locked(vol);
     }
 
     fn spawn(&self, name: &str, f: impl FnOnce(DataVolume) + Send + 'static) {
@@ -627,7 +624,7 @@ impl DataVolume {
             .spawn(move || f(me))
         {
             Ok(h) => {
-                let mut t = lock(&self.inner.threads);
+                let mut t = self.inner.threads.lock();
                 t.retain(|h| !h.is_finished());
                 t.push(h);
             }
@@ -638,7 +635,7 @@ impl DataVolume {
     /// Sleeps up to `d`; returns early (true) when woken or stopping.
     fn sleep(&self, d: Duration) -> bool {
         let (m, cv) = &self.inner.wake;
-        let mut g = lock(m);
+        let mut g = m.lock();
         let start = *g;
         let deadline = Instant::now() + d;
         while *g == start && !self.inner.stop.load(Ordering::Acquire) {
@@ -646,10 +643,7 @@ impl DataVolume {
             if now >= deadline {
                 return false;
             }
-            g = cv
-                .wait_timeout(g, deadline - now)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0);
+            cv.wait_for(&mut g, deadline - now);
         }
         true
     }
@@ -670,7 +664,7 @@ impl DataVolume {
                         failures += 1;
                         let d = me.inner.opts.backoff.delay(failures);
                         let at = time::OffsetDateTime::now_utc() + d;
-                        lock(&me.inner.extra).next_retry_at = at
+                        me.inner.extra.lock().next_retry_at = at
                             .format(&time::format_description::well_known::Rfc3339)
                             .ok();
                         if me.sleep(d) {
@@ -680,7 +674,7 @@ impl DataVolume {
                     }
                 }
             }
-            lock(&me.inner.extra).next_retry_at = None;
+            me.inner.extra.lock().next_retry_at = None;
             me.inner.unlock_running.store(false, Ordering::Release);
         });
     }
@@ -696,7 +690,7 @@ impl DataVolume {
             "the content volume is locked: {}",
             hold.reason
         )));
-        lock(&self.inner.extra).hold = Some(hold);
+        self.inner.extra.lock().hold = Some(hold);
     }
 
     /// One attempt to fetch the key(s) and unlock; reasons per server are applied on failure.
@@ -706,12 +700,12 @@ impl DataVolume {
         let Some(state) = self.app() else {
             return Attempt::Done;
         };
-        if lock(&self.inner.extra).hold.is_some() && !accept {
+        if self.inner.extra.lock().hold.is_some() && !accept {
             return Attempt::Hold;
         }
         self.inner.attempts.fetch_add(1, Ordering::Relaxed);
         let vol = {
-            let mut slot = lock(&self.inner.slot);
+            let mut slot = self.inner.slot.lock();
             let info = match &*slot {
                 Slot::Locked(v) => Box::new(v.info()),
                 // Held by another attempt (the recovery key's): look again after the backoff.
@@ -724,7 +718,7 @@ impl DataVolume {
             }
         };
         let put_back = |vol: Volume| {
-            let mut slot = lock(&self.inner.slot);
+            let mut slot = self.inner.slot.lock();
             if matches!(&*slot, Slot::Unlocking(_)) {
                 *slot = Slot::Locked(vol);
             }
@@ -832,7 +826,7 @@ impl DataVolume {
         inactive: &[(String, KeyState)],
     ) -> Attempt {
         let state = state.clone();
-        let mut slot = lock(&self.inner.slot);
+        let mut slot = self.inner.slot.lock();
         if !matches!(&*slot, Slot::Unlocking(_)) {
             return Attempt::Done; // stopping
         }
@@ -894,7 +888,7 @@ impl DataVolume {
                 return Attempt::Retry;
             }
         };
-        lock(&self.inner.extra).hold = None;
+        self.inner.extra.lock().hold = None;
         if accept {
             state.audit(
                 "volume",
@@ -1025,7 +1019,7 @@ impl DataVolume {
                         run,
                         secs,
                     };
-                    lock(&me.inner.extra).last_conversion = Some(LastConversion {
+                    me.inner.extra.lock().last_conversion = Some(LastConversion {
                         kind: kind.as_str().to_string(),
                         started_at: started_at.clone(),
                         finished_at: crate::now_rfc3339(),
@@ -1142,10 +1136,10 @@ impl DataVolume {
             return RotationTick::Off;
         };
         let Some(interval) = state.keylife().get().policy.rotation_interval_seconds else {
-            lock(&self.inner.extra).rotation = Rotation::default();
+            self.inner.extra.lock().rotation = Rotation::default();
             return RotationTick::Off;
         };
-        let uv = match &*lock(&self.inner.slot) {
+        let uv = match &*self.inner.slot.lock() {
             Slot::Open(uv) => uv.clone(),
             _ => return RotationTick::Busy("the volume is locked".into()),
         };
@@ -1159,7 +1153,7 @@ impl DataVolume {
         }
         let now = self.inner.opts.clock.now();
         let info = uv.info();
-        let rot = lock(&self.inner.extra).rotation.clone();
+        let rot = self.inner.extra.lock().rotation.clone();
         let Some((created, due)) = self.rotation_due(&info, &rot, interval) else {
             return RotationTick::Off;
         };
@@ -1186,7 +1180,7 @@ impl DataVolume {
         };
         match started {
             Ok(()) => {
-                lock(&self.inner.extra).rotation = Rotation {
+                self.inner.extra.lock().rotation = Rotation {
                     last_started: Some(now),
                     ..Rotation::default()
                 };
@@ -1215,7 +1209,7 @@ impl DataVolume {
                     old.as_deref(),
                     &format!("failed: {e}; retried in {} s", wait.as_secs()),
                 );
-                lock(&self.inner.extra).rotation = Rotation {
+                self.inner.extra.lock().rotation = Rotation {
                     failures,
                     retry_at: Some(retry),
                     last_started: rot.last_started,
@@ -1247,7 +1241,7 @@ impl DataVolume {
         if state.workflow().state != WfState::Encrypted {
             return;
         }
-        let uv = match &*lock(&self.inner.slot) {
+        let uv = match &*self.inner.slot.lock() {
             Slot::Open(uv) => uv.clone(),
             _ => return,
         };
@@ -1342,13 +1336,13 @@ impl DataVolume {
     }
 
     fn note_key_check(&self, v: KeyCheck) {
-        lock(&self.inner.extra).key_check = Some(v);
+        self.inner.extra.lock().key_check = Some(v);
     }
 
     /// Records and reports the alert; with `lock` and the policy `lock`, locks the content.
     fn raise_alert(&self, state: &AppState, id: &str, alert: String, lock_it: bool) {
         let new = {
-            let mut x = lock(&self.inner.extra);
+            let mut x = self.inner.extra.lock();
             let new = !x.alerts.contains(&alert);
             if new {
                 x.alerts.push(alert.clone());
@@ -1360,7 +1354,7 @@ impl DataVolume {
             state.audit_key("-", "check-state", Some(id), &format!("alert: {alert}"));
         }
         if lock_it && self.inner.opts.key_policy == KeyPolicy::Lock {
-            let mut slot = lock(&self.inner.slot);
+            let mut slot = self.inner.slot.lock();
             if matches!(&*slot, Slot::Open(_)) {
                 *slot = Slot::Empty;
                 drop(slot);
@@ -1397,7 +1391,7 @@ impl DataVolume {
 
     /// The unlocked volume, if it is unlocked.
     pub(crate) fn open_volume(&self) -> Option<UnlockedVolume> {
-        match &*lock(&self.inner.slot) {
+        match &*self.inner.slot.lock() {
             Slot::Open(uv) => Some(uv.clone()),
             _ => None,
         }
@@ -1405,7 +1399,7 @@ impl DataVolume {
 
     /// What the volume header says now (`None` when detached).
     pub(crate) fn volume_info(&self) -> Option<atrest_volume::VolumeInfo> {
-        match &*lock(&self.inner.slot) {
+        match &*self.inner.slot.lock() {
             Slot::Open(uv) => Some(uv.info()),
             Slot::Locked(v) => Some(v.info()),
             Slot::Unlocking(i) => Some((**i).clone()),
@@ -1418,7 +1412,7 @@ impl DataVolume {
         &self,
         f: impl FnOnce(&mut crate::recovery::RekeyRecovery) -> T,
     ) -> T {
-        f(&mut lock(&self.inner.extra).recovery)
+        f(&mut self.inner.extra.lock().recovery)
     }
 
     /// Unlocks the locked volume with the keys `get` finds in it (the recovery key), with
@@ -1433,7 +1427,7 @@ impl DataVolume {
         let state = self
             .app()
             .ok_or(Refusal::Conflict("the appliance is stopping".into()))?;
-        if let Some(h) = &lock(&self.inner.extra).hold {
+        if let Some(h) = &self.inner.extra.lock().hold {
             return Err(Refusal::Conflict(format!(
                 "the volume is held locked for your decision, which a recovery key does not \
                  change: {}",
@@ -1444,7 +1438,7 @@ impl DataVolume {
         // wait for it (bounded by its timeouts), then take the volume if it is still locked.
         let deadline = Instant::now() + RECOVERY_UNLOCK_WAIT;
         let vol = loop {
-            let mut slot = lock(&self.inner.slot);
+            let mut slot = self.inner.slot.lock();
             let info = match &*slot {
                 Slot::Locked(v) => Box::new(v.info()),
                 Slot::Unlocking(_) if Instant::now() < deadline => {
@@ -1472,7 +1466,7 @@ impl DataVolume {
         let keys = match get(&vol) {
             Ok(k) => k,
             Err(e) => {
-                let mut slot = lock(&self.inner.slot);
+                let mut slot = self.inner.slot.lock();
                 if matches!(&*slot, Slot::Unlocking(_)) {
                     *slot = Slot::Locked(vol);
                 }
@@ -1480,7 +1474,7 @@ impl DataVolume {
             }
         };
         match self.complete_unlock(&state, vol, keys, false, &[]) {
-            Attempt::Done if matches!(&*lock(&self.inner.slot), Slot::Open(_)) => Ok(()),
+            Attempt::Done if matches!(&*self.inner.slot.lock(), Slot::Open(_)) => Ok(()),
             _ => Err(Refusal::Conflict(
                 state
                     .workflow()
@@ -1505,7 +1499,7 @@ impl DataVolume {
         events: &EventSink,
     ) -> Result<UnlockedVolume, String> {
         let state = self.app().ok_or("the appliance is stopping")?;
-        let uv = match &*lock(&self.inner.slot) {
+        let uv = match &*self.inner.slot.lock() {
             Slot::Open(uv) => uv.clone(),
             _ => {
                 return Err("the content volume is locked; wait until it is unlocked".into());
@@ -1638,7 +1632,7 @@ impl DataVolume {
             servers: info.servers.clone(),
             cipher: cipher_text(info.cipher.as_deref(), info.key_bits),
         });
-        lock(&self.inner.extra).alerts.clear();
+        self.inner.extra.lock().alerts.clear();
         Ok(uv)
     }
 }
@@ -1710,7 +1704,7 @@ fn key_error_class(e: &KeyError) -> &'static str {
 
 impl VolumeBackend for DataVolume {
     fn start(&self, req: Request, kmip: ClientConfig, events: EventSink) -> Result<(), String> {
-        let _starting = lock(&self.inner.starting);
+        let _starting = self.inner.starting.lock();
         // Checked again under the lock: a conversion another request started meanwhile wins.
         if let Some(state) = self.app() {
             state.check(req)?;
@@ -1742,7 +1736,7 @@ impl VolumeBackend for DataVolume {
     }
 
     fn grow(&self) -> Result<(u64, u64), String> {
-        let uv = match &*lock(&self.inner.slot) {
+        let uv = match &*self.inner.slot.lock() {
             Slot::Open(uv) => uv.clone(),
             _ => {
                 return Err(
@@ -1756,7 +1750,7 @@ impl VolumeBackend for DataVolume {
     }
 
     fn status(&self) -> VolumeStatus {
-        let (vol, store_space) = match &*lock(&self.inner.slot) {
+        let (vol, store_space) = match &*self.inner.slot.lock() {
             Slot::Open(uv) => {
                 let i = uv.info();
                 (Some(i), true)
@@ -1786,7 +1780,7 @@ impl VolumeBackend for DataVolume {
         } else {
             None
         };
-        let x = lock(&self.inner.extra);
+        let x = self.inner.extra.lock();
         let rotation = vol
             .as_ref()
             .and_then(|i| self.rotation_view(&x.rotation, i));
@@ -1816,12 +1810,15 @@ impl VolumeBackend for DataVolume {
     }
 
     fn resume(&self, _events: EventSink) -> Result<(), String> {
-        let hold = lock(&self.inner.extra).hold.clone();
+        let hold = self.inner.extra.lock().hold.clone();
         match hold {
             Some(h) if !h.resumable => Err(format!("Resume cannot lift this lock: {}", h.reason)),
             Some(_) => match self.try_unlock(true) {
                 Attempt::Done => Ok(()),
-                _ => Err(lock(&self.inner.extra)
+                _ => Err(self
+                    .inner
+                    .extra
+                    .lock()
                     .hold
                     .as_ref()
                     .map(|h| h.reason.clone())
@@ -1849,11 +1846,11 @@ impl VolumeBackend for DataVolume {
         if let Some(w) = check.warning() {
             tracing::error!("{w}");
         }
-        lock(&self.inner.extra).audit = Some(check);
+        self.inner.extra.lock().audit = Some(check);
     }
 
     fn key_servers(&self) -> Vec<String> {
-        let info = match &*lock(&self.inner.slot) {
+        let info = match &*self.inner.slot.lock() {
             Slot::Open(uv) => uv.info(),
             Slot::Locked(v) => v.info(),
             Slot::Unlocking(i) => (**i).clone(),
@@ -1867,14 +1864,14 @@ impl VolumeBackend for DataVolume {
 
     fn retry_now(&self) {
         let (m, cv) = &self.inner.wake;
-        *lock(m) += 1;
+        *m.lock() += 1;
         cv.notify_all();
     }
 
     fn shutdown(&self) {
         self.inner.stop.store(true, Ordering::Release);
         self.retry_now();
-        let threads = std::mem::take(&mut *lock(&self.inner.threads));
+        let threads = std::mem::take(&mut *self.inner.threads.lock());
         for h in threads {
             let _ = h.join();
         }
@@ -1884,8 +1881,8 @@ impl VolumeBackend for DataVolume {
                 "the appliance is stopping; try again once it is back".into(),
             ));
         }
-        *lock(&self.inner.slot) = Slot::Empty;
-        lock(&self.inner.lock_file).take();
+        *self.inner.slot.lock() = Slot::Empty;
+        self.inner.lock_file.lock().take();
     }
 }
 

@@ -11,10 +11,10 @@
 //! Only keys in the record can be revoked or destroyed here: never the key in use.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use atrest_kmip::client::{Client, ClientError};
 use atrest_kmip::message::RevocationReasonCode;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::files;
@@ -146,10 +146,6 @@ pub struct KeyLifeStore {
     life: Mutex<KeyLife>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl KeyLifeStore {
     /// Loads DIR/key-life.json (an empty record when there is none).
     pub fn open(dir: &Path) -> Result<KeyLifeStore, String> {
@@ -173,12 +169,12 @@ impl KeyLifeStore {
 
     /// The record now.
     pub fn get(&self) -> KeyLife {
-        lock(&self.life).clone()
+        self.life.lock().clone()
     }
 
     /// Changes the record and saves it.
     pub fn update<R>(&self, f: impl FnOnce(&mut KeyLife) -> R) -> Result<R, String> {
-        let mut life = lock(&self.life);
+        let mut life = self.life.lock();
         let mut next = life.clone();
         let r = f(&mut next);
         let bytes = serde_json::to_vec_pretty(&next).unwrap_or_default();

@@ -25,12 +25,13 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
+use parking_lot::{Mutex, MutexGuard};
 use zeroize::Zeroizing;
 
 use crate::error::ApiError;
@@ -175,9 +176,9 @@ impl LoginThrottle {
         &self.limits
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Entry>> {
+    fn table(&self) -> MutexGuard<'_, HashMap<IpAddr, Entry>> {
         // Short critical sections only (no I/O, no hashing): fine on an async worker.
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+        self.table.lock()
     }
 
     /// Number of sources remembered.

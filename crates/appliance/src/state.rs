@@ -1,9 +1,10 @@
 //! The appliance's shared state: admin account, sessions, KMIP settings, last test, workflow.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use atrest_kmip::client::{ClientConfig, Timeouts};
+use parking_lot::Mutex;
 use zeroize::Zeroizing;
 
 use crate::auth::{Admin, PBKDF2_ITERATIONS, Sessions};
@@ -158,11 +159,6 @@ impl std::fmt::Debug for AppState {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding a lock leaves plain data behind; keep serving.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// What opening the state did.
 #[derive(Debug)]
 pub struct Opened {
@@ -233,11 +229,11 @@ impl AppState {
 
     /// Attaches the data volume.
     pub fn set_backend(&self, b: Arc<dyn VolumeBackend>) {
-        *lock(&self.inner.backend) = Some(b);
+        *self.inner.backend.lock() = Some(b);
     }
 
     pub(crate) fn backend(&self) -> Option<Arc<dyn VolumeBackend>> {
-        lock(&self.inner.backend).clone()
+        self.inner.backend.lock().clone()
     }
 
     /// A handle that does not keep the state alive (for background threads).
@@ -247,14 +243,14 @@ impl AppState {
 
     /// The content store as the content endpoints see it.
     pub fn content(&self) -> Content {
-        lock(&self.inner.content).clone()
+        self.inner.content.lock().clone()
     }
 
     /// Sets what the content endpoints see; a store that becomes ready receives the audit
     /// events queued meanwhile.
     pub fn set_content(&self, c: Content) {
         let ready = matches!(c, Content::Ready(_));
-        *lock(&self.inner.content) = c;
+        *self.inner.content.lock() = c;
         if ready {
             self.flush_audit();
         }
@@ -281,7 +277,7 @@ impl AppState {
             text,
         };
         {
-            let mut q = lock(&self.inner.audit_queue);
+            let mut q = self.inner.audit_queue.lock();
             if q.len() >= MAX_QUEUED_AUDIT {
                 q.remove(0);
             }
@@ -308,13 +304,13 @@ impl AppState {
         if self.read_only().get().is_some() {
             return;
         }
-        let events = std::mem::take(&mut *lock(&self.inner.audit_queue));
+        let events = std::mem::take(&mut *self.inner.audit_queue.lock());
         if events.is_empty() {
             return;
         }
         if let Err(e) = store.audit().append_batch(&events) {
             tracing::warn!("cannot write {} audit event(s): {e}", events.len());
-            let mut q = lock(&self.inner.audit_queue);
+            let mut q = self.inner.audit_queue.lock();
             let mut back = events;
             back.append(&mut q);
             back.truncate(MAX_QUEUED_AUDIT);
@@ -362,7 +358,7 @@ impl AppState {
 
     /// The saved KMIP settings.
     pub fn kmip(&self) -> Option<KmipSettings> {
-        lock(&self.inner.kmip).clone()
+        self.inner.kmip.lock().clone()
     }
 
     /// Saves new KMIP settings (files first, then memory). When the settings replaced point at
@@ -386,7 +382,7 @@ impl AppState {
             }
         }
         s.save(self.data_dir())?;
-        *lock(&self.inner.kmip) = Some(s);
+        *self.inner.kmip.lock() = Some(s);
         Ok(())
     }
 
@@ -427,7 +423,7 @@ impl AppState {
     }
 
     pub fn last_test(&self) -> Option<TestReport> {
-        lock(&self.inner.last_test).clone()
+        self.inner.last_test.lock().clone()
     }
 
     pub(crate) fn set_last_test(&self, r: TestReport) {
@@ -436,16 +432,16 @@ impl AppState {
         {
             tracing::warn!("cannot keep the last KMIP test result: {e}");
         }
-        *lock(&self.inner.last_test) = Some(r);
+        *self.inner.last_test.lock() = Some(r);
     }
 
     pub fn workflow(&self) -> Workflow {
-        lock(&self.inner.workflow).clone()
+        self.inner.workflow.lock().clone()
     }
 
     /// Applies a workflow event (logged when it does not fit).
     pub fn apply(&self, ev: Event) {
-        if let Err(e) = lock(&self.inner.workflow).apply(ev) {
+        if let Err(e) = self.inner.workflow.lock().apply(ev) {
             tracing::warn!("{e}");
         }
     }
@@ -461,7 +457,7 @@ impl AppState {
         let kmip = self.kmip();
         let fp = kmip.as_ref().map(|k| k.fingerprint());
         let test = self.last_test();
-        lock(&self.inner.workflow).check(
+        self.inner.workflow.lock().check(
             req,
             Gate {
                 settings_fingerprint: fp.as_deref(),
