@@ -98,13 +98,16 @@ pub struct Admin {
 /// A copy of the stored credentials, to check a password without holding any lock.
 #[derive(Debug, Clone)]
 pub struct Credentials {
+    /// The admin's user name.
     pub username: String,
+    /// The admin password's salted PBKDF2 hash.
     pub password: PasswordHash,
 }
 
 /// What opening the account did.
 #[derive(Debug)]
 pub struct AdminOpened {
+    /// The opened (or new) account.
     pub admin: Admin,
     /// The password generated on this start (first start only).
     pub generated: Option<Zeroizing<String>>,
@@ -167,6 +170,7 @@ impl Admin {
         self.file.lock()
     }
 
+    /// The admin's user name.
     pub fn username(&self) -> String {
         self.file().username.clone()
     }
@@ -269,7 +273,9 @@ impl Session {
 /// An authenticated request's session.
 #[derive(Debug, Clone)]
 pub struct Authenticated {
+    /// A browser session (cookie) or an API token (bearer).
     pub kind: SessionKind,
+    /// The session's CSRF token: browser requests that change state carry it.
     pub csrf: String,
 }
 
@@ -331,6 +337,7 @@ impl Sessions {
         })
     }
 
+    /// Closes the session of `token` (logout); an unknown token is ignored.
     pub fn close(&self, token: &str) {
         self.map.lock().remove(&key_of(token));
     }

@@ -40,6 +40,7 @@ pub enum OldKeys {
 }
 
 impl OldKeys {
+    /// The policy's JSON name: `keep`, `revoke` or `destroy`.
     pub fn as_str(&self) -> &'static str {
         match self {
             OldKeys::Keep => "keep",
@@ -62,6 +63,7 @@ pub enum OnDeactivated {
 }
 
 impl OnDeactivated {
+    /// The policy's JSON name: `wait` or `rekey`.
     pub fn as_str(&self) -> &'static str {
         match self {
             OnDeactivated::Wait => "wait",
@@ -74,6 +76,7 @@ impl OnDeactivated {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
+    /// What happens to a key once a Rekey or Decrypt retired it.
     pub old_keys: OldKeys,
     /// With `destroy`: days between retirement and Destroy (0: at once).
     #[serde(default)]
@@ -114,6 +117,7 @@ impl Policy {
 /// A key that no longer protects the volume but may still be held by a KMIP server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OldKey {
+    /// Its KMIP unique identifier.
     pub id: String,
     /// Last known state on the KMIP server: `Active`, `Deactivated` or `Destroyed`.
     pub state: String,
@@ -133,8 +137,10 @@ pub struct OldKey {
 /// What the appliance records about its keys' life.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct KeyLife {
+    /// The key policy the administrator set.
     #[serde(default)]
     pub policy: Policy,
+    /// The keys Rekeys and Decrypts retired, oldest first, with their last known state.
     #[serde(default)]
     pub old_keys: Vec<OldKey>,
 }

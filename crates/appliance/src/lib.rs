@@ -5,6 +5,7 @@
 //! The workflow itself is the I/O-free state machine in [`workflow`]; see docs/workflow.md.
 
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 #![recursion_limit = "256"]
 
 pub mod api;
@@ -17,7 +18,12 @@ pub mod files;
 pub mod hostspace;
 pub mod https;
 pub mod keylife;
+// keys, kmip_config and workflow are not held to missing_docs yet: keys moves into a crate of
+// its own and the settings get one resolver, and their public items are documented with that
+// change.
+#[allow(missing_docs)]
 pub mod keys;
+#[allow(missing_docs)]
 pub mod kmip_config;
 pub mod kmip_test;
 pub mod known;
@@ -32,6 +38,7 @@ pub mod server;
 pub mod state;
 pub mod status;
 pub mod syslog;
+#[allow(missing_docs)]
 pub mod workflow;
 
 pub use api::app;

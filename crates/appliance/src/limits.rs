@@ -81,6 +81,7 @@ pub struct Uploads {
 }
 
 impl Uploads {
+    /// `max` upload slots (at least one).
     pub fn new(max: usize) -> Self {
         let max = max.max(1);
         Uploads {
@@ -444,6 +445,7 @@ pub struct ConnectionLimits {
 }
 
 impl ConnectionLimits {
+    /// The connection slots (`max_connections`, at least one) and idle timeout of `limits`.
     pub fn new(limits: &Limits) -> Self {
         ConnectionLimits {
             slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),

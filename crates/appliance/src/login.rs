@@ -157,6 +157,7 @@ pub struct Ticket<'a> {
 }
 
 impl LoginThrottle {
+    /// A throttle with `limits` (each count at least 1) that remembers no source yet.
     pub fn new(limits: LoginLimits) -> Self {
         LoginThrottle {
             slots: Arc::new(tokio::sync::Semaphore::new(
@@ -172,6 +173,7 @@ impl LoginThrottle {
         }
     }
 
+    /// The limits in force.
     pub fn limits(&self) -> &LoginLimits {
         &self.limits
     }
@@ -186,7 +188,6 @@ impl LoginThrottle {
         self.table().len()
     }
 
-    /// Lets `ip` try one password, or says how long it must wait.
     /// Source addresses locked out now.
     pub fn locked_out(&self) -> usize {
         let now = Instant::now();
@@ -196,6 +197,7 @@ impl LoginThrottle {
             .count()
     }
 
+    /// Lets `ip` try one password, or says how long it must wait.
     pub fn admit(&self, ip: IpAddr) -> Result<Ticket<'_>, Refused> {
         let key = source_key(ip);
         let now = Instant::now();

@@ -53,7 +53,9 @@ pub struct ReadOnlyView {
 /// A Compromised key that waits for the administrator's confirmation before the volume opens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Confirmation {
+    /// The KMIP unique identifier of the Compromised key.
     pub key_id: String,
+    /// What the administrator reads: why the content stays locked, and how to confirm.
     pub reason: String,
 }
 

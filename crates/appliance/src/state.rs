@@ -32,6 +32,7 @@ pub struct AppConfig {
 }
 
 impl AppConfig {
+    /// The defaults for `data_dir`: no syslog, the default limits and timeouts.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         AppConfig {
             data_dir: data_dir.into(),
@@ -162,6 +163,7 @@ impl std::fmt::Debug for AppState {
 /// What opening the state did.
 #[derive(Debug)]
 pub struct Opened {
+    /// The appliance's state, with no volume attached yet.
     pub state: AppState,
     /// The admin password generated on this (first) start.
     pub generated_password: Option<Zeroizing<String>>,
@@ -209,6 +211,7 @@ impl AppState {
         })
     }
 
+    /// The settings the appliance was started with.
     pub fn config(&self) -> &AppConfig {
         &self.inner.config
     }
@@ -223,6 +226,7 @@ impl AppState {
         &self.inner.keylife
     }
 
+    /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.inner.config.data_dir
     }
@@ -338,6 +342,7 @@ impl AppState {
         &self.inner.metrics
     }
 
+    /// The throttle every admin password check goes through.
     pub fn login_throttle(&self) -> &LoginThrottle {
         &self.inner.login
     }
@@ -422,6 +427,7 @@ impl AppState {
         v
     }
 
+    /// The result of the last Save and Test, if any (kept across restarts).
     pub fn last_test(&self) -> Option<TestReport> {
         self.inner.last_test.lock().clone()
     }
@@ -435,6 +441,7 @@ impl AppState {
         *self.inner.last_test.lock() = Some(r);
     }
 
+    /// A copy of the workflow's state now.
     pub fn workflow(&self) -> Workflow {
         self.inner.workflow.lock().clone()
     }

@@ -50,15 +50,20 @@ const SD_ID: &str = "atrest@32473";
 /// How bad an event is (RFC 5424 severities).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
+    /// A failure, refusal or alert (4).
     Warning = 4,
+    /// Any other audited event (5).
     Notice = 5,
+    /// An accepted login (6).
     Info = 6,
 }
 
 /// A receiver, `tcp://HOST:PORT` or `tls://HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
+    /// The receiver's host name or IP address.
     pub host: String,
+    /// Its TCP port.
     pub port: u16,
     /// TLS (RFC 5425) instead of plain TCP.
     pub tls: bool,

@@ -91,11 +91,13 @@ pub struct VolumeOptions {
     pub backoff: Backoff,
     /// How often the key's state is checked while unlocked.
     pub key_check_interval: Duration,
+    /// What a key that is no longer Active does to the volume.
     pub key_policy: KeyPolicy,
     /// Timeouts of the KMIP requests.
     pub timeouts: Timeouts,
     /// PBKDF2 iterations of the key digest in the header.
     pub digest_iterations: u32,
+    /// Options of the content store on the volume (its cache, 16 MiB by default).
     pub store: StoreOptions,
     /// What the appliance knows about its volume, outside it ([`Known`]).
     pub known: PathBuf,
@@ -109,6 +111,8 @@ pub struct VolumeOptions {
 }
 
 impl VolumeOptions {
+    /// The defaults for a volume in `data_dir`: `volume.img` of 64 MiB, XTS-AES-128, 4 MiB
+    /// chunks, key checks every 5 minutes (alert only), rotation looks every minute.
     pub fn new(data_dir: &Path) -> Self {
         VolumeOptions {
             path: data_dir.join(VOLUME_FILE),

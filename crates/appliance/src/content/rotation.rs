@@ -28,6 +28,7 @@ impl Clock {
         Clock(Arc::new(f))
     }
 
+    /// The time now, by this clock.
     pub fn now(&self) -> time::OffsetDateTime {
         (self.0)()
     }
