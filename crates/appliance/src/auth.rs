@@ -11,9 +11,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use parking_lot::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -98,13 +98,16 @@ pub struct Admin {
 /// A copy of the stored credentials, to check a password without holding any lock.
 #[derive(Debug, Clone)]
 pub struct Credentials {
+    /// The admin's user name.
     pub username: String,
+    /// The admin password's salted PBKDF2 hash.
     pub password: PasswordHash,
 }
 
 /// What opening the account did.
 #[derive(Debug)]
 pub struct AdminOpened {
+    /// The opened (or new) account.
     pub admin: Admin,
     /// The password generated on this start (first start only).
     pub generated: Option<Zeroizing<String>>,
@@ -163,10 +166,11 @@ impl Admin {
         })
     }
 
-    fn file(&self) -> std::sync::MutexGuard<'_, AdminFile> {
-        self.file.lock().unwrap_or_else(|e| e.into_inner())
+    fn file(&self) -> MutexGuard<'_, AdminFile> {
+        self.file.lock()
     }
 
+    /// The admin's user name.
     pub fn username(&self) -> String {
         self.file().username.clone()
     }
@@ -198,7 +202,7 @@ impl Admin {
     /// DIR/initial-admin-password. Slow (two PBKDF2 computations and a file write): call it on
     /// the blocking pool. No lock that requests take is held while hashing or writing.
     pub fn change_password(&self, current: &str, new: &str) -> Result<(), ApiError> {
-        let _one_at_a_time = self.change.lock().unwrap_or_else(|e| e.into_inner());
+        let _one_at_a_time = self.change.lock();
         let old = self.file().clone();
         if !old.password.verify(current) {
             return Err(ApiError::new(
@@ -269,7 +273,9 @@ impl Session {
 /// An authenticated request's session.
 #[derive(Debug, Clone)]
 pub struct Authenticated {
+    /// A browser session (cookie) or an API token (bearer).
     pub kind: SessionKind,
+    /// The session's CSRF token: browser requests that change state carry it.
     pub csrf: String,
 }
 
@@ -289,7 +295,7 @@ impl Sessions {
     /// Opens a session; returns its token.
     pub fn open(&self, kind: SessionKind) -> String {
         let token = random_hex(32);
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.map.lock();
         let now = Instant::now();
         map.retain(|_, s| !s.expired(now));
         while map.len() >= MAX_SESSIONS {
@@ -316,7 +322,7 @@ impl Sessions {
 
     /// Looks a token up (and refreshes it).
     pub fn get(&self, token: &str) -> Option<Authenticated> {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.map.lock();
         let k = key_of(token);
         let now = Instant::now();
         let s = map.get_mut(&k)?;
@@ -331,16 +337,14 @@ impl Sessions {
         })
     }
 
+    /// Closes the session of `token` (logout); an unknown token is ignored.
     pub fn close(&self, token: &str) {
-        self.map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key_of(token));
+        self.map.lock().remove(&key_of(token));
     }
 
     /// Closes every session (after a password change).
     pub fn close_all(&self) {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.map.lock().clear();
     }
 }
 
@@ -429,7 +433,7 @@ mod tests {
             let t = s.open(SessionKind::Api);
             assert!(s.get(&t).is_some());
             {
-                let mut map = s.map.lock().unwrap();
+                let mut map = s.map.lock();
                 let sess = map.get_mut(&key_of(&t)).unwrap();
                 let now = Instant::now();
                 let (Some(used), Some(opened)) = (now.checked_sub(idle), now.checked_sub(lifetime))

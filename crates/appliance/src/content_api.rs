@@ -171,6 +171,7 @@ pub async fn audit_post(
     ))
 }
 
+/// GET /api/audit's query: filters (session, time range, words), order and page.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
@@ -310,7 +311,6 @@ fn settings_json(list: Vec<(String, Cfg)>) -> Value {
     json!({ "settings": m })
 }
 
-/// GET /api/config.
 /// GET /api/audit/verify: walks the whole hash chain (and checks its seal under the volume
 /// key when encrypted): `{"ok", "events", "sealed", "first_bad": null | {"seq", "reason"},
 /// "checked_at"}`. A broken history is also raised in GET /api/encryption's warnings.
@@ -328,6 +328,7 @@ pub async fn audit_verify(
     Ok(Json(check))
 }
 
+/// GET /api/config: every key of the configuration and its value.
 pub async fn config_get(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let s = store(&state)?;
     let list = blocking("reading the configuration", move || s.config().list()).await?;
@@ -388,6 +389,7 @@ pub async fn recordings_list(State(state): State<AppState>) -> ApiResult<Json<Va
     })))
 }
 
+/// PUT /api/recordings/{id}'s query: the session the recording belongs to.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PutQuery {

@@ -17,7 +17,10 @@ use crate::state::AppState;
 /// The running bundled KMIP server.
 #[derive(Debug)]
 pub struct EmbeddedKms {
+    /// Where it listens: 127.0.0.1, on its last run's port when that is free, else on one the
+    /// system picked.
     pub addr: SocketAddr,
+    /// Its client env file (DIR/kms/client.env): the settings a KMIP client needs to reach it.
     pub env_file: PathBuf,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,

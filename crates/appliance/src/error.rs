@@ -11,13 +11,16 @@ use serde_json::json;
 /// An error answered as `{"error": "..."}` with its status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
+    /// The HTTP status of the answer.
     pub status: StatusCode,
+    /// What failed and what to do next, for a person.
     pub message: String,
     /// Seconds to send in `Retry-After` (429 and 503 answers that know when to come back).
     pub retry_after: Option<u64>,
 }
 
 impl ApiError {
+    /// An error with `status` and `message`, without `Retry-After`.
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,

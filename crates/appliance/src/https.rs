@@ -11,7 +11,9 @@ pub const SELF_SIGNED_DAYS: u32 = 825;
 /// Where the certificate and key are.
 #[derive(Debug, Clone)]
 pub struct CertPaths {
+    /// The certificate, PEM (DIR/tls/cert.pem).
     pub cert: PathBuf,
+    /// Its private key, PEM (DIR/tls/key.pem).
     pub key: PathBuf,
     /// Whether this start made them.
     pub created: bool,

@@ -11,10 +11,10 @@
 //! Only keys in the record can be revoked or destroyed here: never the key in use.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use atrest_kmip::client::{Client, ClientError};
 use atrest_kmip::message::RevocationReasonCode;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::files;
@@ -40,6 +40,7 @@ pub enum OldKeys {
 }
 
 impl OldKeys {
+    /// The policy's JSON name: `keep`, `revoke` or `destroy`.
     pub fn as_str(&self) -> &'static str {
         match self {
             OldKeys::Keep => "keep",
@@ -62,6 +63,7 @@ pub enum OnDeactivated {
 }
 
 impl OnDeactivated {
+    /// The policy's JSON name: `wait` or `rekey`.
     pub fn as_str(&self) -> &'static str {
         match self {
             OnDeactivated::Wait => "wait",
@@ -74,6 +76,7 @@ impl OnDeactivated {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
+    /// What happens to a key once a Rekey or Decrypt retired it.
     pub old_keys: OldKeys,
     /// With `destroy`: days between retirement and Destroy (0: at once).
     #[serde(default)]
@@ -114,6 +117,7 @@ impl Policy {
 /// A key that no longer protects the volume but may still be held by a KMIP server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OldKey {
+    /// Its KMIP unique identifier.
     pub id: String,
     /// Last known state on the KMIP server: `Active`, `Deactivated` or `Destroyed`.
     pub state: String,
@@ -133,8 +137,10 @@ pub struct OldKey {
 /// What the appliance records about its keys' life.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct KeyLife {
+    /// The key policy the administrator set.
     #[serde(default)]
     pub policy: Policy,
+    /// The keys Rekeys and Decrypts retired, oldest first, with their last known state.
     #[serde(default)]
     pub old_keys: Vec<OldKey>,
 }
@@ -144,10 +150,6 @@ pub struct KeyLife {
 pub struct KeyLifeStore {
     path: PathBuf,
     life: Mutex<KeyLife>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl KeyLifeStore {
@@ -173,12 +175,12 @@ impl KeyLifeStore {
 
     /// The record now.
     pub fn get(&self) -> KeyLife {
-        lock(&self.life).clone()
+        self.life.lock().clone()
     }
 
     /// Changes the record and saves it.
     pub fn update<R>(&self, f: impl FnOnce(&mut KeyLife) -> R) -> Result<R, String> {
-        let mut life = lock(&self.life);
+        let mut life = self.life.lock();
         let mut next = life.clone();
         let r = f(&mut next);
         let bytes = serde_json::to_vec_pretty(&next).unwrap_or_default();

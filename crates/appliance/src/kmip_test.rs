@@ -16,9 +16,11 @@ use crate::kmip_config::{CertSummary, EXPIRY_WARNING_DAYS, KmipSettings};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StepStatus {
+    /// Passed.
     Ok,
     /// Passed, with something to act on soon (a certificate expiring).
     Warning,
+    /// Failed: `detail` says why and what to do.
     Failed,
     /// Not tried because an earlier step failed.
     Skipped,
@@ -54,6 +56,7 @@ pub struct Step {
     pub name: String,
     /// What the page shows.
     pub title: String,
+    /// How the step ended.
     pub status: StepStatus,
     /// What happened, or what failed and what to do next.
     pub detail: String,
@@ -65,8 +68,11 @@ pub struct Step {
 /// The test of one server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerReport {
+    /// The server tested (`host:port`).
     pub server: String,
+    /// It passed every step.
     pub ok: bool,
+    /// The steps in the order they ran (or would have).
     pub steps: Vec<Step>,
 }
 
@@ -81,6 +87,7 @@ pub struct TestReport {
     pub fingerprint: String,
     /// One sentence: passed, or the first failure.
     pub summary: String,
+    /// The test of each server, in the settings' order.
     pub servers: Vec<ServerReport>,
 }
 

@@ -7,8 +7,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body::Frame;
 use http_body_util::BodyExt;
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -80,6 +81,7 @@ pub struct Uploads {
 }
 
 impl Uploads {
+    /// `max` upload slots (at least one).
     pub fn new(max: usize) -> Self {
         let max = max.max(1);
         Uploads {
@@ -135,12 +137,6 @@ struct Shared {
 #[derive(Clone)]
 struct SharedBody(Arc<Mutex<Shared>>);
 
-impl SharedBody {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 impl HttpBody for SharedBody {
     type Data = Bytes;
     type Error = axum::Error;
@@ -149,7 +145,7 @@ impl HttpBody for SharedBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let mut g = self.lock();
+        let mut g = self.0.lock();
         if g.done {
             return Poll::Ready(None);
         }
@@ -162,12 +158,12 @@ impl HttpBody for SharedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        let g = self.lock();
+        let g = self.0.lock();
         g.done || g.body.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.lock().body.size_hint()
+        self.0.lock().body.size_hint()
     }
 }
 
@@ -213,7 +209,7 @@ pub async fn deliver_refusals(req: Request, next: Next) -> Response {
         return res;
     }
     // A client waiting for "100 Continue" has not sent its body and will not: answer at once.
-    let untouched = expects_continue && !shared.lock().polled;
+    let untouched = expects_continue && !shared.0.lock().polled;
     let ended = !untouched && drain(shared.clone()).await;
     if !ended && version <= Version::HTTP_11 {
         res.headers_mut()
@@ -449,6 +445,7 @@ pub struct ConnectionLimits {
 }
 
 impl ConnectionLimits {
+    /// The connection slots (`max_connections`, at least one) and idle timeout of `limits`.
     pub fn new(limits: &Limits) -> Self {
         ConnectionLimits {
             slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),

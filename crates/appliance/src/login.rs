@@ -25,12 +25,13 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
+use parking_lot::{Mutex, MutexGuard};
 use zeroize::Zeroizing;
 
 use crate::error::ApiError;
@@ -156,6 +157,7 @@ pub struct Ticket<'a> {
 }
 
 impl LoginThrottle {
+    /// A throttle with `limits` (each count at least 1) that remembers no source yet.
     pub fn new(limits: LoginLimits) -> Self {
         LoginThrottle {
             slots: Arc::new(tokio::sync::Semaphore::new(
@@ -171,13 +173,14 @@ impl LoginThrottle {
         }
     }
 
+    /// The limits in force.
     pub fn limits(&self) -> &LoginLimits {
         &self.limits
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Entry>> {
+    fn table(&self) -> MutexGuard<'_, HashMap<IpAddr, Entry>> {
         // Short critical sections only (no I/O, no hashing): fine on an async worker.
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+        self.table.lock()
     }
 
     /// Number of sources remembered.
@@ -185,7 +188,6 @@ impl LoginThrottle {
         self.table().len()
     }
 
-    /// Lets `ip` try one password, or says how long it must wait.
     /// Source addresses locked out now.
     pub fn locked_out(&self) -> usize {
         let now = Instant::now();
@@ -195,6 +197,7 @@ impl LoginThrottle {
             .count()
     }
 
+    /// Lets `ip` try one password, or says how long it must wait.
     pub fn admit(&self, ip: IpAddr) -> Result<Ticket<'_>, Refused> {
         let key = source_key(ip);
         let now = Instant::now();

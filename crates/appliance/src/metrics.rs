@@ -14,8 +14,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use axum::Router;
@@ -24,6 +24,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use parking_lot::Mutex;
 
 use crate::state::{AppState, Content};
 use crate::status::EncryptionStatus;
@@ -46,10 +47,6 @@ pub struct Metrics {
     login_throttled: AtomicU64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Metrics {
     /// A wrong admin password (or user name) was refused.
     pub fn login_failed(&self) {
@@ -62,7 +59,9 @@ impl Metrics {
     }
 
     fn request(&self, route: &str, status: u16) {
-        *lock(&self.http)
+        *self
+            .http
+            .lock()
             .entry((route.to_owned(), status))
             .or_default() += 1;
     }
@@ -92,7 +91,7 @@ fn server_certs() -> &'static Mutex<BTreeMap<String, (i32, Instant)>> {
 pub fn observe_kmip() {
     atrest_kmip::client::set_observer(Box::new(|server, op, took, ok| {
         let op = op.name().unwrap_or("other").to_owned();
-        let mut m = lock(kmip());
+        let mut m = kmip().lock();
         let h = m.entry((server.to_string(), op)).or_insert(Histogram {
             buckets: [0; KMIP_BUCKETS.len()],
             count: 0,
@@ -116,7 +115,9 @@ pub fn observe_kmip() {
 /// Save and Test saw `server`'s certificate with `days_left`.
 pub fn note_server_certificate(server: &str, days_left: Option<i32>) {
     if let Some(d) = days_left {
-        lock(server_certs()).insert(server.to_owned(), (d, Instant::now()));
+        server_certs()
+            .lock()
+            .insert(server.to_owned(), (d, Instant::now()));
     }
 }
 
@@ -298,7 +299,7 @@ pub fn render(state: &AppState) -> String {
             }
         }
     }
-    for (server, (days, at)) in lock(server_certs()).iter() {
+    for (server, (days, at)) in server_certs().lock().iter() {
         let elapsed = at.elapsed().as_secs() / 86_400;
         o.sample(
             "atrest_certificate_expiry_seconds",
@@ -329,7 +330,7 @@ pub fn render(state: &AppState) -> String {
         "histogram",
         "KMIP operations the appliance sent, by server and operation, failover included.",
     );
-    let k = lock(kmip()).clone();
+    let k = kmip().lock().clone();
     for ((server, op), h) in &k {
         let l = [("server", server.as_str()), ("operation", op.as_str())];
         for (n, le) in h.buckets.iter().zip(KMIP_BUCKETS) {
@@ -402,7 +403,7 @@ pub fn render(state: &AppState) -> String {
         "counter",
         "HTTPS requests answered, by route template and status.",
     );
-    for ((route, status), n) in lock(&m.http).iter() {
+    for ((route, status), n) in m.http.lock().iter() {
         o.sample(
             "atrest_http_requests_total",
             &[("route", route), ("status", &status.to_string())],

@@ -46,6 +46,7 @@ pub fn login_html(error: Option<&str>) -> Html<String> {
     })
 }
 
+/// GET /login.
 pub async fn login_page() -> Html<String> {
     login_html(None)
 }
@@ -57,6 +58,7 @@ struct NotFoundPage<'a> {
     csrf: Option<&'a str>,
 }
 
+/// The page answered (404) for a path that is not a page.
 pub fn not_found() -> Html<String> {
     render(&NotFoundPage {
         title: "Not found",
@@ -76,10 +78,12 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
     res
 }
 
+/// GET /assets/admin.css.
 pub async fn admin_css() -> Response {
     asset(ADMIN_CSS, "text/css; charset=utf-8")
 }
 
+/// GET /assets/admin.js.
 pub async fn admin_js() -> Response {
     asset(ADMIN_JS, "text/javascript; charset=utf-8")
 }

@@ -22,13 +22,12 @@
 //! (at most [`crate::state::MAX_QUEUED_AUDIT`]) until the Rekey (or Decrypt) that ends the
 //! read-only state finished; then they are appended, sealed under the new key.
 
-use std::sync::Mutex;
-
 use atrest_keys::Accept;
 use atrest_kmip::message::State as KeyState;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
@@ -54,7 +53,9 @@ pub struct ReadOnlyView {
 /// A Compromised key that waits for the administrator's confirmation before the volume opens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Confirmation {
+    /// The KMIP unique identifier of the Compromised key.
     pub key_id: String,
+    /// What the administrator reads: why the content stays locked, and how to confirm.
     pub reason: String,
 }
 
@@ -68,25 +69,21 @@ pub struct ReadOnlyState {
     waiting: Mutex<Option<Confirmation>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl ReadOnlyState {
     /// Why the content is read-only, or None when it is writable.
     pub fn get(&self) -> Option<ReadOnlyView> {
-        lock(&self.current).clone()
+        self.current.lock().clone()
     }
 
     /// The Compromised key that waits for a confirmation, if any.
     pub fn waiting(&self) -> Option<Confirmation> {
-        lock(&self.waiting).clone()
+        self.waiting.lock().clone()
     }
 
     /// What an unlock accepts for key `uid`: Deactivated always (read-only), Compromised once
     /// the administrator confirmed it.
     pub fn accept_for(&self, uid: &str) -> Accept {
-        if lock(&self.confirmed).iter().any(|c| c == uid) {
+        if self.confirmed.lock().iter().any(|c| c == uid) {
             Accept::Compromised
         } else {
             Accept::Deactivated
@@ -96,10 +93,10 @@ impl ReadOnlyState {
     /// Records that the unlock refused the Compromised key `uid` until confirmed (an attempt
     /// that began before the confirmation changes nothing).
     pub fn note_compromised(&self, uid: &str) {
-        if lock(&self.confirmed).iter().any(|c| c == uid) {
+        if self.confirmed.lock().iter().any(|c| c == uid) {
             return;
         }
-        *lock(&self.waiting) = Some(Confirmation {
+        *self.waiting.lock() = Some(Confirmation {
             key_id: uid.to_owned(),
             reason: format!(
                 "the KMIP server reports the volume key {uid:?} as Compromised: someone may \
@@ -112,8 +109,8 @@ impl ReadOnlyState {
     }
 
     fn confirm(&self) -> Option<String> {
-        let w = lock(&self.waiting).take()?;
-        let mut c = lock(&self.confirmed);
+        let w = self.waiting.lock().take()?;
+        let mut c = self.confirmed.lock();
         if !c.contains(&w.key_id) {
             c.push(w.key_id.clone());
         }
@@ -121,12 +118,12 @@ impl ReadOnlyState {
     }
 
     fn set(&self, v: Option<ReadOnlyView>) {
-        *lock(&self.current) = v;
+        *self.current.lock() = v;
     }
 
     /// Forgets the Compromised key that waited: the volume opened.
     pub fn opened(&self) {
-        lock(&self.waiting).take();
+        self.waiting.lock().take();
     }
 }
 

@@ -135,16 +135,14 @@ fn vol_err(e: atrest_volume::Error) -> Refusal {
 }
 
 /// One argon2id run at a time (each takes its memory cost): a second request waits for none.
-static KDF_BUSY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static KDF_BUSY: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 
-fn kdf_slot() -> Result<std::sync::MutexGuard<'static, ()>, Refusal> {
-    match KDF_BUSY.try_lock() {
-        Ok(g) => Ok(g),
-        Err(std::sync::TryLockError::Poisoned(e)) => Ok(e.into_inner()),
-        Err(std::sync::TryLockError::WouldBlock) => Err(Refusal::Conflict(
+fn kdf_slot() -> Result<parking_lot::MutexGuard<'static, ()>, Refusal> {
+    KDF_BUSY.try_lock().ok_or_else(|| {
+        Refusal::Conflict(
             "another recovery key operation is running; try again in a few seconds".into(),
-        )),
-    }
+        )
+    })
 }
 
 /// Runs `op` on the appliance's data volume (the `VolumeBackend::recovery` of
@@ -298,7 +296,7 @@ pub(crate) fn begin_rekey(
     let renew = dv.with_rekey_recovery(|r| std::mem::take(&mut r.renew));
     let had = uv.has_recovery_key();
     if had && renew {
-        let _kdf = KDF_BUSY.lock().unwrap_or_else(|e| e.into_inner());
+        let _kdf = KDF_BUSY.lock();
         let rk =
             uv.begin_rekey_renewing_recovery(key, reference, opts, &RecoveryKdf::from_env())?;
         dv.with_rekey_recovery(|r| {

@@ -12,6 +12,7 @@ use crate::state::AppState;
 /// Where and how to listen.
 #[derive(Debug, Clone)]
 pub struct Listen {
+    /// The address and port of the HTTPS listener.
     pub addr: SocketAddr,
     /// A certificate and key to use instead of the self-signed one.
     pub cert: Option<(PathBuf, PathBuf)>,
@@ -22,8 +23,11 @@ pub struct Listen {
 pub struct Bound {
     listener: TcpListener,
     tls: OpenSSLConfig,
+    /// The address bound (with the port the system picked when asked for port 0).
     pub local_addr: SocketAddr,
+    /// The certificate served: the one given, or DIR/tls/cert.pem.
     pub cert_path: PathBuf,
+    /// This start made a self-signed certificate.
     pub cert_created: bool,
 }
 
@@ -118,8 +122,12 @@ pub async fn serve(
 /// Everything `atrest serve` needs.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
+    /// The appliance's settings (data directory, limits, timeouts, syslog).
     pub config: crate::state::AppConfig,
+    /// Where and how the HTTPS admin and API listen.
     pub listen: Listen,
+    /// Run the bundled KMIP server beside the appliance (`--embedded-kms`) and fill in the
+    /// KMIP settings from it.
     pub embedded_kms: bool,
     /// The content volume; `None` serves without one (Encrypt and the content API answer 503).
     pub volume: Option<crate::content::VolumeOptions>,

@@ -1,9 +1,10 @@
 //! The appliance's shared state: admin account, sessions, KMIP settings, last test, workflow.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use atrest_kmip::client::{ClientConfig, Timeouts};
+use parking_lot::Mutex;
 use zeroize::Zeroizing;
 
 use crate::auth::{Admin, PBKDF2_ITERATIONS, Sessions};
@@ -31,6 +32,7 @@ pub struct AppConfig {
 }
 
 impl AppConfig {
+    /// The defaults for `data_dir`: no syslog, the default limits and timeouts.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         AppConfig {
             data_dir: data_dir.into(),
@@ -158,14 +160,10 @@ impl std::fmt::Debug for AppState {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding a lock leaves plain data behind; keep serving.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// What opening the state did.
 #[derive(Debug)]
 pub struct Opened {
+    /// The appliance's state, with no volume attached yet.
     pub state: AppState,
     /// The admin password generated on this (first) start.
     pub generated_password: Option<Zeroizing<String>>,
@@ -213,6 +211,7 @@ impl AppState {
         })
     }
 
+    /// The settings the appliance was started with.
     pub fn config(&self) -> &AppConfig {
         &self.inner.config
     }
@@ -227,17 +226,18 @@ impl AppState {
         &self.inner.keylife
     }
 
+    /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.inner.config.data_dir
     }
 
     /// Attaches the data volume.
     pub fn set_backend(&self, b: Arc<dyn VolumeBackend>) {
-        *lock(&self.inner.backend) = Some(b);
+        *self.inner.backend.lock() = Some(b);
     }
 
     pub(crate) fn backend(&self) -> Option<Arc<dyn VolumeBackend>> {
-        lock(&self.inner.backend).clone()
+        self.inner.backend.lock().clone()
     }
 
     /// A handle that does not keep the state alive (for background threads).
@@ -247,14 +247,14 @@ impl AppState {
 
     /// The content store as the content endpoints see it.
     pub fn content(&self) -> Content {
-        lock(&self.inner.content).clone()
+        self.inner.content.lock().clone()
     }
 
     /// Sets what the content endpoints see; a store that becomes ready receives the audit
     /// events queued meanwhile.
     pub fn set_content(&self, c: Content) {
         let ready = matches!(c, Content::Ready(_));
-        *lock(&self.inner.content) = c;
+        *self.inner.content.lock() = c;
         if ready {
             self.flush_audit();
         }
@@ -281,7 +281,7 @@ impl AppState {
             text,
         };
         {
-            let mut q = lock(&self.inner.audit_queue);
+            let mut q = self.inner.audit_queue.lock();
             if q.len() >= MAX_QUEUED_AUDIT {
                 q.remove(0);
             }
@@ -308,13 +308,13 @@ impl AppState {
         if self.read_only().get().is_some() {
             return;
         }
-        let events = std::mem::take(&mut *lock(&self.inner.audit_queue));
+        let events = std::mem::take(&mut *self.inner.audit_queue.lock());
         if events.is_empty() {
             return;
         }
         if let Err(e) = store.audit().append_batch(&events) {
             tracing::warn!("cannot write {} audit event(s): {e}", events.len());
-            let mut q = lock(&self.inner.audit_queue);
+            let mut q = self.inner.audit_queue.lock();
             let mut back = events;
             back.append(&mut q);
             back.truncate(MAX_QUEUED_AUDIT);
@@ -342,6 +342,7 @@ impl AppState {
         &self.inner.metrics
     }
 
+    /// The throttle every admin password check goes through.
     pub fn login_throttle(&self) -> &LoginThrottle {
         &self.inner.login
     }
@@ -362,7 +363,7 @@ impl AppState {
 
     /// The saved KMIP settings.
     pub fn kmip(&self) -> Option<KmipSettings> {
-        lock(&self.inner.kmip).clone()
+        self.inner.kmip.lock().clone()
     }
 
     /// Saves new KMIP settings (files first, then memory). When the settings replaced point at
@@ -386,7 +387,7 @@ impl AppState {
             }
         }
         s.save(self.data_dir())?;
-        *lock(&self.inner.kmip) = Some(s);
+        *self.inner.kmip.lock() = Some(s);
         Ok(())
     }
 
@@ -426,8 +427,9 @@ impl AppState {
         v
     }
 
+    /// The result of the last Save and Test, if any (kept across restarts).
     pub fn last_test(&self) -> Option<TestReport> {
-        lock(&self.inner.last_test).clone()
+        self.inner.last_test.lock().clone()
     }
 
     pub(crate) fn set_last_test(&self, r: TestReport) {
@@ -436,16 +438,17 @@ impl AppState {
         {
             tracing::warn!("cannot keep the last KMIP test result: {e}");
         }
-        *lock(&self.inner.last_test) = Some(r);
+        *self.inner.last_test.lock() = Some(r);
     }
 
+    /// A copy of the workflow's state now.
     pub fn workflow(&self) -> Workflow {
-        lock(&self.inner.workflow).clone()
+        self.inner.workflow.lock().clone()
     }
 
     /// Applies a workflow event (logged when it does not fit).
     pub fn apply(&self, ev: Event) {
-        if let Err(e) = lock(&self.inner.workflow).apply(ev) {
+        if let Err(e) = self.inner.workflow.lock().apply(ev) {
             tracing::warn!("{e}");
         }
     }
@@ -461,7 +464,7 @@ impl AppState {
         let kmip = self.kmip();
         let fp = kmip.as_ref().map(|k| k.fingerprint());
         let test = self.last_test();
-        lock(&self.inner.workflow).check(
+        self.inner.workflow.lock().check(
             req,
             Gate {
                 settings_fingerprint: fp.as_deref(),

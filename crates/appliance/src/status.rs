@@ -21,27 +21,39 @@ pub struct EncryptionStatus {
     pub state: State,
     /// While locked: the conversion that resumes after unlock.
     pub pending: Option<State>,
+    /// How far the conversion under way is (bytes done, rate, time left).
     pub progress: Option<Progress>,
+    /// The KMIP unique identifier of the volume's current key.
     pub key_id: Option<String>,
+    /// The KMIP servers (`host:port`) that hold the volume's key; those of the saved
+    /// settings while the volume has none.
     pub servers: Vec<String>,
+    /// The volume's cipher and key length, for a person (`aes-xts-plain64 (XTS-AES-256,
+    /// 512-bit key)`).
     pub cipher: Option<String>,
     /// While locked: why, per server.
     pub lock_reasons: Vec<LockReason>,
+    /// The last conversion error, until the next success.
     pub last_error: Option<String>,
+    /// The result of the last Save and Test.
     pub last_test: Option<TestReport>,
     /// The last test tested the settings saved now.
     pub last_test_current: bool,
+    /// Whether Encrypt (POST /api/encryption/encrypt) may start now, and why not.
     pub encrypt: EncryptGate,
     /// Whether "Move to these settings" (POST /api/encryption/move) may start now, and why not.
     #[serde(rename = "move")]
     pub move_to: EncryptGate,
+    /// The saved KMIP settings, without secrets (None until saved).
     pub settings: Option<SettingsView>,
     /// Things the administrator should act on (expiring certificates, the bundled KMIP
     /// server's weakness).
     pub warnings: Vec<String>,
     /// The appliance uses its bundled KMIP server.
     pub embedded_kms: bool,
+    /// A content volume is attached to this appliance.
     pub volume_attached: bool,
+    /// The attached content volume's header, space, checks and alerts.
     pub volume: Option<VolumeStatus>,
     /// What happens to retired keys, and the rotation interval.
     pub policy: crate::keylife::Policy,
@@ -57,44 +69,66 @@ pub struct EncryptionStatus {
 /// Whether Encrypt may start now, and why not.
 #[derive(Debug, Clone, Serialize)]
 pub struct EncryptGate {
+    /// The action may start now.
     pub allowed: bool,
+    /// Why it may not, for a person (None when allowed).
     pub reason: Option<String>,
 }
 
 /// The saved KMIP settings, without secrets.
 #[derive(Debug, Clone, Serialize)]
 pub struct SettingsView {
+    /// The KMIP servers, tried in this order.
     pub servers: Vec<ServerView>,
+    /// The name checked against the servers' certificates instead of their host names.
     pub server_name: Option<String>,
+    /// The KMIP user name sent in each request's authentication, if any.
     pub username: Option<String>,
+    /// A KMIP password is saved (never shown).
     pub password_set: bool,
+    /// A passphrase of the client key or PKCS#12 file is saved (never shown).
     pub passphrase_set: bool,
+    /// How the client certificate and key were given: PEM files or one PKCS#12 file.
     pub client_format: ClientFormat,
+    /// The CA certificate that signs the servers' certificates.
     pub ca: Option<CertSummary>,
+    /// The appliance's client certificate.
     pub client_certificate: Option<CertSummary>,
+    /// Where the settings came from: the administrator, or the bundled KMIP server.
     pub source: Source,
+    /// Salted SHA-256 over everything the client uses: a test result applies while it is the
+    /// same.
     pub fingerprint: String,
 }
 
 /// One KMIP server of the settings.
 #[derive(Debug, Clone, Serialize)]
 pub struct ServerView {
+    /// Host name or IP address.
     pub host: String,
+    /// TCP port (5696 by default).
     pub port: u16,
 }
 
 /// What the content volume adds.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct VolumeStatus {
+    /// What the volume header says (None when detached).
     pub volume: Option<VolumeView>,
+    /// The content store's space (None while the volume is locked).
     pub space: Option<SpaceView>,
+    /// The last conversion that finished since the appliance started.
     pub last_conversion: Option<LastConversion>,
+    /// The last check of the key's state on the KMIP server.
     pub key_check: Option<KeyCheck>,
+    /// Alerts of the key's state checks (a key no longer Active), each once.
     pub alerts: Vec<String>,
+    /// While locked: when the next unlock attempt runs (RFC 3339).
     pub next_retry_at: Option<String>,
     /// Locked until the administrator acts (header authentication, a volume that does not
     /// match the appliance's record).
     pub hold: Option<HoldView>,
+    /// Unlock attempts since the appliance started.
     pub unlock_attempts: u64,
     /// The last check of the audit history (at start, and by GET /api/audit/verify).
     pub audit: Option<AuditCheck>,
@@ -136,7 +170,9 @@ pub struct AuditCheck {
 /// Where the audit history breaks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditBreak {
+    /// The sequence number of the first event that does not check.
     pub seq: u64,
+    /// Why it does not, for a person.
     pub reason: String,
 }
 
@@ -170,19 +206,29 @@ impl AuditCheck {
 /// The volume header's facts.
 #[derive(Debug, Clone, Serialize)]
 pub struct VolumeView {
+    /// `volume.img` for the image in the data directory, else the whole path (an image file
+    /// or a block device).
     pub path: String,
+    /// `plain`, `encrypted`, `encrypting`, `rekeying` or `decrypting`, as the header says.
     pub state: String,
+    /// Bytes of the data segment.
     pub data_size: u64,
+    /// Bytes per sector.
     pub sector_size: u32,
+    /// Key length in bits (256 or 512), when encrypted.
     pub key_bits: Option<u32>,
+    /// The volume's UUID.
     pub uuid: String,
 }
 
 /// The content store's space.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct SpaceView {
+    /// Bytes the content store can use.
     pub capacity: u64,
+    /// Bytes in use (the database and every recording block in use).
     pub used: u64,
+    /// Bytes kept back so that deletions still work on a full store.
     pub reserve: u64,
     /// Free bytes of the file system holding the volume's image file (`null` for a block
     /// device): a sparse image can run out of these before its own capacity.
@@ -192,8 +238,11 @@ pub struct SpaceView {
 /// The last finished conversion.
 #[derive(Debug, Clone, Serialize)]
 pub struct LastConversion {
+    /// `encrypting`, `rekeying` or `decrypting`.
     pub kind: String,
+    /// When this run started (RFC 3339).
     pub started_at: String,
+    /// When it finished (RFC 3339).
     pub finished_at: String,
     /// The volume's bytes, all converted now.
     pub bytes: u64,
@@ -203,6 +252,7 @@ pub struct LastConversion {
     pub seconds: f64,
     /// This run's rate.
     pub bytes_per_sec: Option<f64>,
+    /// Always 100: the volume is all converted.
     pub percent: f64,
     /// Whether it also overwrote the free space; otherwise only the space the content store
     /// had in use was converted (docs/workflow.md, "Used-space-only conversion").
@@ -212,12 +262,17 @@ pub struct LastConversion {
 /// The last check of the key's state on the KMIP server.
 #[derive(Debug, Clone, Serialize)]
 pub struct KeyCheck {
+    /// When it was checked (RFC 3339).
     pub checked_at: String,
+    /// The key is Active.
     pub ok: bool,
+    /// The KMIP unique identifier of the key checked (None when no server answered).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
+    /// The key's state as the server reports it (`Active`, `Deactivated`, `Compromised`, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_state: Option<String>,
+    /// Why the check failed, or the alert for a key that is no longer Active.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -225,7 +280,10 @@ pub struct KeyCheck {
 /// Why the volume is held locked.
 #[derive(Debug, Clone, Serialize)]
 pub struct HoldView {
+    /// `header-auth` (the header failed its authentication) or `volume-changed` (it does not
+    /// match the appliance's record).
     pub class: String,
+    /// What happened and what to do, for a person.
     pub reason: String,
     /// Resume may lift it.
     pub resume: bool,

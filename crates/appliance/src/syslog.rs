@@ -21,11 +21,12 @@ use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use openssl::ssl::{SslConnector, SslMethod, SslStream, SslVerifyMode, SslVersion};
+use parking_lot::{Condvar, Mutex};
 
 /// Messages kept in memory per receiver while it is away.
 pub const MAX_QUEUE: usize = 10_000;
@@ -49,15 +50,20 @@ const SD_ID: &str = "atrest@32473";
 /// How bad an event is (RFC 5424 severities).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
+    /// A failure, refusal or alert (4).
     Warning = 4,
+    /// Any other audited event (5).
     Notice = 5,
+    /// An accepted login (6).
     Info = 6,
 }
 
 /// A receiver, `tcp://HOST:PORT` or `tls://HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
+    /// The receiver's host name or IP address.
     pub host: String,
+    /// Its TCP port.
     pub port: u16,
     /// TLS (RFC 5425) instead of plain TCP.
     pub tls: bool,
@@ -121,10 +127,6 @@ pub struct Syslog {
     hostname: String,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Syslog {
     /// Starts one sender thread per receiver (none: nothing is sent), without a spool.
     pub fn start(targets: &[Target]) -> Syslog {
@@ -170,7 +172,7 @@ impl Syslog {
         }
         let msg = format_message(&self.hostname, severity, kind, actor, text);
         for (target, q) in &self.queues {
-            let mut m = lock(&q.messages);
+            let mut m = q.messages.lock();
             if m.len() >= MAX_QUEUE {
                 m.pop_front();
                 if q.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
@@ -508,9 +510,9 @@ fn send_loop(target: &Target, q: &Queue, spool: Option<Spool>) {
     loop {
         // Wait for something to send: a message, or a spool while the receiver is away.
         {
-            let mut m = lock(&q.messages);
+            let mut m = q.messages.lock();
             while m.is_empty() && !spooled && !q.stop.load(Ordering::SeqCst) {
-                m = q.ready.wait(m).unwrap_or_else(|e| e.into_inner());
+                q.ready.wait(&mut m);
             }
             if q.stop.load(Ordering::SeqCst) && (conn.is_none() || m.is_empty()) {
                 // Stopping: what waits goes to the spool, for the next start.
@@ -533,7 +535,7 @@ fn send_loop(target: &Target, q: &Queue, spool: Option<Spool>) {
                     r.saturating_duration_since(Instant::now())
                 });
                 if let Some(sp) = &spool {
-                    let rest: Vec<Vec<u8>> = lock(&q.messages).drain(..).collect();
+                    let rest: Vec<Vec<u8>> = q.messages.lock().drain(..).collect();
                     if !rest.is_empty() {
                         spool_messages(target, q, sp, &rest);
                         spooled = true;
@@ -586,13 +588,13 @@ fn send_loop(target: &Target, q: &Queue, spool: Option<Spool>) {
             }
             continue;
         }
-        let msg = match lock(&q.messages).front() {
+        let msg = match q.messages.lock().front() {
             Some(m) => m.clone(),
             None => continue,
         };
         match c.write_msg(&msg) {
             Ok(()) => {
-                let mut m = lock(&q.messages);
+                let mut m = q.messages.lock();
                 // Still the front: only this thread pops, but a full queue may have dropped it.
                 if m.front() == Some(&msg) {
                     m.pop_front();
@@ -652,18 +654,19 @@ fn spool_messages(target: &Target, q: &Queue, sp: &Spool, msgs: &[Vec<u8>]) {
 
 /// Sleeps `d`, or less when asked to stop.
 fn sleep_unless_stopped(q: &Queue, d: Duration) {
-    let m = lock(&q.messages);
-    let _ = q
-        .ready
-        .wait_timeout_while(m, d, |_| !q.stop.load(Ordering::SeqCst));
+    let mut m = q.messages.lock();
+    q.ready
+        .wait_while_for(&mut m, |_| !q.stop.load(Ordering::SeqCst), d);
 }
 
 /// Waits up to `d` for a new message or a stop.
 fn wait_for_message(q: &Queue, d: Duration) {
-    let m = lock(&q.messages);
-    let _ = q
-        .ready
-        .wait_timeout_while(m, d, |m| m.is_empty() && !q.stop.load(Ordering::SeqCst));
+    let mut m = q.messages.lock();
+    q.ready.wait_while_for(
+        &mut m,
+        |m| m.is_empty() && !q.stop.load(Ordering::SeqCst),
+        d,
+    );
 }
 
 #[cfg(test)]

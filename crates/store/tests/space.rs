@@ -289,7 +289,10 @@ fn a_grown_volume_is_used_at_once_by_the_open_store() {
     assert_eq!(s.space().capacity, before + (16 << 20));
     // The reserve kept for deletions follows the growth (1/64 of the capacity here).
     let reserve = s.space().reserve;
-    assert!(reserve > reserve_before, "{reserve} after, {reserve_before} before");
+    assert!(
+        reserve > reserve_before,
+        "{reserve} after, {reserve_before} before"
+    );
     assert_eq!(reserve, s.space().capacity / 64);
     let mut more = 0;
     for i in 0..8 {
@@ -301,7 +304,11 @@ fn a_grown_volume_is_used_at_once_by_the_open_store() {
     // Reopened, everything is there.
     let s = Store::open(Arc::new(u), &opts).unwrap();
     assert_eq!(s.recordings().list().unwrap().len(), n + more);
-    assert_eq!(s.space().reserve, reserve, "a reopened store keeps the same reserve");
+    assert_eq!(
+        s.space().reserve,
+        reserve,
+        "a reopened store keeps the same reserve"
+    );
     assert_eq!(
         s.recordings().read_range("g7", 0, 100).unwrap(),
         data[..100]
