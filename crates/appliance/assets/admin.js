@@ -117,6 +117,15 @@ if (['encrypting', 'rekeying', 'decrypting', 'locked'].includes(initial)) {
     }
   }, 1000);
 }
+// Grow: the disk grew (a VM disk extended): extend the volume to its end.
+const grow = document.getElementById('grow');
+if (grow) grow.addEventListener('click', async () => {
+  grow.disabled = true; say('Growing the volume…');
+  const r = await call('POST', '/api/volume/grow');
+  grow.disabled = false;
+  if (!r.ok) { say((r.body && r.body.error) || ('HTTP ' + r.status), 'error'); return; }
+  location.reload();
+});
 // Recovery key (break-glass): status and trade-off, make / remove (admin password), the key
 // shown once, and "Unlock with recovery key" while locked.
 function showRecoveryKey(key, text) {

@@ -148,7 +148,7 @@ fn base_document() -> Value {
                     "settings": {"oneOf": [r("KmipSettings"), {"type": "null"}]},
                     "warnings": {"type": "array", "items": {"type": "string"}},
                     "volume_attached": {"type": "boolean"},
-                    "volume": {"type": ["object", "null"], "description": "the content volume: volume (state, data_size, sector_size, key_bits, uuid), space (capacity, used, reserve: bytes; filesystem_free: free bytes of the file system under an image file, null for a block device), last_conversion, key_check, alerts, next_retry_at, unlock_attempts"},
+                    "volume": {"type": ["object", "null"], "description": "the content volume: volume (state, data_size, sector_size, key_bits, uuid), space (capacity, used, reserve: bytes; filesystem_free: free bytes of the file system under an image file, null for a block device; growable: bytes the disk grew beyond the data segment, which POST /api/volume/grow adds), last_conversion, key_check, alerts, next_retry_at, unlock_attempts"},
                     "policy": r("KeyPolicy"),
                     "old_keys": {"type": "array", "items": r("OldKey")},
                     "read_only": read_only,

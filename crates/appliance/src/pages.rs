@@ -132,6 +132,8 @@ struct EncryptionPage<'a> {
     last_conversion: Option<String>,
     alerts: Vec<&'a str>,
     space: Option<String>,
+    /// The disk grew by this much (text), and no conversion runs: the page offers Grow.
+    growable: Option<String>,
     next_retry: Option<&'a str>,
     key_age: Option<String>,
     next_rotation: String,
@@ -246,6 +248,10 @@ pub async fn encryption_page(
             .map(|v| v.alerts.iter().map(String::as_str).collect())
             .unwrap_or_default(),
         space: vol.and_then(|v| v.space).map(space_text),
+        growable: vol
+            .and_then(|v| v.space)
+            .filter(|sp| sp.growable > 0 && matches!(state_name, "plain" | "encrypted"))
+            .map(|sp| mib(sp.growable)),
         next_retry: vol.and_then(|v| v.next_retry_at.as_deref()),
         key_age: rotation.and_then(|r| r.key_age_seconds).map(|s| {
             format!(
@@ -304,6 +310,7 @@ mod tests {
             used: 3 << 20,
             reserve: 16 << 20,
             filesystem_free: Some(48 << 20),
+            growable: 0,
         };
         assert_eq!(
             space_text(sp),

@@ -233,6 +233,9 @@ pub struct SpaceView {
     /// Free bytes of the file system holding the volume's image file (`null` for a block
     /// device): a sparse image can run out of these before its own capacity.
     pub filesystem_free: Option<u64>,
+    /// Bytes the disk (image file or block device) has beyond the volume's data segment: it
+    /// grew, and Grow (`POST /api/volume/grow`) would add them. 0 when it did not.
+    pub growable: u64,
 }
 
 /// The last finished conversion.

@@ -272,7 +272,12 @@ fn the_volume_grows_plain_and_encrypted_by_api_at_start_and_from_the_command_lin
     // Plain, while serving: nothing to do, then the image grows and Grow uses it.
     let (s, v) = app.json("POST", "/api/volume/grow", Some(&t), None);
     assert_eq!((s, &v["grown"]), (200, &json!(false)), "{v}");
+    let (_, st) = app.json("GET", "/api/encryption", Some(&t), None);
+    assert_eq!(st["volume"]["space"]["growable"], 0, "{st}");
     extend(&img, 48 << 20);
+    // The status and the page say the disk grew, and the page offers Grow.
+    let (_, st) = app.json("GET", "/api/encryption", Some(&t), None);
+    assert_eq!(st["volume"]["space"]["growable"], 16 << 20, "{st}");
     let (s, v) = app.json("POST", "/api/volume/grow", Some(&t), None);
     assert_eq!(s, 200, "{v}");
     assert_eq!(
@@ -285,6 +290,8 @@ fn the_volume_grows_plain_and_encrypted_by_api_at_start_and_from_the_command_lin
         before + (16 << 20),
         "the store sees the new space"
     );
+    let (_, st) = app.json("GET", "/api/encryption", Some(&t), None);
+    assert_eq!(st["volume"]["space"]["growable"], 0, "{st}");
     // During a conversion it is refused with the reason.
     let (_, r) = app.json("POST", "/api/encryption/test", Some(&t), None);
     assert_eq!(r["ok"], true, "{r}");
@@ -299,6 +306,18 @@ fn the_volume_grows_plain_and_encrypted_by_api_at_start_and_from_the_command_lin
         st["state"] == "encrypted"
     });
     assert_eq!(data_size(&app, &t), 32 << 20);
+    // Encrypted, while serving: the growth the conversion refused is taken now.
+    let (s, v) = app.json("POST", "/api/volume/grow", Some(&t), None);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v,
+        json!({"grown": true, "old_data_size": 32 << 20, "data_size": 40 << 20})
+    );
+    assert_eq!(
+        capacity(&app, &t),
+        before + (24 << 20),
+        "the store sees the new space"
+    );
     let known = std::fs::read(data.join("volume-known.json")).unwrap();
     drop(app);
 

@@ -542,6 +542,37 @@ fn encryption_story_in_a_real_browser() {
     browser.wait_state("encrypted", Duration::from_secs(60));
     assert_eq!(browser.text("key-id").as_deref(), Some(key_id.as_str()));
 
+    // The disk grows while the appliance runs (a VM disk extended): the page offers Grow, and
+    // Grow gives the content store the new space, encrypted like the rest.
+    assert_eq!(browser.text("grow-box"), None, "nothing to grow yet");
+    let space_before = browser.text("volume-space").unwrap();
+    let img = data.join("volume.img");
+    let len = std::fs::metadata(&img).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(len + (16 << 20))
+        .unwrap();
+    browser.go(&format!("{}/storage/encryption", app.url));
+    let offer = wait_for("the page offers Grow", Duration::from_secs(30), || {
+        browser.text("grow-box")
+    });
+    assert!(offer.contains("16.0 MiB more"), "{offer}");
+    browser.click("#grow");
+    let space_after = wait_for(
+        "the page shows the grown volume",
+        Duration::from_secs(30),
+        || {
+            browser
+                .text("volume-space")
+                .filter(|t| t.contains(" used of 64.0 MiB") && browser.text("grow-box").is_none())
+        },
+    );
+    assert!(space_before.contains(" used of 48.0 MiB"), "{space_before}");
+    eprintln!("volume space before Grow: {space_before}; after: {space_after}");
+    browser.wait_state("encrypted", Duration::from_secs(10));
+
     // No KMIP server: the restarted appliance is locked and says why.
     drop(app);
     kms.stop();

@@ -59,14 +59,14 @@ impl VolumeBackend for DataVolume {
     }
 
     fn status(&self) -> VolumeStatus {
-        let (vol, store_space) = match &*self.inner.slot.lock() {
+        let (vol, store_space, growable) = match &*self.inner.slot.lock() {
             Slot::Open(uv) => {
                 let i = uv.info();
-                (Some(i), true)
+                (Some(i), true, uv.growable().unwrap_or(0))
             }
-            Slot::Locked(v) => (Some(v.info()), false),
-            Slot::Unlocking(i) => (Some((**i).clone()), false),
-            Slot::Empty => (None, false),
+            Slot::Locked(v) => (Some(v.info()), false, 0),
+            Slot::Unlocking(i) => (Some((**i).clone()), false, 0),
+            Slot::Empty => (None, false, 0),
         };
         let space = if store_space {
             self.app().and_then(|s| match s.content() {
@@ -82,6 +82,7 @@ impl VolumeBackend for DataVolume {
                             .is_ok_and(|m| m.is_file())
                             .then(|| crate::hostspace::free_bytes(path))
                             .flatten(),
+                        growable,
                     })
                 }
                 _ => None,

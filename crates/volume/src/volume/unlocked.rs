@@ -168,6 +168,20 @@ impl UnlockedVolume {
         Ok((old, new))
     }
 
+    /// Bytes [`UnlockedVolume::grow`] would add now: the device's size is read again (it may
+    /// have grown since the volume was opened), less the end of the data segment, in whole
+    /// sectors. 0 when the device did not grow (or shrank, which `grow` refuses).
+    pub fn growable(&self) -> Result<u64> {
+        let inner = &*self.inner;
+        let dev_len = inner
+            .dev
+            .refresh_len()
+            .map_err(Error::io("reading the size of the device"))?;
+        let sector = self.sector();
+        let room = dev_len.saturating_sub(inner.data_offset) / sector * sector;
+        Ok(room.saturating_sub(inner.data_size.load(Ordering::Acquire)))
+    }
+
     /// Commits the header changed by `f`, signed under its authenticating key, so that a
     /// crash between two commits always leaves a header whose MAC verifies.
     pub(super) fn commit(&self, f: impl FnOnce(&mut Metadata)) -> Result<()> {
