@@ -12,6 +12,7 @@
 
 pub mod exposition;
 pub mod https;
+pub mod process;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
