@@ -13,6 +13,7 @@
 pub mod exposition;
 pub mod https;
 pub mod process;
+pub mod table;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
