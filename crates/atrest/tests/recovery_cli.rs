@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use atrest_testkit::Peer;
-use atrest_testkit::process::{Served, kms_port, kms_serve_command, spawn_until};
+use atrest_testkit::process::{Served, kms_port, kms_serve_command, ok, spawn_until};
 
 fn atrest() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_atrest"));
@@ -73,16 +73,6 @@ impl Kms {
             .output()
             .unwrap()
     }
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&o.stderr),
-        String::from_utf8_lossy(&o.stdout)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_owned()
 }
 
 fn failed(o: &Output) -> String {

@@ -183,3 +183,15 @@ pub fn has(program: &str, arg: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success())
 }
+
+/// Asserts that the command whose output is `o` succeeded (its stderr and stdout in the
+/// message when not): its stdout, trimmed.
+pub fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
