@@ -9,8 +9,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 /// One sample: its name, labels (in order) and value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
+    /// The metric name (with its `_total`, `_bucket`, ... suffix).
     pub name: String,
+    /// The labels, in the order written.
     pub labels: Vec<(String, String)>,
+    /// The value.
     pub value: f64,
 }
 
@@ -27,7 +30,9 @@ impl Sample {
 /// A parsed exposition: family types and every sample in order.
 #[derive(Debug, Default)]
 pub struct Exposition {
+    /// Each family's TYPE (`counter`, `gauge`, `histogram`, ...) by family name.
     pub types: BTreeMap<String, String>,
+    /// Every sample, in the order written.
     pub samples: Vec<Sample>,
 }
 
