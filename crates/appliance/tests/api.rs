@@ -446,68 +446,90 @@ async fn kmip_settings_validated_and_kept_secret() {
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert!(v["error"].as_str().unwrap().contains("no KMIP settings"));
 
-    // A CA that is not a certificate.
-    let mut bad = pki.settings(5696);
-    bad["ca_pem"] = json!("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
-    let (s, v) = call(&app, &t, "PUT", "/api/encryption/kmip", Some(bad)).await;
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(
-        v["error"]
-            .as_str()
-            .unwrap()
-            .contains("server CA file is not a certificate"),
-        "{v}"
-    );
-    // A wrong PKCS#12 passphrase.
-    let mut bad = pki.settings(5696);
-    bad["passphrase"] = json!("not the passphrase");
-    let (s, v) = call(&app, &t, "PUT", "/api/encryption/kmip", Some(bad)).await;
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(
-        v["error"].as_str().unwrap().contains("wrong passphrase"),
-        "{v}"
-    );
-    // A PKCS#12 that is garbage.
-    let mut bad = pki.settings(5696);
-    bad["client_p12_base64"] = json!("aGVsbG8=");
-    let (s, v) = call(&app, &t, "PUT", "/api/encryption/kmip", Some(bad)).await;
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(v["error"].as_str().unwrap().contains("PKCS#12"), "{v}");
-    // A PEM certificate without its key.
-    let mut bad = pki.settings(5696);
-    bad.as_object_mut().unwrap().remove("client_p12_base64");
-    bad["client_cert_pem"] = json!(pki.text("KMIP_CLIENT_CERT"));
-    let (s, v) = call(&app, &t, "PUT", "/api/encryption/kmip", Some(bad)).await;
-    assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert!(v["error"].as_str().unwrap().contains("private key"), "{v}");
-    // A PEM certificate with a key that is not its own (the CA's certificate instead).
-    let mut bad = pki.settings(5696);
-    bad.as_object_mut().unwrap().remove("client_p12_base64");
-    bad["client_cert_pem"] = json!(pki.text("KMIP_CA"));
-    bad["client_key_pem"] = json!(pki.text("KMIP_CLIENT_KEY"));
-    let (s, v) = call(&app, &t, "PUT", "/api/encryption/kmip", Some(bad)).await;
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(
-        v["error"]
-            .as_str()
-            .unwrap()
-            .contains("key belongs to the certificate"),
-        "{v}"
-    );
-    // Unknown fields, bad host, bad port.
-    let (s, _) = call(
-        &app,
-        &t,
-        "PUT",
-        "/api/encryption/kmip",
-        Some(json!({"servers": ["h"], "bogus": 1})),
-    )
-    .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST);
-    let mut bad = pki.settings(5696);
-    bad["servers"] = json!(["bad host name"]);
-    let (s, _) = call(&app, &t, "PUT", "/api/encryption/kmip", Some(bad)).await;
-    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // Bad uploads, each refused with its status and (where given) its sentence.
+    type Upload = fn(&Pki) -> Value;
+    let bad: [(&str, Upload, StatusCode, &str); 7] = [
+        (
+            "a CA that is not a certificate",
+            |pki| {
+                let mut v = pki.settings(5696);
+                v["ca_pem"] =
+                    json!("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
+                v
+            },
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "server CA file is not a certificate",
+        ),
+        (
+            "a wrong PKCS#12 passphrase",
+            |pki| {
+                let mut v = pki.settings(5696);
+                v["passphrase"] = json!("not the passphrase");
+                v
+            },
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "wrong passphrase",
+        ),
+        (
+            "a PKCS#12 that is garbage",
+            |pki| {
+                let mut v = pki.settings(5696);
+                v["client_p12_base64"] = json!("aGVsbG8=");
+                v
+            },
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "PKCS#12",
+        ),
+        (
+            "a PEM certificate without its key",
+            |pki| {
+                let mut v = pki.settings(5696);
+                v.as_object_mut().unwrap().remove("client_p12_base64");
+                v["client_cert_pem"] = json!(pki.text("KMIP_CLIENT_CERT"));
+                v
+            },
+            StatusCode::BAD_REQUEST,
+            "private key",
+        ),
+        (
+            "a PEM certificate with a key that is not its own (the CA's certificate instead)",
+            |pki| {
+                let mut v = pki.settings(5696);
+                v.as_object_mut().unwrap().remove("client_p12_base64");
+                v["client_cert_pem"] = json!(pki.text("KMIP_CA"));
+                v["client_key_pem"] = json!(pki.text("KMIP_CLIENT_KEY"));
+                v
+            },
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "key belongs to the certificate",
+        ),
+        (
+            "unknown fields",
+            |_| json!({"servers": ["h"], "bogus": 1}),
+            StatusCode::BAD_REQUEST,
+            "",
+        ),
+        (
+            "a bad host name",
+            |pki| {
+                let mut v = pki.settings(5696);
+                v["servers"] = json!(["bad host name"]);
+                v
+            },
+            StatusCode::BAD_REQUEST,
+            "",
+        ),
+    ];
+    for (name, upload, status, says) in bad {
+        let (s, v) = call(&app, &t, "PUT", "/api/encryption/kmip", Some(upload(&pki))).await;
+        assert_eq!(s, status, "{name}: {v}");
+        if !says.is_empty() {
+            assert!(
+                v["error"].as_str().unwrap().contains(says),
+                "{name}: expected {says:?} in {v}"
+            );
+        }
+    }
     // Nothing was saved by the failures.
     assert!(!f.data.join("kmip/settings.json").exists());
 

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::time::Duration;
 
 use atrest_appliance::content::{DataVolume, VolumeOptions};
@@ -39,20 +41,7 @@ async fn fixture(with_volume: bool) -> Fx {
     });
     let app = app(state.clone());
     let pw = opened.generated_password.unwrap().to_string();
-    let (_, _, b) = send(
-        &app,
-        Request::post("/api/session")
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(
-                json!({"username": "admin", "password": pw}).to_string(),
-            ))
-            .unwrap(),
-    )
-    .await;
-    let token = serde_json::from_slice::<Value>(&b).unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = common::token(&app, &pw).await;
     Fx {
         _dir: dir,
         state,

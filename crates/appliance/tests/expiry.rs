@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use atrest_appliance::{AppConfig, AppState, app};
 use axum::Router;
 use axum::body::Body;
@@ -74,20 +76,7 @@ async fn warnings_for(ca_days: u32, client_days: u32) -> (Vec<String>, String) {
     let opened = AppState::open(c).unwrap();
     let app = app(opened.state.clone());
     let pw = opened.generated_password.unwrap().to_string();
-    let (_, b) = send(
-        &app,
-        Request::post("/api/session")
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(
-                json!({"username": "admin", "password": pw}).to_string(),
-            ))
-            .unwrap(),
-    )
-    .await;
-    let token = serde_json::from_slice::<Value>(&b).unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = common::token(&app, &pw).await;
     let ca_key = key();
     let ca = cert("Test CA", ca_days, &ca_key, None);
     let client_key = key();

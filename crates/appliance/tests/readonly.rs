@@ -14,102 +14,22 @@ use std::path::Path;
 use std::time::Duration;
 
 use atrest_appliance::content::{DataVolume, VolumeOptions};
-use atrest_appliance::embedded::{self, EmbeddedKms};
 use atrest_appliance::state::Content;
-use atrest_appliance::workflow::{Backoff, State as WfState};
-use atrest_appliance::{AppConfig, AppState, VolumeBackend, app};
+use atrest_appliance::workflow::State as WfState;
+use atrest_appliance::{AppState, VolumeBackend, app};
 use atrest_kmip::client::{Client, Timeouts};
 use atrest_kmip::message::RevocationReasonCode;
-use atrest_store::Store;
 use axum::http::StatusCode;
-use common::{audit_texts, raw, request, token, wait_for};
+use common::{Kms, Run, audit_texts, password, raw, request, token, wait_for};
 use serde_json::{Value, json};
 
-fn config(data: &Path) -> AppConfig {
-    let mut c = AppConfig::new(data);
-    c.pbkdf2_iterations = 1000;
-    c.kmip_timeouts = Timeouts::uniform(Duration::from_secs(5));
-    c
-}
-
-/// Where the KMIP server of a run comes from.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kms {
-    /// The bundled server, started beside the appliance (`atrest serve --embedded-kms`).
-    Bundled,
-    /// A PyKMIP peer named by the env file in this variable.
-    Peer(&'static str),
-}
-
-struct Run {
-    state: AppState,
-    volume: DataVolume,
-    kms: Option<EmbeddedKms>,
-}
-
+/// One start, with the appliance named `readonly-test`.
 fn start(data: &Path, kms: Kms) -> Run {
-    let state = AppState::open(config(data)).unwrap().state;
-    let embedded = match kms {
-        Kms::Bundled => {
-            let k = embedded::start(data).unwrap();
-            embedded::prefill(&state, &k.env_file).unwrap();
-            Some(k)
-        }
-        Kms::Peer(var) => {
-            if state.kmip().is_none() {
-                let env = std::env::var_os(var).unwrap();
-                let u =
-                    atrest_appliance::kmip_config::update_from_env_file(Path::new(&env)).unwrap();
-                let s = atrest_appliance::kmip_config::KmipSettings::apply(None, u).unwrap();
-                state.set_kmip(s).unwrap();
-            }
-            None
-        }
-    };
-    let mut v = VolumeOptions::new(data);
-    v.size = 40 << 20;
-    v.chunk_size = 1 << 20;
-    v.threads = 1;
-    v.digest_iterations = 1000;
-    v.timeouts = Timeouts::uniform(Duration::from_secs(5));
-    v.backoff = Backoff {
-        initial: Duration::from_millis(100),
-        max: Duration::from_millis(300),
-    };
-    v.key_check_interval = Duration::from_secs(3600);
-    v.appliance_name = "readonly-test".into();
-    let volume = DataVolume::attach(&state, v).unwrap();
-    Run {
-        state,
-        volume,
-        kms: embedded,
-    }
-}
-
-impl Run {
-    fn stop(mut self) {
-        self.volume.shutdown();
-        if let Some(k) = self.kms.take() {
-            k.stop();
-        }
-    }
-    fn store(&self) -> Store {
-        match self.state.content() {
-            Content::Ready(s) => s,
-            other => panic!("the store is not ready: {other:?}"),
-        }
-    }
+    common::start(data, kms, |v| v.appliance_name = "readonly-test".into())
 }
 
 fn key_client(state: &AppState) -> Client {
     Client::new(state.kmip().unwrap().client_config(Timeouts::default())).unwrap()
-}
-
-fn password(data: &Path) -> String {
-    std::fs::read_to_string(data.join("initial-admin-password"))
-        .unwrap()
-        .trim()
-        .to_owned()
 }
 
 /// First start: Save and Test, Encrypt, then some content; returns the key id.

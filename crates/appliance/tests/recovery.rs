@@ -12,65 +12,30 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use atrest_appliance::content::{Clock, DataVolume, RotationTick, VolumeOptions};
-use atrest_appliance::embedded::{self, EmbeddedKms};
+use atrest_appliance::content::{Clock, RotationTick};
+use atrest_appliance::embedded;
 use atrest_appliance::state::Content;
 use atrest_appliance::workflow::{Backoff, State as WfState};
-use atrest_appliance::{AppConfig, AppState, VolumeBackend, app};
-use atrest_kmip::client::Timeouts;
+use atrest_appliance::{VolumeBackend, app};
 use axum::http::StatusCode;
-use common::{audit_texts, request, wait_for};
+use common::{Kms, Run, audit_texts, request, wait_for};
 use serde_json::json;
 
-struct Run {
-    state: AppState,
-    volume: DataVolume,
-    kms: Option<EmbeddedKms>,
-    password: String,
+/// One start: the recovery tests' clock and retry backoff, the rotation looked at hourly (only
+/// the test's ticks count).
+fn start_with(data: &Path, clock: Clock, kms: Kms, backoff: Duration) -> Run {
+    common::start(data, kms, |v| {
+        v.backoff = Backoff {
+            initial: backoff,
+            max: backoff * 2,
+        };
+        v.rotation_check_interval = Duration::from_secs(3600);
+        v.clock = clock;
+    })
 }
 
 fn start(data: &Path, clock: Clock) -> Run {
-    start_with(data, clock, true, Duration::from_secs(30))
-}
-
-fn start_with(data: &Path, clock: Clock, with_kms: bool, backoff: Duration) -> Run {
-    let mut c = AppConfig::new(data);
-    c.pbkdf2_iterations = 1000;
-    c.kmip_timeouts = Timeouts::uniform(Duration::from_secs(5));
-    let opened = AppState::open(c).unwrap();
-    let state = opened.state;
-    let kms = with_kms.then(|| {
-        let k = embedded::start(data).unwrap();
-        embedded::prefill(&state, &k.env_file).unwrap();
-        k
-    });
-    let mut v = VolumeOptions::new(data);
-    v.size = 40 << 20;
-    v.chunk_size = 1 << 20;
-    v.threads = 1;
-    v.digest_iterations = 1000;
-    v.timeouts = Timeouts::uniform(Duration::from_secs(5));
-    v.backoff = Backoff {
-        initial: backoff,
-        max: backoff * 2,
-    };
-    v.key_check_interval = Duration::from_secs(3600);
-    v.rotation_check_interval = Duration::from_secs(3600);
-    v.clock = clock;
-    let volume = DataVolume::attach(&state, v).unwrap();
-    let password = match opened.generated_password {
-        Some(p) => p.to_string(),
-        None => std::fs::read_to_string(data.join("initial-admin-password"))
-            .unwrap()
-            .trim()
-            .to_owned(),
-    };
-    Run {
-        state,
-        volume,
-        kms,
-        password,
-    }
+    start_with(data, clock, Kms::Bundled, Duration::from_secs(30))
 }
 
 fn run_audit_texts(run: &Run) -> Vec<String> {
@@ -97,7 +62,7 @@ async fn scheduled_rotation_removes_the_recovery_key_and_the_admins_rekey_renews
         None,
         "POST",
         "/api/session",
-        Some(json!({"username": "admin", "password": run.password})),
+        Some(json!({"username": "admin", "password": run.password()})),
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");
@@ -109,7 +74,7 @@ async fn scheduled_rotation_removes_the_recovery_key_and_the_admins_rekey_renews
         t,
         "POST",
         "/api/encryption/recovery-key",
-        Some(json!({"password": run.password})),
+        Some(json!({"password": run.password()})),
     )
     .await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
@@ -128,7 +93,7 @@ async fn scheduled_rotation_removes_the_recovery_key_and_the_admins_rekey_renews
         t,
         "POST",
         "/api/encryption/recovery-key",
-        Some(json!({"password": run.password})),
+        Some(json!({"password": run.password()})),
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");
@@ -191,7 +156,7 @@ async fn scheduled_rotation_removes_the_recovery_key_and_the_admins_rekey_renews
         t,
         "POST",
         "/api/encryption/recovery-key",
-        Some(json!({"password": run.password})),
+        Some(json!({"password": run.password()})),
     )
     .await;
     assert_eq!(s, StatusCode::OK);
@@ -210,7 +175,7 @@ async fn scheduled_rotation_removes_the_recovery_key_and_the_admins_rekey_renews
     let run = start_with(
         dir.path(),
         Clock::system(),
-        false,
+        Kms::NotStarted,
         Duration::from_millis(200),
     );
     let app = atrest_appliance::app(run.state.clone());
@@ -219,7 +184,7 @@ async fn scheduled_rotation_removes_the_recovery_key_and_the_admins_rekey_renews
         None,
         "POST",
         "/api/session",
-        Some(json!({"username": "admin", "password": run.password})),
+        Some(json!({"username": "admin", "password": run.password()})),
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");

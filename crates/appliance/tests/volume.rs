@@ -10,17 +10,17 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use atrest_appliance::content::{Clock, DataVolume, KeyPolicy, RotationTick, VolumeOptions};
-use atrest_appliance::embedded::{self, EmbeddedKms};
+use atrest_appliance::content::{Clock, KeyPolicy, RotationTick, VolumeOptions};
+use atrest_appliance::embedded;
 use atrest_appliance::state::Content;
 use atrest_appliance::workflow::{Backoff, State as WfState};
-use atrest_appliance::{AppConfig, AppState, VolumeBackend, app};
+use atrest_appliance::{AppState, app};
 use atrest_kmip::client::{Client, Timeouts};
 use atrest_kmip::message::{Attributes, RevocationReasonCode};
 use atrest_kmip::ttlv::Value as KmipValue;
 use atrest_store::{Store, Value as CfgValue};
 use axum::http::StatusCode;
-use common::{audit_texts, request, token, wait_for};
+use common::{Kms, Run, audit_texts, config, request, start, token, wait_for};
 use serde_json::{Value, json};
 
 async fn post(app: &axum::Router, token: &str, uri: &str) -> (StatusCode, Value) {
@@ -41,75 +41,11 @@ async fn send_json(
     request(app, Some(token), method, uri, Some(body)).await
 }
 
-fn config(data: &Path) -> AppConfig {
-    let mut c = AppConfig::new(data);
-    c.pbkdf2_iterations = 1000;
-    c.kmip_timeouts = Timeouts::uniform(Duration::from_secs(5));
-    c
-}
-
-fn volume_options(data: &Path) -> VolumeOptions {
-    let mut v = VolumeOptions::new(data);
-    v.size = 40 << 20;
-    v.chunk_size = 1 << 20;
-    v.threads = 1;
-    v.digest_iterations = 1000;
-    v.timeouts = Timeouts::uniform(Duration::from_secs(5));
-    v.backoff = Backoff {
-        initial: Duration::from_millis(100),
-        max: Duration::from_millis(300),
-    };
-    v.key_check_interval = Duration::from_secs(3600);
-    v
-}
-
-/// One start of the appliance: state, volume, bundled KMIP server.
-struct Run {
-    state: AppState,
-    volume: DataVolume,
-    kms: Option<EmbeddedKms>,
-    password: Option<String>,
-}
-
-fn start(data: &Path, with_kms: bool, tweak: impl FnOnce(&mut VolumeOptions)) -> Run {
-    let opened = AppState::open(config(data)).unwrap();
-    let state = opened.state;
-    let kms = with_kms.then(|| {
-        let k = embedded::start(data).unwrap();
-        embedded::prefill(&state, &k.env_file).unwrap();
-        k
-    });
-    let mut opts = volume_options(data);
-    tweak(&mut opts);
-    let volume = DataVolume::attach(&state, opts).unwrap();
-    Run {
-        state,
-        volume,
-        kms,
-        password: opened.generated_password.map(|p| p.to_string()),
-    }
-}
-
-impl Run {
-    fn stop(mut self) {
-        self.volume.shutdown();
-        if let Some(k) = self.kms.take() {
-            k.stop();
-        }
-    }
-    fn store(&self) -> Store {
-        match self.state.content() {
-            Content::Ready(s) => s,
-            other => panic!("the store is not ready: {other:?}"),
-        }
-    }
-}
-
 /// First start, Save and Test, Encrypt with the store in use throughout; returns the key id.
 async fn encrypt(data: &Path) -> (Run, String) {
-    let run = start(data, true, |_| {});
+    let run = start(data, Kms::Bundled, |_| {});
     let app = app(run.state.clone());
-    let t = token(&app, run.password.as_deref().unwrap()).await;
+    let t = token(&app, run.generated_password.as_deref().unwrap()).await;
     assert_eq!(run.state.workflow().state, WfState::Plain);
     run.store()
         .config()
@@ -232,7 +168,7 @@ async fn encrypt_online_then_unlock_at_the_next_start() {
     assert_eq!(material.len(), 32);
     no_copy_of(&material, &data);
 
-    let run = start(&data, true, |_| {});
+    let run = start(&data, Kms::Bundled, |_| {});
     wait_for("the volume is unlocked", || {
         run.state.workflow().state == WfState::Encrypted
     });
@@ -264,7 +200,7 @@ async fn encrypt_online_then_unlock_at_the_next_start() {
     );
     run.stop();
     // Another appliance name from here on; the generation follows the current key's.
-    let run = start(&data, true, |o| o.appliance_name = "shelf-2".into());
+    let run = start(&data, Kms::Bundled, |o| o.appliance_name = "shelf-2".into());
     wait_for("the volume is unlocked", || {
         run.state.workflow().state == WfState::Encrypted
     });
@@ -332,7 +268,7 @@ async fn locked_without_a_server_then_unlocks_by_itself() {
     run.stop();
 
     // No KMIP server: the appliance starts locked and says why, per server.
-    let run = start(&data, false, |_| {});
+    let run = start(&data, Kms::NotStarted, |_| {});
     wait_for("an unlock attempt failed", || {
         !run.state.workflow().lock_reasons.is_empty()
     });
@@ -374,9 +310,9 @@ async fn locked_without_a_server_then_unlocks_by_itself() {
 async fn a_stopped_conversion_resumes_at_the_next_start() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let run = start(&data, true, |o| o.chunk_size = 1 << 20);
+    let run = start(&data, Kms::Bundled, |o| o.chunk_size = 1 << 20);
     let app = app(run.state.clone());
-    let t = token(&app, run.password.as_deref().unwrap()).await;
+    let t = token(&app, run.generated_password.as_deref().unwrap()).await;
     assert_eq!(
         post(&app, &t, "/api/encryption/test").await.0,
         StatusCode::OK
@@ -385,7 +321,7 @@ async fn a_stopped_conversion_resumes_at_the_next_start() {
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     // Stop at once: the conversion stops after its current chunk.
     run.stop();
-    let run = start(&data, true, |_| {});
+    let run = start(&data, Kms::Bundled, |_| {});
     wait_for("the encryption finished", || {
         run.state.workflow().state == WfState::Encrypted
     });
@@ -417,7 +353,7 @@ async fn a_revoked_key_raises_an_alert_locks_and_is_refused_at_start() {
     run.stop();
 
     // At start the key is refused with a clear message.
-    let run = start(&data, true, |o| o.key_policy = KeyPolicy::Lock);
+    let run = start(&data, Kms::Bundled, |o| o.key_policy = KeyPolicy::Lock);
     wait_for("an unlock attempt failed", || {
         !run.state.workflow().lock_reasons.is_empty()
     });
@@ -435,7 +371,7 @@ async fn the_lock_policy_locks_the_content() {
     let data = dir.path().join("data");
     let (run, key_id) = encrypt(&data).await;
     run.stop();
-    let run = start(&data, true, |o| o.key_policy = KeyPolicy::Lock);
+    let run = start(&data, Kms::Bundled, |o| o.key_policy = KeyPolicy::Lock);
     wait_for("the volume is unlocked", || {
         run.state.workflow().state == WfState::Encrypted
     });
@@ -489,7 +425,7 @@ async fn unlock_fails_over_and_gives_a_reason_per_server() {
     run.stop();
 
     // The first server fails, the second gives the key.
-    let run = start(&data, true, |_| {});
+    let run = start(&data, Kms::Bundled, |_| {});
     wait_for("the volume is unlocked", || {
         run.state.workflow().state == WfState::Encrypted
     });
@@ -512,7 +448,7 @@ async fn unlock_fails_over_and_gives_a_reason_per_server() {
     run.stop();
 
     // Neither answers: one reason per server, and the content says why.
-    let run = start(&data, false, |_| {});
+    let run = start(&data, Kms::NotStarted, |_| {});
     wait_for("an unlock attempt failed", || {
         !run.state.workflow().lock_reasons.is_empty()
     });
@@ -558,7 +494,7 @@ async fn status_answers_while_a_server_hangs() {
     drop(app);
     run.stop();
 
-    let run = start(&data, false, |o| {
+    let run = start(&data, Kms::NotStarted, |o| {
         o.timeouts = Timeouts::uniform(Duration::from_secs(60));
     });
     let (conn, _) = hang.accept().unwrap();
@@ -604,11 +540,11 @@ async fn a_header_without_authentication_waits_for_the_admins_resume() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let (run, _key_id) = encrypt(&data).await;
-    let pw = run.password.clone().unwrap();
+    let pw = run.generated_password.clone().unwrap();
     run.stop();
     strip_header_mac(&data.join("volume.img"));
     let before = std::fs::read(data.join("volume.img")).unwrap();
-    let run = start(&data, true, |_| {});
+    let run = start(&data, Kms::Bundled, |_| {});
     wait_for("held locked by the header", || {
         atrest_appliance::api::status_json(&run.state)["volume"]["hold"]["class"] == "header-auth"
     });
@@ -642,7 +578,7 @@ async fn a_header_without_authentication_waits_for_the_admins_resume() {
     );
     run.stop();
     // Signed: the next start unlocks by itself.
-    let run = start(&data, true, |_| {});
+    let run = start(&data, Kms::Bundled, |_| {});
     wait_for("unlocked by itself", || {
         run.state.workflow().state == WfState::Encrypted
     });
@@ -661,7 +597,7 @@ async fn a_rewritten_audit_history_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let (run, _key_id) = encrypt(&data).await;
-    let pw = run.password.clone().unwrap();
+    let pw = run.generated_password.clone().unwrap();
     let app = app(run.state.clone());
     let t = token(&app, &pw).await;
     let (s, v) = get(&app, &t, "/api/audit/verify").await;
@@ -686,7 +622,7 @@ async fn a_rewritten_audit_history_is_reported() {
     );
     run.stop();
     // Checked again at the next start: the alert is back without asking.
-    let run = start(&data, true, |_| {});
+    let run = start(&data, Kms::Bundled, |_| {});
     wait_for("unlocked", || {
         run.state.workflow().state == WfState::Encrypted
     });
@@ -722,12 +658,12 @@ async fn old_keys_are_retired_by_policy_on_pykmip() {
     };
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let run = start(&data, false, |_| {});
+    let run = start(&data, Kms::NotStarted, |_| {});
     let u = atrest_appliance::kmip_config::update_from_env_file(Path::new(&peer)).unwrap();
     let settings = atrest_appliance::kmip_config::KmipSettings::apply(None, u).unwrap();
     run.state.set_kmip(settings).unwrap();
     let app = app(run.state.clone());
-    let pw = run.password.clone().unwrap();
+    let pw = run.generated_password.clone().unwrap();
     let t = token(&app, &pw).await;
     let (s, v) = post(&app, &t, "/api/encryption/test").await;
     assert_eq!(v["ok"], true, "{s} {v}");
@@ -812,7 +748,7 @@ async fn old_keys_are_retired_by_policy_on_pykmip() {
     run.stop();
 
     // The volume unlocks with the new key; the record survives the restart.
-    let run = start(&data, false, |_| {});
+    let run = start(&data, Kms::NotStarted, |_| {});
     wait_for("unlocked with the new key", || {
         run.state.workflow().state == WfState::Encrypted
     });
@@ -932,7 +868,7 @@ async fn scheduled_rotation_fires_once_when_due_and_never_during_a_conversion() 
     let dir = tempfile::tempdir().unwrap();
     let offset = Arc::new(AtomicI64::new(0));
     let o = offset.clone();
-    let mut run = start(dir.path(), true, move |v| {
+    let mut run = start(dir.path(), Kms::Bundled, move |v| {
         // About 2 s per conversion of the 40 MiB volume: long enough to look during one.
         v.max_rate = Some(16 << 20);
         v.rotation_check_interval = Duration::from_secs(3600);
@@ -945,7 +881,7 @@ async fn scheduled_rotation_fires_once_when_due_and_never_during_a_conversion() 
         });
     });
     let app = app(run.state.clone());
-    let t = token(&app, run.password.as_deref().unwrap()).await;
+    let t = token(&app, run.generated_password.as_deref().unwrap()).await;
     let (s, v) = post(&app, &t, "/api/encryption/test").await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let (s, v) = post(&app, &t, "/api/encryption/encrypt").await;
@@ -1081,10 +1017,10 @@ async fn move_to_another_kmip_server_survives_a_restart_in_the_middle() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let slow = |v: &mut VolumeOptions| v.max_rate = Some(8 << 20);
-    let run = start(&data, false, slow);
+    let run = start(&data, Kms::NotStarted, slow);
     run.state.set_kmip(settings_of(&ec)).unwrap();
     let app = app(run.state.clone());
-    let pw = run.password.clone().unwrap();
+    let pw = run.generated_password.clone().unwrap();
     let t = token(&app, &pw).await;
     let (s, v) = post(&app, &t, "/api/encryption/test").await;
     assert_eq!(v["ok"], true, "{s} {v}");
@@ -1136,7 +1072,7 @@ async fn move_to_another_kmip_server_survives_a_restart_in_the_middle() {
     run.stop();
 
     // Restart in the middle: both keys, each from its own server; the move resumes.
-    let run = start(&data, false, |_| {});
+    let run = start(&data, Kms::NotStarted, |_| {});
     wait_for("the move finished", || {
         let w = run.state.workflow();
         w.state == WfState::Encrypted && w.key_id.as_deref() == Some(k2.as_str())
@@ -1179,7 +1115,7 @@ async fn move_to_another_kmip_server_survives_a_restart_in_the_middle() {
     gone.servers = vec![format!("127.0.0.1:{port}").parse().unwrap()];
     gone.save(&atrest_appliance::state::previous_dir(&data))
         .unwrap();
-    let run = start(&data, false, |_| {});
+    let run = start(&data, Kms::NotStarted, |_| {});
     wait_for("unlocked from the new server", || {
         run.state.workflow().state == WfState::Encrypted
     });

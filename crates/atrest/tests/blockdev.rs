@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use atrest_testkit::LoopDevice;
-use atrest_testkit::https::{Served, appliance_port, spawn_until, wait_until};
+use atrest_testkit::https::wait_until;
+use atrest_testkit::process::{Served, appliance_port, serve_command, spawn_until};
 use serde_json::{Value, json};
 
 fn atrest(args: &[&str]) -> Output {
@@ -41,15 +42,12 @@ fn start(data: &Path, volume: &Path) -> Appliance {
 
 fn start_with(data: &Path, volume: &Path, extra: &[&str]) -> Appliance {
     let (mut served, port) = spawn_until(
-        Command::new(env!("CARGO_BIN_EXE_atrest"))
-            .args(["serve", "--embedded-kms", "--listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(data)
+        serve_command(env!("CARGO_BIN_EXE_atrest"), data)
+            .arg("--embedded-kms")
             .arg("--volume")
             .arg(volume)
             .args(["--convert-chunk", "1M", "--unlock-retry-max", "1"])
             .args(extra)
-            .env("RUST_LOG", "warn")
             .stderr(Stdio::inherit()),
         appliance_port,
     );

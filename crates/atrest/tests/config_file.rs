@@ -3,53 +3,27 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+
+use atrest_testkit::process::{Served, spawn_until};
 
 fn atrest() -> Command {
     Command::new(env!("CARGO_BIN_EXE_atrest"))
 }
 
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts `args`, returns the process and the line starting with `prefix` once printed.
-fn start_until(args: &[&str], cwd: &Path, prefix: &str) -> (Running, String) {
-    let mut child = atrest()
-        .args(args)
-        .current_dir(cwd)
-        .env("RUST_LOG", "warn")
-        .env_remove("ATREST_DATA_DIR")
-        .env_remove("ATREST_KMS_DATA_DIR")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let running = Running(child);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut seen = Vec::new();
-    loop {
-        let mut l = String::new();
-        let n = out.read_line(&mut l).unwrap_or(0);
-        if l.starts_with(prefix) {
-            std::thread::spawn(move || for _ in out.lines() {});
-            return (running, l.trim().to_owned());
-        }
-        seen.push(l);
-        assert!(
-            n > 0 && Instant::now() < deadline,
-            "no `{prefix}` line: {seen:?}"
-        );
-    }
+fn start_until(args: &[&str], cwd: &Path, prefix: &str) -> (Served, String) {
+    spawn_until(
+        atrest()
+            .args(args)
+            .current_dir(cwd)
+            .env("RUST_LOG", "warn")
+            .env_remove("ATREST_DATA_DIR")
+            .env_remove("ATREST_KMS_DATA_DIR")
+            .stderr(Stdio::null()),
+        |l| l.starts_with(prefix).then(|| l.trim().to_owned()),
+    )
 }
 
 #[test]

@@ -6,98 +6,32 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
+use atrest_testkit::process::{
+    Served, appliance_port, kms_port, kms_serve_command, serve_command, spawn_until,
+};
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use serde_json::{Value, json};
 
-/// A child process killed (and reaped) when dropped.
-struct Proc {
-    child: Child,
-    lines: Vec<String>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-/// Starts `cmd` and reads its stdout until a line for which `ready` gives a value.
-fn spawn_until<T>(mut cmd: Command, ready: impl Fn(&str) -> Option<T>) -> (Proc, T) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("atrest starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    let mut proc_ = Proc {
-        child,
-        lines: Vec::new(),
-    };
-    let value = loop {
-        let line = match lines.next() {
-            Some(Ok(l)) => l,
-            _ => {
-                let status = proc_.child.wait();
-                panic!("atrest exited before it was ready ({status:?}); it printed {seen:?}");
-            }
-        };
-        seen.push(line.clone());
-        if let Some(v) = ready(&line) {
-            break v;
-        }
-    };
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    proc_.lines = seen;
-    (proc_, value)
-}
-
-fn atrest(bin: &Path) -> Command {
-    let mut c = Command::new(bin);
-    c.env("RUST_LOG", "warn");
-    c
-}
-
-fn serve(bin: &Path, data: &Path, extra: &[&str], user: Option<(u32, u32)>) -> (Proc, u16) {
-    let mut c = atrest(bin);
-    c.args(["serve", "--data-dir"])
-        .arg(data)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(extra);
+fn serve(bin: &Path, data: &Path, extra: &[&str], user: Option<(u32, u32)>) -> (Served, u16) {
+    let mut c = serve_command(bin, data);
+    c.args(extra).stderr(Stdio::inherit());
     as_user(&mut c, user);
-    spawn_until(c, |l| {
-        l.strip_prefix("atrest appliance listening on https://127.0.0.1:")
-            .map(|r| r.trim_end_matches('/').parse::<u16>().unwrap())
-    })
+    spawn_until(&mut c, appliance_port)
 }
 
-fn kms_serve(bin: &Path, data: &Path, extra: &[&str], user: Option<(u32, u32)>) -> (Proc, u16) {
-    let mut c = atrest(bin);
-    c.args(["kms", "serve", "--data-dir"])
-        .arg(data)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(extra);
+fn kms_serve(bin: &Path, data: &Path, extra: &[&str], user: Option<(u32, u32)>) -> (Served, u16) {
+    let mut c = kms_serve_command(bin, data, "127.0.0.1:0");
+    c.args(extra).stderr(Stdio::inherit());
     as_user(&mut c, user);
-    spawn_until(c, |l| {
-        l.strip_prefix("listening on 127.0.0.1:")
-            .map(|r| r.trim().parse::<u16>().unwrap())
-    })
+    spawn_until(&mut c, kms_port)
 }
 
 fn as_user(c: &mut Command, user: Option<(u32, u32)>) {
@@ -770,9 +704,9 @@ fn serve_and_kms_serve_run_without_core_dumps_as_root_and_as_another_user() {
         let (kms, _) = kms_serve(bin, &data.join("kms"), &[], *user);
         check_no_core(kms.pid(), &format!("atrest kms serve {who}"), non_root);
         assert!(
-            kms.lines.iter().any(|l| l.contains("key server")),
+            kms.output.iter().any(|l| l.contains("key server")),
             "{:?}",
-            kms.lines
+            kms.output
         );
     }
 }

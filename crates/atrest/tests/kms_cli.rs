@@ -4,87 +4,47 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use atrest_testkit::Peer;
+use atrest_testkit::process::{Served, kms_port, kms_serve_command, spawn_until};
 
 fn atrest() -> Command {
     Command::new(env!("CARGO_BIN_EXE_atrest"))
 }
 
-/// Starts the server; returns it and its port once it listens. The caller waits for it
-/// (`stop`).
-#[allow(clippy::zombie_processes)]
-fn serve(dir: &Path) -> (Child, u16, Vec<String>) {
-    let mut child = atrest()
-        .args(["kms", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = Vec::new();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut l = String::new();
-        let n = out.read_line(&mut l).unwrap_or(0);
-        if let Some(addr) = l.trim().strip_prefix("listening on ") {
-            let port = addr.rsplit(':').next().unwrap().parse().unwrap();
-            // Keep draining stdout so the server never blocks on it.
-            std::thread::spawn(move || for _ in out.lines() {});
-            return (child, port, lines);
-        }
-        lines.push(l);
-        if n == 0 || Instant::now() >= deadline {
-            let _ = child.kill();
-            let status = child.wait();
-            panic!("the server did not start ({status:?}): {lines:?}");
-        }
-    }
+/// Starts the server; returns it (with what it printed) and its port once it listens.
+fn serve(dir: &Path) -> (Served, u16) {
+    spawn_until(
+        kms_serve_command(env!("CARGO_BIN_EXE_atrest"), dir, "127.0.0.1:0").stderr(Stdio::null()),
+        kms_port,
+    )
 }
 
-fn stop(mut child: Child) {
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "exit status after SIGTERM: {status}");
-            return;
-        }
-        assert!(Instant::now() < deadline, "no exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// SIGTERM: the server ends cleanly.
+fn stop(mut kms: Served) {
+    let status = kms.terminate(Duration::from_secs(15));
+    assert!(status.success(), "exit status after SIGTERM: {status}");
 }
 
-fn env_var(env: &str, k: &str) -> String {
-    env.lines()
-        .find_map(|l| l.strip_prefix(&format!("export {k}=")))
-        .unwrap_or_else(|| panic!("{k} missing from client.env"))
-        .trim_matches('\'')
-        .to_owned()
+/// The value of `k` in the directory's client.env.
+fn env_var(dir: &Path, k: &str) -> String {
+    Peer::from_file(&dir.join("client.env")).v(k).to_owned()
 }
 
 #[test]
 fn serve_first_start_reuse_and_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("kms");
-    let (child, port, lines) = serve(&dir);
-    let text = lines.concat();
+    let (kms, port) = serve(&dir);
+    let text = kms.output.join("\n");
     assert!(text.contains("Created a new key server"), "{text}");
     for f in ["ca.crt", "appliance.p12", "client.env", "master.key"] {
         assert!(text.contains(f), "{f} not printed: {text}");
     }
-    let env = std::fs::read_to_string(dir.join("client.env")).unwrap();
-    assert_eq!(env_var(&env, "KMIP_PORT"), port.to_string());
+    assert_eq!(env_var(&dir, "KMIP_PORT"), port.to_string());
     for k in [
         "KMIP_HOST",
         "KMIP_CA",
@@ -95,7 +55,7 @@ fn serve_first_start_reuse_and_sigterm() {
         "KMIP_USERNAME",
         "KMIP_PASSWORD",
     ] {
-        assert!(!env_var(&env, k).is_empty(), "{k}");
+        assert!(!env_var(&dir, k).is_empty(), "{k}");
     }
     // Another client, accepted by the running server.
     let out = atrest()
@@ -119,20 +79,23 @@ fn serve_first_start_reuse_and_sigterm() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("exists already"), "{err}");
-    stop(child);
+    stop(kms);
 
-    let (child, port2, lines) = serve(&dir);
-    assert!(lines.concat().contains("Using the key server"), "{lines:?}");
-    let env = std::fs::read_to_string(dir.join("client.env")).unwrap();
-    assert_eq!(env_var(&env, "KMIP_PORT"), port2.to_string());
-    stop(child);
+    let (kms, port2) = serve(&dir);
+    assert!(
+        kms.output.join("\n").contains("Using the key server"),
+        "{:?}",
+        kms.output
+    );
+    assert_eq!(env_var(&dir, "KMIP_PORT"), port2.to_string());
+    stop(kms);
 }
 
 #[test]
 fn a_second_server_on_the_same_directory_is_refused_and_remove_client_revokes() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("kms");
-    let (child, _port, _) = serve(&dir);
+    let (kms, _port) = serve(&dir);
     let out = atrest()
         .args(["kms", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&dir)
@@ -142,7 +105,7 @@ fn a_second_server_on_the_same_directory_is_refused_and_remove_client_revokes() 
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("another key server is running on"), "{err}");
-    assert!(err.contains(&format!("process {}", child.id())), "{err}");
+    assert!(err.contains(&format!("process {}", kms.pid())), "{err}");
 
     let remove = |name: &str| {
         atrest()
@@ -173,8 +136,8 @@ fn a_second_server_on_the_same_directory_is_refused_and_remove_client_revokes() 
     let out = remove("backup");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no client named"));
-    stop(child);
+    stop(kms);
     // With the server stopped the directory is free again.
-    let (child, _, _) = serve(&dir);
-    stop(child);
+    let (kms, _) = serve(&dir);
+    stop(kms);
 }

@@ -6,86 +6,34 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use atrest_kmip::client::Client;
 use atrest_kmip::message::RevocationReasonCode;
-use atrest_testkit::exposition::{self, Exposition};
+use atrest_testkit::exposition::{Exposition, get, scrape};
+use atrest_testkit::process::{Served, kms_port, kms_serve_command, metrics_addr, spawn_until};
 
 struct Server {
-    child: Child,
+    /// Killed when the server is dropped.
+    _served: Served,
     metrics: String,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn serve(dir: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_atrest"))
-        .args(["kms", "serve", "--listen", "127.0.0.1:0"])
-        .args(["--metrics-listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut metrics = None;
-    let mut lines = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut l = String::new();
-        let n = out.read_line(&mut l).unwrap_or(0);
-        if let Some(a) = l.trim().strip_prefix("metrics on http://") {
-            metrics = a.split_once('/').map(|(a, _)| a.to_owned());
-        }
-        if l.starts_with("listening on ") {
-            std::thread::spawn(move || for _ in out.lines() {});
-            break;
-        }
-        lines.push(l);
-        assert!(
-            n > 0 && Instant::now() < deadline,
-            "the server did not start: {lines:?}"
-        );
-    }
+    let (served, _) = spawn_until(
+        kms_serve_command(env!("CARGO_BIN_EXE_atrest"), dir, "127.0.0.1:0")
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .stderr(Stdio::null()),
+        kms_port,
+    );
     Server {
-        child,
-        metrics: metrics.unwrap_or_else(|| panic!("no metrics address printed: {lines:?}")),
+        metrics: metrics_addr(&served.output),
+        _served: served,
     }
-}
-
-/// One plain HTTP GET: status and body.
-fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
-}
-
-fn scrape(addr: &str) -> Exposition {
-    let (s, text) = get(addr, "/metrics");
-    assert_eq!(s, 200);
-    let e = exposition::parse(&text).unwrap_or_else(|err| panic!("{err}\n{text}"));
-    atrest_testkit::promtool_check(&text);
-    e
 }
 
 fn ops(e: &Exposition, op: &str, result: &str) -> f64 {

@@ -11,10 +11,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use atrest_testkit::process::{Served, kms_port, kms_serve_command, spawn_until};
 
 const PYKMIP: &str = "pykmip==0.11.0";
 const SDIST_DIR: &str = "pykmip-0.11.0";
@@ -240,46 +241,18 @@ fn prepare(python: &Path, cache: &Path) -> (PathBuf, PathBuf) {
     (src, lib)
 }
 
-#[allow(clippy::zombie_processes)]
-fn serve(dir: &Path, log: &Path) -> (Child, u16) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_atrest"))
-        .args(["kms", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut seen = String::new();
-    loop {
-        let mut l = String::new();
-        if out.read_line(&mut l).unwrap_or(0) == 0 {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("atrest kms serve did not start: {seen}");
-        }
-        if let Some(addr) = l.trim().strip_prefix("listening on ") {
-            let port = addr.rsplit(':').next().unwrap().parse().unwrap();
-            std::thread::spawn(move || for _ in out.lines() {});
-            return (child, port);
-        }
-        seen.push_str(&l);
-    }
+/// `atrest kms serve` on a free port, its log (at the default level, `info`) in `log`.
+fn serve(dir: &Path, log: &Path) -> (Served, u16) {
+    spawn_until(
+        kms_serve_command(env!("CARGO_BIN_EXE_atrest"), dir, "127.0.0.1:0")
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(log).unwrap()),
+        kms_port,
+    )
 }
 
-fn stop(mut child: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("atrest kms serve did not stop on SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn stop(mut kms: Served) {
+    kms.terminate(Duration::from_secs(15));
 }
 
 #[derive(Debug)]

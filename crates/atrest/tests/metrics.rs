@@ -8,123 +8,41 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Stdio;
 
-use atrest_testkit::exposition::{self, Exposition};
+use atrest_testkit::Peer;
+use atrest_testkit::exposition::{self, Exposition, get};
 use atrest_testkit::https::wait_until;
+use atrest_testkit::process::{
+    Served, appliance_port, kms_port, kms_serve_command, metrics_addr, serve_command, spawn_until,
+};
 use serde_json::{Value, json};
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 struct Appliance {
-    _child: Proc,
+    /// Killed when the appliance is dropped.
+    _served: Served,
     port: u16,
     metrics: String,
     data: PathBuf,
 }
 
-/// Runs the child, returns it and its stdout lines up to the one starting with `until`.
-fn spawn_until(cmd: &mut Command, until: &str) -> (Proc, Vec<String>) {
-    let mut child = cmd
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let child = Proc(child);
-    let mut out = Vec::new();
-    loop {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("exited before `{until}`: {out:?}"))
-            .unwrap();
-        out.push(line.clone());
-        if line.starts_with(until) {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    (child, out)
-}
-
 fn start(data: &Path, extra: &[&str]) -> Appliance {
-    let (child, out) = spawn_until(
-        Command::new(env!("CARGO_BIN_EXE_atrest"))
-            .args(["serve", "--data-dir"])
-            .arg(data)
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+    let (served, port) = spawn_until(
+        serve_command(env!("CARGO_BIN_EXE_atrest"), data)
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .args(["--volume-size", "32M", "--convert-chunk", "1M"])
             .args(["--unlock-retry-max", "1"])
-            .args(extra),
-        "atrest appliance listening on https://",
+            .args(extra)
+            .stderr(Stdio::null()),
+        appliance_port,
     );
-    let metrics = out
-        .iter()
-        .find_map(|l| l.strip_prefix("metrics on http://"))
-        .and_then(|l| l.split_once('/'))
-        .map(|(a, _)| a.to_owned())
-        .unwrap_or_else(|| panic!("no metrics address printed: {out:?}"));
-    let port = out
-        .last()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
     Appliance {
-        _child: child,
+        metrics: metrics_addr(&served.output),
+        _served: served,
         port,
-        metrics,
         data: data.to_path_buf(),
     }
-}
-
-/// One plain HTTP GET on the metrics address: status and body.
-fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut out = String::new();
-        let mut rest = body;
-        while let Some((size, after)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).unwrap();
-            if n == 0 {
-                break;
-            }
-            out.push_str(&after[..n]);
-            rest = &after[n + 2..];
-        }
-        out
-    } else {
-        body.to_owned()
-    };
-    (status, body)
 }
 
 impl Appliance {
@@ -152,11 +70,7 @@ impl Appliance {
 
     /// A scrape, checked strictly (and by promtool when installed).
     fn scrape(&self) -> Exposition {
-        let (s, text) = get(&self.metrics, "/metrics");
-        assert_eq!(s, 200);
-        let e = exposition::parse(&text).unwrap_or_else(|err| panic!("{err}\n{text}"));
-        atrest_testkit::promtool_check(&text);
-        e
+        exposition::scrape(&self.metrics)
     }
 }
 
@@ -258,11 +172,9 @@ fn metrics_and_readiness_through_encrypt_restart_and_unlock() {
 
     // The key server comes back on its port: unlocked, ready.
     let (_kms, _) = spawn_until(
-        Command::new(env!("CARGO_BIN_EXE_atrest"))
-            .args(["kms", "serve", "--data-dir"])
-            .arg(data.join("kms"))
-            .args(["--listen", &server]),
-        "listening on ",
+        kms_serve_command(env!("CARGO_BIN_EXE_atrest"), &data.join("kms"), &server)
+            .stderr(Stdio::null()),
+        kms_port,
     );
     wait_until("ready after the unlock", || {
         get(&app.metrics, "/readyz") == (200, "ready\n".into())
@@ -276,14 +188,6 @@ fn metrics_and_readiness_through_encrypt_restart_and_unlock() {
     assert!(e.value("atrest_store_used_bytes", &[]) > 0.0);
 }
 
-fn env_var(env: &str, k: &str) -> String {
-    env.lines()
-        .find_map(|l| l.strip_prefix(&format!("export {k}=")))
-        .unwrap_or_else(|| panic!("{k} missing from client.env"))
-        .trim_matches('\'')
-        .to_owned()
-}
-
 /// `atrest serve` against `atrest kms serve --metrics-listen` on its own: both scraped during
 /// the Encrypt, both pass promtool, and the numbers agree: the key server's Create and
 /// Destroy counts are the appliance's KMIP operation counts, and it holds one Active key, the
@@ -292,34 +196,18 @@ fn env_var(env: &str, k: &str) -> String {
 fn both_servers_scraped_during_a_conversion_agree_with_the_api() {
     let dir = tempfile::tempdir().unwrap();
     let kms_dir = dir.path().join("kms");
-    let (_kms, out) = spawn_until(
-        Command::new(env!("CARGO_BIN_EXE_atrest"))
-            .args(["kms", "serve", "--data-dir"])
-            .arg(&kms_dir)
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]),
-        "listening on ",
+    let (kms, _) = spawn_until(
+        kms_serve_command(env!("CARGO_BIN_EXE_atrest"), &kms_dir, "127.0.0.1:0")
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .stderr(Stdio::null()),
+        kms_port,
     );
-    let kms_metrics = out
-        .iter()
-        .find_map(|l| l.strip_prefix("metrics on http://"))
-        .and_then(|l| l.split_once('/'))
-        .map(|(a, _)| a.to_owned())
-        .unwrap_or_else(|| panic!("no metrics address printed: {out:?}"));
+    let kms_metrics = metrics_addr(&kms.output);
     assert_eq!(get(&kms_metrics, "/readyz"), (200, "ready\n".into()));
-    let kms_scrape = || {
-        let (s, text) = get(&kms_metrics, "/metrics");
-        assert_eq!(s, 200);
-        let e = exposition::parse(&text).unwrap_or_else(|err| panic!("{err}\n{text}"));
-        atrest_testkit::promtool_check(&text);
-        e
-    };
-    let env = std::fs::read_to_string(kms_dir.join("client.env")).unwrap();
-    let read = |k: &str| std::fs::read_to_string(env_var(&env, k)).unwrap();
-    let server = format!(
-        "{}:{}",
-        env_var(&env, "KMIP_HOST"),
-        env_var(&env, "KMIP_PORT")
-    );
+    let kms_scrape = || exposition::scrape(&kms_metrics);
+    let env = Peer::from_file(&kms_dir.join("client.env"));
+    let read = |k: &str| std::fs::read_to_string(env.path(k)).unwrap();
+    let server = format!("{}:{}", env.v("KMIP_HOST"), env.v("KMIP_PORT"));
 
     let data = dir.path().join("appliance");
     let app = start(&data, &["--convert-rate", "2M"]);
@@ -333,8 +221,8 @@ fn both_servers_scraped_during_a_conversion_agree_with_the_api() {
             "ca_pem": read("KMIP_CA"),
             "client_cert_pem": read("KMIP_CLIENT_CERT"),
             "client_key_pem": read("KMIP_CLIENT_KEY"),
-            "username": env_var(&env, "KMIP_USERNAME"),
-            "password": env_var(&env, "KMIP_PASSWORD"),
+            "username": env.v("KMIP_USERNAME"),
+            "password": env.v("KMIP_PASSWORD"),
         })),
     );
     let r = app.api("POST", "/api/encryption/test", Some(&t), None);

@@ -12,35 +12,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use atrest_testkit::Peer;
+use atrest_testkit::process::{Served, appliance_port, has, kms_port, run, spawn_until};
 use serde_json::{Value, json};
 
 const STATE: &str = "/var/lib/atrest";
 /// Left in the state directory this test made, so that a later run may remove it; a state
 /// directory without it is not this test's and is never touched.
 const MARKER: &str = "/var/lib/atrest/.made-by-the-package-install-test";
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn has(program: &str, arg: &str) -> bool {
-    Command::new(program)
-        .arg(arg)
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 /// dpkg, retried while another dpkg or apt holds its lock.
 fn dpkg(args: &[&str]) -> Output {
@@ -82,51 +65,25 @@ fn clean_up() {
     }
 }
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Runs `args` as the unit does: user atrest, CAP_IPC_LOCK ambient, umask 0077, cwd /; returns
-/// the process and its stdout lines up to the one starting with `until`.
-fn as_unit(args: &[&str], until: &str) -> (Proc, Vec<String>) {
-    let mut child = Command::new("sh")
-        .args([
-            "-c",
-            "umask 0077; cd /; exec setpriv --reuid=atrest --regid=atrest --init-groups \
-             --inh-caps=+ipc_lock --ambient-caps=+ipc_lock \"$@\"",
-            "sh",
-            "/usr/bin/atrest",
-        ])
-        .args(args)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let p = Proc(child);
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let l = lines
-            .next()
-            .unwrap_or_else(|| panic!("exited before `{until}`: {out:?}"))
-            .unwrap();
-        out.push(l.clone());
-        if l.starts_with(until) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no `{until}`: {out:?}");
-    }
-    std::thread::spawn(move || for _ in lines {});
-    (p, out)
+/// the process once `ready` recognises a line of its stdout, and what it gave.
+fn as_unit<T>(args: &[&str], ready: impl Fn(&str) -> Option<T>) -> (Served, T) {
+    spawn_until(
+        Command::new("sh")
+            .args([
+                "-c",
+                "umask 0077; cd /; exec setpriv --reuid=atrest --regid=atrest --init-groups \
+                 --inh-caps=+ipc_lock --ambient-caps=+ipc_lock \"$@\"",
+                "sh",
+                "/usr/bin/atrest",
+            ])
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::inherit()),
+        ready,
+    )
 }
 
 fn api(port: u16, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Value {
@@ -138,14 +95,6 @@ fn api(port: u16, method: &str, path: &str, token: Option<&str>, body: Option<Va
         token,
         body.as_ref(),
     )
-}
-
-fn env_var(env: &str, k: &str) -> String {
-    env.lines()
-        .find_map(|l| l.strip_prefix(&format!("export {k}=")))
-        .unwrap_or_else(|| panic!("{k} missing from client.env"))
-        .trim_matches('\'')
-        .to_owned()
 }
 
 fn owner_and_mode(p: &Path) -> (u32, u32) {
@@ -271,8 +220,8 @@ fn the_installed_package_runs_save_and_test_and_encrypt_as_its_units_do() {
         .arg(format!("{STATE}/kms")));
     let mut a: Vec<&str> = kms_args.iter().map(String::as_str).collect();
     a.extend(["--listen", "127.0.0.1:0"]);
-    let (_kms, _) = as_unit(&a, "listening on ");
-    let env = std::fs::read_to_string(format!("{STATE}/kms/client.env")).unwrap();
+    let (_kms, _) = as_unit(&a, kms_port);
+    let env = Peer::from_file(Path::new(&format!("{STATE}/kms/client.env")));
     assert_eq!(
         owner_and_mode(Path::new(&format!("{STATE}/kms/client.env"))),
         (uid, 0o600)
@@ -281,16 +230,7 @@ fn the_installed_package_runs_save_and_test_and_encrypt_as_its_units_do() {
     // The appliance as its unit runs it.
     let mut a: Vec<&str> = serve_args.iter().map(String::as_str).collect();
     a.extend(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]);
-    let (app, out) = as_unit(&a, "atrest appliance listening on https://");
-    let port: u16 = out
-        .last()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
+    let (app, port) = as_unit(&a, appliance_port);
     let pw = std::fs::read_to_string(format!("{STATE}/initial-admin-password")).unwrap();
     assert_eq!(
         owner_and_mode(Path::new(&format!("{STATE}/initial-admin-password"))),
@@ -304,19 +244,19 @@ fn the_installed_package_runs_save_and_test_and_encrypt_as_its_units_do() {
         Some(json!({"username": "admin", "password": pw.trim()})),
     );
     let t = t["token"].as_str().unwrap().to_owned();
-    let read = |k: &str| std::fs::read_to_string(env_var(&env, k)).unwrap();
+    let read = |k: &str| std::fs::read_to_string(env.path(k)).unwrap();
     api(
         port,
         "PUT",
         "/api/encryption/kmip",
         Some(&t),
         Some(json!({
-            "servers": [format!("{}:{}", env_var(&env, "KMIP_HOST"), env_var(&env, "KMIP_PORT"))],
+            "servers": [format!("{}:{}", env.v("KMIP_HOST"), env.v("KMIP_PORT"))],
             "ca_pem": read("KMIP_CA"),
             "client_cert_pem": read("KMIP_CLIENT_CERT"),
             "client_key_pem": read("KMIP_CLIENT_KEY"),
-            "username": env_var(&env, "KMIP_USERNAME"),
-            "password": env_var(&env, "KMIP_PASSWORD"),
+            "username": env.v("KMIP_USERNAME"),
+            "password": env.v("KMIP_PASSWORD"),
         })),
     );
     let r = api(port, "POST", "/api/encryption/test", Some(&t), None);

@@ -7,10 +7,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+
+use atrest_testkit::Peer;
+use atrest_testkit::process::{Served, kms_port, kms_serve_command, ok, spawn_until};
 
 fn atrest() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_atrest"));
@@ -19,57 +20,31 @@ fn atrest() -> Command {
     c
 }
 
+/// The bundled KMIP server as a process, killed when dropped.
 struct Kms {
-    child: Child,
+    _served: Served,
     dir: PathBuf,
     port: u16,
 }
 
-impl Drop for Kms {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-// The child is waited for by `Kms::drop`.
-#[allow(clippy::zombie_processes)]
 fn kms(dir: &Path) -> Kms {
-    let mut child = atrest()
-        .args(["kms", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut l = String::new();
-        let n = out.read_line(&mut l).unwrap_or(0);
-        if let Some(addr) = l.trim().strip_prefix("listening on ") {
-            let port = addr.rsplit(':').next().unwrap().parse().unwrap();
-            std::thread::spawn(move || for _ in out.lines() {});
-            return Kms {
-                child,
-                dir: dir.to_path_buf(),
-                port,
-            };
-        }
-        assert!(
-            n > 0 && Instant::now() < deadline,
-            "the KMIP server did not start"
-        );
+    let (served, port) = spawn_until(
+        kms_serve_command(env!("CARGO_BIN_EXE_atrest"), dir, "127.0.0.1:0")
+            .env("ATREST_RECOVERY_KDF_MEMORY_KIB", "16384")
+            .stderr(Stdio::null()),
+        kms_port,
+    );
+    Kms {
+        _served: served,
+        dir: dir.to_path_buf(),
+        port,
     }
 }
 
 impl Kms {
     fn env(&self, k: &str) -> String {
-        let env = std::fs::read_to_string(self.dir.join("client.env")).unwrap();
-        env.lines()
-            .find_map(|l| l.strip_prefix(&format!("export {k}=")))
-            .unwrap_or_else(|| panic!("{k} missing from client.env"))
-            .trim_matches('\'')
+        Peer::from_file(&self.dir.join("client.env"))
+            .v(k)
             .to_owned()
     }
 
@@ -98,16 +73,6 @@ impl Kms {
             .output()
             .unwrap()
     }
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&o.stderr),
-        String::from_utf8_lossy(&o.stdout)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_owned()
 }
 
 fn failed(o: &Output) -> String {

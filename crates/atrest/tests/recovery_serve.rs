@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use atrest_testkit::https::{Served, appliance_port, spawn_until};
+use atrest_testkit::process::{Served, appliance_port, serve_command, spawn_until};
 use serde_json::{Value, json};
 
 struct Appliance {
@@ -22,13 +22,10 @@ struct Appliance {
 
 fn start(data: &Path, extra: &[&str]) -> Appliance {
     let (served, port) = spawn_until(
-        Command::new(env!("CARGO_BIN_EXE_atrest"))
-            .args(["serve", "--data-dir"])
-            .arg(data)
-            .args(["--listen", "127.0.0.1:0", "--volume-size", "64M"])
+        serve_command(env!("CARGO_BIN_EXE_atrest"), data)
+            .args(["--volume-size", "64M"])
             .args(["--convert-chunk", "4M", "--unlock-retry-max", "1"])
             .args(extra)
-            .env("RUST_LOG", "warn")
             // Tests keep the argon2 memory small; the default is 256 MiB.
             .env("ATREST_RECOVERY_KDF_MEMORY_KIB", "16384")
             .stderr(Stdio::inherit()),

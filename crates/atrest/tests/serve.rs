@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use atrest_testkit::https::{Served, appliance_port, spawn_until, wait_until};
+use atrest_testkit::https::wait_until;
+use atrest_testkit::process::{Served, appliance_port, serve_command, spawn_until};
 use serde_json::{Value, json};
 
 struct Appliance {
@@ -24,12 +25,8 @@ struct Appliance {
 
 fn start(data: &Path, extra: &[&str]) -> Appliance {
     let (mut served, port) = spawn_until(
-        Command::new(env!("CARGO_BIN_EXE_atrest"))
-            .args(["serve", "--data-dir"])
-            .arg(data)
-            .args(["--listen", "127.0.0.1:0"])
+        serve_command(env!("CARGO_BIN_EXE_atrest"), data)
             .args(extra)
-            .env("RUST_LOG", "warn")
             .stderr(Stdio::inherit()),
         appliance_port,
     );

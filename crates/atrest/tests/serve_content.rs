@@ -10,53 +10,33 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use atrest_testkit::process::{Served, appliance_port, serve_command, spawn_until};
 use openssl::ssl::{SslConnector, SslMethod, SslStream, SslVerifyMode};
 use serde_json::Value;
 
 struct Appliance {
-    child: Child,
+    /// Killed when the appliance is dropped.
+    served: Served,
     port: u16,
     data: PathBuf,
     token: String,
 }
 
-impl Drop for Appliance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start(data: &Path, extra: &[&str]) -> Appliance {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_atrest"))
-        .args(["serve", "--data-dir"])
-        .arg(data)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("atrest serve starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = loop {
-        let line = match lines.next() {
-            Some(Ok(l)) => l,
-            _ => panic!("atrest serve exited before it listened: {:?}", child.wait()),
-        };
-        if let Some(rest) = line.strip_prefix("atrest appliance listening on https://127.0.0.1:") {
-            break rest.trim_end_matches('/').parse::<u16>().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (served, port) = spawn_until(
+        serve_command(env!("CARGO_BIN_EXE_atrest"), data)
+            .args(extra)
+            .stderr(Stdio::inherit()),
+        appliance_port,
+    );
     let mut a = Appliance {
-        child,
+        served,
         port,
         data: data.to_path_buf(),
         token: String::new(),
@@ -156,24 +136,13 @@ impl Appliance {
 
     /// SIGTERM, then waits for the process to end.
     fn terminate(mut self) {
-        let pid = self.child.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill runs");
         let t = Instant::now();
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(
-                t.elapsed() < Duration::from_secs(60),
-                "atrest serve did not stop within 60 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.served.terminate(Duration::from_secs(60));
         println!("stopped {:?} after SIGTERM", t.elapsed());
     }
 
     fn rss_kib(&self) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.served.pid())).unwrap();
         s.lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
@@ -181,7 +150,7 @@ impl Appliance {
     }
 
     fn threads(&self) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.served.pid())).unwrap();
         s.lines()
             .find_map(|l| l.strip_prefix("Threads:"))
             .and_then(|v| v.trim().parse().ok())

@@ -4,23 +4,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use atrest_testkit::process::{Served, appliance_port, serve_command, spawn_until};
 use openssl::ssl::SslMethod;
 use serde_json::{Value, json};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn api(
     data: &Path,
@@ -103,31 +95,14 @@ fn events_reach_the_receiver_in_order_including_those_sent_while_it_was_away() {
     };
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("appliance");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_atrest"))
-        .args(["serve", "--data-dir"])
-        .arg(&data)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--embedded-kms",
-            "--volume-size",
-            "32M",
-        ])
-        .args(["--syslog", &format!("tcp://127.0.0.1:{port}")])
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let _app = Proc(child);
-    let https = loop {
-        let l = lines.next().expect("the appliance started").unwrap();
-        if let Some(r) = l.strip_prefix("atrest appliance listening on https://127.0.0.1:") {
-            break r.trim_end_matches('/').parse::<u16>().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (_app, https) = spawn_until(
+        serve_command(env!("CARGO_BIN_EXE_atrest"), &data)
+            .args(["--embedded-kms", "--volume-size", "32M"])
+            .args(["--syslog", &format!("tcp://127.0.0.1:{port}")])
+            .env("RUST_LOG", "error")
+            .stderr(Stdio::null()),
+        appliance_port,
+    );
 
     // While the receiver is away: a login, Save and Test, Encrypt.
     let pw = std::fs::read_to_string(data.join("initial-admin-password")).unwrap();
@@ -325,71 +300,28 @@ impl Drop for Receiver {
     }
 }
 
-/// Starts `atrest serve` with a tls:// receiver and the JSON process log; returns the process,
-/// its HTTPS port and the stderr lines collected so far.
-fn serve_tls(
-    data: &Path,
-    port: u16,
-    ca: &Path,
-) -> (Proc, u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_atrest"))
-        .args(["serve", "--data-dir"])
-        .arg(data)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--embedded-kms",
-            "--volume-size",
-            "48M",
-        ])
-        .args(["--convert-rate", "2M", "--convert-chunk", "1M"])
-        .args([
-            "--syslog",
-            &format!("tls://127.0.0.1:{port}"),
-            "--syslog-ca",
-        ])
-        .arg(ca)
-        .args(["--log-format", "json"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = BufReader::new(child.stderr.take().unwrap());
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let l2 = log.clone();
-    std::thread::spawn(move || {
-        for l in err.lines().map_while(Result::ok) {
-            l2.lock().unwrap().push(l);
-        }
-    });
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let proc_ = Proc(child);
-    let https = loop {
-        let l = lines.next().expect("the appliance started").unwrap();
-        if let Some(r) = l.strip_prefix("atrest appliance listening on https://127.0.0.1:") {
-            break r.trim_end_matches('/').parse::<u16>().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (proc_, https, log)
+/// Starts `atrest serve` with a tls:// receiver and the JSON process log (its stderr lines in
+/// [`Served::stderr`]); returns the process and its HTTPS port.
+fn serve_tls(data: &Path, port: u16, ca: &Path) -> (Served, u16) {
+    spawn_until(
+        serve_command(env!("CARGO_BIN_EXE_atrest"), data)
+            .args(["--embedded-kms", "--volume-size", "48M"])
+            .args(["--convert-rate", "2M", "--convert-chunk", "1M"])
+            .args([
+                "--syslog",
+                &format!("tls://127.0.0.1:{port}"),
+                "--syslog-ca",
+            ])
+            .arg(ca)
+            .args(["--log-format", "json"])
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped()),
+        appliance_port,
+    )
 }
 
-fn sigterm(p: Proc) {
-    let pid = p.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let mut p = p;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while p.0.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "no exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn sigterm(mut app: Served) {
+    app.terminate(Duration::from_secs(30));
 }
 
 /// Over TLS (the receiver's certificate checked against --syslog-ca): the receiver gets the
@@ -406,7 +338,8 @@ fn a_tls_receiver_gets_an_encrypts_events_in_order_across_its_absence_and_a_rest
     let data = dir.path().join("appliance");
     let (tx, rx) = std::sync::mpsc::channel();
     let receiver = Receiver::start(port, &cert, &key, tx.clone());
-    let (app, https, log) = serve_tls(&data, port, &ca);
+    let (app, https) = serve_tls(&data, port, &ca);
+    let log = app.stderr.clone();
     let pw = std::fs::read_to_string(data.join("initial-admin-password")).unwrap();
     let login = |https| {
         let t = api(
@@ -472,7 +405,7 @@ fn a_tls_receiver_gets_an_encrypts_events_in_order_across_its_absence_and_a_rest
         let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
         assert!(v["level"].is_string() && v["timestamp"].is_string(), "{l}");
     }
-    let (app, https, _log) = serve_tls(&data, port, &ca);
+    let (app, https) = serve_tls(&data, port, &ca);
     let t = login(https);
     let deadline = Instant::now() + Duration::from_secs(120);
     while api(&data, https, "GET", "/api/encryption", Some(&t), None)["state"] != "encrypted" {

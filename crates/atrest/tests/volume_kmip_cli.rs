@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use atrest_testkit::process::ok;
+
 /// The PyKMIP peer (EC server key), with the commands these tests run against it.
 struct Peer(atrest_testkit::Peer);
 
@@ -76,16 +78,6 @@ impl Peer {
         );
         hex::decode(String::from_utf8_lossy(&out.stdout).trim()).unwrap()
     }
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&o.stderr),
-        String::from_utf8_lossy(&o.stdout)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_owned()
 }
 
 fn scratch(name: &str) -> PathBuf {

@@ -4,10 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
+use atrest_testkit::process::{Served, appliance_port, ok, serve_command, spawn_until};
 use atrest_volume::VolumeLock;
 
 /// What every refusal says.
@@ -18,16 +18,6 @@ fn atrest(args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&o.stderr),
-        String::from_utf8_lossy(&o.stdout)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// Asserts that `o` is the refusal of a volume in use: non-zero, one line on stderr naming the
@@ -81,45 +71,14 @@ fn format(dir: &Path) -> PathBuf {
 }
 
 /// `atrest serve` as a child process, killed on drop.
-struct Appliance(Child);
-
-impl Drop for Appliance {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(data: &Path) -> Appliance {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_atrest"))
-        .args([
-            "serve",
-            "--embedded-kms",
-            "--volume-size",
-            "32M",
-            "--data-dir",
-        ])
-        .arg(data)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("atrest serve starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let app = Appliance(child);
-    loop {
-        let line = lines
-            .next()
-            .expect("atrest serve printed its address before exiting")
-            .unwrap();
-        if line.starts_with("atrest appliance listening on https://127.0.0.1:") {
-            break;
-        }
-    }
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    app
+fn serve(data: &Path) -> Served {
+    spawn_until(
+        serve_command(env!("CARGO_BIN_EXE_atrest"), data)
+            .args(["--embedded-kms", "--volume-size", "32M"])
+            .stderr(Stdio::inherit()),
+        appliance_port,
+    )
+    .0
 }
 
 /// The bundled KMIP server's client settings as `atrest kmip` flags, and the password.

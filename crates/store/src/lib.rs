@@ -10,7 +10,7 @@
 //!   downloads, hashes checked on read;
 //! - [`Store::used_ranges`]: which bytes of the volume hold content, for a conversion of the
 //!   space in use;
-//! - [`testing`]: a power-loss simulating device for tests.
+//! - [`testing`]: test access below the interface (rewritten history, format-1 recordings).
 //!
 //! How the store survives power loss on XTS media (torn sectors, unwritten sectors that read
 //! as noise) is explained in docs/store.md.

@@ -2,10 +2,10 @@
 //! half-converted volume (recordings in blocks beside the database, a block batch per commit), checked against an in-memory model: after every restart the store
 //! holds exactly the committed operations, plus at most the one that was under way.
 //!
-//! The power fails inside the device *under* the volume (see `atrest_store::testing`): writes
-//! since the last flush are lost (or, half of the time, an arbitrary subset of them survives),
-//! and one sector of the write in flight is torn, which on an encrypted volume garbles the
-//! whole sector. Sometimes the power fails again during recovery.
+//! The power fails inside the device *under* the volume (`atrest_volume::testing::CrashDevice`):
+//! writes since the last flush are lost (or, half of the time, an arbitrary subset of them
+//! survives), and one sector of the write in flight is torn, which on an encrypted volume
+//! garbles the whole sector. Sometimes the power fails again during recovery.
 //!
 //! `ATREST_STORE_CRASH_CYCLES` sets the crash points per volume kind (default 500).
 
@@ -16,8 +16,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use atrest_store::testing::{CrashDevice, LossMode};
 use atrest_store::*;
+use atrest_volume::testing::{CrashDevice, LossMode};
 use atrest_volume::{BlockDevice, MemDevice};
 use common::*;
 
@@ -273,7 +273,7 @@ fn power_loss(kind: Kind) {
                 }
             }
             if !dev.crashed() {
-                dev.cut_power();
+                dev.cut_power(LossMode::DropAll).unwrap();
             }
             crash_points += 1;
             drop(store);

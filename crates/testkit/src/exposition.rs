@@ -9,8 +9,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 /// One sample: its name, labels (in order) and value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
+    /// The metric name (with its `_total`, `_bucket`, ... suffix).
     pub name: String,
+    /// The labels, in the order written.
     pub labels: Vec<(String, String)>,
+    /// The value.
     pub value: f64,
 }
 
@@ -27,7 +30,9 @@ impl Sample {
 /// A parsed exposition: family types and every sample in order.
 #[derive(Debug, Default)]
 pub struct Exposition {
+    /// Each family's TYPE (`counter`, `gauge`, `histogram`, ...) by family name.
     pub types: BTreeMap<String, String>,
+    /// Every sample, in the order written.
     pub samples: Vec<Sample>,
 }
 
@@ -270,6 +275,53 @@ fn check_histograms(e: &Exposition) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// One plain HTTP GET of `path` on a metrics address (`HOST:PORT`): the status and the body
+/// (de-chunked, strictly, when the answer is chunked).
+pub fn get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = &after[n + 2..];
+        }
+        out
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+/// GET /metrics on `addr`: 200, read strictly by [`parse`] and checked by
+/// [`crate::promtool_check`].
+pub fn scrape(addr: &str) -> Exposition {
+    let (s, text) = get(addr, "/metrics");
+    assert_eq!(s, 200);
+    let e = parse(&text).unwrap_or_else(|err| panic!("{err}\n{text}"));
+    crate::promtool_check(&text);
+    e
 }
 
 #[cfg(test)]

@@ -94,7 +94,7 @@ pub fn json(
     )
 }
 
-/// [`json`] that must succeed (2xx): the answer's JSON.
+/// [`json()`] that must succeed (2xx): the answer's JSON.
 pub fn api(
     ca: &Path,
     port: u16,
@@ -148,52 +148,4 @@ pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("gave up waiting until {what}");
-}
-
-/// A process a test started, killed (and reaped) when dropped, with what it printed on
-/// stdout up to the line [`spawn_until`] waited for.
-#[derive(Debug)]
-pub struct Served {
-    pub child: std::process::Child,
-    pub output: Vec<String>,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Spawns `cmd` with stdout piped and reads its lines until `ready` recognises one; the rest
-/// of stdout is drained in the background, so the process never blocks on a full pipe.
-pub fn spawn_until<T>(
-    cmd: &mut std::process::Command,
-    ready: impl Fn(&str) -> Option<T>,
-) -> (Served, T) {
-    use std::io::BufRead;
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("the process starts");
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut output = Vec::new();
-    let found = loop {
-        let line = lines
-            .next()
-            .expect("the process printed its ready line before exiting")
-            .unwrap();
-        output.push(line.clone());
-        if let Some(t) = ready(&line) {
-            break t;
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (Served { child, output }, found)
-}
-
-/// The port in `atrest serve`'s line "atrest appliance listening on https://127.0.0.1:PORT/".
-pub fn appliance_port(line: &str) -> Option<u16> {
-    line.strip_prefix("atrest appliance listening on https://127.0.0.1:")
-        .and_then(|rest| rest.trim_end_matches('/').parse().ok())
 }

@@ -9,11 +9,14 @@
 //! run can never pass by skipping.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 // Test support: a broken test setup panics with a message, as tests do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod exposition;
 pub mod https;
+pub mod process;
+pub mod table;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -107,6 +110,7 @@ pub fn promtool_check(text: &str) {
 /// A KMIP peer described by its env file.
 #[derive(Debug, Clone)]
 pub struct Peer {
+    /// Every `NAME=value` of the env file.
     pub vars: HashMap<String, String>,
     file: PathBuf,
 }
@@ -147,6 +151,7 @@ impl Peer {
             .unwrap_or_else(|| panic!("the peer env file has no {name}"))
     }
 
+    /// The value of `name`, a path.
     pub fn path(&self, name: &str) -> PathBuf {
         PathBuf::from(self.v(name))
     }
@@ -157,6 +162,7 @@ impl Peer {
             .unwrap_or_else(|e| panic!("cannot read {} ({name}): {e}", self.v(name)))
     }
 
+    /// The server address, `KMIP_HOST` and `KMIP_PORT`.
     pub fn server(&self) -> ServerAddr {
         ServerAddr {
             host: self.v("KMIP_HOST").to_owned(),

@@ -64,6 +64,8 @@ mod rangelock;
 pub mod recovery;
 pub mod recovery_slots;
 pub mod secret;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod used;
 #[cfg(target_arch = "x86_64")]
 mod vaes;

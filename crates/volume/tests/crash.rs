@@ -1,5 +1,6 @@
-//! Crash safety of in-place conversion: simulated power loss at every write (unflushed writes
-//! dropped, kept or torn at 512-byte units), and kill -9 of a child process converting a file.
+//! Crash safety of in-place conversion: simulated power loss at every write and flush
+//! (`atrest_volume::testing::CrashDevice`: unflushed writes and the one in flight dropped, kept
+//! or torn at 512-byte units), and kill -9 of a child process converting a file.
 //! After resuming, the payload must equal the original.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -11,6 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
+use atrest_volume::testing::{CrashDevice, LossMode};
 use atrest_volume::*;
 use common::*;
 
@@ -126,8 +128,8 @@ struct Suite {
     legacy: bool,
 }
 
-/// Simulated power loss at each write point of a conversion (three crash images per point, up
-/// to three successive losses), then resume; the payload must be intact, and with `used`, the
+/// Simulated power loss at each write or flush of a conversion (three crash images per point,
+/// up to three successive losses), then resume; the payload must be intact, and with `used`, the
 /// granules without content must hold exactly the bytes they held before (never written).
 /// Returns how many crash images held a conversion record of version 1 with a hotzone.
 fn power_loss_suite(t: &Suite) -> usize {
@@ -144,31 +146,38 @@ fn power_loss_suite(t: &Suite) -> usize {
         // Three different crash images (which unflushed writes survive, torn how) per point.
         for seed in 0..3u64 {
             let mut rng = Rng(0x5eed ^ ((n + 1) * 7919) ^ (seed << 40));
-            let mut img = base.clone();
-            let mut crash_at = n;
+            let medium = Arc::new(MemDevice::from_vec(base.clone()));
+            let dev = Arc::new(CrashDevice::new(medium.clone(), rng.next()));
+            // `n` writes or flushes complete, the power fails during the next one.
+            dev.arm(n + 1, LossMode::Tear);
             let mut crashes = 0;
             // Up to three successive power losses, then a clean run.
             loop {
-                let dev = PowerLoss::new(img.clone(), crash_at);
                 let legacy = t.legacy && crashes == 0;
                 let r = run_full(dev.clone(), t.kind, t.chunk, t.sector, used(), legacy);
                 if !dev.crashed() {
                     let state = r.unwrap_or_else(|e| panic!("{:?} n={n}: {e}", t.kind));
                     assert_eq!(state, expected_final(t.kind));
-                    img = dev.crash_image(&mut rng); // nothing pending after the last flush
+                    // Nothing is pending after the last flush.
+                    dev.cut_power(LossMode::Tear).unwrap();
                     if crashes == 0 {
                         first_completed = true;
                     }
                     break;
                 }
-                img = dev.crash_image(&mut rng);
-                let text = String::from_utf8_lossy(&img[4096..16384]).to_string();
+                let mut header = vec![0u8; 16384 - 4096];
+                medium.read_at(&mut header, 4096).unwrap();
+                let text = String::from_utf8_lossy(&header).to_string();
                 if text.contains("atrest-conversion-v1") && text.contains("\"hash\":\"sha256\"") {
                     v1_hotzones += 1;
                 }
                 crashes += 1;
-                crash_at = if crashes < 3 { rng.below(12) } else { u64::MAX };
+                dev.power_cycle();
+                if crashes < 3 {
+                    dev.arm(1 + rng.below(12), LossMode::Tear);
+                }
             }
+            let img = medium.to_vec();
             match &t.used {
                 None => check_payload(img, t.kind, &data),
                 Some(g) => check_used(img, &base, t.kind, &data, g),
@@ -177,7 +186,7 @@ fn power_loss_suite(t: &Suite) -> usize {
         if first_completed {
             eprintln!(
                 "{:?} ({}-byte sectors, used: {:?}, version 1 first: {}): survived power loss at \
-                 each of {n} write points",
+                 each of {n} write and flush points",
                 t.kind, t.sector, t.used, t.legacy
             );
             return v1_hotzones;

@@ -1,9 +1,16 @@
-//! What the in-process appliance tests share: requests to the router, login, waiting, the
-//! audit history's texts.
+//! What the in-process appliance tests share: one start of the appliance (state, content
+//! volume, KMIP server), requests to the router, login, waiting, the audit history's texts.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use atrest_appliance::content::{DataVolume, VolumeOptions};
+use atrest_appliance::embedded::{self, EmbeddedKms};
+use atrest_appliance::state::Content;
+use atrest_appliance::workflow::Backoff;
+use atrest_appliance::{AppConfig, AppState, VolumeBackend};
+use atrest_kmip::client::Timeouts;
 use atrest_store::{Query, Store};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -94,4 +101,120 @@ pub fn audit_texts(store: &Store) -> Vec<String> {
         .into_iter()
         .map(|e| e.text)
         .collect()
+}
+
+/// The appliance's settings for tests: a fast admin password hash, 5 s KMIP timeouts.
+pub fn config(data: &Path) -> AppConfig {
+    let mut c = AppConfig::new(data);
+    c.pbkdf2_iterations = 1000;
+    c.kmip_timeouts = Timeouts::uniform(Duration::from_secs(5));
+    c
+}
+
+/// The content volume's options for tests: 40 MiB, 1 MiB chunks on one thread, fast key
+/// digests, 5 s KMIP timeouts, retries after 100-300 ms, the key state checked hourly.
+pub fn volume_options(data: &Path) -> VolumeOptions {
+    let mut v = VolumeOptions::new(data);
+    v.size = 40 << 20;
+    v.chunk_size = 1 << 20;
+    v.threads = 1;
+    v.digest_iterations = 1000;
+    v.timeouts = Timeouts::uniform(Duration::from_secs(5));
+    v.backoff = Backoff {
+        initial: Duration::from_millis(100),
+        max: Duration::from_millis(300),
+    };
+    v.key_check_interval = Duration::from_secs(3600);
+    v
+}
+
+/// Where the KMIP server of a start comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kms {
+    /// None is started: the settings are those a previous start saved, if any.
+    NotStarted,
+    /// The bundled server, started beside the appliance (`atrest serve --embedded-kms`) and
+    /// filled into the settings.
+    Bundled,
+    /// A PyKMIP peer named by the env file in this variable, put into the settings unless
+    /// there are some.
+    Peer(&'static str),
+}
+
+/// One start of the appliance: state, content volume, KMIP server.
+pub struct Run {
+    pub data: PathBuf,
+    pub state: AppState,
+    pub volume: DataVolume,
+    pub kms: Option<EmbeddedKms>,
+    /// The admin password generated at this start (the first one).
+    pub generated_password: Option<String>,
+}
+
+/// Starts the appliance on `data` with the KMIP server `kms` and the content volume's
+/// [`volume_options`] changed by `tweak`.
+pub fn start(data: &Path, kms: Kms, tweak: impl FnOnce(&mut VolumeOptions)) -> Run {
+    let opened = AppState::open(config(data)).unwrap();
+    let state = opened.state;
+    let kms = match kms {
+        Kms::NotStarted => None,
+        Kms::Bundled => {
+            let k = embedded::start(data).unwrap();
+            embedded::prefill(&state, &k.env_file).unwrap();
+            Some(k)
+        }
+        Kms::Peer(var) => {
+            if state.kmip().is_none() {
+                let env = std::env::var_os(var).unwrap();
+                let u =
+                    atrest_appliance::kmip_config::update_from_env_file(Path::new(&env)).unwrap();
+                let s = atrest_appliance::kmip_config::KmipSettings::apply(None, u).unwrap();
+                state.set_kmip(s).unwrap();
+            }
+            None
+        }
+    };
+    let mut opts = volume_options(data);
+    tweak(&mut opts);
+    let volume = DataVolume::attach(&state, opts).unwrap();
+    Run {
+        data: data.to_owned(),
+        state,
+        volume,
+        kms,
+        generated_password: opened.generated_password.map(|p| p.to_string()),
+    }
+}
+
+/// The admin password the first start generated (its file in `data`).
+pub fn password(data: &Path) -> String {
+    std::fs::read_to_string(data.join("initial-admin-password"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+impl Run {
+    /// Stops the content volume and the bundled KMIP server.
+    pub fn stop(mut self) {
+        self.volume.shutdown();
+        if let Some(k) = self.kms.take() {
+            k.stop();
+        }
+    }
+
+    /// The content store, which must be ready.
+    pub fn store(&self) -> Store {
+        match self.state.content() {
+            Content::Ready(s) => s,
+            other => panic!("the store is not ready: {other:?}"),
+        }
+    }
+
+    /// The admin password: generated at this start, else the first start's.
+    pub fn password(&self) -> String {
+        self.generated_password
+            .clone()
+            .unwrap_or_else(|| password(&self.data))
+    }
 }

@@ -3,11 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
-use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use atrest_volume::*;
 
@@ -146,102 +144,4 @@ pub fn unlock_with(v: Volume, keys: &[&[u8]]) -> UnlockedVolume {
         }
     }
     v.unlock(verified).unwrap()
-}
-
-/// A device that simulates power loss: writes since the last flush are only in a volatile
-/// cache; after `writes_left` more writes it "loses power" (that write is in flight and every
-/// later I/O fails). `crash_image` then builds what the medium holds: each unflushed write is
-/// dropped, kept, or torn (a random subset of its 512-byte units persisted).
-pub struct PowerLoss {
-    st: Mutex<PlState>,
-}
-
-struct PlState {
-    durable: Vec<u8>,
-    current: Vec<u8>,
-    pending: Vec<(u64, Vec<u8>)>,
-    writes_left: u64,
-    dead: bool,
-}
-
-impl PowerLoss {
-    pub fn new(image: Vec<u8>, writes_left: u64) -> Arc<PowerLoss> {
-        Arc::new(PowerLoss {
-            st: Mutex::new(PlState {
-                durable: image.clone(),
-                current: image,
-                pending: Vec::new(),
-                writes_left,
-                dead: false,
-            }),
-        })
-    }
-
-    pub fn crashed(&self) -> bool {
-        self.st.lock().unwrap().dead
-    }
-
-    pub fn crash_image(&self, rng: &mut Rng) -> Vec<u8> {
-        let st = self.st.lock().unwrap();
-        let mut img = st.durable.clone();
-        for (off, data) in &st.pending {
-            let o = *off as usize;
-            match rng.below(3) {
-                0 => {}
-                1 => img[o..o + data.len()].copy_from_slice(data),
-                _ => {
-                    for (i, unit) in data.chunks(512).enumerate() {
-                        if rng.below(2) == 0 {
-                            let u = o + i * 512;
-                            img[u..u + unit.len()].copy_from_slice(unit);
-                        }
-                    }
-                }
-            }
-        }
-        img
-    }
-}
-
-fn dead() -> io::Error {
-    io::Error::other("simulated power loss")
-}
-
-impl BlockDevice for PowerLoss {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let st = self.st.lock().unwrap();
-        if st.dead {
-            return Err(dead());
-        }
-        let o = offset as usize;
-        buf.copy_from_slice(&st.current[o..o + buf.len()]);
-        Ok(())
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        let mut st = self.st.lock().unwrap();
-        if st.dead {
-            return Err(dead());
-        }
-        st.pending.push((offset, buf.to_vec()));
-        if st.writes_left == 0 {
-            st.dead = true;
-            return Err(dead());
-        }
-        st.writes_left -= 1;
-        let o = offset as usize;
-        st.current[o..o + buf.len()].copy_from_slice(buf);
-        Ok(())
-    }
-    fn flush(&self) -> io::Result<()> {
-        let mut st = self.st.lock().unwrap();
-        if st.dead {
-            return Err(dead());
-        }
-        st.durable = st.current.clone();
-        st.pending.clear();
-        Ok(())
-    }
-    fn len(&self) -> u64 {
-        self.st.lock().unwrap().current.len() as u64
-    }
 }
