@@ -34,7 +34,9 @@ pub const EXPIRY_WARNING_DAYS: i32 = 30;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientFormat {
+    /// One PKCS#12 (DER) file holding the certificate and its private key.
     Pkcs12,
+    /// A PEM certificate, its private key inside it or in a PEM file of its own.
     Pem,
 }
 
@@ -78,9 +80,13 @@ impl Drop for StoredFile {
 /// A certificate's summary for the page and the API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CertSummary {
+    /// The subject name, as `SN=value` entries joined by `, ` (`CN=kmip.example, O=Example`).
     pub subject: String,
+    /// The issuer name, in the same form as `subject`.
     pub issuer: String,
+    /// The end of the validity period, as OpenSSL prints it (`Jun  1 12:00:00 2030 GMT`).
     pub not_after: String,
+    /// Whole days until `not_after`, negative once past; `None` when it cannot be computed.
     pub days_left: Option<i32>,
     /// Expires within [`EXPIRY_WARNING_DAYS`] (or has expired).
     pub expiring: bool,
@@ -90,9 +96,13 @@ pub struct CertSummary {
 #[derive(Clone)]
 pub struct KmipSettings {
     file: StoredFile,
+    /// The KMIP servers, in failover order.
     pub servers: Vec<ServerAddr>,
+    /// The PEM CA certificate(s) trusted to have issued the servers' certificates.
     pub ca_pem: Vec<u8>,
+    /// The client certificate file: PKCS#12 (DER), or PEM (perhaps with its key inside).
     pub client_cert: Vec<u8>,
+    /// The PEM private key, when it was uploaded apart from a PEM certificate.
     pub client_key: Option<Zeroizing<Vec<u8>>>,
 }
 
@@ -110,17 +120,31 @@ impl fmt::Debug for KmipSettings {
 /// A change to the settings; `None` keeps what is saved.
 #[derive(Default)]
 pub struct KmipUpdate {
-    /// HOST or HOST:PORT entries (a bare host gets `port`).
+    /// HOST or HOST:PORT entries, in failover order (a bare host gets `port`); blank entries
+    /// are skipped, more than [`MAX_SERVERS`] are refused.
     pub servers: Option<Vec<String>>,
+    /// The TCP port (1-65535) for entries without one, 5696 when `None`; with `servers` left
+    /// `None`, it replaces the port of every saved server.
     pub port: Option<u16>,
-    /// `Some("")` clears it.
+    /// The name to verify in the servers' certificates instead of their hosts; `Some("")`
+    /// clears it.
     pub server_name: Option<String>,
+    /// The KMIP user name sent in each request; `Some("")` clears it.
     pub username: Option<String>,
+    /// The KMIP password; `Some("")` clears it.
     pub password: Option<Zeroizing<String>>,
+    /// The passphrase of the PKCS#12 file or of the encrypted PEM key; `Some("")` clears it.
     pub passphrase: Option<Zeroizing<String>>,
+    /// The server CA upload: PEM certificate(s) or one DER certificate, at most
+    /// [`MAX_UPLOAD`] bytes.
     pub ca: Option<Vec<u8>>,
+    /// The client certificate upload: PKCS#12, or PEM (with its key inside or in
+    /// `client_key`), at most [`MAX_UPLOAD`] bytes.
     pub client_cert: Option<Vec<u8>>,
+    /// The PEM private key of a PEM client certificate, at most [`MAX_UPLOAD`] bytes.
     pub client_key: Option<Zeroizing<Vec<u8>>>,
+    /// Where the settings come from; `None` keeps the saved source ([`Source::Manual`] on the
+    /// first save).
     pub source: Option<Source>,
 }
 
@@ -204,6 +228,10 @@ fn check_len(what: &str, v: &str) -> Result<(), ApiError> {
 impl KmipSettings {
     /// Applies `u` over `old` (or nothing) and validates the result: every server address,
     /// the CA, and the client identity opened with its passphrase.
+    ///
+    /// Errors: 400 for a missing, malformed or too long setting, 413 for an upload larger
+    /// than [`MAX_UPLOAD`], 422 for a file that is not what it should be or an identity that
+    /// does not open (see [`Self::validate`]).
     pub fn apply(old: Option<&KmipSettings>, u: KmipUpdate) -> Result<KmipSettings, ApiError> {
         let port = u.port.unwrap_or(DEFAULT_PORT);
         if port == 0 {
@@ -378,7 +406,8 @@ impl KmipSettings {
     }
 
     /// Opens the CA and the identity as the client will: a wrong passphrase, a key that does
-    /// not belong to the certificate or a file of the wrong kind is refused here, by name.
+    /// not belong to the certificate or a file of the wrong kind is refused here, by name
+    /// (422, with the KMIP client's sentence).
     pub fn validate(&self) -> Result<(), ApiError> {
         Client::new(self.client_config(Timeouts::default()))
             .map(|_| ())
@@ -422,18 +451,22 @@ impl KmipSettings {
         c
     }
 
+    /// Where the settings came from.
     pub fn source(&self) -> Source {
         self.file.source
     }
 
+    /// The name verified in the servers' certificates instead of their hosts, if set.
     pub fn server_name(&self) -> Option<&str> {
         self.file.server_name.as_deref()
     }
 
+    /// The KMIP user name, if set.
     pub fn username(&self) -> Option<&str> {
         self.file.username.as_deref()
     }
 
+    /// How the client identity was supplied.
     pub fn client_format(&self) -> ClientFormat {
         self.file.client_format
     }
@@ -522,7 +555,8 @@ impl KmipSettings {
         }
     }
 
-    /// Writes DIR/kmip/: settings.json, ca.pem and the client files, all 0600.
+    /// Writes DIR/kmip/: settings.json, ca.pem and the client files, all 0600, removing the
+    /// client files of the other format; fails with the first I/O error.
     pub fn save(&self, data_dir: &Path) -> std::io::Result<()> {
         let d = dir_of(data_dir);
         files::private_dir(&d)?;
@@ -548,7 +582,8 @@ impl KmipSettings {
         files::write_private(&d.join("settings.json"), &json)
     }
 
-    /// Loads DIR/kmip/, or `None` when nothing was saved yet.
+    /// Loads DIR/kmip/, or `None` when nothing was saved yet. The error is a sentence naming
+    /// the file that cannot be read or parsed and saying to enter the settings again.
     pub fn load(data_dir: &Path) -> Result<Option<KmipSettings>, String> {
         let d = dir_of(data_dir);
         let path = d.join("settings.json");
@@ -618,7 +653,8 @@ impl KmipUpdate {
 /// `atrest kms serve` or the PyKMIP test peer), resolved as every front end resolves one
 /// ([`atrest_keys::settings`]): KMIP_HOST, KMIP_PORT, KMIP_SERVER_NAME, KMIP_CA,
 /// KMIP_CLIENT_P12 + KMIP_CLIENT_P12_PASSPHRASE (or KMIP_CLIENT_CERT + KMIP_CLIENT_KEY),
-/// KMIP_USERNAME, KMIP_PASSWORD. It replaces all the settings.
+/// KMIP_USERNAME, KMIP_PASSWORD. It replaces all the settings. The error is the resolver's
+/// sentence ([`atrest_keys::settings::SettingsError`]).
 pub fn update_from_env_file(path: &Path) -> Result<KmipUpdate, String> {
     Sources::env_file(path)
         .resolve()

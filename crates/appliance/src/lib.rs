@@ -18,8 +18,6 @@ pub mod files;
 pub mod hostspace;
 pub mod https;
 pub mod keylife;
-// kmip_config and workflow are not held to missing_docs yet.
-#[allow(missing_docs)]
 pub mod kmip_config;
 pub mod kmip_test;
 pub mod known;
@@ -34,7 +32,6 @@ pub mod server;
 pub mod state;
 pub mod status;
 pub mod syslog;
-#[allow(missing_docs)]
 pub mod workflow;
 
 pub use api::app;

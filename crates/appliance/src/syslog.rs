@@ -205,13 +205,15 @@ impl Drop for Syslog {
     }
 }
 
+/// The HOSTNAME header field: the host name the appliance names its keys with
+/// ([`atrest_keys::host_name`]), or the nil value `-` when it is not printable ASCII without
+/// spaces of at most 255 characters.
 fn hostname() -> String {
-    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let h = h.trim();
+    let h = atrest_keys::host_name();
     if h.is_empty() || h.len() > 255 || !h.bytes().all(|b| (33..=126).contains(&b)) {
         "-".into()
     } else {
-        h.to_owned()
+        h
     }
 }
 

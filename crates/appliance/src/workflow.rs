@@ -30,15 +30,22 @@ use crate::kmip_test::TestReport;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
+    /// The volume is not encrypted.
     Plain,
+    /// The volume is being encrypted in place.
     Encrypting,
+    /// The volume is encrypted and unlocked.
     Encrypted,
+    /// The volume is encrypted (or mid-conversion) and its key could not be fetched yet.
     Locked,
+    /// The volume is being re-encrypted under a new key.
     Rekeying,
+    /// The volume is being decrypted in place.
     Decrypting,
 }
 
 impl State {
+    /// The state's name, as GET /api/encryption reports it (`"plain"`, `"encrypting"`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             State::Plain => "plain",
@@ -61,14 +68,21 @@ impl State {
 /// Progress of a conversion.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
+    /// Bytes converted so far.
     pub done_bytes: u64,
+    /// Bytes to convert in all.
     pub total_bytes: u64,
+    /// `done_bytes` as a percentage of `total_bytes`, 0 to 100 (100 when there is nothing to
+    /// convert).
     pub percent: f64,
+    /// The recent conversion rate in bytes per second, once measured.
     pub bytes_per_second: Option<f64>,
+    /// Seconds left at that rate, rounded up; `None` without a positive rate.
     pub eta_seconds: Option<u64>,
 }
 
 impl Progress {
+    /// The progress after `done` of `total` bytes at `bytes_per_second`.
     pub fn new(done: u64, total: u64, bytes_per_second: Option<f64>) -> Self {
         let percent = if total == 0 {
             100.0
@@ -91,16 +105,23 @@ impl Progress {
 /// Why a server could not give the key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockReason {
+    /// The server (`host:port`), or `-` when the reason is not one server's.
     pub server: String,
+    /// A short machine-readable class (`tcp-refused`, `tls-untrusted`, `not-active`,
+    /// `wrong-key`, `config`, …).
     pub class: String,
+    /// The sentence for a person: what failed and what to do.
     pub reason: String,
 }
 
 /// What the administrator (or an API client) asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
+    /// Encrypt the plain volume under a new key from the KMIP server.
     Encrypt,
+    /// Re-encrypt the encrypted volume under a new key.
     Rekey,
+    /// Decrypt the encrypted volume back to plain.
     Decrypt,
 }
 
@@ -120,6 +141,7 @@ impl Request {
 pub struct Gate<'a> {
     /// The fingerprint of the saved KMIP settings, if any are saved.
     pub settings_fingerprint: Option<&'a str>,
+    /// The report of the last Save and Test, if any.
     pub last_test: Option<&'a TestReport>,
 }
 
@@ -131,9 +153,13 @@ pub enum Event {
     /// At start: the volume is encrypted or mid-conversion and not unlocked yet; `pending`
     /// is the conversion under way, if any.
     OpenedEncrypted {
+        /// The KMIP Unique Identifier of the key the header names (the newest one).
         key_id: String,
+        /// The KMIP servers the header names for that key (`host:port`), in failover order.
         servers: Vec<String>,
+        /// The volume's cipher as shown (`aes-xts-plain64 (XTS-AES-256, 512-bit key)`).
         cipher: String,
+        /// The conversion under way, if any (a state that is not a conversion is ignored).
         pending: Option<State>,
     },
     /// The key was fetched and verified.
@@ -142,11 +168,18 @@ pub enum Event {
     UnlockFailed(Vec<LockReason>),
     /// A conversion started (after [`Workflow::check`] allowed it).
     Started {
+        /// The conversion: [`State::Encrypting`], [`State::Rekeying`] or
+        /// [`State::Decrypting`].
         conversion: State,
+        /// The Unique Identifier of the key the volume converts to; `None` keeps the known
+        /// one.
         key_id: Option<String>,
+        /// The KMIP servers holding that key (`host:port`); empty keeps the known ones.
         servers: Vec<String>,
+        /// The cipher as shown; `None` keeps the known one.
         cipher: Option<String>,
     },
+    /// The conversion under way advanced.
     Progress(Progress),
     /// The conversion finished.
     Finished,
@@ -157,13 +190,19 @@ pub enum Event {
 /// The workflow's state and what goes with it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Workflow {
+    /// The current state.
     pub state: State,
     /// While locked: the conversion that resumes after unlock.
     pub pending: Option<State>,
+    /// The progress of the conversion under way, once it reported some.
     pub progress: Option<Progress>,
+    /// The KMIP Unique Identifier of the volume's key; `None` while plain.
     pub key_id: Option<String>,
+    /// The KMIP servers holding the volume's key (`host:port`), as its header names them.
     pub servers: Vec<String>,
+    /// The volume's cipher as shown; `None` while plain.
     pub cipher: Option<String>,
+    /// While locked: why each server tried could not give the key (empty once unlocked).
     pub lock_reasons: Vec<LockReason>,
     /// The last conversion error, until the next success.
     pub last_error: Option<String>,
@@ -185,7 +224,8 @@ impl Default for Workflow {
 }
 
 impl Workflow {
-    /// Whether `req` may start now; the refusal is a sentence for a person.
+    /// Whether `req` may start now; the refusal is a sentence for a person saying why and
+    /// what to do.
     pub fn check(&self, req: Request, gate: Gate<'_>) -> Result<(), String> {
         let busy = |s: State| {
             let p = self
@@ -276,7 +316,8 @@ impl Workflow {
             .join("; ")
     }
 
-    /// Applies an event from the volume side.
+    /// Applies an event from the volume side. An event that does not fit the state is refused
+    /// with an internal error sentence and changes nothing.
     pub fn apply(&mut self, ev: Event) -> Result<(), String> {
         let wrong = |s: &Workflow, what: &str| {
             Err(format!(

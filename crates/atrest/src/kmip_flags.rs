@@ -24,7 +24,7 @@ pub struct KmipFlags {
     /// override it.
     #[arg(long, value_name = "FILE", global = true)]
     pub env_file: Option<PathBuf>,
-    /// KMIP server, HOST[:PORT] (port 5696 by default); repeat for failover, in order.
+    /// KMIP server, HOST or HOST:PORT (port 5696 by default); repeat for failover, in order.
     #[arg(long = "server", value_name = "HOST[:PORT]", global = true)]
     pub servers: Vec<String>,
     /// Name to verify in the server certificate, when it differs from the host given.

@@ -124,8 +124,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     shutdown_grace: u64,
     /// The appliance's name in the Names of the keys it creates
-    /// (atrest/<appliance name>/<volume uuid>/<generation>) and their Object Group
-    /// (atrest/<appliance name>); the host name by default.
+    /// (`atrest/<appliance name>/<volume uuid>/<generation>`) and their Object Group
+    /// (`atrest/<appliance name>`); the host name by default.
     #[arg(long, value_name = "NAME")]
     appliance_name: Option<String>,
 }

@@ -43,11 +43,11 @@ pub struct EncryptArgs {
     #[arg(long, default_value_t = 4096)]
     sector_size: u32,
     /// A Name for the key on the KMIP server (default:
-    /// atrest/<appliance name>/<volume uuid>/<generation>).
+    /// `atrest/<appliance name>/<volume uuid>/<generation>`).
     #[arg(long)]
     name: Option<String>,
     /// The appliance name in the default Name and in the key's Object Group
-    /// (atrest/<appliance name>); the host name by default.
+    /// (`atrest/<appliance name>`); the host name by default.
     #[arg(long, value_name = "NAME")]
     appliance_name: Option<String>,
     #[command(flatten)]
@@ -61,11 +61,11 @@ pub struct RekeyArgs {
     #[command(flatten)]
     kmip: KmipFlags,
     /// A Name for the new key on the KMIP server (default:
-    /// atrest/<appliance name>/<volume uuid>/<generation>).
+    /// `atrest/<appliance name>/<volume uuid>/<generation>`).
     #[arg(long)]
     name: Option<String>,
     /// The appliance name in the default Name and in the key's Object Group
-    /// (atrest/<appliance name>); the host name by default.
+    /// (`atrest/<appliance name>`); the host name by default.
     #[arg(long, value_name = "NAME")]
     appliance_name: Option<String>,
     /// Also use a key the KMIP server holds Compromised (to move the data off it at once).
@@ -330,7 +330,7 @@ fn in_progress_elsewhere(image: &Path, state: State) -> anyhow::Error {
 }
 
 /// The Name and Object Group of a new volume key: `--name`, or
-/// atrest/<appliance name>/<volume uuid>/<generation>, the generation one more than the
+/// `atrest/<appliance name>/<volume uuid>/<generation>`, the generation one more than the
 /// current key's.
 fn key_name(
     client: &mut Client,

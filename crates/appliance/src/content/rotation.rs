@@ -206,7 +206,8 @@ impl DataVolume {
                     "rotate",
                     old.as_deref(),
                     &format!(
-                        "started (scheduled: the key is {age} s old, the rotation interval is                          {interval} s)"
+                        "started (scheduled: the key is {age} s old, the rotation interval is \
+                         {interval} s)"
                     ),
                 );
                 RotationTick::Started
@@ -216,7 +217,8 @@ impl DataVolume {
                 let wait = self.inner.opts.backoff.delay(failures);
                 let retry = now + wait;
                 let msg = format!(
-                    "the scheduled rotation could not start: {e}; it is tried again at {} (or                      press Rekey)",
+                    "the scheduled rotation could not start: {e}; it is tried again at {} (or \
+                     press Rekey)",
                     rfc3339(retry).unwrap_or_default()
                 );
                 tracing::warn!("{msg}");
