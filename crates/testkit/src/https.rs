@@ -94,7 +94,7 @@ pub fn json(
     )
 }
 
-/// [`json()`] that must succeed (2xx): the answer's JSON.
+/// [`json()`](fn@json) that must succeed (2xx): the answer's JSON.
 pub fn api(
     ca: &Path,
     port: u16,

@@ -3,6 +3,7 @@
 
 use super::*;
 
+/// HKDF `info` of the key [`UnlockedVolume::seal_key`] gives.
 pub const SEAL_KEY_INFO: &[u8] = b"atrest content seal key v1";
 
 /// What is derived from one verified volume key (one-way, with HKDF): the key that signs the

@@ -6,6 +6,7 @@ mod derived;
 mod recovery_key;
 mod unlocked;
 
+pub use derived::SEAL_KEY_INFO;
 use derived::*;
 use unlocked::*;
 
@@ -587,7 +588,7 @@ impl Volume {
     }
 }
 
-/// HKDF `info` of the key [`UnlockedVolume::seal_key`] gives.
+/// How the data on one side of the boundary is stored: plain, or XTS under a key.
 #[derive(Clone)]
 enum Form {
     Plain,

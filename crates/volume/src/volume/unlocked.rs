@@ -114,7 +114,7 @@ impl UnlockedVolume {
 
     /// Extends the data segment to the end of the device, after the disk or image grew (a VM
     /// disk extended, an image file made longer), in the plain and the encrypted state: the new
-    /// size goes into the header through [`UnlockedVolume::commit`], signed under the volume key
+    /// size goes into the header through a commit, signed under the volume key
     /// like every commit. The new space is usable at once by whatever uses this volume. Refused
     /// during a conversion, and when the device is now smaller than the data segment. Returns
     /// the data size before and after (equal when the device did not grow).
