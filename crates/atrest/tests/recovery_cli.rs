@@ -24,11 +24,10 @@ fn atrest() -> Command {
 struct Kms {
     _served: Served,
     dir: PathBuf,
-    port: u16,
 }
 
 fn kms(dir: &Path) -> Kms {
-    let (served, port) = spawn_until(
+    let (served, _) = spawn_until(
         kms_serve_command(env!("CARGO_BIN_EXE_atrest"), dir, "127.0.0.1:0")
             .env("ATREST_RECOVERY_KDF_MEMORY_KIB", "16384")
             .stderr(Stdio::null()),
@@ -37,39 +36,17 @@ fn kms(dir: &Path) -> Kms {
     Kms {
         _served: served,
         dir: dir.to_path_buf(),
-        port,
     }
 }
 
 impl Kms {
-    fn env(&self, k: &str) -> String {
-        Peer::from_file(&self.dir.join("client.env"))
-            .v(k)
-            .to_owned()
-    }
-
-    fn flags(&self) -> Vec<String> {
-        vec![
-            "--server".into(),
-            format!("127.0.0.1:{}", self.port),
-            "--server-name".into(),
-            self.env("KMIP_HOST"),
-            "--ca".into(),
-            self.env("KMIP_CA"),
-            "--client-cert".into(),
-            self.env("KMIP_CLIENT_CERT"),
-            "--client-key".into(),
-            self.env("KMIP_CLIENT_KEY"),
-            "--username".into(),
-            self.env("KMIP_USERNAME"),
-        ]
-    }
-
+    /// `atrest ARGS…` with the flags and password of the client.env this server wrote (its
+    /// bound port).
     fn run(&self, args: &[&str]) -> Output {
-        atrest()
-            .args(args)
-            .args(self.flags())
-            .env("ATREST_KMIP_PASSWORD", self.env("KMIP_PASSWORD"))
+        Peer::from_file(&self.dir.join("client.env"))
+            .cli(env!("CARGO_BIN_EXE_atrest"), args)
+            // A small argon2 memory keeps the tests quick; the default is 256 MiB.
+            .env("ATREST_RECOVERY_KDF_MEMORY_KIB", "16384")
             .output()
             .unwrap()
     }

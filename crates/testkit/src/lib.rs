@@ -17,9 +17,12 @@ pub mod exposition;
 pub mod https;
 pub mod process;
 pub mod table;
+pub mod volume;
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use atrest_keys::settings::{EnvFile, Sources};
@@ -168,6 +171,34 @@ impl Peer {
             host: self.v("KMIP_HOST").to_owned(),
             port: self.v("KMIP_PORT").parse().expect("KMIP_PORT is a port"),
         }
+    }
+
+    /// The flags of `atrest kmip` and `atrest volume` for this server with the PEM identity
+    /// and the username: `--server HOST:PORT --server-name KMIP_SERVER_NAME --ca KMIP_CA
+    /// --client-cert KMIP_CLIENT_CERT --client-key KMIP_CLIENT_KEY --username KMIP_USERNAME`.
+    pub fn cli_flags(&self) -> Vec<String> {
+        let server = format!("{}:{}", self.v("KMIP_HOST"), self.v("KMIP_PORT"));
+        [
+            ("--server", server.as_str()),
+            ("--server-name", self.v("KMIP_SERVER_NAME")),
+            ("--ca", self.v("KMIP_CA")),
+            ("--client-cert", self.v("KMIP_CLIENT_CERT")),
+            ("--client-key", self.v("KMIP_CLIENT_KEY")),
+            ("--username", self.v("KMIP_USERNAME")),
+        ]
+        .into_iter()
+        .flat_map(|(flag, value)| [flag.to_owned(), value.to_owned()])
+        .collect()
+    }
+
+    /// `BIN ARGS…` followed by [`Peer::cli_flags`], the password in `ATREST_KMIP_PASSWORD`: a
+    /// command of the `atrest` binary `bin` against this server.
+    pub fn cli(&self, bin: impl AsRef<OsStr>, args: &[impl AsRef<OsStr>]) -> Command {
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .args(self.cli_flags())
+            .env("ATREST_KMIP_PASSWORD", self.v("KMIP_PASSWORD"));
+        cmd
     }
 
     /// A PEM identity from the files named by `cert` and `key`.
