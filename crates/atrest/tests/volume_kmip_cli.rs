@@ -21,38 +21,12 @@ fn cryptsetup() -> bool {
 }
 
 impl Peer {
-    fn v(&self, k: &str) -> &str {
-        self.0.v(k)
-    }
-
     fn command(&self, args: &[&str]) -> Command {
         self.0.cli(env!("CARGO_BIN_EXE_atrest"), args)
     }
 
     fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().unwrap()
-    }
-
-    /// The key bytes PyKMIP's own client gets for `uid`.
-    fn pykmip_get(&self, uid: &str) -> Vec<u8> {
-        let out = Command::new(self.v("PYKMIP_PYTHON_BIN"))
-            .arg("-c")
-            .arg(
-                "import sys\nfrom kmip.pie.client import ProxyKmipClient\n\
-                 h, port, cert, key, ca, uid = sys.argv[1:7]\n\
-                 c = ProxyKmipClient(hostname=h, port=int(port), cert=cert, key=key, ca=ca, config_file='/dev/null')\n\
-                 c.open()\nsys.stdout.write(c.get(uid).value.hex())\nc.close()\n",
-            )
-            .args([self.v("KMIP_HOST"), self.v("KMIP_PORT"), self.v("KMIP_CLIENT_CERT")])
-            .args([self.v("KMIP_CLIENT_KEY"), self.v("KMIP_CA"), uid])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        hex::decode(String::from_utf8_lossy(&out.stdout).trim()).unwrap()
     }
 }
 
@@ -147,7 +121,7 @@ fn encrypt_then_cryptsetup_accepts_the_key_pykmip_gets() {
     );
 
     // The key PyKMIP's own client gets for the header's id opens the volume in cryptsetup.
-    let key = p.pykmip_get(&uid);
+    let key = hex::decode(p.0.pykmip_get_hex(&uid, None)).unwrap();
     assert_eq!(key.len(), 32);
     let key_file = dir.join("key.bin");
     std::fs::write(&key_file, &key).unwrap();

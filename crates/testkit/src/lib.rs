@@ -201,6 +201,40 @@ impl Peer {
         cmd
     }
 
+    /// The key `uid` in hex as PyKMIP's own client (`ProxyKmipClient`, in the peer's Python)
+    /// gets it, speaking `kmip_version` (a name of PyKMIP's `KMIPVersion`, e.g. `KMIP_1_2`) or
+    /// its default; panics with PyKMIP's stderr when it fails.
+    pub fn pykmip_get_hex(&self, uid: &str, kmip_version: Option<&str>) -> String {
+        let version = kmip_version
+            .map(|v| format!(", kmip_version=enums.KMIPVersion.{v}"))
+            .unwrap_or_default();
+        let script = format!(
+            "import sys\n\
+             from kmip.pie.client import ProxyKmipClient\n\
+             from kmip.core import enums\n\
+             host, port, cert, key, ca, uid = sys.argv[1:7]\n\
+             c = ProxyKmipClient(hostname=host, port=int(port), cert=cert, key=key, ca=ca, \
+             config_file='/dev/null'{version})\n\
+             c.open()\n\
+             sys.stdout.write(c.get(uid).value.hex())\n\
+             c.close()\n"
+        );
+        let out = Command::new(self.v("PYKMIP_PYTHON_BIN"))
+            .arg("-c")
+            .arg(script)
+            .args([self.v("KMIP_HOST"), self.v("KMIP_PORT")])
+            .args([self.v("KMIP_CLIENT_CERT"), self.v("KMIP_CLIENT_KEY")])
+            .args([self.v("KMIP_CA"), uid])
+            .output()
+            .expect("the peer's Python runs");
+        assert!(
+            out.status.success(),
+            "PyKMIP's client: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// A PEM identity from the files named by `cert` and `key`.
     pub fn pem_identity(&self, cert: &str, key: &str) -> Identity {
         Identity::Pem {

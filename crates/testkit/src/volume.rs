@@ -1,6 +1,8 @@
-//! Volume images in the states a command-line test starts from, made with the library.
+//! Volume images in the states a command-line test starts from, made with the library, and
+//! what Debian's cryptsetup says of one.
 
 use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -44,4 +46,25 @@ pub fn stopped_encryption(img: &Path, server: &str) {
     };
     u.convert(&conv, &mut |_| stop.store(true, Ordering::Relaxed))
         .unwrap();
+}
+
+/// Whether `passphrase` opens a keyslot of the LUKS2 image `img` for Debian's cryptsetup
+/// (`cryptsetup open --test-passphrase --key-file`, the key file written in `dir`); panics
+/// when cryptsetup fails for another reason than a passphrase that opens nothing.
+pub fn cryptsetup_opens(img: &Path, passphrase: &str, dir: &Path) -> bool {
+    let f = dir.join("cs-key.txt");
+    std::fs::write(&f, passphrase).unwrap();
+    let o = Command::new("cryptsetup")
+        .args(["open", "--test-passphrase", "--key-file"])
+        .arg(&f)
+        .arg(img)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let rc = o.status.code().unwrap_or(-1);
+    assert!(
+        rc == 0 || rc == 2 || (rc == 1 && err.contains("No usable keyslot")),
+        "cryptsetup failed otherwise ({rc}): {err}"
+    );
+    rc == 0
 }
