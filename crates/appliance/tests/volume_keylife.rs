@@ -46,14 +46,7 @@ async fn old_keys_are_retired_by_policy_on_pykmip() {
     let app = app(run.state.clone());
     let pw = run.generated_password.clone().unwrap();
     let t = token(&app, &pw).await;
-    let (s, v) = post(&app, &t, "/api/encryption/test").await;
-    assert_eq!(v["ok"], true, "{s} {v}");
-    let (s, v) = post(&app, &t, "/api/encryption/encrypt").await;
-    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
-    let k1 = v["key_id"].as_str().unwrap().to_owned();
-    wait_for("encrypted", || {
-        run.state.workflow().state == WfState::Encrypted
-    });
+    let k1 = run.test_and_encrypt(&app, &t).await;
 
     // Policy checks: a rotation under 60 s is refused.
     let (s, v) = send_json(
@@ -130,9 +123,7 @@ async fn old_keys_are_retired_by_policy_on_pykmip() {
 
     // The volume unlocks with the new key; the record survives the restart.
     let run = start(&data, Kms::NotStarted, |_| {});
-    wait_for("unlocked with the new key", || {
-        run.state.workflow().state == WfState::Encrypted
-    });
+    run.wait_encrypted("unlocked with the new key");
     let st = atrest_appliance::api::status_json(&run.state);
     assert_eq!(st["key_id"], k2.as_str());
     assert_eq!(st["policy"]["old_keys"], "revoke");
@@ -272,9 +263,7 @@ async fn scheduled_rotation_fires_once_when_due_and_never_during_a_conversion() 
         run.volume.rotation_tick(),
         RotationTick::Off | RotationTick::Busy(_)
     ));
-    wait_for("encrypted", || {
-        run.state.workflow().state == WfState::Encrypted
-    });
+    run.wait_encrypted("encrypted");
     assert_eq!(run.volume.rotation_tick(), RotationTick::Off);
     let (s, v) = send_json(
         &app,
@@ -303,9 +292,7 @@ async fn scheduled_rotation_fires_once_when_due_and_never_during_a_conversion() 
         "{:?}",
         run.state.workflow()
     );
-    wait_for("the administrator's Rekey finished", || {
-        run.state.workflow().state == WfState::Encrypted
-    });
+    run.wait_encrypted("the administrator's Rekey finished");
     assert_eq!(
         run.state.workflow().key_id.as_deref(),
         Some(manual.as_str())
@@ -411,9 +398,7 @@ async fn move_to_another_kmip_server_survives_a_restart_in_the_middle() {
     let (s, v) = post(&app, &t, "/api/encryption/encrypt").await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     let k1 = v["key_id"].as_str().unwrap().to_owned();
-    wait_for("encrypted", || {
-        run.state.workflow().state == WfState::Encrypted
-    });
+    run.wait_encrypted("encrypted");
     let (s, v) = post(&app, &t, "/api/encryption/move").await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     assert!(v["error"].as_str().unwrap().contains("already"), "{v}");
@@ -497,9 +482,7 @@ async fn move_to_another_kmip_server_survives_a_restart_in_the_middle() {
     gone.save(&atrest_appliance::state::previous_dir(&data))
         .unwrap();
     let run = start(&data, Kms::NotStarted, |_| {});
-    wait_for("unlocked from the new server", || {
-        run.state.workflow().state == WfState::Encrypted
-    });
+    run.wait_encrypted("unlocked from the new server");
     assert_eq!(run.state.workflow().key_id.as_deref(), Some(k2.as_str()));
     run.stop();
 }

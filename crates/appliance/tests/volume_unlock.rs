@@ -148,9 +148,7 @@ async fn encrypt_online_then_unlock_at_the_next_start() {
     no_copy_of(&material, &data);
 
     let run = start(&data, Kms::Bundled, |_| {});
-    wait_for("the volume is unlocked", || {
-        run.state.workflow().state == WfState::Encrypted
-    });
+    run.wait_encrypted("the volume is unlocked");
     let store = run.store();
     assert_eq!(
         store.config().get("before").unwrap(),
@@ -180,9 +178,7 @@ async fn encrypt_online_then_unlock_at_the_next_start() {
     run.stop();
     // Another appliance name from here on; the generation follows the current key's.
     let run = start(&data, Kms::Bundled, |o| o.appliance_name = "shelf-2".into());
-    wait_for("the volume is unlocked", || {
-        run.state.workflow().state == WfState::Encrypted
-    });
+    run.wait_encrypted("the volume is unlocked");
     let store = run.store();
 
     // Rekey, then decrypt, online.
@@ -193,9 +189,7 @@ async fn encrypt_online_then_unlock_at_the_next_start() {
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     let new_id = v["key_id"].as_str().unwrap().to_owned();
     assert_ne!(new_id, key_id);
-    wait_for("the rekey finished", || {
-        run.state.workflow().state == WfState::Encrypted
-    });
+    run.wait_encrypted("the rekey finished");
     assert_eq!(
         located(&data, &format!("atrest/shelf-2/{uuid}/2")),
         vec![new_id.clone()]
@@ -248,9 +242,7 @@ async fn locked_without_a_server_then_unlocks_by_itself() {
 
     // No KMIP server: the appliance starts locked and says why, per server.
     let run = start(&data, Kms::NotStarted, |_| {});
-    wait_for("an unlock attempt failed", || {
-        !run.state.workflow().lock_reasons.is_empty()
-    });
+    run.wait_unlock_failed();
     let w = run.state.workflow();
     assert_eq!(w.state, WfState::Locked);
     assert_eq!(w.key_id.as_deref(), Some(key_id.as_str()));
@@ -270,9 +262,7 @@ async fn locked_without_a_server_then_unlocks_by_itself() {
     );
     // The server comes back (on its old port): the appliance unlocks by itself.
     let kms = embedded::start(&data).unwrap();
-    wait_for("the volume unlocked by itself", || {
-        run.state.workflow().state == WfState::Encrypted
-    });
+    run.wait_encrypted("the volume unlocked by itself");
     assert!(run.volume.unlock_attempts() >= 2);
     let texts = audit_texts(&run.store());
     assert!(
@@ -301,9 +291,7 @@ async fn a_stopped_conversion_resumes_at_the_next_start() {
     // Stop at once: the conversion stops after its current chunk.
     run.stop();
     let run = start(&data, Kms::Bundled, |_| {});
-    wait_for("the encryption finished", || {
-        run.state.workflow().state == WfState::Encrypted
-    });
+    run.wait_encrypted("the encryption finished");
     run.stop();
 }
 
@@ -333,9 +321,7 @@ async fn a_revoked_key_raises_an_alert_locks_and_is_refused_at_start() {
 
     // At start the key is refused with a clear message.
     let run = start(&data, Kms::Bundled, |o| o.key_policy = KeyPolicy::Lock);
-    wait_for("an unlock attempt failed", || {
-        !run.state.workflow().lock_reasons.is_empty()
-    });
+    run.wait_unlock_failed();
     let w = run.state.workflow();
     assert_eq!(w.state, WfState::Locked);
     // Compromised: refused until the administrator confirms (tests/readonly.rs).
@@ -351,9 +337,7 @@ async fn the_lock_policy_locks_the_content() {
     let (run, key_id) = encrypt(&data).await;
     run.stop();
     let run = start(&data, Kms::Bundled, |o| o.key_policy = KeyPolicy::Lock);
-    wait_for("the volume is unlocked", || {
-        run.state.workflow().state == WfState::Encrypted
-    });
+    run.wait_encrypted("the volume is unlocked");
     // Compromised: locked, and it stays locked until the administrator confirms (a Deactivated
     // key makes the content read-only instead: tests/readonly.rs).
     key_client(&data)
@@ -405,9 +389,7 @@ async fn unlock_fails_over_and_gives_a_reason_per_server() {
 
     // The first server fails, the second gives the key.
     let run = start(&data, Kms::Bundled, |_| {});
-    wait_for("the volume is unlocked", || {
-        run.state.workflow().state == WfState::Encrypted
-    });
+    run.wait_encrypted("the volume is unlocked");
     let texts = audit_texts(&run.store());
     assert!(
         texts.iter().any(
@@ -428,9 +410,7 @@ async fn unlock_fails_over_and_gives_a_reason_per_server() {
 
     // Neither answers: one reason per server, and the content says why.
     let run = start(&data, Kms::NotStarted, |_| {});
-    wait_for("an unlock attempt failed", || {
-        !run.state.workflow().lock_reasons.is_empty()
-    });
+    run.wait_unlock_failed();
     let w = run.state.workflow();
     let servers: Vec<&str> = w.lock_reasons.iter().map(|r| r.server.as_str()).collect();
     assert_eq!(
@@ -558,9 +538,7 @@ async fn a_header_without_authentication_waits_for_the_admins_resume() {
     run.stop();
     // Signed: the next start unlocks by itself.
     let run = start(&data, Kms::Bundled, |_| {});
-    wait_for("unlocked by itself", || {
-        run.state.workflow().state == WfState::Encrypted
-    });
+    run.wait_encrypted("unlocked by itself");
     run.stop();
 }
 
@@ -598,9 +576,7 @@ async fn a_rewritten_audit_history_is_reported() {
     run.stop();
     // Checked again at the next start: the alert is back without asking.
     let run = start(&data, Kms::Bundled, |_| {});
-    wait_for("unlocked", || {
-        run.state.workflow().state == WfState::Encrypted
-    });
+    run.wait_encrypted("unlocked");
     let st = atrest_appliance::api::status_json(&run.state);
     assert_eq!(st["volume"]["audit"]["ok"], false, "{st}");
     assert!(

@@ -11,7 +11,7 @@ use std::time::Duration;
 use atrest_appliance::content::{DataVolume, VolumeOptions};
 use atrest_appliance::embedded::{self, EmbeddedKms};
 use atrest_appliance::state::Content;
-use atrest_appliance::workflow::Backoff;
+use atrest_appliance::workflow::{Backoff, State as WfState};
 use atrest_appliance::{AppConfig, AppState, VolumeBackend};
 use atrest_kmip::client::{Client, Timeouts};
 use atrest_store::{Query, Store};
@@ -258,6 +258,31 @@ impl Run {
             Content::Ready(s) => s,
             other => panic!("the store is not ready: {other:?}"),
         }
+    }
+
+    /// Waits until the volume is unlocked and no conversion runs (Encrypted); `what` names the
+    /// wait when it gives up.
+    pub fn wait_encrypted(&self, what: &str) {
+        wait_for(what, || self.state.workflow().state == WfState::Encrypted);
+    }
+
+    /// Waits until an unlock attempt failed (the workflow holds its reasons).
+    pub fn wait_unlock_failed(&self) {
+        wait_for("an unlock attempt failed", || {
+            !self.state.workflow().lock_reasons.is_empty()
+        });
+    }
+
+    /// Save and Test, which must pass, then Encrypt, waited for until it finished: the key id.
+    pub async fn test_and_encrypt(&self, app: &axum::Router, token: &str) -> String {
+        let (s, v) = post(app, token, "/api/encryption/test").await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["ok"], true, "{v}");
+        let (s, v) = post(app, token, "/api/encryption/encrypt").await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        let key_id = v["key_id"].as_str().unwrap().to_owned();
+        self.wait_encrypted("encrypted");
+        key_id
     }
 
     /// The admin password: generated at this start, else the first start's.
