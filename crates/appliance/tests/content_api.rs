@@ -14,9 +14,8 @@ use atrest_appliance::{AppConfig, AppState, app};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
+use common::send;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 struct Fx {
     _dir: tempfile::TempDir,
@@ -49,14 +48,6 @@ async fn fixture(with_volume: bool) -> Fx {
         token,
         _volume: volume,
     }
-}
-
-async fn send(app: &Router, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
-    let res = app.clone().oneshot(req).await.unwrap();
-    let s = res.status();
-    let h = res.headers().clone();
-    let b = res.into_body().collect().await.unwrap().to_bytes().to_vec();
-    (s, h, b)
 }
 
 impl Fx {

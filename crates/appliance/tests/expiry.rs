@@ -5,11 +5,10 @@
 
 mod common;
 
-use atrest_appliance::{AppConfig, AppState, app};
-use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
+use atrest_appliance::app;
+use axum::http::StatusCode;
+use common::admin::{browser_login, call, fixture, page};
+use common::token;
 use openssl::asn1::Asn1Time;
 use openssl::bn::BigNum;
 use openssl::ec::{EcGroup, EcKey};
@@ -18,8 +17,7 @@ use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
 use openssl::x509::extension::BasicConstraints;
 use openssl::x509::{X509, X509NameBuilder};
-use serde_json::{Value, json};
-use tower::ServiceExt;
+use serde_json::json;
 
 fn key() -> PKey<Private> {
     let g = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
@@ -60,23 +58,10 @@ fn cert(cn: &str, days: u32, key: &PKey<Private>, issuer: Option<(&X509, &PKey<P
     b.build()
 }
 
-async fn send(app: &Router, req: Request<Body>) -> (StatusCode, Vec<u8>) {
-    let res = app.clone().oneshot(req).await.unwrap();
-    let s = res.status();
-    (
-        s,
-        res.into_body().collect().await.unwrap().to_bytes().to_vec(),
-    )
-}
-
 async fn warnings_for(ca_days: u32, client_days: u32) -> (Vec<String>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = AppConfig::new(dir.path().join("data"));
-    c.pbkdf2_iterations = 1000;
-    let opened = AppState::open(c).unwrap();
-    let app = app(opened.state.clone());
-    let pw = opened.generated_password.unwrap().to_string();
-    let token = common::token(&app, &pw).await;
+    let f = fixture();
+    let app = app(f.state.clone());
+    let token = token(&app, &f.password).await;
     let ca_key = key();
     let ca = cert("Test CA", ca_days, &ca_key, None);
     let client_key = key();
@@ -87,26 +72,9 @@ async fn warnings_for(ca_days: u32, client_days: u32) -> (Vec<String>, String) {
         "client_cert_pem": String::from_utf8(client.to_pem().unwrap()).unwrap(),
         "client_key_pem": String::from_utf8(client_key.private_key_to_pem_pkcs8().unwrap()).unwrap(),
     });
-    let auth = format!("Bearer {token}");
-    let (s, b) = send(
-        &app,
-        Request::put("/api/encryption/kmip")
-            .header(header::AUTHORIZATION, &auth)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(settings.to_string()))
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
-    let (_, b) = send(
-        &app,
-        Request::get("/api/encryption")
-            .header(header::AUTHORIZATION, &auth)
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
-    let st: Value = serde_json::from_slice(&b).unwrap();
+    let (s, v) = call(&app, &token, "PUT", "/api/encryption/kmip", Some(settings)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, st) = call(&app, &token, "GET", "/api/encryption", None).await;
     let warnings = st["warnings"]
         .as_array()
         .unwrap()
@@ -114,44 +82,8 @@ async fn warnings_for(ca_days: u32, client_days: u32) -> (Vec<String>, String) {
         .map(|w| w.as_str().unwrap().to_owned())
         .collect();
     // The page shows the same warnings: log in with the browser form and fetch it.
-    let (_, page) = {
-        let res = app
-            .clone()
-            .oneshot(
-                Request::post("/login")
-                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                    .body(Body::from(format!(
-                        "username=admin&password={}",
-                        opened_password(dir.path())
-                    )))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        let cookie = res.headers()[header::SET_COOKIE]
-            .to_str()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_owned();
-        send(
-            &app,
-            Request::get("/storage/encryption")
-                .header(header::COOKIE, cookie)
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-    };
-    (warnings, String::from_utf8(page).unwrap())
-}
-
-fn opened_password(dir: &std::path::Path) -> String {
-    std::fs::read_to_string(dir.join("data/initial-admin-password"))
-        .unwrap()
-        .trim()
-        .to_owned()
+    let (cookie, _) = browser_login(&app, &f.password).await;
+    (warnings, page(&app, &cookie).await)
 }
 
 #[tokio::test]

@@ -37,14 +37,7 @@ async fn encrypted(data: &Path, kms: Kms) -> (Run, String) {
     let run = start(data, kms);
     let app = app(run.state.clone());
     let t = token(&app, &password(data)).await;
-    let (s, v) = request(&app, Some(&t), "POST", "/api/encryption/test", None).await;
-    assert_eq!(v["ok"], true, "{s} {v}");
-    let (s, v) = request(&app, Some(&t), "POST", "/api/encryption/encrypt", None).await;
-    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
-    let key_id = v["key_id"].as_str().unwrap().to_owned();
-    wait_for("encrypted", || {
-        run.state.workflow().state == WfState::Encrypted
-    });
+    let key_id = run.test_and_encrypt(&app, &t).await;
     let (s, v) = request(
         &app,
         Some(&t),
@@ -163,9 +156,7 @@ async fn deactivated_then_rekey(kms: Kms) {
     run.stop();
 
     let run = start(&data, kms);
-    wait_for("unlocked read-only", || {
-        run.state.workflow().state == WfState::Encrypted
-    });
+    run.wait_encrypted("unlocked read-only");
     let app = app(run.state.clone());
     let t = token(&app, &password(&data)).await;
     let (_, st) = request(&app, Some(&t), "GET", "/api/encryption", None).await;
@@ -200,9 +191,7 @@ async fn deactivated_then_rekey(kms: Kms) {
     run.stop();
 
     let run = start(&data, kms);
-    wait_for("unlocked", || {
-        run.state.workflow().state == WfState::Encrypted
-    });
+    run.wait_encrypted("unlocked");
     assert!(run.state.read_only().get().is_none());
     assert_eq!(run.state.workflow().key_id.as_deref(), Some(k2.as_str()));
     let mut c = key_client(&run.state);
@@ -342,9 +331,7 @@ async fn a_compromised_key_opens_read_only_only_after_the_admin_confirms() {
     )
     .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
-    wait_for("unlocked read-only", || {
-        run.state.workflow().state == WfState::Encrypted
-    });
+    run.wait_encrypted("unlocked read-only");
     let (_, st) = request(&app, Some(&t), "GET", "/api/encryption", None).await;
     assert_eq!(st["read_only"]["key_state"], "Compromised", "{st}");
     assert_eq!(st["compromised_key"], Value::Null, "{st}");
@@ -389,9 +376,7 @@ async fn the_key_check_makes_the_content_read_only_at_once() {
     v.key_check_interval = Duration::from_secs(3600);
     v.key_policy = atrest_appliance::content::KeyPolicy::Lock;
     run.volume = DataVolume::attach(&run.state, v).unwrap();
-    wait_for("unlocked", || {
-        run.state.workflow().state == WfState::Encrypted
-    });
+    run.wait_encrypted("unlocked");
     assert!(run.state.read_only().get().is_none());
     key_client(&run.state)
         .revoke(&k1, RevocationReasonCode::CESSATION_OF_OPERATION, None)
@@ -429,9 +414,7 @@ async fn a_destroyed_key_keeps_the_volume_locked() {
     c.destroy(&k1).unwrap();
     run.stop();
     let run = start(&data, Kms::Bundled);
-    wait_for("an unlock attempt failed", || {
-        !run.state.workflow().lock_reasons.is_empty()
-    });
+    run.wait_unlock_failed();
     assert_eq!(run.state.workflow().state, WfState::Locked);
     assert!(run.state.read_only().get().is_none());
     assert!(run.state.read_only().waiting().is_none());

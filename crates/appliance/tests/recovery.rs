@@ -83,9 +83,7 @@ async fn scheduled_rotation_removes_the_recovery_key_and_the_admins_rekey_renews
     assert_eq!(s, StatusCode::OK, "{v}");
     let (s, v) = request(&app, t, "POST", "/api/encryption/encrypt", None).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
-    wait_for("encrypted", || {
-        run.state.workflow().state == WfState::Encrypted
-    });
+    run.wait_encrypted("encrypted");
 
     // The administrator's Rekey renews it: a new key in the answer, audited.
     let (s, v) = request(
@@ -105,9 +103,7 @@ async fn scheduled_rotation_removes_the_recovery_key_and_the_admins_rekey_renews
         .expect("a renewed recovery key")
         .to_owned();
     assert_ne!(r1, r2);
-    wait_for("the Rekey finished", || {
-        run.state.workflow().state == WfState::Encrypted
-    });
+    run.wait_encrypted("the Rekey finished");
     let (_, v) = request(&app, t, "GET", "/api/encryption/recovery-key", None).await;
     assert_eq!(v["enabled"], true, "{v}");
     assert!(v["notice"].is_null(), "{v}");
@@ -124,9 +120,7 @@ async fn scheduled_rotation_removes_the_recovery_key_and_the_admins_rekey_renews
     assert_eq!(s, StatusCode::OK, "{v}");
     offset.store(3600, Ordering::SeqCst);
     assert_eq!(run.volume.rotation_tick(), RotationTick::Started);
-    wait_for("the scheduled Rekey finished", || {
-        run.state.workflow().state == WfState::Encrypted
-    });
+    run.wait_encrypted("the scheduled Rekey finished");
     let (_, v) = request(&app, t, "GET", "/api/encryption/recovery-key", None).await;
     assert_eq!(v["enabled"], false, "{v}");
     assert!(
@@ -207,9 +201,7 @@ async fn scheduled_rotation_removes_the_recovery_key_and_the_admins_rekey_renews
     });
     assert_eq!(run.state.workflow().state, WfState::Locked);
     let k = embedded::start(dir.path()).unwrap();
-    wait_for("unlocked by itself", || {
-        run.state.workflow().state == WfState::Encrypted
-    });
+    run.wait_encrypted("unlocked by itself");
     run.volume.shutdown();
     k.stop();
 }

@@ -11,14 +11,11 @@ use std::process::{Command, Output, Stdio};
 
 use atrest_testkit::LoopDevice;
 use atrest_testkit::https::wait_until;
-use atrest_testkit::process::{Served, appliance_port, serve_command, spawn_until};
+use atrest_testkit::process::{Served, appliance_port, output, serve_command, spawn_until};
 use serde_json::{Value, json};
 
 fn atrest(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_atrest"))
-        .args(args)
-        .output()
-        .unwrap()
+    output(env!("CARGO_BIN_EXE_atrest"), args)
 }
 
 /// A sparse file of `len` bytes attached as a loop device.

@@ -115,20 +115,7 @@ fn create_get_locate_destroy() {
     let hex = stdout(&o);
     assert_eq!(hex.len(), 64);
     // PyKMIP's own client gets the same 32 bytes for that id.
-    let py = Command::new(p.v("PYKMIP_PYTHON_BIN"))
-        .arg("-c")
-        .arg(
-            "import sys\nfrom kmip.pie.client import ProxyKmipClient\n\
-             h, port, cert, key, ca, uid = sys.argv[1:7]\n\
-             c = ProxyKmipClient(hostname=h, port=int(port), cert=cert, key=key, ca=ca, config_file='/dev/null')\n\
-             c.open()\nprint(c.get(uid).value.hex())\nc.close()\n",
-        )
-        .args([p.v("KMIP_HOST"), p.v("KMIP_PORT"), p.v("KMIP_CLIENT_CERT")])
-        .args([p.v("KMIP_CLIENT_KEY"), p.v("KMIP_CA"), &id])
-        .output()
-        .unwrap();
-    assert!(py.status.success(), "{}", stderr(&py));
-    assert_eq!(stdout(&py), hex);
+    assert_eq!(p.0.pykmip_get_hex(&id, None), hex);
 
     let dir = std::env::temp_dir().join(format!("atrest-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

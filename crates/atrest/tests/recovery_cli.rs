@@ -12,6 +12,7 @@ use std::process::{Command, Output, Stdio};
 
 use atrest_testkit::Peer;
 use atrest_testkit::process::{Served, kms_port, kms_serve_command, ok, spawn_until};
+use atrest_testkit::volume::cryptsetup_opens;
 
 fn atrest() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_atrest"));
@@ -24,11 +25,10 @@ fn atrest() -> Command {
 struct Kms {
     _served: Served,
     dir: PathBuf,
-    port: u16,
 }
 
 fn kms(dir: &Path) -> Kms {
-    let (served, port) = spawn_until(
+    let (served, _) = spawn_until(
         kms_serve_command(env!("CARGO_BIN_EXE_atrest"), dir, "127.0.0.1:0")
             .env("ATREST_RECOVERY_KDF_MEMORY_KIB", "16384")
             .stderr(Stdio::null()),
@@ -37,39 +37,17 @@ fn kms(dir: &Path) -> Kms {
     Kms {
         _served: served,
         dir: dir.to_path_buf(),
-        port,
     }
 }
 
 impl Kms {
-    fn env(&self, k: &str) -> String {
-        Peer::from_file(&self.dir.join("client.env"))
-            .v(k)
-            .to_owned()
-    }
-
-    fn flags(&self) -> Vec<String> {
-        vec![
-            "--server".into(),
-            format!("127.0.0.1:{}", self.port),
-            "--server-name".into(),
-            self.env("KMIP_HOST"),
-            "--ca".into(),
-            self.env("KMIP_CA"),
-            "--client-cert".into(),
-            self.env("KMIP_CLIENT_CERT"),
-            "--client-key".into(),
-            self.env("KMIP_CLIENT_KEY"),
-            "--username".into(),
-            self.env("KMIP_USERNAME"),
-        ]
-    }
-
+    /// `atrest ARGS…` with the flags and password of the client.env this server wrote (its
+    /// bound port).
     fn run(&self, args: &[&str]) -> Output {
-        atrest()
-            .args(args)
-            .args(self.flags())
-            .env("ATREST_KMIP_PASSWORD", self.env("KMIP_PASSWORD"))
+        Peer::from_file(&self.dir.join("client.env"))
+            .cli(env!("CARGO_BIN_EXE_atrest"), args)
+            // A small argon2 memory keeps the tests quick; the default is 256 MiB.
+            .env("ATREST_RECOVERY_KDF_MEMORY_KIB", "16384")
             .output()
             .unwrap()
     }
@@ -88,26 +66,6 @@ fn failed(o: &Output) -> String {
 
 fn have_cryptsetup() -> bool {
     atrest_testkit::tool("cryptsetup", "cryptsetup-bin")
-}
-
-/// `cryptsetup open --test-passphrase --key-file F IMAGE`: true when the passphrase opens a
-/// keyslot.
-fn cryptsetup_accepts(img: &Path, key: &str, dir: &Path) -> bool {
-    let f = dir.join("cs-key.txt");
-    std::fs::write(&f, key).unwrap();
-    let o = Command::new("cryptsetup")
-        .args(["open", "--test-passphrase", "--key-file"])
-        .arg(&f)
-        .arg(img)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    let rc = o.status.code().unwrap_or(-1);
-    assert!(
-        rc == 0 || rc == 2 || (rc == 1 && err.contains("No usable keyslot")),
-        "cryptsetup failed otherwise ({rc}): {err}"
-    );
-    rc == 0
 }
 
 fn export_with(img: &Path, key_file: &Path, out: &Path) -> Output {
@@ -212,7 +170,7 @@ fn recovery_key_opens_the_volume_with_every_kmip_server_stopped_and_rekey_retire
     let err = failed(&export_with(&img, &bad, &out));
     assert!(err.contains("group 1") && !err.contains(&r1[..6]), "{err}");
     if cs {
-        assert!(cryptsetup_accepts(&img, &r1, d));
+        assert!(cryptsetup_opens(&img, &r1, d));
     }
 
     // Rekey (a KMIP server is needed for the new key): a new recovery key is printed, the old
@@ -236,10 +194,10 @@ fn recovery_key_opens_the_volume_with_every_kmip_server_stopped_and_rekey_retire
     );
     if cs {
         assert!(
-            !cryptsetup_accepts(&img, &r1, d),
+            !cryptsetup_opens(&img, &r1, d),
             "cryptsetup still opens the old recovery key"
         );
-        assert!(cryptsetup_accepts(&img, &r2, d));
+        assert!(cryptsetup_opens(&img, &r2, d));
     }
 
     // remove, with the recovery key itself (no KMIP server): then it opens nothing.
@@ -258,6 +216,6 @@ fn recovery_key_opens_the_volume_with_every_kmip_server_stopped_and_rekey_retire
     let err = failed(&export_with(&img, &r2_file, &out));
     assert!(err.contains("no recovery key"), "{err}");
     if cs {
-        assert!(!cryptsetup_accepts(&img, &r2, d));
+        assert!(!cryptsetup_opens(&img, &r2, d));
     }
 }

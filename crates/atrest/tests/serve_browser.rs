@@ -17,9 +17,10 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use atrest_testkit::process::{Served, appliance_port, serve_command, spawn, spawn_until_logging};
 use serde_json::{Value, json};
 
 fn skip(why: &str) {
@@ -62,16 +63,6 @@ fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) ->
             panic!("gave up waiting until {what}");
         }
         std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// A child process killed (by its own PID) when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -166,56 +157,35 @@ impl Drop for Pykmip {
 // ---- the appliance ----
 
 struct Appliance {
-    _proc: Proc,
+    _served: Served,
     url: String,
 }
 
+/// `atrest serve` logging at debug level, its stdout and stderr in `logs`/runN.out and .err.
 fn start_appliance(data: &Path, logs: &Path, run: u32) -> Appliance {
-    let out = logs.join(format!("run{run}.out"));
     let err = logs.join(format!("run{run}.err"));
-    let child = Command::new(env!("CARGO_BIN_EXE_atrest"))
-        .args(["serve", "--data-dir"])
-        .arg(data)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--volume-size",
-            "64M",
-            "--unlock-retry-max",
-            "2",
-            "--kmip-timeout",
-            "5",
-            // Slow enough to watch the progress on the page: 48 MiB of data at 4 MiB/s.
-            "--convert-chunk",
-            "1M",
-            "--convert-rate",
-            "4M",
-        ])
-        .env("RUST_LOG", "debug")
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .spawn()
-        .expect("atrest serve starts");
-    let mut proc = Proc(child);
-    let port = wait_for(
-        "the appliance printed its address",
-        Duration::from_secs(60),
-        || {
-            if let Ok(Some(status)) = proc.0.try_wait() {
-                panic!(
-                    "atrest serve exited ({status}): {}",
-                    std::fs::read_to_string(&err).unwrap_or_default()
-                );
-            }
-            let text = std::fs::read_to_string(&out).ok()?;
-            text.lines().find_map(|l| {
-                l.strip_prefix("atrest appliance listening on https://127.0.0.1:")
-                    .map(|p| p.trim_end_matches('/').parse::<u16>().unwrap())
-            })
-        },
+    let (served, port) = spawn_until_logging(
+        serve_command(env!("CARGO_BIN_EXE_atrest"), data)
+            .args([
+                "--volume-size",
+                "64M",
+                "--unlock-retry-max",
+                "2",
+                "--kmip-timeout",
+                "5",
+                // Slow enough to watch the progress on the page: 48 MiB of data at 4 MiB/s.
+                "--convert-chunk",
+                "1M",
+                "--convert-rate",
+                "4M",
+            ])
+            .env("RUST_LOG", "debug")
+            .stderr(std::fs::File::create(&err).unwrap()),
+        &logs.join(format!("run{run}.out")),
+        appliance_port,
     );
     Appliance {
-        _proc: proc,
+        _served: served,
         url: format!("https://127.0.0.1:{port}"),
     }
 }
@@ -223,7 +193,7 @@ fn start_appliance(data: &Path, logs: &Path, run: u32) -> Appliance {
 // ---- WebDriver over plain HTTP ----
 
 struct Driver {
-    _proc: Proc,
+    _served: Served,
     port: u16,
 }
 
@@ -268,14 +238,14 @@ fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> Value {
 impl Driver {
     fn start(chromedriver: &Path, logs: &Path) -> Driver {
         let port = free_port();
-        let child = Command::new(chromedriver)
-            .arg(format!("--port={port}"))
-            .stdout(std::fs::File::create(logs.join("chromedriver.log")).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver starts");
+        let served = spawn(
+            Command::new(chromedriver)
+                .arg(format!("--port={port}"))
+                .stdout(std::fs::File::create(logs.join("chromedriver.log")).unwrap())
+                .stderr(Stdio::null()),
+        );
         let d = Driver {
-            _proc: Proc(child),
+            _served: served,
             port,
         };
         wait_for("chromedriver is ready", Duration::from_secs(30), || {

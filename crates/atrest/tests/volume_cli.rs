@@ -3,13 +3,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+use atrest_testkit::process::output;
+use atrest_testkit::volume::stopped_encryption;
 
 fn atrest(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_atrest"))
-        .args(args)
-        .output()
-        .unwrap()
+    output(env!("CARGO_BIN_EXE_atrest"), args)
 }
 
 fn dir(name: &str) -> PathBuf {
@@ -77,46 +77,9 @@ fn format_dump_export() {
 
 #[test]
 fn dump_shows_a_conversion_under_way() {
-    use atrest_volume::*;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
     let d = dir("conv");
     let img = d.join("v.img");
-    let dev = Arc::new(FileDevice::create(&img, 3 << 20).unwrap());
-    let opts = FormatOptions {
-        data_offset: 1 << 20,
-        label: String::new(),
-    };
-    let u = Volume::format(dev, &opts)
-        .unwrap()
-        .unlock(Vec::new())
-        .unwrap();
-    let reference = KeyReference {
-        unique_identifier: "uid-7".into(),
-        servers: vec!["kms.example:5696".into()],
-        created: "2026-11-27T11:00:00Z".into(),
-    };
-    let fast = EncryptOptions {
-        pbkdf2_iterations: 1000,
-        ..Default::default()
-    };
-    u.begin_encrypt(
-        KeyMaterial::generate(KeySize::Bits256).unwrap(),
-        reference,
-        &fast,
-    )
-    .unwrap();
-    let stop = Arc::new(AtomicBool::new(true));
-    let conv = ConvertOptions {
-        chunk_size: 256 << 10,
-        threads: 1,
-        stop: Some(stop.clone()),
-    };
-    stop.store(false, Ordering::Relaxed);
-    u.convert(&conv, &mut |_| stop.store(true, Ordering::Relaxed))
-        .unwrap();
-    drop(u);
+    stopped_encryption(&img, "kms.example:5696");
 
     let o = atrest(&["volume", "dump", img.to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

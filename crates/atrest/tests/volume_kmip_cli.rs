@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use atrest_testkit::process::ok;
+use atrest_testkit::process::{ok, output};
 
 /// The PyKMIP peer (EC server key), with the commands these tests run against it.
 struct Peer(atrest_testkit::Peer);
@@ -21,62 +21,12 @@ fn cryptsetup() -> bool {
 }
 
 impl Peer {
-    fn v(&self, k: &str) -> &str {
-        self.0.v(k)
-    }
-
-    fn kmip_flags(&self) -> Vec<String> {
-        [
-            "--server",
-            &format!("{}:{}", self.v("KMIP_HOST"), self.v("KMIP_PORT")),
-            "--server-name",
-            self.v("KMIP_SERVER_NAME"),
-            "--ca",
-            self.v("KMIP_CA"),
-            "--client-cert",
-            self.v("KMIP_CLIENT_CERT"),
-            "--client-key",
-            self.v("KMIP_CLIENT_KEY"),
-            "--username",
-            self.v("KMIP_USERNAME"),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    }
-
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_atrest"));
-        c.args(args)
-            .args(self.kmip_flags())
-            .env("ATREST_KMIP_PASSWORD", self.v("KMIP_PASSWORD"));
-        c
+        self.0.cli(env!("CARGO_BIN_EXE_atrest"), args)
     }
 
     fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().unwrap()
-    }
-
-    /// The key bytes PyKMIP's own client gets for `uid`.
-    fn pykmip_get(&self, uid: &str) -> Vec<u8> {
-        let out = Command::new(self.v("PYKMIP_PYTHON_BIN"))
-            .arg("-c")
-            .arg(
-                "import sys\nfrom kmip.pie.client import ProxyKmipClient\n\
-                 h, port, cert, key, ca, uid = sys.argv[1:7]\n\
-                 c = ProxyKmipClient(hostname=h, port=int(port), cert=cert, key=key, ca=ca, config_file='/dev/null')\n\
-                 c.open()\nsys.stdout.write(c.get(uid).value.hex())\nc.close()\n",
-            )
-            .args([self.v("KMIP_HOST"), self.v("KMIP_PORT"), self.v("KMIP_CLIENT_CERT")])
-            .args([self.v("KMIP_CLIENT_KEY"), self.v("KMIP_CA"), uid])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        hex::decode(String::from_utf8_lossy(&out.stdout).trim()).unwrap()
     }
 }
 
@@ -90,16 +40,16 @@ fn scratch(name: &str) -> PathBuf {
 /// A plain volume with `mib` MiB of random payload; returns the image and the payload.
 fn plain_volume(dir: &Path, mib: u64) -> (PathBuf, Vec<u8>) {
     let img = dir.join("v.img");
-    ok(&Command::new(env!("CARGO_BIN_EXE_atrest"))
-        .args([
+    ok(&output(
+        env!("CARGO_BIN_EXE_atrest"),
+        &[
             "volume",
             "format",
             img.to_str().unwrap(),
             "--size",
             &format!("{mib}M"),
-        ])
-        .output()
-        .unwrap());
+        ],
+    ));
     let dump = dump(&img);
     let offset = dump["data_offset"].as_u64().unwrap();
     let mut payload = vec![0u8; (mib << 20) as usize];
@@ -112,10 +62,10 @@ fn plain_volume(dir: &Path, mib: u64) -> (PathBuf, Vec<u8>) {
 }
 
 fn dump(img: &Path) -> serde_json::Value {
-    let o = Command::new(env!("CARGO_BIN_EXE_atrest"))
-        .args(["volume", "dump", img.to_str().unwrap(), "--json"])
-        .output()
-        .unwrap();
+    let o = output(
+        env!("CARGO_BIN_EXE_atrest"),
+        &["volume", "dump", img.to_str().unwrap(), "--json"],
+    );
     serde_json::from_str(&ok(&o)).unwrap()
 }
 
@@ -171,7 +121,7 @@ fn encrypt_then_cryptsetup_accepts_the_key_pykmip_gets() {
     );
 
     // The key PyKMIP's own client gets for the header's id opens the volume in cryptsetup.
-    let key = p.pykmip_get(&uid);
+    let key = hex::decode(p.0.pykmip_get_hex(&uid, None)).unwrap();
     assert_eq!(key.len(), 32);
     let key_file = dir.join("key.bin");
     std::fs::write(&key_file, &key).unwrap();

@@ -5,19 +5,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
-use atrest_testkit::process::{Served, appliance_port, ok, serve_command, spawn_until};
+use atrest_testkit::process::{Served, appliance_port, ok, output, serve_command, spawn_until};
+use atrest_testkit::volume::stopped_encryption;
 use atrest_volume::VolumeLock;
 
 /// What every refusal says.
 const IN_USE: &str = "is in use by another atrest appliance or `atrest volume` command";
 
 fn atrest(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_atrest"))
-        .args(args)
-        .output()
-        .unwrap()
+    output(env!("CARGO_BIN_EXE_atrest"), args)
 }
 
 /// Asserts that `o` is the refusal of a volume in use: non-zero, one line on stderr naming the
@@ -81,29 +79,6 @@ fn serve(data: &Path) -> Served {
     .0
 }
 
-/// The bundled KMIP server's client settings as `atrest kmip` flags, and the password.
-fn kmip_flags(env: &Path) -> (Vec<String>, String) {
-    let p = atrest_testkit::Peer::from_file(env);
-    let flags = [
-        "--server",
-        &format!("{}:{}", p.v("KMIP_HOST"), p.v("KMIP_PORT")),
-        "--server-name",
-        p.v("KMIP_SERVER_NAME"),
-        "--ca",
-        p.v("KMIP_CA"),
-        "--client-cert",
-        p.v("KMIP_CLIENT_CERT"),
-        "--client-key",
-        p.v("KMIP_CLIENT_KEY"),
-        "--username",
-        p.v("KMIP_USERNAME"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    (flags, p.v("KMIP_PASSWORD").to_owned())
-}
-
 #[test]
 fn a_running_appliance_refuses_every_volume_command() {
     let s = Scratch::new("serve");
@@ -113,14 +88,11 @@ fn a_running_appliance_refuses_every_volume_command() {
     let img_s = img.to_str().unwrap();
     assert!(data.join("volume.img.lock").exists());
     let before = sha256(&img);
-    let (flags, password) = kmip_flags(&data.join("kms/client.env"));
+    let kms = atrest_testkit::Peer::from_file(&data.join("kms/client.env"));
     let out = s.0.join("export.bin");
     let out_s = out.to_str().unwrap();
     let keyed = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_atrest"))
-            .args(args)
-            .args(&flags)
-            .env("ATREST_KMIP_PASSWORD", &password)
+        kms.cli(env!("CARGO_BIN_EXE_atrest"), args)
             .output()
             .unwrap()
     };
@@ -288,46 +260,10 @@ fn dump_reports_a_damaged_copy_and_repairs_it_only_when_asked() {
 
 #[test]
 fn reading_a_conversion_under_way_needs_the_exclusive_lock() {
-    use atrest_volume::*;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
     // A volume whose encryption stopped after its first chunk.
     let s = Scratch::new("conv");
     let img = s.0.join("v.img");
-    let dev = Arc::new(FileDevice::create(&img, 3 << 20).unwrap());
-    let opts = FormatOptions {
-        data_offset: 1 << 20,
-        label: String::new(),
-    };
-    let u = Volume::format(dev, &opts)
-        .unwrap()
-        .unlock(Vec::new())
-        .unwrap();
-    let reference = KeyReference {
-        unique_identifier: "uid-7".into(),
-        servers: vec!["127.0.0.1:1".into()],
-        created: "2026-11-27T11:00:00Z".into(),
-    };
-    let fast = EncryptOptions {
-        pbkdf2_iterations: 1000,
-        ..Default::default()
-    };
-    u.begin_encrypt(
-        KeyMaterial::generate(KeySize::Bits256).unwrap(),
-        reference,
-        &fast,
-    )
-    .unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let conv = ConvertOptions {
-        chunk_size: 256 << 10,
-        threads: 1,
-        stop: Some(stop.clone()),
-    };
-    u.convert(&conv, &mut |_| stop.store(true, Ordering::Relaxed))
-        .unwrap();
-    drop(u);
+    stopped_encryption(&img, "127.0.0.1:1");
     let img_s = img.to_str().unwrap();
     let before = sha256(&img);
 

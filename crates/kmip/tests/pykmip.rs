@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use atrest_kmip::client::{Client, ClientError, Identity, TlsProblem};
 use atrest_kmip::message::{
     Attributes, Operation, ProtocolVersion, ResultReason, RevocationReasonCode, State,
@@ -262,36 +260,7 @@ fn pykmip_client_gets_the_bytes_atrest_sees() {
     let uid = c.create_aes_key(256, None).unwrap();
     c.activate(&uid).unwrap();
     let ours = hex::encode(&*c.get_key(&uid).unwrap().material);
-    let script = r#"
-import sys
-from kmip.pie.client import ProxyKmipClient
-from kmip.core import enums
-host, port, cert, key, ca, uid = sys.argv[1:7]
-c = ProxyKmipClient(hostname=host, port=int(port), cert=cert, key=key, ca=ca,
-                    config_file='/dev/null', kmip_version=enums.KMIPVersion.KMIP_1_2)
-c.open()
-print(c.get(uid).value.hex())
-c.close()
-"#;
-    let out = Command::new(p.v("PYKMIP_PYTHON_BIN"))
-        .arg("-c")
-        .arg(script)
-        .args([
-            p.v("KMIP_HOST"),
-            p.v("KMIP_PORT"),
-            p.v("KMIP_CLIENT_CERT"),
-            p.v("KMIP_CLIENT_KEY"),
-            p.v("KMIP_CA"),
-            &uid,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), ours);
+    assert_eq!(p.pykmip_get_hex(&uid, Some("KMIP_1_2")), ours);
     c.revoke(&uid, RevocationReasonCode::CESSATION_OF_OPERATION, None)
         .unwrap();
     c.destroy(&uid).unwrap();

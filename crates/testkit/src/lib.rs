@@ -17,9 +17,12 @@ pub mod exposition;
 pub mod https;
 pub mod process;
 pub mod table;
+pub mod volume;
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use atrest_keys::settings::{EnvFile, Sources};
@@ -168,6 +171,68 @@ impl Peer {
             host: self.v("KMIP_HOST").to_owned(),
             port: self.v("KMIP_PORT").parse().expect("KMIP_PORT is a port"),
         }
+    }
+
+    /// The flags of `atrest kmip` and `atrest volume` for this server with the PEM identity
+    /// and the username: `--server HOST:PORT --server-name KMIP_SERVER_NAME --ca KMIP_CA
+    /// --client-cert KMIP_CLIENT_CERT --client-key KMIP_CLIENT_KEY --username KMIP_USERNAME`.
+    pub fn cli_flags(&self) -> Vec<String> {
+        let server = format!("{}:{}", self.v("KMIP_HOST"), self.v("KMIP_PORT"));
+        [
+            ("--server", server.as_str()),
+            ("--server-name", self.v("KMIP_SERVER_NAME")),
+            ("--ca", self.v("KMIP_CA")),
+            ("--client-cert", self.v("KMIP_CLIENT_CERT")),
+            ("--client-key", self.v("KMIP_CLIENT_KEY")),
+            ("--username", self.v("KMIP_USERNAME")),
+        ]
+        .into_iter()
+        .flat_map(|(flag, value)| [flag.to_owned(), value.to_owned()])
+        .collect()
+    }
+
+    /// `BIN ARGS…` followed by [`Peer::cli_flags`], the password in `ATREST_KMIP_PASSWORD`: a
+    /// command of the `atrest` binary `bin` against this server.
+    pub fn cli(&self, bin: impl AsRef<OsStr>, args: &[impl AsRef<OsStr>]) -> Command {
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .args(self.cli_flags())
+            .env("ATREST_KMIP_PASSWORD", self.v("KMIP_PASSWORD"));
+        cmd
+    }
+
+    /// The key `uid` in hex as PyKMIP's own client (`ProxyKmipClient`, in the peer's Python)
+    /// gets it, speaking `kmip_version` (a name of PyKMIP's `KMIPVersion`, e.g. `KMIP_1_2`) or
+    /// its default; panics with PyKMIP's stderr when it fails.
+    pub fn pykmip_get_hex(&self, uid: &str, kmip_version: Option<&str>) -> String {
+        let version = kmip_version
+            .map(|v| format!(", kmip_version=enums.KMIPVersion.{v}"))
+            .unwrap_or_default();
+        let script = format!(
+            "import sys\n\
+             from kmip.pie.client import ProxyKmipClient\n\
+             from kmip.core import enums\n\
+             host, port, cert, key, ca, uid = sys.argv[1:7]\n\
+             c = ProxyKmipClient(hostname=host, port=int(port), cert=cert, key=key, ca=ca, \
+             config_file='/dev/null'{version})\n\
+             c.open()\n\
+             sys.stdout.write(c.get(uid).value.hex())\n\
+             c.close()\n"
+        );
+        let out = Command::new(self.v("PYKMIP_PYTHON_BIN"))
+            .arg("-c")
+            .arg(script)
+            .args([self.v("KMIP_HOST"), self.v("KMIP_PORT")])
+            .args([self.v("KMIP_CLIENT_CERT"), self.v("KMIP_CLIENT_KEY")])
+            .args([self.v("KMIP_CA"), uid])
+            .output()
+            .expect("the peer's Python runs");
+        assert!(
+            out.status.success(),
+            "PyKMIP's client: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     /// A PEM identity from the files named by `cert` and `key`.

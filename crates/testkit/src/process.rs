@@ -3,7 +3,7 @@
 //! when the test ends (or stopped with SIGTERM), and running the other programs a test needs.
 
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write as _};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -97,6 +97,40 @@ impl Served {
 /// printed when it exits first, or when it has printed lines for two minutes without the one
 /// awaited.
 pub fn spawn_until<T>(cmd: &mut Command, ready: impl Fn(&str) -> Option<T>) -> (Served, T) {
+    read_until(cmd, None, ready)
+}
+
+/// [`spawn_until`] that also writes every line of stdout to the file `log` (created, or
+/// emptied), the lines after the awaited one too: for a test that keeps what a server printed
+/// (the command's stderr can go to a file of its own with [`Stdio::from`]).
+pub fn spawn_until_logging<T>(
+    cmd: &mut Command,
+    log: &Path,
+    ready: impl Fn(&str) -> Option<T>,
+) -> (Served, T) {
+    let file = std::fs::File::create(log)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+    read_until(cmd, Some(file), ready)
+}
+
+/// Spawns `cmd` as it is, reading nothing: the process, killed (and reaped) when dropped.
+pub fn spawn(cmd: &mut Command) -> Served {
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?} does not start: {e}"));
+    Served {
+        child,
+        output: Vec::new(),
+        stderr: Arc::default(),
+    }
+}
+
+/// [`spawn_until`], each line of stdout also written to `log` when there is one.
+fn read_until<T>(
+    cmd: &mut Command,
+    mut log: Option<std::fs::File>,
+    ready: impl Fn(&str) -> Option<T>,
+) -> (Served, T) {
     let mut child = cmd
         .stdout(Stdio::piped())
         .spawn()
@@ -116,6 +150,11 @@ pub fn spawn_until<T>(cmd: &mut Command, ready: impl Fn(&str) -> Option<T>) -> (
         output: Vec::new(),
         stderr,
     };
+    let mut keep = move |line: &str| {
+        if let Some(f) = log.as_mut() {
+            writeln!(f, "{line}").expect("writing the log of a process");
+        }
+    };
     let deadline = Instant::now() + READY_WITHIN;
     let found = loop {
         let Some(Ok(line)) = lines.next() else {
@@ -125,6 +164,7 @@ pub fn spawn_until<T>(cmd: &mut Command, ready: impl Fn(&str) -> Option<T>) -> (
                 served.output
             );
         };
+        keep(&line);
         served.output.push(line.clone());
         if let Some(t) = ready(&line) {
             break t;
@@ -135,7 +175,16 @@ pub fn spawn_until<T>(cmd: &mut Command, ready: impl Fn(&str) -> Option<T>) -> (
             served.output
         );
     };
-    std::thread::spawn(move || for _ in lines {});
+    std::thread::spawn(move || {
+        for line in lines {
+            match line {
+                Ok(line) => keep(&line),
+                // A line that is not UTF-8 is passed over; the rest is still read.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {}
+                Err(_) => break,
+            }
+        }
+    });
     (served, found)
 }
 
@@ -174,6 +223,13 @@ pub fn run(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// `BIN ARGS…` run to its end: its output, whatever the exit status (see [`ok`]).
+pub fn output(bin: impl AsRef<OsStr>, args: &[impl AsRef<OsStr>]) -> Output {
+    let mut cmd = Command::new(bin);
+    cmd.args(args);
+    cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
 }
 
 /// Whether `program arg` runs and succeeds (e.g. `has("dpkg", "--version")`).

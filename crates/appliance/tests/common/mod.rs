@@ -1,6 +1,9 @@
 //! What the in-process appliance tests share: one start of the appliance (state, content
-//! volume, KMIP server), requests to the router, login, waiting, the audit history's texts.
+//! volume, KMIP server), requests to the router, login, waiting, the audit history's texts;
+//! [`admin`] has the fixtures of the admin API and page tests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod admin;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,9 +11,9 @@ use std::time::Duration;
 use atrest_appliance::content::{DataVolume, VolumeOptions};
 use atrest_appliance::embedded::{self, EmbeddedKms};
 use atrest_appliance::state::Content;
-use atrest_appliance::workflow::Backoff;
+use atrest_appliance::workflow::{Backoff, State as WfState};
 use atrest_appliance::{AppConfig, AppState, VolumeBackend};
-use atrest_kmip::client::Timeouts;
+use atrest_kmip::client::{Client, Timeouts};
 use atrest_store::{Query, Store};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -27,6 +30,18 @@ pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("gave up waiting until {what}");
+}
+
+/// One request to the router: the status, the headers and the raw answer.
+pub async fn send(
+    app: &axum::Router,
+    req: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let res = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.unwrap().to_bytes().to_vec();
+    (status, headers, body)
 }
 
 /// One request to the router, with an optional Bearer token and JSON body (bytes): the
@@ -48,12 +63,8 @@ pub async fn raw(
             .body(Body::from(b)),
         None => req.body(Body::empty()),
     };
-    let res = app.clone().oneshot(req.unwrap()).await.unwrap();
-    let s = res.status();
-    (
-        s,
-        res.into_body().collect().await.unwrap().to_bytes().to_vec(),
-    )
+    let (s, _, b) = send(app, req.unwrap()).await;
+    (s, b)
 }
 
 /// [`raw`] with a JSON body and answer (`Null` when the answer is not JSON).
@@ -75,9 +86,40 @@ pub async fn request(
     (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
 }
 
-/// Logs in as the admin: the API token.
+/// GET `uri` with `token`: the status and the JSON answer.
+pub async fn get(app: &axum::Router, token: &str, uri: &str) -> (StatusCode, Value) {
+    request(app, Some(token), "GET", uri, None).await
+}
+
+/// POST `uri` with `token` and no body.
+pub async fn post(app: &axum::Router, token: &str, uri: &str) -> (StatusCode, Value) {
+    request(app, Some(token), "POST", uri, None).await
+}
+
+/// POST `uri` with `token` and a JSON body.
+pub async fn post_json(
+    app: &axum::Router,
+    token: &str,
+    uri: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    request(app, Some(token), "POST", uri, Some(body)).await
+}
+
+/// `method` `uri` with `token` and a JSON body.
+pub async fn send_json(
+    app: &axum::Router,
+    token: &str,
+    method: &str,
+    uri: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    request(app, Some(token), method, uri, Some(body)).await
+}
+
+/// Logs in as the admin, which must succeed: the API token.
 pub async fn token(app: &axum::Router, password: &str) -> String {
-    let (_, v) = request(
+    let (s, v) = request(
         app,
         None,
         "POST",
@@ -85,6 +127,7 @@ pub async fn token(app: &axum::Router, password: &str) -> String {
         Some(json!({"username": "admin", "password": password})),
     )
     .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
     v["token"].as_str().unwrap().to_owned()
 }
 
@@ -101,6 +144,12 @@ pub fn audit_texts(store: &Store) -> Vec<String> {
         .into_iter()
         .map(|e| e.text)
         .collect()
+}
+
+/// A KMIP client for the server of the settings saved in `data`.
+pub fn key_client(data: &Path) -> Client {
+    let s = AppState::open(config(data)).unwrap().state;
+    Client::new(s.kmip().unwrap().client_config(Timeouts::default())).unwrap()
 }
 
 /// The appliance's settings for tests: a fast admin password hash, 5 s KMIP timeouts.
@@ -209,6 +258,31 @@ impl Run {
             Content::Ready(s) => s,
             other => panic!("the store is not ready: {other:?}"),
         }
+    }
+
+    /// Waits until the volume is unlocked and no conversion runs (Encrypted); `what` names the
+    /// wait when it gives up.
+    pub fn wait_encrypted(&self, what: &str) {
+        wait_for(what, || self.state.workflow().state == WfState::Encrypted);
+    }
+
+    /// Waits until an unlock attempt failed (the workflow holds its reasons).
+    pub fn wait_unlock_failed(&self) {
+        wait_for("an unlock attempt failed", || {
+            !self.state.workflow().lock_reasons.is_empty()
+        });
+    }
+
+    /// Save and Test, which must pass, then Encrypt, waited for until it finished: the key id.
+    pub async fn test_and_encrypt(&self, app: &axum::Router, token: &str) -> String {
+        let (s, v) = post(app, token, "/api/encryption/test").await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["ok"], true, "{v}");
+        let (s, v) = post(app, token, "/api/encryption/encrypt").await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        let key_id = v["key_id"].as_str().unwrap().to_owned();
+        self.wait_encrypted("encrypted");
+        key_id
     }
 
     /// The admin password: generated at this start, else the first start's.
