@@ -114,7 +114,7 @@ pub struct GrowArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Bytes converted per committed step (SIZE: bytes, or with K, M, G or T, e.g. 4M);
-    /// smaller steps commit more often.
+    /// smaller steps commit more often (default 64M, the largest a header may name).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     chunk_size: Option<u64>,
     /// Worker threads (default: one per core).

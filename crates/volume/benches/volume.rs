@@ -9,7 +9,7 @@
 //!
 //! `cargo bench -p atrest-volume --bench volume`; env ATREST_BENCH_SIZE (e.g. `256M`) for a
 //! quicker run, ATREST_BENCH_DIR for where the images go (default: the target's tmp dir),
-//! ATREST_BENCH_CHUNK_MIB for the conversion chunk (default 32), ATREST_BENCH_ONLY=conversion
+//! ATREST_BENCH_CHUNK_MIB for the conversion chunk (default: the CLI's, 64), ATREST_BENCH_ONLY=conversion
 //! to skip the XTS measurement.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]

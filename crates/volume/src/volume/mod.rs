@@ -38,8 +38,11 @@ pub const CIPHER: &str = "aes-xts-plain64";
 pub const DEFAULT_DATA_OFFSET: u64 = 16 << 20;
 /// Smallest header area atrest formats.
 pub const MIN_DATA_OFFSET: u64 = 1 << 20;
-/// Default conversion chunk.
-pub const DEFAULT_CHUNK_SIZE: u64 = 32 << 20;
+/// Default conversion chunk: the largest hotzone a header may name. Each chunk costs two
+/// flushes and a header commit, so fewer, larger chunks convert faster (BENCHMARKS.md,
+/// "Conversion at disk speed"); the appliance, which serves while converting, uses smaller
+/// ones (`atrest serve --convert-chunk`, 4 MiB by default) so that a write waits less.
+pub const DEFAULT_CHUNK_SIZE: u64 = crate::luks2::MAX_HOTZONE_SIZE;
 /// Largest sector size (I/O locks are aligned to it).
 const MAX_SECTOR: u64 = 4096;
 /// Default sector size.
