@@ -24,6 +24,9 @@ pub struct EmbeddedKms {
     pub env_file: PathBuf,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// DIR/kms/lock, held while the server runs: an `atrest kms serve` started on the same
+    /// directory is refused instead of serving from a copy of its objects.
+    _lock: atrest_kms::datadir::DirLock,
 }
 
 impl EmbeddedKms {
@@ -65,6 +68,13 @@ fn env_names(env: &Path, host: &str, port: u16) -> bool {
 pub fn start(data_dir: &Path) -> Result<EmbeddedKms, String> {
     let root = data_dir.join("kms");
     let dir = DataDir::new(&root);
+    // Before anything is read or created: one server per data directory.
+    let lock = dir.lock().map_err(|e| {
+        format!(
+            "cannot start the bundled KMIP server in {}: {e}",
+            root.display()
+        )
+    })?;
     dir.open_or_init(&["localhost".to_owned(), "127.0.0.1".to_owned()])
         .map_err(|e| {
             format!(
@@ -118,6 +128,7 @@ pub fn start(data_dir: &Path) -> Result<EmbeddedKms, String> {
         env_file,
         stop,
         thread: Some(thread),
+        _lock: lock,
     })
 }
 
@@ -139,4 +150,26 @@ pub fn prefill(state: &AppState, env_file: &Path) -> Result<bool, String> {
         .set_kmip(new)
         .map_err(|e| format!("cannot save the KMIP settings: {e}"))?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_server_on_the_bundled_servers_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let kms = start(dir.path()).unwrap();
+        // `atrest kms serve --data-dir DIR/kms` takes the same lock first.
+        let err = DataDir::new(dir.path().join("kms")).lock().unwrap_err();
+        assert!(
+            err.to_string().contains("another key server is running"),
+            "{err}"
+        );
+        let err = start(dir.path()).unwrap_err();
+        assert!(err.contains("another key server is running"), "{err}");
+        kms.stop();
+        // Stopped, the directory is free again.
+        start(dir.path()).unwrap().stop();
+    }
 }
