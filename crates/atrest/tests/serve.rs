@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use atrest_testkit::https::wait_until;
 use atrest_testkit::appliance::Appliance;
+use atrest_testkit::https::wait_until;
 use serde_json::json;
 
 fn start(data: &Path, extra: &[&str]) -> Appliance {
@@ -221,7 +221,9 @@ fn encrypt_killed_midway_resumes_and_unlocks_at_the_next_start() {
 
     let app = start(&data, &flags);
     assert!(
-        app.output().iter().any(|l| l.contains("volume.img: locked")),
+        app.output()
+            .iter()
+            .any(|l| l.contains("volume.img: locked")),
         "{:?}",
         app.output()
     );
