@@ -13,11 +13,10 @@ use atrest_appliance::state::EventSink;
 use atrest_appliance::workflow::{Event, Request as WfRequest, State as WfState};
 use atrest_appliance::{VolumeBackend, app};
 use atrest_kmip::client::ClientConfig;
+use atrest_testkit::process::free_port;
 use axum::body::Body;
 use axum::http::{StatusCode, header};
-use common::admin::{
-    Pki, bearer, browser_login, call, closed_port, fixture, json_of, mode, page, req,
-};
+use common::admin::{Pki, bearer, browser_login, call, fixture, json_of, mode, page, req};
 use common::{send, token};
 use serde_json::{Value, json};
 
@@ -279,7 +278,7 @@ async fn test_steps_and_the_encrypt_gate() {
         &t,
         "PUT",
         "/api/encryption/kmip",
-        Some(pki.settings(closed_port())),
+        Some(pki.settings(free_port())),
     )
     .await;
     assert_eq!(s, StatusCode::OK);

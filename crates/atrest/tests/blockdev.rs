@@ -6,12 +6,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
 
 use atrest_testkit::LoopDevice;
+use atrest_testkit::appliance::{Appliance, Launch};
 use atrest_testkit::https::wait_until;
-use atrest_testkit::process::{Served, appliance_port, output, serve_command, spawn_until};
+use atrest_testkit::process::output;
 use serde_json::{Value, json};
 
 fn atrest(args: &[&str]) -> Output {
@@ -25,80 +26,18 @@ fn loop_device(dir: &Path, len: u64) -> Option<LoopDevice> {
     LoopDevice::attach(&file)
 }
 
-struct Appliance {
-    /// Killed when the appliance is dropped.
-    _served: Served,
-    port: u16,
-    data: PathBuf,
-    output: Vec<String>,
-}
-
 fn start(data: &Path, volume: &Path) -> Appliance {
     start_with(data, volume, &[])
 }
 
 fn start_with(data: &Path, volume: &Path, extra: &[&str]) -> Appliance {
-    let (mut served, port) = spawn_until(
-        serve_command(env!("CARGO_BIN_EXE_atrest"), data)
-            .arg("--embedded-kms")
-            .arg("--volume")
-            .arg(volume)
-            .args(["--convert-chunk", "1M", "--unlock-retry-max", "1"])
-            .args(extra)
-            .stderr(Stdio::inherit()),
-        appliance_port,
-    );
-    let output = std::mem::take(&mut served.output);
-    Appliance {
-        _served: served,
-        port,
-        data: data.to_path_buf(),
-        output,
-    }
-}
-
-impl Appliance {
-    fn request(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: &[u8],
-        content_type: &str,
-    ) -> (u16, Value) {
-        atrest_testkit::https::request(
-            &self.data.join("tls/cert.pem"),
-            self.port,
-            method,
-            path,
-            token,
-            body,
-            content_type,
-        )
-    }
-
-    fn json(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&Value>,
-    ) -> (u16, Value) {
-        let body = body.map(|v| v.to_string()).unwrap_or_default();
-        self.request(method, path, token, body.as_bytes(), "application/json")
-    }
-
-    fn login(&self) -> String {
-        let pw = std::fs::read_to_string(self.data.join("initial-admin-password")).unwrap();
-        let (s, v) = self.json(
-            "POST",
-            "/api/session",
-            None,
-            Some(&json!({"username": "admin", "password": pw.trim()})),
-        );
-        assert_eq!(s, 200, "{v}");
-        v["token"].as_str().unwrap().to_owned()
-    }
+    Launch::new(env!("CARGO_BIN_EXE_atrest"), data)
+        .arg("--embedded-kms")
+        .arg("--volume")
+        .arg(volume)
+        .args(["--convert-chunk", "1M", "--unlock-retry-max", "1"])
+        .args(extra)
+        .start()
 }
 
 /// `atrest serve` with `volume`, expected to refuse to start: its stderr.
@@ -147,11 +86,11 @@ fn format_serve_encrypt_restart_on_a_loop_device() {
 
     let app = start(&data, dev.path());
     assert!(
-        app.output
+        app.output()
             .iter()
             .any(|l| l.contains(&format!("{d}: plain"))),
         "{:?}",
-        app.output
+        app.output()
     );
     assert!(
         !data.join("volume.img").exists(),

@@ -8,70 +8,24 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 
 use atrest_testkit::Peer;
-use atrest_testkit::exposition::{self, Exposition, get};
+use atrest_testkit::appliance::{Appliance, Launch, Stderr};
+use atrest_testkit::exposition::{self, get};
 use atrest_testkit::https::wait_until;
-use atrest_testkit::process::{
-    Served, appliance_port, kms_port, kms_serve_command, metrics_addr, serve_command, spawn_until,
-};
-use serde_json::{Value, json};
-
-struct Appliance {
-    /// Killed when the appliance is dropped.
-    _served: Served,
-    port: u16,
-    metrics: String,
-    data: PathBuf,
-}
+use atrest_testkit::process::{kms_port, kms_serve_command, metrics_addr, spawn_until};
+use serde_json::json;
 
 fn start(data: &Path, extra: &[&str]) -> Appliance {
-    let (served, port) = spawn_until(
-        serve_command(env!("CARGO_BIN_EXE_atrest"), data)
-            .args(["--metrics-listen", "127.0.0.1:0"])
-            .args(["--volume-size", "32M", "--convert-chunk", "1M"])
-            .args(["--unlock-retry-max", "1"])
-            .args(extra)
-            .stderr(Stdio::null()),
-        appliance_port,
-    );
-    Appliance {
-        metrics: metrics_addr(&served.output),
-        _served: served,
-        port,
-        data: data.to_path_buf(),
-    }
-}
-
-impl Appliance {
-    fn api(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Value {
-        atrest_testkit::https::api(
-            &self.data.join("tls/cert.pem"),
-            self.port,
-            method,
-            path,
-            token,
-            body.as_ref(),
-        )
-    }
-
-    fn login(&self) -> String {
-        let pw = std::fs::read_to_string(self.data.join("initial-admin-password")).unwrap();
-        let v = self.api(
-            "POST",
-            "/api/session",
-            None,
-            Some(json!({"username": "admin", "password": pw.trim()})),
-        );
-        v["token"].as_str().unwrap().to_owned()
-    }
-
-    /// A scrape, checked strictly (and by promtool when installed).
-    fn scrape(&self) -> Exposition {
-        exposition::scrape(&self.metrics)
-    }
+    Launch::new(env!("CARGO_BIN_EXE_atrest"), data)
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .args(["--volume-size", "32M", "--convert-chunk", "1M"])
+        .args(["--unlock-retry-max", "1"])
+        .args(extra)
+        .stderr(Stderr::Null)
+        .start()
 }
 
 #[test]
@@ -81,8 +35,8 @@ fn metrics_and_readiness_through_encrypt_restart_and_unlock() {
     // Paced (16 MiB at 2 MiB/s), so that the checks below see the conversion under way on a
     // loaded machine too.
     let app = start(&data, &["--embedded-kms", "--convert-rate", "2M"]);
-    assert_eq!(get(&app.metrics, "/healthz"), (200, "ok\n".into()));
-    assert_eq!(get(&app.metrics, "/readyz"), (200, "ready\n".into()));
+    assert_eq!(get(&app.metrics(), "/healthz"), (200, "ok\n".into()));
+    assert_eq!(get(&app.metrics(), "/readyz"), (200, "ready\n".into()));
     let e = app.scrape();
     assert_eq!(
         e.value("atrest_encryption_state", &[("state", "plain")]),
@@ -143,7 +97,7 @@ fn metrics_and_readiness_through_encrypt_restart_and_unlock() {
             &[("route", "/api/encryption/encrypt"), ("status", "202")]
         ) == 1.0
     );
-    assert_eq!(get(&app.metrics, "/readyz").0, 200);
+    assert_eq!(get(&app.metrics(), "/readyz").0, 200);
     wait_until("encrypted", || {
         app.api("GET", "/api/encryption", Some(&t), None)["state"] == "encrypted"
     });
@@ -151,7 +105,7 @@ fn metrics_and_readiness_through_encrypt_restart_and_unlock() {
 
     // Without the key server: locked, not ready, and why per server.
     let app = start(&data, &[]);
-    assert_eq!(get(&app.metrics, "/readyz"), (503, "locked\n".into()));
+    assert_eq!(get(&app.metrics(), "/readyz"), (503, "locked\n".into()));
     wait_until("an unlock attempt failed", || {
         !app.scrape().find("atrest_unlock_failure", &[]).is_empty()
     });
@@ -168,7 +122,7 @@ fn metrics_and_readiness_through_encrypt_restart_and_unlock() {
             .any(|s| s.label("server") == Some(&server) && s.label("class") == Some("tcp-refused")),
         "{failures:?}"
     );
-    assert_eq!(get(&app.metrics, "/readyz").0, 503);
+    assert_eq!(get(&app.metrics(), "/readyz").0, 503);
 
     // The key server comes back on its port: unlocked, ready.
     let (_kms, _) = spawn_until(
@@ -177,7 +131,7 @@ fn metrics_and_readiness_through_encrypt_restart_and_unlock() {
         kms_port,
     );
     wait_until("ready after the unlock", || {
-        get(&app.metrics, "/readyz") == (200, "ready\n".into())
+        get(&app.metrics(), "/readyz") == (200, "ready\n".into())
     });
     let e = app.scrape();
     assert_eq!(
@@ -216,7 +170,7 @@ fn both_servers_scraped_during_a_conversion_agree_with_the_api() {
         "PUT",
         "/api/encryption/kmip",
         Some(&t),
-        Some(json!({
+        Some(&json!({
             "servers": [server],
             "ca_pem": read("KMIP_CA"),
             "client_cert_pem": read("KMIP_CLIENT_CERT"),

@@ -6,84 +6,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
+use std::path::Path;
 
-use atrest_testkit::process::{Served, appliance_port, serve_command, spawn_until};
-use serde_json::{Value, json};
-
-struct Appliance {
-    /// Killed when the appliance is dropped.
-    _served: Served,
-    port: u16,
-    data: PathBuf,
-}
+use atrest_testkit::appliance::{Appliance, Launch};
+use serde_json::json;
 
 fn start(data: &Path, extra: &[&str]) -> Appliance {
-    let (served, port) = spawn_until(
-        serve_command(env!("CARGO_BIN_EXE_atrest"), data)
-            .args(["--volume-size", "64M"])
-            .args(["--convert-chunk", "4M", "--unlock-retry-max", "1"])
-            .args(extra)
-            // Tests keep the argon2 memory small; the default is 256 MiB.
-            .env("ATREST_RECOVERY_KDF_MEMORY_KIB", "16384")
-            .stderr(Stdio::inherit()),
-        appliance_port,
-    );
-    Appliance {
-        _served: served,
-        port,
-        data: data.to_path_buf(),
-    }
-}
-
-impl Appliance {
-    fn request(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&Value>,
-    ) -> (u16, Value) {
-        atrest_testkit::https::json(
-            &self.data.join("tls/cert.pem"),
-            self.port,
-            method,
-            path,
-            token,
-            body,
-        )
-    }
-
-    fn login(&self) -> String {
-        let (s, v) = self.request(
-            "POST",
-            "/api/session",
-            None,
-            Some(&json!({"username": "admin", "password": password(&self.data)})),
-        );
-        assert_eq!(s, 200, "{v}");
-        v["token"].as_str().unwrap().to_owned()
-    }
-
-    fn wait_state(&self, t: &str, want: &str) -> Value {
-        for _ in 0..1200 {
-            let (_, st) = self.request("GET", "/api/encryption", Some(t), None);
-            if st["state"] == want {
-                return st;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("the appliance never became {want}");
-    }
-}
-
-fn password(data: &Path) -> String {
-    std::fs::read_to_string(data.join("initial-admin-password"))
-        .unwrap()
-        .trim()
-        .to_owned()
+    Launch::new(env!("CARGO_BIN_EXE_atrest"), data)
+        .args(["--volume-size", "64M"])
+        .args(["--convert-chunk", "4M", "--unlock-retry-max", "1"])
+        .args(extra)
+        // Tests keep the argon2 memory small; the default is 256 MiB.
+        .env("ATREST_RECOVERY_KDF_MEMORY_KIB", "16384")
+        .start()
 }
 
 /// Whether cryptsetup opens `img` with `key`; None (with a note) without cryptsetup.
@@ -93,7 +28,7 @@ fn cryptsetup_accepts(img: &Path, key: &str, dir: &Path) -> Option<bool> {
 }
 
 fn audit_texts(app: &Appliance, t: &str, q: &str) -> Vec<String> {
-    let (s, v) = app.request(
+    let (s, v) = app.json(
         "GET",
         &format!("/api/audit?q={q}&order=oldest"),
         Some(t),
@@ -115,21 +50,21 @@ fn the_locked_appliance_unlocks_with_the_recovery_key_and_rekey_retires_it() {
     let image = data.join("volume.img");
     let app = start(&data, &["--embedded-kms"]);
     let t = app.login();
-    let (s, v) = app.request(
+    let (s, v) = app.json(
         "PUT",
         "/api/config",
         Some(&t),
         Some(&json!({"site": "north"})),
     );
     assert_eq!(s, 200, "{v}");
-    let (_, r) = app.request("POST", "/api/encryption/test", Some(&t), None);
+    let (_, r) = app.json("POST", "/api/encryption/test", Some(&t), None);
     assert_eq!(r["ok"], true, "{r}");
-    let (s, v) = app.request("POST", "/api/encryption/encrypt", Some(&t), None);
+    let (s, v) = app.json("POST", "/api/encryption/encrypt", Some(&t), None);
     assert_eq!(s, 202, "{v}");
     app.wait_state(&t, "encrypted");
 
     // Off by default; enabling takes the admin password again.
-    let (s, v) = app.request("GET", "/api/encryption/recovery-key", Some(&t), None);
+    let (s, v) = app.json("GET", "/api/encryption/recovery-key", Some(&t), None);
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["enabled"], false, "{v}");
     assert_eq!(v["can_add"], true, "{v}");
@@ -139,25 +74,25 @@ fn the_locked_appliance_unlocks_with_the_recovery_key_and_rekey_retires_it() {
             .unwrap()
             .contains("without any KMIP server")
     );
-    let (s, v) = app.request("POST", "/api/encryption/recovery-key", Some(&t), None);
+    let (s, v) = app.json("POST", "/api/encryption/recovery-key", Some(&t), None);
     assert_eq!(s, 403, "{v}");
-    let (s, v) = app.request(
+    let (s, v) = app.json(
         "POST",
         "/api/encryption/recovery-key",
         Some(&t),
         Some(&json!({"password": "wrong password!"})),
     );
     assert_eq!(s, 403, "{v}");
-    let (s, v) = app.request(
+    let (s, v) = app.json(
         "POST",
         "/api/encryption/recovery-key",
         Some(&t),
-        Some(&json!({"password": password(&data)})),
+        Some(&json!({"password": app.password()})),
     );
     assert_eq!(s, 200, "{v}");
     let r1 = v["recovery_key"].as_str().unwrap().to_owned();
     assert_eq!(r1.len(), 55, "{r1}");
-    let (_, v) = app.request("GET", "/api/encryption/recovery-key", Some(&t), None);
+    let (_, v) = app.json("GET", "/api/encryption/recovery-key", Some(&t), None);
     assert_eq!(v["enabled"], true, "{v}");
     assert!(
         !v.to_string().contains(&r1),
@@ -179,14 +114,14 @@ fn the_locked_appliance_unlocks_with_the_recovery_key_and_rekey_retires_it() {
     let t = app.login();
     let st = app.wait_state(&t, "locked");
     assert!(!st["lock_reasons"].as_array().unwrap().is_empty(), "{st}");
-    let (_, v) = app.request("GET", "/api/encryption/recovery-key", Some(&t), None);
+    let (_, v) = app.json("GET", "/api/encryption/recovery-key", Some(&t), None);
     assert_eq!(v["enabled"], true, "{v}");
-    let (s, _) = app.request("GET", "/api/config", Some(&t), None);
+    let (s, _) = app.json("GET", "/api/config", Some(&t), None);
     assert_eq!(s, 503);
     // A mistyped key is refused before the KDF; a well-formed wrong one after.
     let mut typo = r1.clone().into_bytes();
     typo[0] = if typo[0] == b'9' { b'0' } else { typo[0] + 1 };
-    let (s, v) = app.request(
+    let (s, v) = app.json(
         "POST",
         "/api/encryption/unlock",
         Some(&t),
@@ -195,14 +130,14 @@ fn the_locked_appliance_unlocks_with_the_recovery_key_and_rekey_retires_it() {
     assert_eq!(s, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("group 1"), "{v}");
     let other = "000000-000000-000000-000000-000000-000000-000000-000011";
-    let (s, v) = app.request(
+    let (s, v) = app.json(
         "POST",
         "/api/encryption/unlock",
         Some(&t),
         Some(&json!({"recovery_key": other})),
     );
     assert_eq!(s, 403, "{v}");
-    let (s, v) = app.request(
+    let (s, v) = app.json(
         "POST",
         "/api/encryption/unlock",
         Some(&t),
@@ -210,7 +145,7 @@ fn the_locked_appliance_unlocks_with_the_recovery_key_and_rekey_retires_it() {
     );
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["state"], "encrypted", "{v}");
-    let (s, v) = app.request("GET", "/api/config", Some(&t), None);
+    let (s, v) = app.json("GET", "/api/config", Some(&t), None);
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["settings"]["site"], "north");
     let texts = audit_texts(&app, &t, "recovery-key-unlock");
@@ -225,7 +160,7 @@ fn the_locked_appliance_unlocks_with_the_recovery_key_and_rekey_retires_it() {
     let app = start(&data, &["--embedded-kms"]);
     let t = app.login();
     app.wait_state(&t, "encrypted");
-    let (s, v) = app.request("POST", "/api/encryption/rekey", Some(&t), None);
+    let (s, v) = app.json("POST", "/api/encryption/rekey", Some(&t), None);
     assert_eq!(s, 202, "{v}");
     let r2 = v["recovery_key"]
         .as_str()
@@ -246,14 +181,14 @@ fn the_locked_appliance_unlocks_with_the_recovery_key_and_rekey_retires_it() {
     let app = start(&data, &[]);
     let t = app.login();
     app.wait_state(&t, "locked");
-    let (s, v) = app.request(
+    let (s, v) = app.json(
         "POST",
         "/api/encryption/unlock",
         Some(&t),
         Some(&json!({"recovery_key": r1})),
     );
     assert_eq!(s, 403, "the old recovery key after Rekey: {v}");
-    let (s, v) = app.request(
+    let (s, v) = app.json(
         "POST",
         "/api/encryption/unlock",
         Some(&t),
@@ -261,7 +196,7 @@ fn the_locked_appliance_unlocks_with_the_recovery_key_and_rekey_retires_it() {
     );
     assert_eq!(s, 200, "{v}");
     // Not locked any more.
-    let (s, _) = app.request(
+    let (s, _) = app.json(
         "POST",
         "/api/encryption/unlock",
         Some(&t),
@@ -270,11 +205,11 @@ fn the_locked_appliance_unlocks_with_the_recovery_key_and_rekey_retires_it() {
     assert_eq!(s, 409);
 
     // Remove: admin password again; then the key opens nothing.
-    let (s, v) = app.request(
+    let (s, v) = app.json(
         "DELETE",
         "/api/encryption/recovery-key",
         Some(&t),
-        Some(&json!({"password": password(&data)})),
+        Some(&json!({"password": app.password()})),
     );
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["removed"], true);

@@ -5,69 +5,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
+use atrest_testkit::appliance::Appliance;
 use atrest_testkit::https::wait_until;
-use atrest_testkit::process::{Served, appliance_port, serve_command, spawn_until};
-use serde_json::{Value, json};
-
-struct Appliance {
-    /// Killed when the appliance is dropped.
-    _served: Served,
-    port: u16,
-    data: PathBuf,
-    output: Vec<String>,
-    /// The CA the test client trusts (the self-signed certificate by default).
-    ca: PathBuf,
-}
+use serde_json::json;
 
 fn start(data: &Path, extra: &[&str]) -> Appliance {
-    let (mut served, port) = spawn_until(
-        serve_command(env!("CARGO_BIN_EXE_atrest"), data)
-            .args(extra)
-            .stderr(Stdio::inherit()),
-        appliance_port,
-    );
-    let output = std::mem::take(&mut served.output);
-    Appliance {
-        _served: served,
-        port,
-        data: data.to_path_buf(),
-        output,
-        ca: data.join("tls/cert.pem"),
-    }
-}
-
-impl Appliance {
-    /// One HTTPS request trusting only the appliance's own certificate.
-    fn request(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&Value>,
-    ) -> (u16, Value) {
-        let body = body.map(|v| v.to_string()).unwrap_or_default();
-        self.request_bytes(method, path, token, body.as_bytes(), "application/json")
-    }
-
-    /// One HTTPS request with a raw body of `content_type` (none when the body is empty).
-    fn request_bytes(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: &[u8],
-        content_type: &str,
-    ) -> (u16, Value) {
-        atrest_testkit::https::request(&self.ca, self.port, method, path, token, body, content_type)
-    }
-
-    fn login(&self) -> String {
-        atrest_testkit::https::login(&self.data, self.port)
-    }
+    Appliance::start(env!("CARGO_BIN_EXE_atrest"), data, extra)
 }
 
 fn mode(p: &Path) -> u32 {
@@ -86,37 +33,37 @@ fn first_start_then_save_and_test_against_the_embedded_kms() {
     // stdout is not a terminal (a service manager would keep it): the password stays in the
     // file, and the line says where.
     assert!(
-        !app.output.iter().any(|l| l.contains(pw.trim())),
+        !app.output().iter().any(|l| l.contains(pw.trim())),
         "the password is not printed to a pipe: {:?}",
-        app.output
+        app.output()
     );
     assert!(
-        app.output
+        app.output()
             .iter()
             .any(|l| l.contains("the password is in") && l.contains("initial-admin-password")),
         "{:?}",
-        app.output
+        app.output()
     );
     // The bundled KMIP server's weakness is said at start.
     assert!(
-        app.output
+        app.output()
             .iter()
             .any(|l| l.starts_with("Warning: ") && l.contains("same disk as the volume")),
         "{:?}",
-        app.output
+        app.output()
     );
-    let (s, v) = app.request("GET", "/api/encryption", None, None);
+    let (s, v) = app.json("GET", "/api/encryption", None, None);
     assert_eq!(s, 401, "{v}");
     let t = app.login();
-    let (s, st) = app.request("GET", "/api/encryption", Some(&t), None);
+    let (s, st) = app.json("GET", "/api/encryption", Some(&t), None);
     assert_eq!(s, 200);
     assert_eq!(st["state"], "plain");
     assert_eq!(st["settings"]["source"], "embedded", "pre-filled: {st}");
     assert_eq!(st["encrypt"]["allowed"], false);
-    let (s, r) = app.request("POST", "/api/encryption/test", Some(&t), None);
+    let (s, r) = app.json("POST", "/api/encryption/test", Some(&t), None);
     assert_eq!(s, 200);
     assert_eq!(r["ok"], true, "{r}");
-    let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+    let (_, st) = app.json("GET", "/api/encryption", Some(&t), None);
     assert_eq!(st["encrypt"]["allowed"], true, "{st}");
     assert_eq!(mode(&data.join("kmip/settings.json")), 0o600);
     // A second start keeps the password and the certificate.
@@ -124,13 +71,13 @@ fn first_start_then_save_and_test_against_the_embedded_kms() {
     drop(app);
     let app = start(&data, &["--embedded-kms"]);
     assert!(
-        !app.output
+        !app.output()
             .iter()
             .any(|l| l.contains("Admin account created"))
     );
     assert_eq!(std::fs::read(data.join("tls/cert.pem")).unwrap(), cert);
     let t = app.login();
-    let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+    let (_, st) = app.json("GET", "/api/encryption", Some(&t), None);
     assert_eq!(st["last_test"]["ok"], true, "the last test is remembered");
 }
 
@@ -154,17 +101,17 @@ fn save_and_test_against_pykmip() {
         "password": var("KMIP_PASSWORD"),
     });
     // Encrypt before any test: 409 with the reason.
-    let (s, v) = app.request("POST", "/api/encryption/encrypt", Some(&t), None);
+    let (s, v) = app.json("POST", "/api/encryption/encrypt", Some(&t), None);
     assert_eq!(s, 409, "{v}");
     // A CA that did not issue the server's certificate: the TLS step says so.
     let mut wrong = settings.clone();
     wrong["ca_pem"] = json!(String::from_utf8(read("KMIP_UNTRUSTED_CA")).unwrap());
-    let (s, v) = app.request("PUT", "/api/encryption/kmip", Some(&t), Some(&wrong));
+    let (s, v) = app.json("PUT", "/api/encryption/kmip", Some(&t), Some(&wrong));
     assert_eq!(s, 200, "{v}");
-    let (_, r) = app.request("POST", "/api/encryption/test", Some(&t), None);
+    let (_, r) = app.json("POST", "/api/encryption/test", Some(&t), None);
     assert_eq!(r["ok"], false);
     assert_eq!(r["servers"][0]["steps"][1]["class"], "tls-untrusted", "{r}");
-    let (s, v) = app.request("POST", "/api/encryption/encrypt", Some(&t), None);
+    let (s, v) = app.json("POST", "/api/encryption/encrypt", Some(&t), None);
     assert_eq!(s, 409);
     assert!(
         v["error"].as_str().unwrap().contains("TLS handshake"),
@@ -173,12 +120,12 @@ fn save_and_test_against_pykmip() {
     // A wrong passphrase is refused on save.
     let mut bad = settings.clone();
     bad["passphrase"] = json!("not-the-passphrase");
-    let (s, v) = app.request("PUT", "/api/encryption/kmip", Some(&t), Some(&bad));
+    let (s, v) = app.json("PUT", "/api/encryption/kmip", Some(&t), Some(&bad));
     assert_eq!(s, 422, "{v}");
     // The right settings, as PKCS#12 and then as PEM: every step passes.
-    let (s, v) = app.request("PUT", "/api/encryption/kmip", Some(&t), Some(&settings));
+    let (s, v) = app.json("PUT", "/api/encryption/kmip", Some(&t), Some(&settings));
     assert_eq!(s, 200, "{v}");
-    let (_, r) = app.request("POST", "/api/encryption/test", Some(&t), None);
+    let (_, r) = app.json("POST", "/api/encryption/test", Some(&t), None);
     assert_eq!(r["ok"], true, "{r}");
     assert!(
         r["servers"][0]["steps"][3]["detail"]
@@ -193,11 +140,11 @@ fn save_and_test_against_pykmip() {
     settings["client_cert_pem"] = json!(String::from_utf8(read("KMIP_CLIENT_CERT")).unwrap());
     settings["client_key_pem"] = json!(String::from_utf8(read("KMIP_CLIENT_KEY")).unwrap());
     settings["passphrase"] = json!("");
-    let (s, v) = app.request("PUT", "/api/encryption/kmip", Some(&t), Some(&settings));
+    let (s, v) = app.json("PUT", "/api/encryption/kmip", Some(&t), Some(&settings));
     assert_eq!(s, 200, "{v}");
-    let (_, r) = app.request("POST", "/api/encryption/test", Some(&t), None);
+    let (_, r) = app.json("POST", "/api/encryption/test", Some(&t), None);
     assert_eq!(r["ok"], true, "{r}");
-    let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+    let (_, st) = app.json("GET", "/api/encryption", Some(&t), None);
     assert_eq!(st["encrypt"]["allowed"], true, "{st}");
     // The password and passphrase never come back.
     let text = st.to_string();
@@ -222,34 +169,34 @@ fn encrypt_killed_midway_resumes_and_unlocks_at_the_next_start() {
     ];
     let app = start(&data, &flags);
     assert!(
-        app.output.iter().any(|l| l.contains("volume.img: plain")),
+        app.output().iter().any(|l| l.contains("volume.img: plain")),
         "{:?}",
-        app.output
+        app.output()
     );
     assert_eq!(mode(&data.join("volume.img")), 0o600);
     let t = app.login();
     // Content before encryption.
-    let (s, v) = app.request(
+    let (s, v) = app.json(
         "PUT",
         "/api/config",
         Some(&t),
         Some(&json!({"site": "north", "retention.days": 90})),
     );
     assert_eq!(s, 200, "{v}");
-    let (s, v) = app.request(
+    let (s, v) = app.json(
         "POST",
         "/api/audit",
         Some(&t),
         Some(&json!({"session": "s1", "kind": "login", "text": "operator logged in"})),
     );
     assert_eq!(s, 201, "{v}");
-    let (s, v) = app.request("POST", "/api/encryption/encrypt", Some(&t), None);
+    let (s, v) = app.json("POST", "/api/encryption/encrypt", Some(&t), None);
     assert_eq!(s, 409, "Encrypt before a test: {v}");
-    let (_, r) = app.request("POST", "/api/encryption/test", Some(&t), None);
+    let (_, r) = app.json("POST", "/api/encryption/test", Some(&t), None);
     assert_eq!(r["ok"], true, "{r}");
     // Every byte (a used-space-only Encrypt of this nearly empty volume is over at once): a
     // conversion long enough to kill in the middle, and the choice survives the restart.
-    let (s, st) = app.request(
+    let (s, st) = app.json(
         "POST",
         "/api/encryption/encrypt",
         Some(&t),
@@ -259,10 +206,10 @@ fn encrypt_killed_midway_resumes_and_unlocks_at_the_next_start() {
     let key_id = st["key_id"].as_str().unwrap().to_owned();
     // The content API works during the conversion; progress is reported.
     wait_until("progress is reported", || {
-        let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+        let (_, st) = app.json("GET", "/api/encryption", Some(&t), None);
         st["progress"]["done_bytes"].as_u64().is_some_and(|d| d > 0)
     });
-    let (s, v) = app.request(
+    let (s, v) = app.json(
         "PUT",
         "/api/config",
         Some(&t),
@@ -274,24 +221,26 @@ fn encrypt_killed_midway_resumes_and_unlocks_at_the_next_start() {
 
     let app = start(&data, &flags);
     assert!(
-        app.output.iter().any(|l| l.contains("volume.img: locked")),
+        app.output()
+            .iter()
+            .any(|l| l.contains("volume.img: locked")),
         "{:?}",
-        app.output
+        app.output()
     );
     let t = app.login();
     wait_until("the resumed encryption finished", || {
-        let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+        let (_, st) = app.json("GET", "/api/encryption", Some(&t), None);
         st["state"] == "encrypted"
     });
-    let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+    let (_, st) = app.json("GET", "/api/encryption", Some(&t), None);
     assert_eq!(st["key_id"], key_id.as_str());
     assert_eq!(st["volume"]["last_conversion"]["percent"], 100.0, "{st}");
-    let (_, v) = app.request("GET", "/api/config", Some(&t), None);
+    let (_, v) = app.json("GET", "/api/config", Some(&t), None);
     assert_eq!(
         v["settings"],
         json!({"site": "north", "retention.days": 90, "during": true})
     );
-    let (_, v) = app.request(
+    let (_, v) = app.json(
         "GET",
         &format!("/api/audit?q={key_id}&order=oldest"),
         Some(&t),
@@ -308,7 +257,7 @@ fn encrypt_killed_midway_resumes_and_unlocks_at_the_next_start() {
             && texts.iter().any(|t| t.contains("operation=get")),
         "{texts:?}"
     );
-    let (_, v) = app.request("GET", "/api/audit?session=s1", Some(&t), None);
+    let (_, v) = app.json("GET", "/api/audit?session=s1", Some(&t), None);
     assert_eq!(v["events"][0]["text"], "operator logged in");
 }
 
@@ -389,15 +338,15 @@ fn a_forged_decrypt_record_is_never_resumed() {
     {
         let app = start(&data, &flags);
         let t = app.login();
-        let (_, r) = app.request("POST", "/api/encryption/test", Some(&t), None);
+        let (_, r) = app.json("POST", "/api/encryption/test", Some(&t), None);
         assert_eq!(r["ok"], true, "{r}");
-        let (s, st) = app.request("POST", "/api/encryption/encrypt", Some(&t), None);
+        let (s, st) = app.json("POST", "/api/encryption/encrypt", Some(&t), None);
         assert_eq!(s, 202, "{st}");
         wait_until("the encryption finished", || {
-            let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+            let (_, st) = app.json("GET", "/api/encryption", Some(&t), None);
             st["state"] == "encrypted"
         });
-        let (s, v) = app.request_bytes(
+        let (s, v) = app.request(
             "PUT",
             "/api/recordings/rec-1?session=s1",
             Some(&t),
@@ -405,7 +354,7 @@ fn a_forged_decrypt_record_is_never_resumed() {
             "application/octet-stream",
         );
         assert_eq!(s, 201, "{v}");
-        let (s, v) = app.request("GET", "/api/recordings/rec-1", Some(&t), None);
+        let (s, v) = app.json("GET", "/api/recordings/rec-1", Some(&t), None);
         assert_eq!(s, 200, "{v}");
     }
     let genuine = std::fs::read(&image).unwrap();
@@ -416,7 +365,7 @@ fn a_forged_decrypt_record_is_never_resumed() {
     // First line of defence: the appliance's record of what it wrote (outside the volume).
     let app = start(&data, &flags);
     let t = app.login();
-    let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+    let (_, st) = app.json("GET", "/api/encryption", Some(&t), None);
     assert_eq!(st["state"], "locked", "{st}");
     assert_eq!(st["volume"]["hold"]["class"], "volume-changed", "{st}");
     let reason = st["lock_reasons"][0]["reason"].as_str().unwrap();
@@ -434,12 +383,12 @@ fn a_forged_decrypt_record_is_never_resumed() {
     let app = start(&data, &flags);
     let t = app.login();
     wait_until("locked with the integrity reason", || {
-        let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+        let (_, st) = app.json("GET", "/api/encryption", Some(&t), None);
         st["state"] == "locked" && st["volume"]["hold"]["class"] == "header-auth"
     });
     // It stays there: no retry, no resume, nothing written.
     std::thread::sleep(Duration::from_secs(3));
-    let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+    let (_, st) = app.json("GET", "/api/encryption", Some(&t), None);
     assert_eq!(st["state"], "locked", "{st}");
     let reason = st["lock_reasons"][0]["reason"].as_str().unwrap();
     assert!(
@@ -447,10 +396,10 @@ fn a_forged_decrypt_record_is_never_resumed() {
         "{reason}"
     );
     assert_eq!(st["volume"]["hold"]["resume"], true, "{st}");
-    let (s, v) = app.request("GET", "/api/recordings/rec-1", Some(&t), None);
+    let (s, v) = app.json("GET", "/api/recordings/rec-1", Some(&t), None);
     assert_eq!(s, 503, "content locked: {v}");
     // Resuming a decryption needs the admin password again.
-    let (s, v) = app.request("POST", "/api/encryption/resume", Some(&t), None);
+    let (s, v) = app.json("POST", "/api/encryption/resume", Some(&t), None);
     assert_eq!(s, 403, "{v}");
     drop(app);
     let after = std::fs::read(&image).unwrap();
@@ -464,12 +413,12 @@ fn a_forged_decrypt_record_is_never_resumed() {
     let forged = std::fs::read(&image).unwrap();
     let app = start(&data, &flags);
     let t = app.login();
-    let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+    let (_, st) = app.json("GET", "/api/encryption", Some(&t), None);
     assert_eq!(st["state"], "locked", "{st}");
     assert_eq!(st["volume"]["hold"]["class"], "volume-changed", "{st}");
     let reason = st["lock_reasons"][0]["reason"].as_str().unwrap();
     assert!(reason.contains("says it is plain"), "{reason}");
-    let (s, _) = app.request_bytes(
+    let (s, _) = app.request(
         "PUT",
         "/api/recordings/rec-2?session=s1",
         Some(&t),
@@ -488,10 +437,10 @@ fn a_forged_decrypt_record_is_never_resumed() {
     let app = start(&data, &flags);
     let t = app.login();
     wait_until("unlocked", || {
-        let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+        let (_, st) = app.json("GET", "/api/encryption", Some(&t), None);
         st["state"] == "encrypted"
     });
-    let (s, v) = app.request("GET", "/api/recordings/rec-1", Some(&t), None);
+    let (s, v) = app.json("GET", "/api/recordings/rec-1", Some(&t), None);
     assert_eq!(s, 200, "{v}");
 }
 
@@ -602,8 +551,8 @@ fn tls_cert_serves_the_whole_chain() {
             key.to_str().unwrap(),
         ],
     );
-    app.ca = pki.join("root.pem");
-    let (s, v) = app.request("GET", "/api/encryption", None, None);
+    app.trust(&pki.join("root.pem"));
+    let (s, v) = app.json("GET", "/api/encryption", None, None);
     assert_eq!(s, 401, "verified through the intermediate: {v}");
 }
 
@@ -635,7 +584,7 @@ fn used_space_only_encrypt_leaves_no_live_content_in_plaintext_and_keeps_holes()
     let app = start(&data, &flags);
     let t = app.login();
     for (id, bytes) in [("live", &live), ("dead", &dead)] {
-        let (s, v) = app.request_bytes(
+        let (s, v) = app.request(
             "PUT",
             &format!("/api/recordings/{id}?session=s1"),
             Some(&t),
@@ -644,25 +593,25 @@ fn used_space_only_encrypt_leaves_no_live_content_in_plaintext_and_keeps_holes()
         );
         assert_eq!(s, 201, "{v}");
     }
-    let (s, v) = app.request("DELETE", "/api/recordings/dead", Some(&t), None);
+    let (s, v) = app.json("DELETE", "/api/recordings/dead", Some(&t), None);
     assert!(s == 200 || s == 204, "{s} {v}");
-    let (_, r) = app.request("POST", "/api/encryption/test", Some(&t), None);
+    let (_, r) = app.json("POST", "/api/encryption/test", Some(&t), None);
     assert_eq!(r["ok"], true, "{r}");
     // A body that is not the scope is refused before anything starts.
-    let (s, v) = app.request(
+    let (s, v) = app.json(
         "POST",
         "/api/encryption/encrypt",
         Some(&t),
         Some(&json!([1])),
     );
     assert_eq!(s, 400, "{v}");
-    let (s, st) = app.request("POST", "/api/encryption/encrypt", Some(&t), None);
+    let (s, st) = app.json("POST", "/api/encryption/encrypt", Some(&t), None);
     assert_eq!(s, 202, "{st}");
     wait_until("the encryption finished", || {
-        let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+        let (_, st) = app.json("GET", "/api/encryption", Some(&t), None);
         st["state"] == "encrypted"
     });
-    let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+    let (_, st) = app.json("GET", "/api/encryption", Some(&t), None);
     assert_eq!(st["volume"]["last_conversion"]["full"], false, "{st}");
     drop(app);
     let bytes = std::fs::read(&image).unwrap();
@@ -686,12 +635,12 @@ fn used_space_only_encrypt_leaves_no_live_content_in_plaintext_and_keeps_holes()
     let app = start(&data, &flags);
     let t = app.login();
     wait_until("unlocked", || {
-        let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+        let (_, st) = app.json("GET", "/api/encryption", Some(&t), None);
         st["state"] == "encrypted"
     });
-    let (s, _) = app.request("GET", "/api/recordings/live", Some(&t), None);
+    let (s, _) = app.json("GET", "/api/recordings/live", Some(&t), None);
     assert_eq!(s, 200);
-    let (s, st) = app.request(
+    let (s, st) = app.json(
         "POST",
         "/api/encryption/rekey",
         Some(&t),
@@ -699,10 +648,10 @@ fn used_space_only_encrypt_leaves_no_live_content_in_plaintext_and_keeps_holes()
     );
     assert_eq!(s, 202, "{st}");
     wait_until("the full rekey finished", || {
-        let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+        let (_, st) = app.json("GET", "/api/encryption", Some(&t), None);
         st["state"] == "encrypted" && st["volume"]["last_conversion"]["kind"] == "rekeying"
     });
-    let (_, st) = app.request("GET", "/api/encryption", Some(&t), None);
+    let (_, st) = app.json("GET", "/api/encryption", Some(&t), None);
     assert_eq!(st["volume"]["last_conversion"]["full"], true, "{st}");
     drop(app);
     let bytes = std::fs::read(&image).unwrap();

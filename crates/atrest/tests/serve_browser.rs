@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use atrest_testkit::process::{Served, appliance_port, serve_command, spawn, spawn_until_logging};
+use atrest_testkit::process::{
+    Served, appliance_port, free_port, serve_command, spawn, spawn_until_logging,
+};
 use serde_json::{Value, json};
 
 fn skip(why: &str) {
@@ -45,11 +47,6 @@ fn program(var: &str, names: &[&str]) -> Option<PathBuf> {
         }
     }
     None
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 /// Waits (generously) until `f` gives a value.

@@ -16,33 +16,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use atrest_testkit::process::{Served, appliance_port, serve_command, spawn_until};
+use atrest_testkit::appliance::{Appliance, Launch};
 use openssl::ssl::{SslConnector, SslMethod, SslStream, SslVerifyMode};
 use serde_json::Value;
 
-struct Appliance {
-    /// Killed when the appliance is dropped.
-    served: Served,
-    port: u16,
-    data: PathBuf,
-    token: String,
+/// The appliance, logged in as the admin (the token in [`Appliance::token`]).
+fn start(data: &Path, extra: &[&str]) -> Appliance {
+    Launch::new(env!("CARGO_BIN_EXE_atrest"), data)
+        .args(extra)
+        .logged_in()
+        .start()
 }
 
-fn start(data: &Path, extra: &[&str]) -> Appliance {
-    let (served, port) = spawn_until(
-        serve_command(env!("CARGO_BIN_EXE_atrest"), data)
-            .args(extra)
-            .stderr(Stdio::inherit()),
-        appliance_port,
-    );
-    let mut a = Appliance {
-        served,
-        port,
-        data: data.to_path_buf(),
-        token: String::new(),
-    };
-    a.token = a.login();
-    a
+/// SIGTERM, then waits for the process to end.
+fn terminate(mut a: Appliance) {
+    let t = Instant::now();
+    a.terminate(Duration::from_secs(60));
+    println!("stopped {:?} after SIGTERM", t.elapsed());
 }
 
 /// The response of one curl run.
@@ -68,29 +58,18 @@ fn sha256_hex(b: &[u8]) -> String {
     hex::encode(openssl::sha::sha256(b))
 }
 
-impl Appliance {
-    fn url(&self, path: &str) -> String {
-        format!("https://127.0.0.1:{}{path}", self.port)
-    }
+/// What these tests do with the appliance besides JSON requests: curl on either protocol with
+/// the admin's token, raw TLS connections, the process's memory and threads.
+trait Content {
+    fn curl(&self, proto: &str, args: &[&str]) -> Answer;
+    fn put_file(&self, proto: &str, id: &str, file: &Path) -> Answer;
+    fn get_recording(&self, id: &str) -> Answer;
+    fn rss_kib(&self) -> u64;
+    fn threads(&self) -> u64;
+    fn tls(&self, alpn: &[u8]) -> SslStream<TcpStream>;
+}
 
-    fn login(&self) -> String {
-        let pw = std::fs::read_to_string(self.data.join("initial-admin-password")).unwrap();
-        let body = serde_json::json!({"username": "admin", "password": pw.trim()}).to_string();
-        let out = Command::new("curl")
-            .args([
-                "-sk",
-                "-H",
-                "content-type: application/json",
-                "--data-binary",
-            ])
-            .arg(&body)
-            .arg(self.url("/api/session"))
-            .output()
-            .expect("curl runs");
-        let v: Value = serde_json::from_slice(&out.stdout).expect("a login answer");
-        v["token"].as_str().expect("a token").to_owned()
-    }
-
+impl Content for Appliance {
     /// curl with the token, `proto` (`--http1.1` or `--http2`), and `args`.
     fn curl(&self, proto: &str, args: &[&str]) -> Answer {
         let dir = tempfile::tempdir().unwrap();
@@ -101,7 +80,7 @@ impl Appliance {
             .arg("-D")
             .arg(&h)
             .args(["-w", "%{http_code} %{http_version}"])
-            .args(["-H", &format!("Authorization: Bearer {}", self.token)])
+            .args(["-H", &format!("Authorization: Bearer {}", self.token())])
             .args(args)
             .output()
             .expect("curl runs");
@@ -134,15 +113,8 @@ impl Appliance {
         self.curl("--http1.1", &[&self.url(&format!("/api/recordings/{id}"))])
     }
 
-    /// SIGTERM, then waits for the process to end.
-    fn terminate(mut self) {
-        let t = Instant::now();
-        self.served.terminate(Duration::from_secs(60));
-        println!("stopped {:?} after SIGTERM", t.elapsed());
-    }
-
     fn rss_kib(&self) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.served.pid())).unwrap();
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         s.lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
@@ -150,7 +122,7 @@ impl Appliance {
     }
 
     fn threads(&self) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.served.pid())).unwrap();
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         s.lines()
             .find_map(|l| l.strip_prefix("Threads:"))
             .and_then(|v| v.trim().parse().ok())
@@ -163,7 +135,7 @@ impl Appliance {
         b.set_verify(SslVerifyMode::NONE);
         b.set_alpn_protos(alpn).unwrap();
         let c = b.build();
-        let tcp = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let tcp = TcpStream::connect(("127.0.0.1", self.port())).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         c.configure()
             .unwrap()
@@ -195,7 +167,7 @@ fn curl_present() -> bool {
 fn streaming_upload(a: &Appliance, proto: &str, id: &str, bytes: usize) -> Child {
     let mut c = Command::new("curl")
         .args(["-sk", proto, "-o", "/dev/null", "-T", "-", "-X", "PUT"])
-        .args(["-H", &format!("Authorization: Bearer {}", a.token)])
+        .args(["-H", &format!("Authorization: Bearer {}", a.token())])
         .arg(a.url(&format!("/api/recordings/{id}?session=s")))
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -261,7 +233,7 @@ fn a_recording_version_appears_whole_or_not_at_all() {
     let mut a = a;
     for proto in ["--http1.1", "--http2"] {
         let mut c = streaming_upload(&a, proto, "rec", 8 << 20);
-        a.terminate();
+        terminate(a);
         let _ = c.kill();
         let _ = c.wait();
         a = start(&data, &["--shutdown-grace", "1"]);
@@ -414,7 +386,7 @@ fn a_full_disk_answers_507_recovers_in_place_and_the_appliance_starts_on_it() {
         ],
     );
     assert_eq!(r.status, 201, "{r:?}");
-    a.terminate();
+    terminate(a);
 
     // Start-up on a full file system, with and without the bundled KMIP server.
     let filler = fs.fill();
@@ -425,7 +397,7 @@ fn a_full_disk_answers_507_recovers_in_place_and_the_appliance_starts_on_it() {
         assert_eq!(sha256_hex(&g.body), small_sha);
         let r = a.put_file("--http1.1", "more", &big);
         assert_eq!(r.status, 507, "{extra:?}: {r:?}");
-        a.terminate();
+        terminate(a);
     }
     std::fs::remove_file(&filler).unwrap();
 }
@@ -464,7 +436,7 @@ fn a_sparse_volume_over_a_small_file_system_answers_507_and_shows_its_free_space
         "the image is not sparse: {} bytes allocated",
         img.blocks() * 512
     );
-    a.terminate();
+    terminate(a);
     std::fs::remove_dir_all(&data).unwrap();
 
     // A 1 GiB image over the 400 MiB file system, which a filler leaves 48 MiB of.
@@ -529,7 +501,7 @@ fn a_sparse_volume_over_a_small_file_system_answers_507_and_shows_its_free_space
     let r = a.put_file("--http1.1", "again", &f);
     assert_eq!(r.status, 201, "{r:?}");
     assert_eq!(sha256_hex(&a.get_recording("again").body), sha);
-    a.terminate();
+    terminate(a);
     std::fs::remove_file(&filler).unwrap();
 }
 
@@ -539,7 +511,7 @@ fn stalled_upload(a: &Appliance, i: usize) -> SslStream<TcpStream> {
     let head = format!(
         "PUT /api/recordings/stalled{i}?session=s HTTP/1.1\r\nHost: 127.0.0.1\r\n\
          Authorization: Bearer {}\r\nContent-Length: {}\r\n\r\n",
-        a.token,
+        a.token(),
         10 << 20
     );
     s.write_all(head.as_bytes()).unwrap();

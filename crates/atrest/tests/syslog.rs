@@ -7,30 +7,13 @@
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use atrest_testkit::process::{Served, appliance_port, serve_command, spawn_until};
+use atrest_testkit::appliance::{Appliance, Launch, Stderr};
+use atrest_testkit::process::free_port;
 use openssl::ssl::SslMethod;
 use serde_json::{Value, json};
-
-fn api(
-    data: &Path,
-    port: u16,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> Value {
-    atrest_testkit::https::api(
-        &data.join("tls/cert.pem"),
-        port,
-        method,
-        path,
-        token,
-        body.as_ref(),
-    )
-}
 
 /// Reads one octet-counted frame.
 fn frame(r: &mut impl Read) -> String {
@@ -89,44 +72,24 @@ fn check_5424(m: &str) -> (String, String) {
 #[test]
 fn events_reach_the_receiver_in_order_including_those_sent_while_it_was_away() {
     // A port for the receiver, not listening yet.
-    let port = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("appliance");
-    let (_app, https) = spawn_until(
-        serve_command(env!("CARGO_BIN_EXE_atrest"), &data)
-            .args(["--embedded-kms", "--volume-size", "32M"])
-            .args(["--syslog", &format!("tcp://127.0.0.1:{port}")])
-            .env("RUST_LOG", "error")
-            .stderr(Stdio::null()),
-        appliance_port,
-    );
+    let app = Launch::new(env!("CARGO_BIN_EXE_atrest"), &data)
+        .args(["--embedded-kms", "--volume-size", "32M"])
+        .args(["--syslog", &format!("tcp://127.0.0.1:{port}")])
+        .env("RUST_LOG", "error")
+        .stderr(Stderr::Null)
+        .start();
 
     // While the receiver is away: a login, Save and Test, Encrypt.
-    let pw = std::fs::read_to_string(data.join("initial-admin-password")).unwrap();
-    let t = api(
-        &data,
-        https,
-        "POST",
-        "/api/session",
-        None,
-        Some(json!({"username": "admin", "password": pw.trim()})),
-    );
-    let t = t["token"].as_str().unwrap().to_owned();
-    let r = api(&data, https, "POST", "/api/encryption/test", Some(&t), None);
+    let pw = app.password();
+    let t = app.login();
+    let r = app.api("POST", "/api/encryption/test", Some(&t), None);
     assert_eq!(r["ok"], true, "{r}");
-    api(
-        &data,
-        https,
-        "POST",
-        "/api/encryption/encrypt",
-        Some(&t),
-        None,
-    );
+    app.api("POST", "/api/encryption/encrypt", Some(&t), None);
     let deadline = Instant::now() + Duration::from_secs(120);
-    while api(&data, https, "GET", "/api/encryption", Some(&t), None)["state"] != "encrypted" {
+    while app.api("GET", "/api/encryption", Some(&t), None)["state"] != "encrypted" {
         assert!(Instant::now() < deadline, "the encryption did not finish");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -301,27 +264,21 @@ impl Drop for Receiver {
 }
 
 /// Starts `atrest serve` with a tls:// receiver and the JSON process log (its stderr lines in
-/// [`Served::stderr`]); returns the process and its HTTPS port.
-fn serve_tls(data: &Path, port: u16, ca: &Path) -> (Served, u16) {
-    spawn_until(
-        serve_command(env!("CARGO_BIN_EXE_atrest"), data)
-            .args(["--embedded-kms", "--volume-size", "48M"])
-            .args(["--convert-rate", "2M", "--convert-chunk", "1M"])
-            .args([
-                "--syslog",
-                &format!("tls://127.0.0.1:{port}"),
-                "--syslog-ca",
-            ])
-            .arg(ca)
-            .args(["--log-format", "json"])
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped()),
-        appliance_port,
-    )
-}
-
-fn sigterm(mut app: Served) {
-    app.terminate(Duration::from_secs(30));
+/// [`Appliance::stderr`]).
+fn serve_tls(data: &Path, port: u16, ca: &Path) -> Appliance {
+    Launch::new(env!("CARGO_BIN_EXE_atrest"), data)
+        .args(["--embedded-kms", "--volume-size", "48M"])
+        .args(["--convert-rate", "2M", "--convert-chunk", "1M"])
+        .args([
+            "--syslog",
+            &format!("tls://127.0.0.1:{port}"),
+            "--syslog-ca",
+        ])
+        .arg(ca)
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .stderr(Stderr::Piped)
+        .start()
 }
 
 /// Over TLS (the receiver's certificate checked against --syslog-ca): the receiver gets the
@@ -331,29 +288,14 @@ fn sigterm(mut app: Served) {
 fn a_tls_receiver_gets_an_encrypts_events_in_order_across_its_absence_and_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = test_pki(dir.path());
-    let port = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let data = dir.path().join("appliance");
     let (tx, rx) = std::sync::mpsc::channel();
     let receiver = Receiver::start(port, &cert, &key, tx.clone());
-    let (app, https) = serve_tls(&data, port, &ca);
-    let log = app.stderr.clone();
-    let pw = std::fs::read_to_string(data.join("initial-admin-password")).unwrap();
-    let login = |https| {
-        let t = api(
-            &data,
-            https,
-            "POST",
-            "/api/session",
-            None,
-            Some(json!({"username": "admin", "password": pw.trim()})),
-        );
-        t["token"].as_str().unwrap().to_owned()
-    };
-    let t = login(https);
-    let r = api(&data, https, "POST", "/api/encryption/test", Some(&t), None);
+    let mut app = serve_tls(&data, port, &ca);
+    let log = app.stderr();
+    let t = app.login();
+    let r = app.api("POST", "/api/encryption/test", Some(&t), None);
     assert_eq!(r["ok"], true, "{r}");
     let mut got: Vec<(String, String)> = Vec::new();
     let take_until = |got: &mut Vec<(String, String)>, what: &dyn Fn(&(String, String)) -> bool| {
@@ -373,24 +315,22 @@ fn a_tls_receiver_gets_an_encrypts_events_in_order_across_its_absence_and_a_rest
     // restarts in the middle.
     drop(receiver);
     std::thread::sleep(Duration::from_millis(300));
-    api(
-        &data,
-        https,
+    app.api(
         "POST",
         "/api/encryption/encrypt",
         Some(&t),
-        Some(json!({"full": true})),
+        Some(&json!({"full": true})),
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let st = api(&data, https, "GET", "/api/encryption", Some(&t), None);
+        let st = app.api("GET", "/api/encryption", Some(&t), None);
         if st["progress"]["done_bytes"].as_u64().unwrap_or(0) > 0 {
             break;
         }
         assert!(Instant::now() < deadline, "no progress: {st}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    sigterm(app);
+    app.terminate(Duration::from_secs(30));
     let spool: Vec<_> = std::fs::read_dir(data.join("syslog"))
         .unwrap()
         .flatten()
@@ -405,10 +345,10 @@ fn a_tls_receiver_gets_an_encrypts_events_in_order_across_its_absence_and_a_rest
         let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
         assert!(v["level"].is_string() && v["timestamp"].is_string(), "{l}");
     }
-    let (app, https) = serve_tls(&data, port, &ca);
-    let t = login(https);
+    let app = app.restart();
+    let t = app.login();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while api(&data, https, "GET", "/api/encryption", Some(&t), None)["state"] != "encrypted" {
+    while app.api("GET", "/api/encryption", Some(&t), None)["state"] != "encrypted" {
         assert!(Instant::now() < deadline, "the encryption did not finish");
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -2,9 +2,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use atrest_testkit::Scratch;
 use atrest_testkit::process::output;
 use atrest_testkit::volume::stopped_encryption;
 
@@ -12,17 +12,9 @@ fn atrest(args: &[&str]) -> Output {
     output(env!("CARGO_BIN_EXE_atrest"), args)
 }
 
-fn dir(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("volume-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 #[test]
 fn format_dump_export() {
-    let d = dir("basic");
+    let d = Scratch::new("volume-cli-basic");
     let img = d.join("v.img");
     let p = img.to_str().unwrap();
     let o = atrest(&["volume", "format", p, "--size", "2M", "--header-area", "1M"]);
@@ -77,7 +69,7 @@ fn format_dump_export() {
 
 #[test]
 fn dump_shows_a_conversion_under_way() {
-    let d = dir("conv");
+    let d = Scratch::new("volume-cli-conv");
     let img = d.join("v.img");
     stopped_encryption(&img, "kms.example:5696");
 

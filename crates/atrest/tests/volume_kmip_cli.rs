@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use atrest_testkit::Scratch;
 use atrest_testkit::process::{ok, output};
 
 /// The PyKMIP peer (EC server key), with the commands these tests run against it.
@@ -28,13 +29,6 @@ impl Peer {
     fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().unwrap()
     }
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("atrest-vk-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// A plain volume with `mib` MiB of random payload; returns the image and the payload.
@@ -86,7 +80,7 @@ fn encrypt_then_cryptsetup_accepts_the_key_pykmip_gets() {
     if !cryptsetup() {
         return;
     }
-    let dir = scratch("cs");
+    let dir = Scratch::new("vk-cs");
     let (img, payload) = plain_volume(&dir, 8);
     let img_s = img.to_str().unwrap();
     let out = ok(&p.run(&["volume", "encrypt", img_s, "--json"]));
@@ -210,7 +204,7 @@ fn interrupt(p: &Peer, args: &[&str], img: &Path, converting: &str, want: u32) -
 #[test]
 fn twenty_kills_during_encryption_lose_nothing() {
     let Some(p) = peer() else { return };
-    let dir = scratch("kill");
+    let dir = Scratch::new("vk-kill");
     let (img, payload) = plain_volume(&dir, 64);
     let img_s = img.to_str().unwrap();
     let args = [
@@ -234,7 +228,7 @@ fn twenty_kills_during_encryption_lose_nothing() {
 #[test]
 fn rekey_and_decrypt_with_kills_lose_nothing() {
     let Some(p) = peer() else { return };
-    let dir = scratch("rekey");
+    let dir = Scratch::new("vk-rekey");
     let (img, payload) = plain_volume(&dir, 48);
     let img_s = img.to_str().unwrap();
     ok(&p.run(&["volume", "encrypt", img_s]));
@@ -293,7 +287,7 @@ fn rekey_and_decrypt_with_kills_lose_nothing() {
 #[test]
 fn unlock_and_export_read_a_deactivated_key() {
     let Some(p) = peer() else { return };
-    let dir = scratch("revoked");
+    let dir = Scratch::new("vk-revoked");
     let (img, payload) = plain_volume(&dir, 4);
     let img_s = img.to_str().unwrap();
     ok(&p.run(&["volume", "encrypt", img_s]));

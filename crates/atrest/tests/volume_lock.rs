@@ -5,9 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Output;
 
-use atrest_testkit::process::{Served, appliance_port, ok, output, serve_command, spawn_until};
+use atrest_testkit::Scratch;
+use atrest_testkit::appliance::Appliance;
+use atrest_testkit::process::{ok, output};
 use atrest_testkit::volume::stopped_encryption;
 use atrest_volume::VolumeLock;
 
@@ -35,24 +37,6 @@ fn sha256(p: &Path) -> [u8; 32] {
     openssl::sha::sha256(&std::fs::read(p).unwrap())
 }
 
-/// A scratch directory, removed at the end of the test.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let d = std::env::temp_dir().join(format!("atrest-vlock-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Scratch(d)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A plain volume made by `atrest volume format`.
 fn format(dir: &Path) -> PathBuf {
     let img = dir.join("v.img");
@@ -69,27 +53,25 @@ fn format(dir: &Path) -> PathBuf {
 }
 
 /// `atrest serve` as a child process, killed on drop.
-fn serve(data: &Path) -> Served {
-    spawn_until(
-        serve_command(env!("CARGO_BIN_EXE_atrest"), data)
-            .args(["--embedded-kms", "--volume-size", "32M"])
-            .stderr(Stdio::inherit()),
-        appliance_port,
+fn serve(data: &Path) -> Appliance {
+    Appliance::start(
+        env!("CARGO_BIN_EXE_atrest"),
+        data,
+        &["--embedded-kms", "--volume-size", "32M"],
     )
-    .0
 }
 
 #[test]
 fn a_running_appliance_refuses_every_volume_command() {
-    let s = Scratch::new("serve");
-    let data = s.0.join("appliance");
+    let s = Scratch::new("vlock-serve");
+    let data = s.join("appliance");
     let app = serve(&data);
     let img = data.join("volume.img");
     let img_s = img.to_str().unwrap();
     assert!(data.join("volume.img.lock").exists());
     let before = sha256(&img);
     let kms = atrest_testkit::Peer::from_file(&data.join("kms/client.env"));
-    let out = s.0.join("export.bin");
+    let out = s.join("export.bin");
     let out_s = out.to_str().unwrap();
     let keyed = |args: &[&str]| {
         kms.cli(env!("CARGO_BIN_EXE_atrest"), args)
@@ -132,11 +114,11 @@ fn a_running_appliance_refuses_every_volume_command() {
 
 #[test]
 fn commands_respect_a_lock_another_process_holds() {
-    let s = Scratch::new("held");
-    let img = format(&s.0);
+    let s = Scratch::new("vlock-held");
+    let img = format(&s);
     let img_s = img.to_str().unwrap();
     let before = sha256(&img);
-    let out = s.0.join("export.bin");
+    let out = s.join("export.bin");
     let out_s = out.to_str().unwrap();
     // No KMIP server answers here: a command that got past the lock would fail differently.
     let kmip = ["--server", "127.0.0.1:1"];
@@ -181,7 +163,7 @@ fn commands_respect_a_lock_another_process_holds() {
     drop(r);
 
     // A new image is not made while its lock is held.
-    let new = s.0.join("new.img");
+    let new = s.join("new.img");
     let _x = VolumeLock::exclusive(&new).unwrap();
     let o = atrest(&["volume", "format", new.to_str().unwrap(), "--size", "1M"]);
     refused(&o, &new, "format of a new image");
@@ -190,8 +172,8 @@ fn commands_respect_a_lock_another_process_holds() {
 
 #[test]
 fn dump_reports_a_damaged_copy_and_repairs_it_only_when_asked() {
-    let s = Scratch::new("repair");
-    let img = format(&s.0);
+    let s = Scratch::new("vlock-repair");
+    let img = format(&s);
     let img_s = img.to_str().unwrap();
     let good = std::fs::read(&img).unwrap();
     // Flip a byte in the secondary copy's JSON area (the copy sits at hdr_size, its JSON area
@@ -228,7 +210,7 @@ fn dump_reports_a_damaged_copy_and_repairs_it_only_when_asked() {
         "export",
         img_s,
         "--out",
-        s.0.join("x.bin").to_str().unwrap(),
+        s.join("x.bin").to_str().unwrap(),
     ]));
     assert!(
         std::fs::read(&img).unwrap() == damaged,
@@ -261,8 +243,8 @@ fn dump_reports_a_damaged_copy_and_repairs_it_only_when_asked() {
 #[test]
 fn reading_a_conversion_under_way_needs_the_exclusive_lock() {
     // A volume whose encryption stopped after its first chunk.
-    let s = Scratch::new("conv");
-    let img = s.0.join("v.img");
+    let s = Scratch::new("vlock-conv");
+    let img = s.join("v.img");
     stopped_encryption(&img, "127.0.0.1:1");
     let img_s = img.to_str().unwrap();
     let before = sha256(&img);
@@ -270,7 +252,7 @@ fn reading_a_conversion_under_way_needs_the_exclusive_lock() {
     // Unlocking it may finish an interrupted chunk, which writes: a reader's shared lock is
     // enough to refuse export and unlock, while dump still reads it.
     let _r = VolumeLock::shared(&img).unwrap();
-    let out = s.0.join("x.bin");
+    let out = s.join("x.bin");
     let o = atrest(&["volume", "export", img_s, "--out", out.to_str().unwrap()]);
     refused(&o, &img, "export of a conversion under way");
     assert!(!out.exists());

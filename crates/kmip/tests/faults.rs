@@ -300,7 +300,7 @@ const FAULTS: &[Fault] = &[
 fn provoke(fault: &Fault) -> (ClientError, Duration) {
     let pki = Pki::new("ca");
     let port = match fault.server {
-        Server::Nothing => common::dead_port(),
+        Server::Nothing => atrest_testkit::process::free_port(),
         Server::Tcp(handle) => tcp_server(handle),
         Server::Tls {
             valid: (from, to),

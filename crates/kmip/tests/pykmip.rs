@@ -395,7 +395,7 @@ fn failover_from_a_dead_server_to_a_live_one_and_remembered() {
         return;
     };
     let mut cfg = p.client_config();
-    let dead = common::dead_port();
+    let dead = atrest_testkit::process::free_port();
     cfg.servers.insert(
         0,
         atrest_kmip::client::ServerAddr {
@@ -422,7 +422,7 @@ fn all_servers_dead_lists_each_reason() {
     cfg.servers = vec![
         atrest_kmip::client::ServerAddr {
             host: "127.0.0.1".into(),
-            port: common::dead_port(),
+            port: atrest_testkit::process::free_port(),
         },
         atrest_kmip::client::ServerAddr {
             host: "no-such-host.invalid".into(),

@@ -13,6 +13,7 @@
 // Test support: a broken test setup panics with a message, as tests do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod appliance;
 pub mod exposition;
 pub mod https;
 pub mod process;
@@ -314,5 +315,48 @@ impl Drop for LoopDevice {
         if !ok {
             eprintln!("cannot detach the loop device {}", self.path.display());
         }
+    }
+}
+
+/// A scratch directory for one test, `atrest-NAME-PID` in the system's temporary directory:
+/// emptied when made, removed when dropped (also when the test fails or panics).
+#[derive(Debug)]
+pub struct Scratch {
+    path: PathBuf,
+}
+
+impl Scratch {
+    /// Makes the directory (removing what a previous run with the same process id left).
+    pub fn new(name: &str) -> Scratch {
+        let path = std::env::temp_dir().join(format!("atrest-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        Scratch { path }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
     }
 }

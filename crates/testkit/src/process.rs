@@ -188,6 +188,13 @@ fn read_until<T>(
     (served, found)
 }
 
+/// A loopback port nothing listens on: bound on 127.0.0.1, then released (for a server the
+/// test starts later, or a peer that must be found absent).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+    listener.local_addr().expect("a bound address").port()
+}
+
 /// The port in `atrest serve`'s line "atrest appliance listening on https://127.0.0.1:PORT/".
 pub fn appliance_port(line: &str) -> Option<u16> {
     line.strip_prefix("atrest appliance listening on https://127.0.0.1:")

@@ -192,14 +192,6 @@ impl Pki {
     }
 }
 
-/// A port nothing listens on.
-pub fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let p = l.local_addr().unwrap().port();
-    drop(l);
-    p
-}
-
 /// The permission bits of `p`.
 pub fn mode(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;

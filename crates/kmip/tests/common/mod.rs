@@ -208,12 +208,6 @@ pub fn tcp_server(f: impl Fn(TcpStream) + Send + Sync + 'static) -> u16 {
     port
 }
 
-/// A port on which nothing listens (bound, then released).
-pub fn dead_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 pub fn tls12_only(b: &mut openssl::ssl::SslAcceptorBuilder) {
     b.set_max_proto_version(Some(SslVersion::TLS1_2)).unwrap();
 }
