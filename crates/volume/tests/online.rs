@@ -160,3 +160,44 @@ fn stop_and_resume_keeps_progress() {
     );
     assert_eq!(read_all(&u), data);
 }
+
+#[test]
+fn the_converted_bytes_do_not_depend_on_the_thread_count() {
+    // 3 MiB chunks over 10 MiB: three whole chunks of three 1 MiB granules each and a short
+    // last one, converted by 1, 2, 3 and 6 workers (the thread that checksums the next chunk
+    // joins the converting ones when done).
+    let dir = temp_dir("threads");
+    let data = payload(10 << 20, 9);
+    let key = payload(64, 3);
+    let mut first: Option<Vec<u8>> = None;
+    for threads in [1, 2, 3, 6] {
+        let img = dir.join(format!("vol{threads}.img"));
+        let dev = Arc::new(FileDevice::create(&img, (1 << 20) + (10 << 20)).unwrap());
+        let u = Volume::format(dev, &small_format())
+            .unwrap()
+            .unlock(vec![])
+            .unwrap();
+        u.write_at(&data, 0).unwrap();
+        let opts = ConvertOptions {
+            chunk_size: 3 << 20,
+            threads,
+            stop: None,
+        };
+        u.begin_encrypt(key_of(&key), reference("t"), &fast())
+            .unwrap();
+        assert_eq!(u.convert(&opts, &mut |_| {}).unwrap(), State::Encrypted);
+        drop(u);
+        let raw = std::fs::read(&img).unwrap()[1 << 20..].to_vec();
+        assert_ne!(raw, data, "{threads} threads: the data is encrypted");
+        match &first {
+            None => first = Some(raw),
+            Some(f) => assert!(*f == raw, "{threads} threads gave other ciphertext"),
+        }
+        let dev = Arc::new(FileDevice::open(&img).unwrap());
+        let u = unlock_with(Volume::open(dev).unwrap(), &[&key]);
+        u.begin_decrypt().unwrap();
+        assert_eq!(u.convert(&opts, &mut |_| {}).unwrap(), State::Plain);
+        assert!(read_all(&u) == data, "{threads} threads: decrypted back");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -523,9 +523,11 @@ impl UnlockedVolume {
         let mut slot = 0u64;
         let mut prev_guard = None;
         let threads = opts.threads.max(1);
-        // With two threads or more, the checksums of the next chunk (pass 1) run on one thread
-        // while the others convert and write this chunk (pass 2); that thread then joins them.
+        // With two threads or more, the checksums of the next chunk (pass 1) run on a third of
+        // the threads (at least one) while the others convert and write this chunk (pass 2,
+        // about twice the work per byte); the thread that led pass 1 then joins them.
         let pipelined = threads >= 2;
+        let ahead_threads = (threads / 3).max(1);
         let stopping = || {
             opts.stop
                 .as_ref()
@@ -688,12 +690,12 @@ impl UnlockedVolume {
             let (written, prepared) = std::thread::scope(|s| {
                 let first = ahead.then(|| {
                     s.spawn(|| {
-                        let prepared = prepare(nb, 1);
+                        let prepared = prepare(nb, ahead_threads);
                         (prepared, convert())
                     })
                 });
                 let others: Vec<_> = (1..threads)
-                    .skip(usize::from(ahead))
+                    .skip(if ahead { ahead_threads } else { 0 })
                     .map(|_| s.spawn(convert))
                     .collect();
                 let mut written = convert();
