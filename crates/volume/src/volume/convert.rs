@@ -86,7 +86,7 @@ pub(super) const PIECE: usize = 256 << 10;
 /// Runs `f(g, table_part, piece)` for each granule `g` of a chunk of `len` bytes that `skip`
 /// does not exclude, spread over `threads` threads (the calling one included), each taking a
 /// contiguous run of granules and its own `PIECE`-byte buffer. `table_part` is the granule's
-/// part of `table` (empty when `table` is).
+/// part of `table` (the chunk's checksum table).
 pub(super) fn per_granule<F>(
     threads: usize,
     len: u64,
@@ -98,15 +98,9 @@ pub(super) fn per_granule<F>(
 where
     F: Fn(u64, &mut [u8], &mut [u8]) -> Result<()> + Sync,
 {
-    let granules = len.div_ceil(SKIP_GRANULE) as usize;
     let t_per = (SKIP_GRANULE / HOTZONE_UNIT * entry) as usize;
-    let tparts: Vec<&mut [u8]> = if table.is_empty() {
-        (0..granules).map(|_| &mut [][..]).collect()
-    } else {
-        table.chunks_mut(t_per).collect()
-    };
-    let mut parts: Vec<(u64, &mut [u8])> = tparts
-        .into_iter()
+    let mut parts: Vec<(u64, &mut [u8])> = table
+        .chunks_mut(t_per)
         .enumerate()
         .map(|(g, t)| (g as u64, t))
         .filter(|(g, _)| !is_skipped(skip, *g))
@@ -704,13 +698,14 @@ impl UnlockedVolume {
                     let r = h.join().unwrap_or_else(|_| Err(panicked()));
                     written = written.and(r);
                 }
-                let prepared = first.map(|h| match h.join() {
-                    Ok((prepared, w)) => {
-                        written = std::mem::replace(&mut written, Ok(())).and(w);
-                        prepared
+                let prepared = match first.map(|h| h.join()) {
+                    None => None,
+                    Some(Ok((prepared, w))) => {
+                        written = written.and(w);
+                        Some(prepared)
                     }
-                    Err(_) => Err(panicked()),
-                });
+                    Some(Err(_)) => Some(Err(panicked())),
+                };
                 (written, prepared)
             });
             written?;

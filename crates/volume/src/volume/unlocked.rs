@@ -139,16 +139,9 @@ impl UnlockedVolume {
                 state.as_str()
             )));
         }
-        let dev_len = inner
-            .dev
-            .refresh_len()
-            .map_err(Error::io("reading the size of the device"))?;
-        let (fixed, sector) = {
-            let m = self.meta();
-            (m.segment.size.is_some(), sector_of(&m) as u64)
-        };
+        let (dev_len, new) = self.device_room()?;
+        let fixed = self.meta().segment.size.is_some();
         let old = inner.data_size.load(Ordering::Acquire);
-        let new = dev_len.saturating_sub(inner.data_offset) / sector * sector;
         if new < old {
             return Err(Error::State(format!(
                 "the device ({dev_len} bytes) is now smaller than the end of the data segment \
@@ -172,14 +165,23 @@ impl UnlockedVolume {
     /// have grown since the volume was opened), less the end of the data segment, in whole
     /// sectors. 0 when the device did not grow (or shrank, which `grow` refuses).
     pub fn growable(&self) -> Result<u64> {
+        let (_, room) = self.device_room()?;
+        Ok(room.saturating_sub(self.inner.data_size.load(Ordering::Acquire)))
+    }
+
+    /// The device's size, read again, and the data segment that would fill it: from the data
+    /// offset to the end of the device, in whole sectors.
+    fn device_room(&self) -> Result<(u64, u64)> {
         let inner = &*self.inner;
         let dev_len = inner
             .dev
             .refresh_len()
             .map_err(Error::io("reading the size of the device"))?;
-        let sector = self.sector();
-        let room = dev_len.saturating_sub(inner.data_offset) / sector * sector;
-        Ok(room.saturating_sub(inner.data_size.load(Ordering::Acquire)))
+        let sector = sector_of(&self.meta()) as u64;
+        Ok((
+            dev_len,
+            dev_len.saturating_sub(inner.data_offset) / sector * sector,
+        ))
     }
 
     /// Commits the header changed by `f`, signed under its authenticating key, so that a
